@@ -1,0 +1,149 @@
+"""Checkpoints of a training run and the learning rates that weight them.
+
+TracIn sums over checkpoints ``c`` the term ``lr_c * <g_c(z), g_c(q)>``; a
+:class:`CheckpointRef` names one checkpoint file and its learning rate.
+Loading is strict: a missing file, or keys and shapes that do not match the
+model, raise :class:`~gradtrace.errors.CheckpointError` naming the file and
+the keys. Files load with ``torch.load(weights_only=True)`` (a checkpoint is
+untrusted input) unless the caller opts out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, InputError
+
+_STATE_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint: where its weights are, its training step and the
+    learning rate in force around it."""
+
+    path: str
+    lr: float
+    step: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise InputError(f"checkpoint {self.path}: lr must be a positive finite number; got {self.lr!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "lr": float(self.lr), "step": self.step}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CheckpointRef":
+        return cls(path=str(d["path"]), lr=float(d["lr"]), step=d.get("step"))
+
+
+def checkpoints_from_list(items: Iterable[tuple[str | Path, float] | CheckpointRef]) -> list[CheckpointRef]:
+    """Checkpoints from ``[(path, lr), ...]``, in the order given."""
+    refs = []
+    for i, item in enumerate(items):
+        if isinstance(item, CheckpointRef):
+            refs.append(item)
+            continue
+        try:
+            path, lr = item
+        except (TypeError, ValueError):
+            raise InputError(f"checkpoints[{i}] must be (path, lr) or a CheckpointRef; got {item!r}") from None
+        refs.append(CheckpointRef(path=str(path), lr=float(lr), step=None))
+    if not refs:
+        raise InputError("checkpoints: need at least one checkpoint; got an empty list")
+    return refs
+
+
+def checkpoints_from_dir(
+    directory: str | Path,
+    lr: float | Mapping[int, float] | Callable[[int], float],
+    pattern: str = "*.pt",
+) -> list[CheckpointRef]:
+    """Every state-dict file in ``directory`` matching ``pattern``, ordered by
+    the step number in its name (the last run of digits).
+
+    ``lr`` is a constant, a ``{step: lr}`` mapping or a schedule ``f(step)``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"checkpoint directory {str(directory)!r} does not exist or is not a directory")
+    found = []
+    for path in directory.glob(pattern):
+        digits = re.findall(r"\d+", path.stem)
+        if not digits:
+            raise InputError(f"checkpoint file {path.name!r} has no step number in its name (pattern {pattern!r})")
+        found.append((int(digits[-1]), path))
+    if not found:
+        raise InputError(f"no checkpoint files matching {pattern!r} in {str(directory)!r}")
+    found.sort()
+    refs = []
+    for step, path in found:
+        if callable(lr):
+            rate = lr(step)
+        elif isinstance(lr, Mapping):
+            if step not in lr:
+                raise InputError(f"lr schedule has no entry for step {step} (file {path.name!r}); steps given: {sorted(lr)}")
+            rate = lr[step]
+        else:
+            rate = lr
+        refs.append(CheckpointRef(path=str(path), lr=float(rate), step=step))
+    return refs
+
+
+def read_state_dict(path: str | Path, weights_only: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict saved at ``path`` (a bare state dict, or one nested
+    under ``state_dict``/``model_state_dict``/``model``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # torch raises several types for unreadable or unsafe files
+        raise CheckpointError(f"checkpoint file {str(path)!r} could not be read: {exc}") from exc
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in _STATE_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def load_checkpoint(model: nn.Module, ref: CheckpointRef | str | Path, weights_only: bool = True) -> nn.Module:
+    """Load a checkpoint into ``model`` in place, checking every key and shape."""
+    path = ref.path if isinstance(ref, CheckpointRef) else str(ref)
+    state = read_state_dict(path, weights_only=weights_only)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path!r} does not match the model: missing keys {_short(missing)}, "
+            f"unexpected keys {_short(unexpected)}"
+        )
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path!r} does not match the model's shapes: {_short(wrong)}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _short(items: Sequence[str], limit: int = 8) -> str:
+    if len(items) <= limit:
+        return repr(list(items))
+    return repr(list(items[:limit]))[:-1] + f", ... ({len(items) - limit} more)]"

@@ -1,0 +1,136 @@
+"""Uniform access to the examples of a training or query set.
+
+gradtrace accepts the shapes data usually has in PyTorch code: a tensor, a
+tuple of tensors with a shared first dimension (``(X, y)``), or any sequence
+of examples (a ``torch.utils.data.Dataset``, a list of dicts) together with a
+collate function. :func:`as_source` wraps each in an :class:`ExampleSource`
+that cuts batches by index range, so that work can be split into shards of
+examples and redone exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import default_collate
+
+from .errors import InputError
+
+
+class ExampleSource:
+    """Examples addressable by position, batched by index range."""
+
+    def __len__(self) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def batch(self, start: int, stop: int) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def example(self, index: int) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """sha256 over every example's content: equal data, equal fingerprint."""
+        h = hashlib.sha256()
+        h.update(str(len(self)).encode())
+        for i in range(len(self)):
+            _hash_into(h, self.example(i))
+        return h.hexdigest()
+
+
+class TensorSource(ExampleSource):
+    """A tensor, or a tuple of tensors sharing their first dimension."""
+
+    def __init__(self, tensors: tuple[Tensor, ...], single: bool):
+        self.tensors = tensors
+        self.single = single
+
+    def __len__(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+    def batch(self, start: int, stop: int) -> Any:
+        parts = tuple(t[start:stop] for t in self.tensors)
+        return parts[0] if self.single else parts
+
+    def example(self, index: int) -> Any:
+        parts = tuple(t[index] for t in self.tensors)
+        return parts[0] if self.single else parts
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(str(len(self)).encode())
+        for t in self.tensors:
+            _hash_into(h, t)
+        return h.hexdigest()
+
+
+class SequenceSource(ExampleSource):
+    """Any indexable sequence of examples, batched with a collate function."""
+
+    def __init__(self, examples: Sequence[Any], collate: Callable[[list[Any]], Any]):
+        self.examples = examples
+        self.collate = collate
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def batch(self, start: int, stop: int) -> Any:
+        return self.collate([self.examples[i] for i in range(start, stop)])
+
+    def example(self, index: int) -> Any:
+        return self.examples[index]
+
+
+def as_source(data: Any, collate: Callable[[list[Any]], Any] | None = None) -> ExampleSource:
+    """Wrap user data in an :class:`ExampleSource` (see the module docstring)."""
+    if isinstance(data, ExampleSource):
+        return data
+    if isinstance(data, Tensor):
+        return TensorSource((data,), single=True)
+    if isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data):
+        lengths = {int(t.shape[0]) for t in data}
+        if len(lengths) != 1:
+            raise InputError(
+                f"data: the tensors of a tuple must share their first dimension; got lengths "
+                f"{[int(t.shape[0]) for t in data]}"
+            )
+        return TensorSource(tuple(data), single=False)
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        return SequenceSource(data, collate or default_collate)
+    raise InputError(
+        "data must be a Tensor, a tuple of Tensors, or a sequence/Dataset of examples; "
+        f"got {type(data).__name__}"
+    )
+
+
+def _hash_into(h: "hashlib._Hash", obj: Any) -> None:
+    if isinstance(obj, Tensor):
+        arr = obj.detach().cpu().contiguous()
+        h.update(f"T{arr.dtype}{tuple(arr.shape)}".encode())
+        h.update(arr.view(-1).view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
+    elif isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        h.update(f"A{arr.dtype}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for key in sorted(obj, key=str):
+            h.update(json.dumps(str(key)).encode())
+            _hash_into(h, obj[key])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for item in obj:
+            _hash_into(h, item)
+        h.update(b"]")
+    elif isinstance(obj, (str, int, float, bool)) or obj is None:
+        h.update(json.dumps(obj).encode())
+    elif isinstance(obj, bytes):
+        h.update(obj)
+    else:
+        h.update(repr(obj).encode())
