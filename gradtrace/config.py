@@ -1,0 +1,77 @@
+"""Settings of a featurize run; every store carries them in its manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from .errors import InputError
+from .grads.per_example import METHODS
+from .grads.projection import ProjectionConfig
+
+STORE_DTYPES = ("float16", "float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturizeConfig:
+    """How training examples become stored gradient features.
+
+    ``params``: ``"all"``, ``"last"`` or name patterns (see
+    :func:`gradtrace.grads.selection.select_parameters`). ``batch_size`` and
+    ``method`` are recorded because they fix the floating-point result: a
+    resumed run must use the same ones to give the same bytes.
+    ``shard_size`` is the number of examples per shard file.
+    """
+
+    params: str | tuple[str, ...] = "all"
+    projection: ProjectionConfig = dataclasses.field(default_factory=ProjectionConfig)
+    method: str = "auto"
+    batch_size: int = 64
+    shard_size: int = 4096
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.params, list):
+            object.__setattr__(self, "params", tuple(self.params))
+        if isinstance(self.projection, Mapping):
+            object.__setattr__(self, "projection", ProjectionConfig.from_dict(self.projection))
+        if not isinstance(self.projection, ProjectionConfig):
+            raise InputError(f"projection must be a ProjectionConfig; got {type(self.projection).__name__}")
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {METHODS}; got {self.method!r}")
+        for name in ("batch_size", "shard_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{name} must be a positive integer; got {value!r}")
+        if self.dtype not in STORE_DTYPES:
+            raise InputError(f"dtype must be one of {STORE_DTYPES}; got {self.dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["params"] = self.params if isinstance(self.params, str) else list(self.params)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FeaturizeConfig":
+        d = dict(d)
+        if isinstance(d.get("params"), list):
+            d["params"] = tuple(d["params"])
+        if "projection" in d:
+            d["projection"] = ProjectionConfig.from_dict(d["projection"])
+        return cls(**d)
+
+
+def dict_differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted paths at which two JSON-like values differ."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out: dict[str, tuple[Any, Any]] = {}
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out.update(dict_differences(old.get(key, "<absent>"), new.get(key, "<absent>"), path))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = {}
+        for i, (a, b) in enumerate(zip(old, new)):
+            out.update(dict_differences(a, b, f"{prefix}[{i}]"))
+        return out
+    return {} if old == new else {prefix or "<root>": (old, new)}

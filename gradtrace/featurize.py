@@ -1,0 +1,232 @@
+"""Featurize: turn a training set into a gradient store, once.
+
+For each checkpoint, every training example's loss gradient (with respect to
+the selected parameters, projected as configured) is written to the store,
+one shard (checkpoint, example range) at a time. An interrupted run loses at
+most the shard in progress; running the same call again finishes the store,
+and the result is byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointRef, checkpoints_from_list, load_checkpoint
+from .config import FeaturizeConfig
+from .data import ExampleSource, as_source
+from .errors import InputError
+from .grads.per_example import GradientFeaturizer, PerExampleFn
+from .grads.selection import select_parameters
+from .progress import Progress, progress_bar
+from .store.gradient_store import MANIFEST, GradientStore, Segment
+from .task import Task, check_task, describe
+
+CheckpointLoader = Callable[[nn.Module, CheckpointRef], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """What a featurize run will need, said before it starts."""
+
+    n_examples: int
+    n_checkpoints: int
+    grad_dim: int
+    feature_dim: int
+    disk_bytes: int
+    peak_memory_bytes: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_examples} examples x {self.n_checkpoints} checkpoints; gradient dim {self.grad_dim:,}, "
+            f"feature dim {self.feature_dim:,}; store needs ~{_human(self.disk_bytes)} on disk, "
+            f"peak working memory ~{_human(self.peak_memory_bytes)} beyond the model"
+        )
+
+
+def featurize(
+    model: nn.Module,
+    task: Task,
+    checkpoints: Sequence[CheckpointRef | tuple[str | Path, float]],
+    data: Any,
+    out: str | Path,
+    config: FeaturizeConfig | None = None,
+    *,
+    ids: Sequence[str] | None = None,
+    tags: Sequence[Any] | None = None,
+    append: bool = False,
+    checkpoint_loader: CheckpointLoader | None = None,
+    weights_only: bool = True,
+    progress: bool = True,
+) -> GradientStore:
+    """Write (or finish, or extend) the gradient store at ``out``.
+
+    ``model`` is an instance of the trained architecture; each checkpoint is
+    loaded into it in turn (with ``checkpoint_loader(model, ref)`` if given,
+    else as a state dict) and its original weights are restored at the end.
+    If ``out`` already holds a store made with the same settings, the call
+    resumes it (same data) or, with ``append=True``, adds ``data`` as new
+    examples. Other settings raise :class:`~gradtrace.errors.ConfigMismatchError`.
+    """
+    config = config or FeaturizeConfig()
+    task = check_task(task)
+    refs = checkpoints_from_list(checkpoints)
+    source = as_source(data, collate=getattr(task, "collate", None))
+    n = len(source)
+    if n == 0:
+        raise InputError("data: the training set is empty")
+    param_names = select_parameters(model, config.params)
+    featurizer = GradientFeaturizer(param_names, config.projection, config.method)
+    settings = store_settings(model, task, refs, config, featurizer, param_names)
+    data_fp = source.fingerprint()
+
+    store, segment = _open_or_create(Path(out), settings, data_fp, n, ids, tags, append)
+    missing = store.missing_shards(segment)
+    estimate = estimate_resources(store, featurizer, model, n_examples=segment.stop - segment.start)
+    loader = checkpoint_loader or (lambda m, ref: load_checkpoint(m, ref, weights_only=weights_only))
+    total = sum(b - a for _, a, b in missing)
+    with progress_bar("featurize", total, progress) as bar, _restored(model):
+        bar.note(f"gradtrace: {estimate.describe()}")
+        if total < (segment.stop - segment.start) * len(refs):
+            bar.note(f"gradtrace: resuming; {len(missing)} shard(s) left")
+        model.eval()
+        for c, ref in enumerate(refs):
+            todo = [(a, b) for cc, a, b in missing if cc == c]
+            if not todo:
+                continue
+            loader(model, ref)
+            for a, b in todo:
+                unit, norms = compute_shard(model, task.per_example_loss, featurizer, source, a - segment.start, b - segment.start, config, bar)
+                store.write_shard(c, a, b, unit, norms)
+    return store
+
+
+def store_settings(
+    model: nn.Module, task: Task, refs: list[CheckpointRef], config: FeaturizeConfig,
+    featurizer: GradientFeaturizer, param_names: list[str],
+) -> dict[str, Any]:
+    """The manifest fields that must match for a store to be resumed or queried."""
+    return {
+        "config": config.to_dict(),
+        "model": {
+            "fingerprint": model_fingerprint(model),
+            "param_names": param_names,
+            "grad_dim": featurizer.grad_dim(model),
+            "method": featurizer.resolved_method(model),
+        },
+        "task": describe(task),
+        "checkpoints": [r.to_dict() for r in refs],
+        "feature_dim": featurizer.feature_dim(model),
+    }
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of the architecture: parameter names, shapes and dtypes."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+    return h.hexdigest()
+
+
+def compute_shard(
+    model: nn.Module, fn: PerExampleFn, featurizer: GradientFeaturizer, source: ExampleSource,
+    start: int, stop: int, config: FeaturizeConfig, bar: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm feature rows (store dtype) and float64 norms for examples
+    ``start:stop`` of ``source``, computed batch by batch."""
+    rows, norms = [], []
+    for a in range(start, stop, config.batch_size):
+        b = min(a + config.batch_size, stop)
+        fb = featurizer(model, fn, source.batch(a, b))
+        if fb.features.shape[0] != b - a:
+            raise InputError(f"the per-example function returned {fb.features.shape[0]} values for a batch of {b - a}")
+        feats = fb.features.detach().to(torch.float64)
+        proj = feats.norm(dim=1)
+        unit = torch.where(proj[:, None] > 0, feats / proj.clamp_min(torch.finfo(torch.float64).tiny)[:, None], 0.0)
+        rows.append(unit.cpu().numpy().astype(config.dtype))
+        norms.append(torch.stack([proj, fb.sqnorms.detach().to(torch.float64)], dim=1).cpu().numpy())
+        if bar is not None:
+            bar.advance(b - a)
+    return np.concatenate(rows), np.concatenate(norms)
+
+
+def estimate_resources(store: GradientStore, featurizer: GradientFeaturizer, model: nn.Module, n_examples: int) -> Estimate:
+    config = store.config
+    d, k = featurizer.grad_dim(model), store.feature_dim
+    item = np.dtype(config.dtype).itemsize
+    n_ckpt = len(store.manifest["checkpoints"])
+    param_bytes = next(model.parameters()).element_size()
+    exact = 0 if config.projection.kind == "kronecker" else config.batch_size * d * param_bytes * 3
+    dense_cache = d * k * 4 if config.projection.kind == "dense" else 0
+    shard = min(config.shard_size, n_examples) * k * (8 + item)
+    return Estimate(n_examples, n_ckpt, d, k, n_examples * n_ckpt * (k * item + 16), exact + dense_cache + shard)
+
+
+def _open_or_create(
+    root: Path, settings: dict[str, Any], data_fp: str, n: int,
+    ids: Sequence[str] | None, tags: Sequence[Any] | None, append: bool,
+) -> tuple[GradientStore, Segment]:
+    if (root / MANIFEST).exists():
+        store = GradientStore.open(root)
+        store.check_compatible(settings)
+        store.clean_temporaries()
+        for seg in store.segments:
+            if seg.fingerprint == data_fp:
+                return store, seg
+        if not append:
+            raise InputError(
+                f"the store at {str(root)!r} holds other training data (data fingerprints differ); "
+                "pass append=True (CLI: --append) to add these examples, or choose a new directory"
+            )
+        start = store.n_examples
+    else:
+        store = GradientStore.create(root, settings)
+        start = 0
+    ids = _check_ids(ids, n, start)
+    if tags is not None and len(tags) != n:
+        raise InputError(f"tags: need one tag per example ({n}); got {len(tags)}")
+    return store, store.add_segment(data_fp, ids, tags)
+
+
+def _check_ids(ids: Sequence[str] | None, n: int, start: int) -> list[str]:
+    if ids is None:
+        return [str(start + i) for i in range(n)]
+    ids = [str(i) for i in ids]
+    if len(ids) != n:
+        raise InputError(f"ids: need one id per example ({n}); got {len(ids)}")
+    if len(set(ids)) != n:
+        seen, dup = set(), []
+        for i in ids:
+            if i in seen:
+                dup.append(i)
+            seen.add(i)
+        raise InputError(f"ids must be unique; repeated: {dup[:5]!r}")
+    return ids
+
+
+@contextlib.contextmanager
+def _restored(model: nn.Module) -> Iterator[None]:
+    """Give the model back with the weights and mode it came with."""
+    state = copy.deepcopy(model.state_dict())
+    training = model.training
+    try:
+        yield
+    finally:
+        model.load_state_dict(state)
+        model.train(training)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"

@@ -1,0 +1,307 @@
+"""Per-example gradients, projected, of any per-example scalar function.
+
+:class:`GradientFeaturizer` maps ``(model, fn, batch)`` to one feature row per
+example (the projected gradient of ``fn(model, batch)[i]`` with respect to the
+selected parameters) and that gradient's exact squared norm. Three methods
+compute the same gradients:
+
+* ``hooks``: when every selected parameter belongs to an ``nn.Linear``; one
+  forward and backward pass, exact, and the only one that supports the
+  Kronecker projection. Works on stock Hugging Face models.
+* ``vmap``: ``torch.func.vmap`` over ``grad`` with ``functional_call``; any
+  model whose forward vmap can trace.
+* ``loop``: one backward pass per example; slow, works for anything.
+
+``auto`` picks ``hooks`` when it applies, else ``vmap``, and falls back to
+``loop`` with a one-line warning when vmap cannot handle the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from ..errors import InputError
+from .linear_capture import LinearCapture, LinearSite, as_tokens, augmented_input, linear_sites
+from .projection import DenseProjector, KroneckerFactors, ProjectionConfig, kronecker_factors
+
+METHODS = ("auto", "hooks", "vmap", "loop")
+PerExampleFn = Callable[[nn.Module, Any], Tensor]
+
+
+@dataclasses.dataclass
+class FeatureBatch:
+    """Projected per-example gradients and their exact squared norms."""
+
+    features: Tensor  # [b, feature_dim]
+    sqnorms: Tensor  # [b], squared norm of the unprojected gradient
+
+
+class GradientFeaturizer:
+    """Projected per-example gradients with respect to ``param_names``.
+
+    The layout of a feature row is fixed by ``param_names`` (exact and dense)
+    or by the selected linear layers in module order (Kronecker).
+    """
+
+    def __init__(self, param_names: list[str], projection: ProjectionConfig, method: str = "auto"):
+        if method not in METHODS:
+            raise InputError(f"method must be one of {METHODS}; got {method!r}")
+        self.param_names = list(param_names)
+        self.projection = projection
+        self.method = method
+        self._resolved: str | None = None
+        self._sites: list[LinearSite] | None = None
+        self._dense: DenseProjector | None = None
+        self._factors: dict[tuple[str, torch.dtype, torch.device], KroneckerFactors] = {}
+        self._warned = False
+
+    # -- set-up -----------------------------------------------------------
+    def grad_dim(self, model: nn.Module) -> int:
+        """Number of entries of the full (unprojected) gradient."""
+        params = dict(model.named_parameters())
+        return sum(params[n].numel() for n in self.param_names)
+
+    def feature_dim(self, model: nn.Module) -> int:
+        """Number of entries of one stored feature row."""
+        self._resolve(model)
+        if self.projection.kind == "none":
+            return self.grad_dim(model)
+        if self.projection.kind == "dense":
+            return int(self.projection.dim)  # type: ignore[arg-type]
+        side = max(1, math.isqrt(int(self.projection.dim)))  # type: ignore[arg-type]
+        assert self._sites is not None
+        return sum(
+            min(site.d_out, side) * min(site.d_in + (1 if site.bias_name else 0), side) for site in self._sites
+        )
+
+    def resolved_method(self, model: nn.Module) -> str:
+        self._resolve(model)
+        assert self._resolved is not None
+        return self._resolved
+
+    def _resolve(self, model: nn.Module) -> None:
+        if self._resolved is not None:
+            return
+        params = dict(model.named_parameters())
+        unknown = [n for n in self.param_names if n not in params]
+        if unknown:
+            raise InputError(f"selected parameters not in the model: {unknown[:8]!r}")
+        sites = linear_sites(model, self.param_names)
+        if self.projection.kind == "kronecker":
+            if sites is None:
+                non_linear = [n for n in self.param_names if not _is_linear_param(model, n)]
+                raise InputError(
+                    "projection.kind='kronecker' needs every selected parameter to be the weight or bias of an "
+                    f"nn.Linear (not tied to another module); these are not: {non_linear[:8]!r}"
+                )
+            if any(site.weight_name is None for site in sites):
+                bare = [site.module_name for site in sites if site.weight_name is None]
+                raise InputError(f"projection.kind='kronecker' needs the weight of each selected linear layer; only the bias is selected in {bare!r}")
+            if self.method in ("vmap", "loop"):
+                raise InputError(f"projection.kind='kronecker' works with method 'hooks' or 'auto'; got {self.method!r}")
+        if self.method == "hooks" and sites is None:
+            raise InputError("method='hooks' needs every selected parameter to belong to an untied nn.Linear")
+        if self.method == "auto":
+            self._resolved = "hooks" if sites is not None else "vmap"
+        else:
+            self._resolved = self.method
+        self._sites = sites
+        if self.projection.kind == "dense":
+            self._dense = DenseProjector(self.grad_dim(model), self.projection)
+
+    # -- computation ------------------------------------------------------
+    def __call__(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
+        self._resolve(model)
+        with _only_selected_require_grad(model, self.param_names), torch.enable_grad():
+            if self._resolved == "hooks":
+                if self.projection.kind == "kronecker":
+                    return self._kronecker(model, fn, batch)
+                grads = self._hooks_exact(model, fn, batch)
+            elif self._resolved == "vmap":
+                try:
+                    grads = _vmap_grads(model, fn, batch, self.param_names)
+                except InputError:
+                    raise
+                except Exception as exc:  # vmap raises many types for untraceable models
+                    if self.method == "vmap":
+                        raise
+                    if not self._warned:
+                        warnings.warn(
+                            f"gradtrace: vmap cannot trace this model ({type(exc).__name__}: {str(exc)[:120]}); "
+                            "using a per-example loop, which is slower",
+                            stacklevel=2,
+                        )
+                        self._warned = True
+                    self._resolved = "loop"
+                    grads = _loop_grads(model, fn, batch, self.param_names)
+            else:
+                grads = _loop_grads(model, fn, batch, self.param_names)
+        sqnorms = grads.pow(2).sum(dim=1)
+        if self._dense is not None:
+            return FeatureBatch(self._dense.project(grads), sqnorms)
+        return FeatureBatch(grads, sqnorms)
+
+    def _forward_capture(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> tuple[int, LinearCapture, list[list[Tensor]]]:
+        assert self._sites is not None
+        with LinearCapture(self._sites) as cap:
+            values = fn(model, batch)
+        b = _check_values(values, None, "the per-example function")
+        out_grads = cap.output_grads(values.sum())
+        return b, cap, out_grads
+
+    def _hooks_exact(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> Tensor:
+        b, cap, out_grads = self._forward_capture(model, fn, batch)
+        assert self._sites is not None
+        pieces: dict[str, Tensor] = {}
+        for i, site in enumerate(self._sites):
+            w = bias = None
+            for x, g in zip(cap.inputs[i], out_grads[i]):
+                x3 = as_tokens(x, b, f"input of {site.module_name}")
+                g3 = as_tokens(g, b, f"output gradient of {site.module_name}")
+                if site.weight_name:
+                    gw = torch.einsum("bto,bti->boi", g3, x3)
+                    w = gw if w is None else w + gw
+                if site.bias_name:
+                    gb = g3.sum(dim=1)
+                    bias = gb if bias is None else bias + gb
+            if site.weight_name:
+                pieces[site.weight_name] = w.reshape(b, -1) if w is not None else _zeros(b, site.module.weight)
+            if site.bias_name:
+                pieces[site.bias_name] = bias if bias is not None else _zeros(b, site.module.bias)
+        return torch.cat([pieces[n] for n in self.param_names], dim=1)
+
+    def _kronecker(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
+        b, cap, out_grads = self._forward_capture(model, fn, batch)
+        assert self._sites is not None
+        feats, sq = [], None
+        for i, site in enumerate(self._sites):
+            with_bias = site.bias_name is not None
+            xs = [augmented_input(as_tokens(x, b, f"input of {site.module_name}"), with_bias) for x in cap.inputs[i]]
+            gs = [as_tokens(g, b, f"output gradient of {site.module_name}") for g in out_grads[i]]
+            dtype, device = site.module.weight.dtype, site.module.weight.device
+            factors = self._factors_for(site, dtype, device)
+            feat = torch.zeros(b, factors.k_out, factors.k_in, dtype=dtype, device=device)
+            for x, g in zip(xs, gs):
+                xp = x if factors.p_in is None else x @ factors.p_in
+                gp = g if factors.p_out is None else g @ factors.p_out
+                feat += torch.einsum("bto,bti->boi", gp, xp)
+            feats.append(feat.reshape(b, -1))
+            site_sq = _exact_sqnorm(xs, gs, b, dtype, device)
+            sq = site_sq if sq is None else sq + site_sq
+        return FeatureBatch(torch.cat(feats, dim=1), sq)
+
+    def _factors_for(self, site: LinearSite, dtype: torch.dtype, device: torch.device) -> KroneckerFactors:
+        key = (site.module_name, dtype, device)
+        if key not in self._factors:
+            d_in = site.d_in + (1 if site.bias_name else 0)
+            self._factors[key] = kronecker_factors(site.module_name, d_in, site.d_out, self.projection, dtype, device)
+        return self._factors[key]
+
+
+def _exact_sqnorm(xs: list[Tensor], gs: list[Tensor], b: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``|sum_t g_t x_t^T|_F^2`` per example, by token Gram matrices when
+    sequences are short and by building one example's gradient at a time
+    otherwise (never the whole batch's)."""
+    x = torch.cat(xs, dim=1)
+    g = torch.cat(gs, dim=1)
+    t, d_in, d_out = x.shape[1], x.shape[2], g.shape[2]
+    if t * (d_in + d_out) <= d_in * d_out:
+        return ((g @ g.transpose(1, 2)) * (x @ x.transpose(1, 2))).sum(dim=(1, 2))
+    out = torch.empty(b, dtype=dtype, device=device)
+    for i in range(b):
+        out[i] = (g[i].T @ x[i]).pow(2).sum()
+    return out
+
+
+def _zeros(b: int, p: Tensor) -> Tensor:
+    return p.new_zeros(b, p.numel())
+
+
+def _is_linear_param(model: nn.Module, name: str) -> bool:
+    module_name, _, _ = name.rpartition(".")
+    return isinstance(model.get_submodule(module_name) if module_name else model, nn.Linear)
+
+
+def _check_values(values: Any, b: int | None, what: str) -> int:
+    if not isinstance(values, Tensor):
+        raise InputError(f"{what} must return a torch.Tensor with one value per example; got {type(values).__name__}")
+    if values.dim() != 1 or (b is not None and values.shape[0] != b):
+        want = f"({b},)" if b is not None else "(batch_size,)"
+        raise InputError(f"{what} must return one value per example, shape {want}; got shape {tuple(values.shape)}")
+    return int(values.shape[0])
+
+
+@contextlib.contextmanager
+def _only_selected_require_grad(model: nn.Module, names: list[str]) -> Iterator[None]:
+    params = dict(model.named_parameters())
+    before = {n: p.requires_grad for n, p in params.items()}
+    wanted = set(names)
+    try:
+        for n, p in params.items():
+            p.requires_grad_(n in wanted)
+        yield
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(before[n])
+
+
+def _batch_size(batch: Any) -> int:
+    leaves, _ = tree_flatten(batch)
+    for leaf in leaves:
+        if isinstance(leaf, Tensor) and leaf.dim() > 0:
+            return int(leaf.shape[0])
+    raise InputError("batch holds no tensor with a batch dimension")
+
+
+class _Bound(nn.Module):
+    """``fn(model, batch)`` as a module, so ``functional_call`` can swap the
+    model's parameters."""
+
+    def __init__(self, model: nn.Module, fn: PerExampleFn):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.fn(self.model, batch)
+
+
+def _vmap_grads(model: nn.Module, fn: PerExampleFn, batch: Any, names: list[str]) -> Tensor:
+    from torch.func import functional_call, grad, vmap
+
+    b = _batch_size(batch)
+    in_dims = tree_map(lambda t: 0 if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == b else None, batch)
+    bound = _Bound(model, fn)
+    params = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
+
+    def one(ps: dict[str, Tensor], example: Any) -> Tensor:
+        single = tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, example)
+        out = functional_call(bound, {f"model.{k}": v for k, v in ps.items()}, (single,))
+        _check_values(out, 1, "the per-example function")
+        return out[0]
+
+    in_dims_batch = in_dims if isinstance(in_dims, (tuple, list, dict)) else in_dims
+    grads = vmap(grad(one), in_dims=(None, in_dims_batch))(params, batch)
+    return torch.cat([grads[n].reshape(b, -1) for n in names], dim=1)
+
+
+def _loop_grads(model: nn.Module, fn: PerExampleFn, batch: Any, names: list[str]) -> Tensor:
+    b = _batch_size(batch)
+    params = dict(model.named_parameters())
+    selected = [params[n] for n in names]
+    rows = []
+    for i in range(b):
+        single = tree_map(lambda t: t[i : i + 1] if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == b else t, batch)
+        value = fn(model, single)
+        _check_values(value, 1, "the per-example function")
+        grads = torch.autograd.grad(value[0], selected, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, selected)]))
+    return torch.stack(rows)

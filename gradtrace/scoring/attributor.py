@@ -1,0 +1,230 @@
+"""Query a gradient store: scores, proponents/opponents, self-influence.
+
+Query features (gradients of the behaviour on the queries) are computed once
+per checkpoint and reused for every shard; training features are streamed
+from the store one shard range at a time, all checkpoints of a range
+together, so ``top_k`` never holds more than ``n_query x shard_size`` scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..checkpoints import CheckpointRef, load_checkpoint
+from ..config import dict_differences
+from ..data import as_source
+from ..errors import ConfigMismatchError, InputError
+from ..featurize import _restored, compute_shard, model_fingerprint
+from ..grads.per_example import GradientFeaturizer
+from ..progress import progress_bar
+from ..store.gradient_store import GradientStore
+from ..task import Behaviour, Task, behaviour_sign, check_task, describe, resolve_behaviour
+from .results import VARIANTS, TopK
+
+SCAN_ROWS = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryFeatures:
+    """Behaviour gradients of a set of queries at every checkpoint of a store.
+
+    Compute once with :meth:`Attributor.query_features` and pass to ``score``,
+    ``top_k`` and ``breakdown`` as often as needed.
+    """
+
+    unit: list[Tensor]  # per checkpoint, [n_query, feature_dim] unit rows
+    norms: list[Tensor]  # per checkpoint, [n_query] projected norms
+    behaviour: str
+    n: int
+
+
+class Attributor:
+    """Scores training examples in ``store`` against queries.
+
+    ``model`` and ``task`` must be those the store was made with (checked by
+    fingerprint). Checkpoints are loaded as in :func:`gradtrace.featurize`.
+    """
+
+    def __init__(
+        self,
+        store: GradientStore | str | Path,
+        model: nn.Module,
+        task: Task,
+        *,
+        checkpoint_loader: Callable[[nn.Module, CheckpointRef], Any] | None = None,
+        weights_only: bool = True,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ):
+        self.store = store if isinstance(store, GradientStore) else GradientStore.open(store)
+        self.model = model
+        self.task = task
+        self.checkpoint_loader = checkpoint_loader
+        self.weights_only = weights_only
+        self.batch_size = batch_size
+        self.progress = progress
+
+    # -- query side -------------------------------------------------------------
+    def query_features(self, queries: Any, behaviour: Behaviour | Callable[..., Tensor] | None = None) -> QueryFeatures:
+        """Gradients of ``behaviour`` (default: the task loss) on ``queries``."""
+        task = check_task(self.task)
+        self._check_model()
+        behaviour = resolve_behaviour(behaviour, task)
+        sign = behaviour_sign(behaviour)
+        source = as_source(queries, collate=getattr(task, "collate", None))
+        if len(source) == 0:
+            raise InputError("queries: the query set is empty")
+        config = self.store.config
+        if self.batch_size is not None:
+            config = dataclasses.replace(config, batch_size=self.batch_size)
+        featurizer = GradientFeaturizer(self.store.param_names, config.projection, config.method)
+
+        def signed(model: nn.Module, batch: Any) -> Tensor:
+            return sign * behaviour(model, batch)
+
+        loader = self.checkpoint_loader or (lambda m, ref: load_checkpoint(m, ref, weights_only=self.weights_only))
+        unit, norms = [], []
+        n_ckpt = len(self.store.checkpoints)
+        with progress_bar("query features", len(source) * n_ckpt, self.progress) as bar, _restored(self.model):
+            self.model.eval()
+            for ref in self.store.checkpoints:
+                loader(self.model, ref)
+                rows, nrm = compute_shard(self.model, signed, featurizer, source, 0, len(source), dataclasses.replace(config, dtype="float64"), bar)
+                unit.append(torch.from_numpy(rows))
+                norms.append(torch.from_numpy(nrm[:, 0].copy()))
+        return QueryFeatures(unit, norms, describe(behaviour), len(source))
+
+    def _check_model(self) -> None:
+        fp = model_fingerprint(self.model)
+        if fp != self.store.manifest["model"]["fingerprint"]:
+            raise ConfigMismatchError(
+                f"the model given for the store at {str(self.store.root)!r}",
+                {"model.fingerprint": (self.store.manifest["model"]["fingerprint"], fp)},
+            )
+        diff = dict_differences(self.store.manifest["task"], describe(self.task), "task")
+        if diff:
+            raise ConfigMismatchError(f"the task given for the store at {str(self.store.root)!r}", diff)
+
+    def _as_query_features(self, queries: Any, behaviour: Any) -> QueryFeatures:
+        if isinstance(queries, QueryFeatures):
+            if behaviour is not None:
+                raise InputError("behaviour must be None when queries are precomputed QueryFeatures (it is fixed there)")
+            return queries
+        return self.query_features(queries, behaviour)
+
+    # -- scoring ----------------------------------------------------------------
+    def score(self, queries: Any, behaviour: Any = None, variant: str = "raw") -> np.ndarray:
+        """The full ``[n_query, n_train]`` float64 score matrix."""
+        qf = self._as_query_features(queries, behaviour)
+        out = np.empty((qf.n, self.store.n_examples), dtype=np.float64)
+        for a, b, block in self._scan(qf, variant):
+            out[:, a:b] = block.numpy()
+        return out
+
+    def top_k(self, queries: Any, k: int = 10, largest: bool = True, behaviour: Any = None, variant: str = "raw") -> TopK:
+        """The ``k`` highest (proponents) or lowest (opponents) scores per query,
+        streamed: the full score matrix is never built."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"k must be a positive integer; got {k!r}")
+        qf = self._as_query_features(queries, behaviour)
+        k = min(k, self.store.n_examples)
+        best_s = torch.empty(qf.n, 0, dtype=torch.float64)
+        best_i = torch.empty(qf.n, 0, dtype=torch.int64)
+        for a, b, block in self._scan(qf, variant):
+            idx = torch.arange(a, b, dtype=torch.int64).expand(qf.n, -1)
+            cand_s = torch.cat([best_s, block], dim=1)
+            cand_i = torch.cat([best_i, idx], dim=1)
+            kk = min(k, cand_s.shape[1])
+            best_s, pos = torch.topk(cand_s, kk, dim=1, largest=largest, sorted=True)
+            best_i = cand_i.gather(1, pos)
+        ids = self.store.ids
+        indices = best_i.numpy()
+        return TopK(indices, best_s.numpy(), [[ids[i] for i in row] for row in indices], largest, variant)
+
+    def breakdown(self, queries: Any, train_indices: Sequence[int], behaviour: Any = None, variant: str = "raw") -> np.ndarray:
+        """``[n_checkpoint, n_query, len(train_indices)]`` contributions of each
+        checkpoint; summing over axis 0 gives :meth:`score` at those columns."""
+        _check_variant(variant)
+        qf = self._as_query_features(queries, behaviour)
+        idx = np.asarray(train_indices, dtype=np.int64)
+        n = self.store.n_examples
+        if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
+            raise InputError(f"train_indices must be a 1-D list of positions in [0, {n}); got {train_indices!r}")
+        lrs = self.store.learning_rates
+        out = np.zeros((len(lrs), qf.n, idx.size), dtype=np.float64)
+        for a, b in self.store.shard_ranges():
+            cols = np.nonzero((idx >= a) & (idx < b))[0]
+            if cols.size == 0:
+                continue
+            local = idx[cols] - a
+            for c in range(len(lrs)):
+                rows = torch.from_numpy(np.asarray(self.store.features(c, a, b)[local], dtype=np.float64))
+                fn = torch.from_numpy(self.store.norms(c, a, b)[local, 0])
+                out[c][:, cols] = _contribution(qf, c, rows, fn, lrs[c], variant).numpy()
+        return out
+
+    def self_influence(self) -> np.ndarray:
+        """Exact TracIn self-influence per training example (see :func:`self_influence`)."""
+        return self_influence(self.store)
+
+    def _scan(self, qf: QueryFeatures, variant: str) -> Iterator[tuple[int, int, Tensor]]:
+        _check_variant(variant)
+        lrs = self.store.learning_rates
+        if len(qf.unit) != len(lrs) or qf.unit[0].shape[1] != self.store.feature_dim:
+            raise InputError("these QueryFeatures were computed for another store (checkpoints or feature dim differ)")
+        exact = self.store.config.dtype == "float64"
+        compute = torch.float64 if exact else torch.float32
+        queries = [u.to(compute) for u in qf.unit]
+        for a, b in self.store.shard_ranges():
+            for lo in range(a, b, SCAN_ROWS):
+                hi = min(lo + SCAN_ROWS, b)
+                total = torch.zeros(qf.n, hi - lo, dtype=torch.float64)
+                for c in range(len(lrs)):
+                    feats = self.store.features(c, a, b)[lo - a : hi - a]
+                    rows = _readonly_tensor(feats).to(compute)
+                    fn = torch.from_numpy(self.store.norms(c, a, b)[lo - a : hi - a, 0])
+                    dots = (queries[c] @ rows.T).to(torch.float64)
+                    total += _scale(dots, qf, c, fn, lrs[c], variant)
+                yield lo, hi, total
+
+
+def _readonly_tensor(array: np.ndarray) -> Tensor:
+    """A tensor over a read-only memory map, without copying; never written to."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _scale(dots: Tensor, qf: QueryFeatures, c: int, train_norms: Tensor, lr: float, variant: str) -> Tensor:
+    if variant == "cosine":
+        return dots * lr
+    return dots * (lr * qf.norms[c][:, None] * train_norms[None, :])
+
+
+def _contribution(qf: QueryFeatures, c: int, rows: Tensor, train_norms: Tensor, lr: float, variant: str) -> Tensor:
+    return _scale(qf.unit[c] @ rows.T, qf, c, train_norms, lr, variant)
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise InputError(f"variant must be one of {VARIANTS}; got {variant!r}")
+
+
+def self_influence(store: GradientStore) -> np.ndarray:
+    """``sum_c lr_c * |g_c(z)|^2`` per training example, from the exact
+    (unprojected) squared gradient norms kept in the store: exact even when
+    the features are projected. High values flag mislabelled, poisoned or
+    atypical examples."""
+    lrs = store.learning_rates
+    out = np.zeros(store.n_examples, dtype=np.float64)
+    for a, b in store.shard_ranges():
+        for c, lr in enumerate(lrs):
+            out[a:b] += lr * store.norms(c, a, b)[:, 1]
+    return out
