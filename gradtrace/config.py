@@ -45,6 +45,11 @@ class FeaturizeConfig:
                 raise InputError(f"{name} must be a positive integer; got {value!r}")
         if self.dtype not in STORE_DTYPES:
             raise InputError(f"dtype must be one of {STORE_DTYPES}; got {self.dtype!r}")
+        if self.projection.kind == "factored" and self.dtype == "float16":
+            raise InputError(
+                "dtype='float16' cannot hold factored features (raw output gradients underflow); "
+                "use 'float32' or 'float64', or a projection whose rows are stored unit-normalised"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -121,6 +121,7 @@ def store_settings(
             "param_names": param_names,
             "grad_dim": featurizer.grad_dim(model),
             "method": featurizer.resolved_method(model),
+            "factor_layout": [list(pair) for pair in featurizer.factor_layout(model)],
         },
         "task": describe(task),
         "checkpoints": [r.to_dict() for r in refs],
@@ -140,19 +141,29 @@ def compute_shard(
     model: nn.Module, fn: PerExampleFn, featurizer: GradientFeaturizer, source: ExampleSource,
     start: int, stop: int, config: FeaturizeConfig, bar: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-norm feature rows (store dtype) and float64 norms for examples
-    ``start:stop`` of ``source``, computed batch by batch."""
+    """Feature rows (store dtype) and float64 ``[row norm, exact squared
+    gradient norm]`` for examples ``start:stop`` of ``source``, batch by batch.
+
+    Rows are unit-normalised except for factored features, whose rows are
+    kept as they are (their gradient norm is the second column's root).
+    """
+    normalise = config.projection.kind != "factored"
     rows, norms = [], []
     for a in range(start, stop, config.batch_size):
         b = min(a + config.batch_size, stop)
         fb = featurizer(model, fn, source.batch(a, b))
         if fb.features.shape[0] != b - a:
             raise InputError(f"the per-example function returned {fb.features.shape[0]} values for a batch of {b - a}")
-        feats = fb.features.detach().to(torch.float64)
-        proj = feats.norm(dim=1)
-        unit = torch.where(proj[:, None] > 0, feats / proj.clamp_min(torch.finfo(torch.float64).tiny)[:, None], 0.0)
-        rows.append(unit.cpu().numpy().astype(config.dtype))
-        norms.append(torch.stack([proj, fb.sqnorms.detach().to(torch.float64)], dim=1).cpu().numpy())
+        feats = fb.features.detach()
+        sq = fb.sqnorms.detach().to(torch.float64)
+        if normalise:
+            proj = feats.to(torch.float64).norm(dim=1)
+            scale = torch.where(proj > 0, 1.0 / proj.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+            feats = feats * scale.to(feats.dtype)[:, None]
+        else:
+            proj = sq.sqrt()
+        rows.append(feats.cpu().numpy().astype(config.dtype, copy=False))
+        norms.append(torch.stack([proj, sq], dim=1).cpu().numpy())
         if bar is not None:
             bar.advance(b - a)
     return np.concatenate(rows), np.concatenate(norms)

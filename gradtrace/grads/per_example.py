@@ -76,11 +76,21 @@ class GradientFeaturizer:
             return self.grad_dim(model)
         if self.projection.kind == "dense":
             return int(self.projection.dim)  # type: ignore[arg-type]
-        side = max(1, math.isqrt(int(self.projection.dim)))  # type: ignore[arg-type]
         assert self._sites is not None
+        if self.projection.kind == "factored":
+            return sum(d_in + d_out for d_in, d_out in self.factor_layout(model))
+        side = max(1, math.isqrt(int(self.projection.dim)))  # type: ignore[arg-type]
         return sum(
             min(site.d_out, side) * min(site.d_in + (1 if site.bias_name else 0), side) for site in self._sites
         )
+
+    def factor_layout(self, model: nn.Module) -> list[tuple[int, int]]:
+        """``(d_in + bias column, d_out)`` of each layer of a factored row, in order."""
+        self._resolve(model)
+        if self.projection.kind != "factored":
+            return []
+        assert self._sites is not None
+        return [(site.d_in + (1 if site.bias_name else 0), site.d_out) for site in self._sites]
 
     def resolved_method(self, model: nn.Module) -> str:
         self._resolve(model)
@@ -95,18 +105,19 @@ class GradientFeaturizer:
         if unknown:
             raise InputError(f"selected parameters not in the model: {unknown[:8]!r}")
         sites = linear_sites(model, self.param_names)
-        if self.projection.kind == "kronecker":
+        if self.projection.kind in ("kronecker", "factored"):
+            kind = self.projection.kind
             if sites is None:
                 non_linear = [n for n in self.param_names if not _is_linear_param(model, n)]
                 raise InputError(
-                    "projection.kind='kronecker' needs every selected parameter to be the weight or bias of an "
+                    f"projection.kind={kind!r} needs every selected parameter to be the weight or bias of an "
                     f"nn.Linear (not tied to another module); these are not: {non_linear[:8]!r}"
                 )
             if any(site.weight_name is None for site in sites):
                 bare = [site.module_name for site in sites if site.weight_name is None]
-                raise InputError(f"projection.kind='kronecker' needs the weight of each selected linear layer; only the bias is selected in {bare!r}")
+                raise InputError(f"projection.kind={kind!r} needs the weight of each selected linear layer; only the bias is selected in {bare!r}")
             if self.method in ("vmap", "loop"):
-                raise InputError(f"projection.kind='kronecker' works with method 'hooks' or 'auto'; got {self.method!r}")
+                raise InputError(f"projection.kind={kind!r} works with method 'hooks' or 'auto'; got {self.method!r}")
         if self.method == "hooks" and sites is None:
             raise InputError("method='hooks' needs every selected parameter to belong to an untied nn.Linear")
         if self.method == "auto":
@@ -124,6 +135,8 @@ class GradientFeaturizer:
             if self._resolved == "hooks":
                 if self.projection.kind == "kronecker":
                     return self._kronecker(model, fn, batch)
+                if self.projection.kind == "factored":
+                    return self._factored(model, fn, batch)
                 grads = self._hooks_exact(model, fn, batch)
             elif self._resolved == "vmap":
                 try:
@@ -197,6 +210,27 @@ class GradientFeaturizer:
             site_sq = _exact_sqnorm(xs, gs, b, dtype, device)
             sq = site_sq if sq is None else sq + site_sq
         return FeatureBatch(torch.cat(feats, dim=1), sq)
+
+    def _factored(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
+        b, cap, out_grads = self._forward_capture(model, fn, batch)
+        assert self._sites is not None
+        parts, sq = [], None
+        for i, site in enumerate(self._sites):
+            calls = len(cap.inputs[i])
+            x = cap.inputs[i][0] if calls else None
+            if calls != 1 or x is None or x.dim() != 2 or x.shape[0] != b:
+                shape = None if x is None else tuple(x.shape)
+                raise InputError(
+                    f"projection.kind='factored' needs each selected linear layer to be called once per forward "
+                    f"on inputs of shape (batch, features); {site.module_name!r} was called {calls} time(s) with "
+                    f"input shape {shape}: use kind='none' or 'kronecker'"
+                )
+            xa = augmented_input(x, site.bias_name is not None)
+            g = out_grads[i][0]
+            parts += [xa, g]
+            site_sq = xa.pow(2).sum(1) * g.pow(2).sum(1)
+            sq = site_sq if sq is None else sq + site_sq
+        return FeatureBatch(torch.cat(parts, dim=1), sq)
 
     def _factors_for(self, site: LinearSite, dtype: torch.dtype, device: torch.device) -> KroneckerFactors:
         key = (site.module_name, dtype, device)

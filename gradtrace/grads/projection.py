@@ -2,6 +2,12 @@
 inner products (Johnson-Lindenstrauss).
 
 * ``none``: the exact gradient.
+* ``factored``: the exact gradient of linear layers that see one token per
+  example (MLPs, classifier heads), kept as its two factors: the layer input
+  ``x`` (with a 1 for the bias) and the output gradient ``dy``. The gradient
+  is ``dy x^T``, so ``<dy x^T, dy' x'^T> = (dy.dy')(x.x')`` and dot products
+  stay exact while a row takes ``d_in + 1 + d_out`` numbers, not
+  ``(d_in + 1) d_out``.
 * ``dense``: ``g -> g P`` with ``P`` a ``d x k`` matrix of +-1/sqrt(k)
   (Rademacher) or N(0, 1/k) entries. ``P`` is defined block by block (1,024
   rows per block, each from its own seed derived from the user's seed), so it
@@ -29,7 +35,7 @@ from torch import Tensor
 
 from ..errors import InputError
 
-KINDS = ("none", "dense", "kronecker")
+KINDS = ("none", "factored", "dense", "kronecker")
 DISTRIBUTIONS = ("rademacher", "gaussian")
 BLOCK_ROWS = 1024
 
@@ -48,9 +54,9 @@ class ProjectionConfig:
             raise InputError(f"projection.kind must be one of {KINDS}; got {self.kind!r}")
         if self.distribution not in DISTRIBUTIONS:
             raise InputError(f"projection.distribution must be one of {DISTRIBUTIONS}; got {self.distribution!r}")
-        if self.kind == "none":
+        if self.kind in ("none", "factored"):
             if self.dim is not None:
-                raise InputError(f"projection.dim must be None when kind='none'; got {self.dim!r}")
+                raise InputError(f"projection.dim must be None when kind={self.kind!r}; got {self.dim!r}")
         elif not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
             raise InputError(f"projection.dim must be a positive integer for kind={self.kind!r}; got {self.dim!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:

@@ -39,8 +39,8 @@ class QueryFeatures:
     ``top_k`` and ``breakdown`` as often as needed.
     """
 
-    unit: list[Tensor]  # per checkpoint, [n_query, feature_dim] unit rows
-    norms: list[Tensor]  # per checkpoint, [n_query] projected norms
+    unit: list[Tensor]  # per checkpoint, [n_query, feature_dim] rows as stored (unit norm unless factored)
+    norms: list[Tensor]  # per checkpoint, [n_query] gradient norms (projected, or exact when factored)
     behaviour: str
     n: int
 
@@ -167,7 +167,8 @@ class Attributor:
             for c in range(len(lrs)):
                 rows = torch.from_numpy(np.asarray(self.store.features(c, a, b)[local], dtype=np.float64))
                 fn = torch.from_numpy(self.store.norms(c, a, b)[local, 0])
-                out[c][:, cols] = _contribution(qf, c, rows, fn, lrs[c], variant).numpy()
+                q = qf.unit[c].to(torch.float64)
+                out[c][:, cols] = self._pair_scores(q, qf.norms[c], rows, fn, float(lrs[c]), variant).numpy()
         return out
 
     def self_influence(self) -> np.ndarray:
@@ -190,9 +191,30 @@ class Attributor:
                     feats = self.store.features(c, a, b)[lo - a : hi - a]
                     rows = _readonly_tensor(feats).to(compute)
                     fn = torch.from_numpy(self.store.norms(c, a, b)[lo - a : hi - a, 0])
-                    dots = (queries[c] @ rows.T).to(torch.float64)
-                    total += _scale(dots, qf, c, fn, lrs[c], variant)
+                    total += self._pair_scores(queries[c], qf.norms[c], rows, fn, float(lrs[c]), variant)
                 yield lo, hi, total
+
+    def _pair_scores(self, q: Tensor, q_norms: Tensor, rows: Tensor, t_norms: Tensor, lr: float, variant: str) -> Tensor:
+        """lr-weighted scores of query rows against training rows of one checkpoint."""
+        layout = self.store.factor_layout
+        if layout:
+            dots = None
+            at = 0
+            for d_in, d_out in layout:
+                part = q[:, at : at + d_in] @ rows[:, at : at + d_in].T
+                part.mul_(q[:, at + d_in : at + d_in + d_out] @ rows[:, at + d_in : at + d_in + d_out].T)
+                dots = part if dots is None else dots.add_(part)
+                at += d_in + d_out
+            assert dots is not None
+            dots = dots.to(torch.float64).mul_(lr)
+            if variant == "cosine":
+                denom = q_norms[:, None] * t_norms[None, :]
+                return torch.where(denom > 0, dots / denom.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+            return dots
+        dots = (q @ rows.T).to(torch.float64)
+        if variant == "cosine":
+            return dots * lr
+        return dots * (lr * q_norms[:, None] * t_norms[None, :])
 
 
 def _readonly_tensor(array: np.ndarray) -> Tensor:
@@ -200,16 +222,6 @@ def _readonly_tensor(array: np.ndarray) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _scale(dots: Tensor, qf: QueryFeatures, c: int, train_norms: Tensor, lr: float, variant: str) -> Tensor:
-    if variant == "cosine":
-        return dots * lr
-    return dots * (lr * qf.norms[c][:, None] * train_norms[None, :])
-
-
-def _contribution(qf: QueryFeatures, c: int, rows: Tensor, train_norms: Tensor, lr: float, variant: str) -> Tensor:
-    return _scale(qf.unit[c] @ rows.T, qf, c, train_norms, lr, variant)
 
 
 def _check_variant(variant: str) -> None:

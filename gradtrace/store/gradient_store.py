@@ -118,6 +118,11 @@ class GradientStore:
         return int(self.manifest["feature_dim"])
 
     @property
+    def factor_layout(self) -> list[tuple[int, int]]:
+        """``(d_in + 1, d_out)`` per layer for factored stores; empty otherwise."""
+        return [tuple(pair) for pair in self.manifest["model"].get("factor_layout", [])]  # type: ignore[misc]
+
+    @property
     def param_names(self) -> list[str]:
         return list(self.manifest["model"]["param_names"])
 
@@ -201,8 +206,8 @@ class GradientStore:
         return bool(self.segments) and not self.missing_shards()
 
     def write_shard(self, ckpt: int, start: int, stop: int, unit_rows: np.ndarray, norms: np.ndarray) -> None:
-        """Write one shard: rows of unit norm (store dtype) and float64
-        ``[projected_norm, exact_squared_norm]`` per example."""
+        """Write one shard: feature rows (store dtype; unit norm unless
+        factored) and float64 ``[row_norm, exact_squared_norm]`` per example."""
         m = stop - start
         dtype = np.dtype(self.config.dtype)
         if unit_rows.shape != (m, self.feature_dim) or unit_rows.dtype != dtype:

@@ -1,0 +1,64 @@
+"""How a user's own model enters the CLI: ``--task path/to/file.py:make_task``.
+
+``make_task()`` returns a :class:`TaskSpec`: a model factory, the task, the
+checkpoints, the training set and (optionally) queries, ids and tags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from .checkpoints import CheckpointRef
+from .errors import InputError
+
+
+@dataclasses.dataclass
+class TaskSpec:
+    """Everything the CLI needs to featurize and query a user's model."""
+
+    model: Callable[[], nn.Module]
+    task: Any
+    checkpoints: Sequence[CheckpointRef]
+    train: Any
+    queries: Any = None
+    train_ids: Sequence[str] | None = None
+    train_tags: Sequence[Any] | None = None
+    query_ids: Sequence[str] | None = None
+    behaviour: Any = None
+    checkpoint_loader: Callable[[nn.Module, CheckpointRef], Any] | None = None
+
+
+def load_task_spec(target: str) -> TaskSpec:
+    """Import ``file.py:function`` (or ``package.module:function``) and call it."""
+    if ":" not in target:
+        raise InputError(f"--task must look like path/to/file.py:make_task; got {target!r}")
+    where, _, name = target.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise InputError(f"--task: file {where!r} does not exist")
+        mod_name = f"gradtrace_user_task_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise InputError(f"--task: cannot import {where!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise InputError(f"--task: cannot import module {where!r}: {exc}") from exc
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise InputError(f"--task: {where!r} has no function {name!r}")
+    result = fn()
+    if not isinstance(result, TaskSpec):
+        raise InputError(f"--task: {target} must return a gradtrace.spec.TaskSpec; got {type(result).__name__}")
+    return result
