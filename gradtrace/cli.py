@@ -1,0 +1,238 @@
+"""The ``gradtrace`` command. Thin: every verb maps to one library call."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import GradtraceError, InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trace model behaviour back to training data.")
+console = Console()
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except GradtraceError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _params(params: list[str]) -> Any:
+    if params in ([], ["all"]):
+        return "all"
+    if params == ["last"]:
+        return "last"
+    return tuple(params)
+
+
+@app.command()
+def featurize(
+    task: str = typer.Option(..., help="path/to/file.py:make_task, a function returning a gradtrace.spec.TaskSpec"),
+    out: Path = typer.Option(..., help="store directory (created, resumed, or appended to)"),
+    projection: str = typer.Option("none", help="none | factored | dense | kronecker"),
+    dim: Optional[int] = typer.Option(None, help="projection size (dense: total; kronecker: per layer)"),
+    seed: int = typer.Option(0, help="projection seed"),
+    params: list[str] = typer.Option(["all"], help="'all', 'last', or name patterns (repeat the option)"),
+    batch_size: int = typer.Option(64),
+    shard_size: int = typer.Option(4096),
+    dtype: str = typer.Option("float32", help="float16 | float32 | float64"),
+    append: bool = typer.Option(False, help="add the task's training data as new examples"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Compute and store per-example training gradients at every checkpoint."""
+    from . import FeaturizeConfig, ProjectionConfig
+    from . import featurize as do_featurize
+    from .spec import load_task_spec
+
+    def go() -> None:
+        spec = load_task_spec(task)
+        config = FeaturizeConfig(
+            params=_params(params), projection=ProjectionConfig(projection, dim, seed), batch_size=batch_size,
+            shard_size=shard_size, dtype=dtype,
+        )
+        store = do_featurize(
+            spec.model(), spec.task, spec.checkpoints, spec.train, out, config, ids=spec.train_ids,
+            tags=spec.train_tags, append=append, checkpoint_loader=spec.checkpoint_loader, progress=progress,
+        )
+        console.print(f"store {store.root}: {store.n_examples} examples, {len(store.checkpoints)} checkpoints, "
+                      f"feature dim {store.feature_dim}, complete={store.complete}")
+
+    _run(go)
+
+
+@app.command()
+def query(
+    store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize'"),
+    task: str = typer.Option(..., help="the same --task as featurize; its queries are scored"),
+    k: int = typer.Option(10, help="examples per query"),
+    opponents: bool = typer.Option(False, help="most negative scores instead of most positive"),
+    variant: str = typer.Option("raw", help="raw | cosine"),
+    out: Optional[Path] = typer.Option(None, help="write results as .jsonl or .parquet"),
+    limit: Optional[int] = typer.Option(None, help="score only the first N queries"),
+    show: int = typer.Option(3, help="queries to print as tables"),
+) -> None:
+    """Proponents (or opponents) of each query's behaviour."""
+    from .scoring import SCORE_MEANING, Attributor
+    from .spec import load_task_spec
+
+    def go() -> None:
+        spec = load_task_spec(task)
+        if spec.queries is None:
+            raise InputError(f"--task {task}: the TaskSpec has no queries")
+        queries, qids = spec.queries, spec.query_ids
+        if limit is not None:
+            queries = _head(queries, limit)
+            qids = list(qids)[:limit] if qids is not None else None
+        attributor = Attributor(store, spec.model(), spec.task, checkpoint_loader=spec.checkpoint_loader)
+        topk = attributor.top_k(queries, k=k, largest=not opponents, behaviour=spec.behaviour, variant=variant)
+        records = topk.to_records(list(qids) if qids is not None else None, attributor.store.tags)
+        if out is not None:
+            write_records(records, out)
+            console.print(f"wrote {len(records)} rows to {out}")
+        _print_topk(records, show)
+        console.print(f"[dim]{SCORE_MEANING[variant]}[/]")
+
+    _run(go)
+
+
+@app.command("self-influence")
+def self_influence_cmd(
+    store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize'"),
+    top: int = typer.Option(20, help="rows to print"),
+    out: Optional[Path] = typer.Option(None, help="write every example's score as .jsonl or .parquet"),
+) -> None:
+    """Rank training examples by self-influence (mislabelled and odd ones first)."""
+    import numpy as np
+
+    from .scoring import self_influence
+    from .store import GradientStore
+
+    def go() -> None:
+        st = GradientStore.open(store)
+        scores = self_influence(st)
+        order = np.argsort(-scores, kind="stable")
+        records = [
+            {"rank": r + 1, "train_index": int(i), "train_id": st.ids[i], "self_influence": float(scores[i]), "train_tag": st.tags[i]}
+            for r, i in enumerate(order)
+        ]
+        if out is not None:
+            write_records(records, out)
+            console.print(f"wrote {len(records)} rows to {out}")
+        table = Table("rank", "train_id", "self_influence", "tag", title="highest self-influence")
+        for rec in records[:top]:
+            table.add_row(str(rec["rank"]), str(rec["train_id"]), f"{rec['self_influence']:.5g}", str(rec["train_tag"]))
+        console.print(table)
+
+    _run(go)
+
+
+@app.command()
+def inspect(
+    store: Path = typer.Argument(..., help="a store directory"),
+    verify: bool = typer.Option(False, help="check every shard's checksum"),
+) -> None:
+    """Show a store's settings, size and completeness."""
+    from .store import GradientStore
+
+    def go() -> None:
+        st = GradientStore.open(store)
+        m = st.manifest
+        total = len(list(st.iter_shards()))
+        missing = st.missing_shards()
+        table = Table("field", "value", title=f"gradient store {st.root}")
+        rows = [
+            ("examples", st.n_examples), ("segments", len(st.segments)), ("checkpoints", len(st.checkpoints)),
+            ("learning rates", ", ".join(f"{lr:g}" for lr in st.learning_rates)),
+            ("task", m["task"]), ("parameters", f"{len(st.param_names)} tensors, gradient dim {m['model']['grad_dim']:,}"),
+            ("method", m["model"]["method"]), ("projection", json.dumps(m["config"]["projection"])),
+            ("feature dim", st.feature_dim), ("dtype", m["config"]["dtype"]),
+            ("shards", f"{total - len(missing)} of {total} written"), ("complete", st.complete),
+            ("size on disk", f"{st.size_bytes() / 2**20:.1f} MiB"),
+        ]
+        for key, value in rows:
+            table.add_row(key, str(value))
+        console.print(table)
+        if verify:
+            problems = st.verify()
+            for p in problems:
+                console.print(f"[red]{p}[/]")
+            console.print("checksums OK" if not problems else f"{len(problems)} problem(s)")
+            if problems:
+                raise typer.Exit(1)
+
+    _run(go)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="where checkpoints, store and report go"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Digits with 20% flipped labels: find them, explain predictions, write a report."""
+    from .bench.digits_demo import run_digits_demo
+
+    def go() -> None:
+        result = run_digits_demo(out, progress=progress)
+        table = Table("checked", "self-influence", "final loss (baseline)", title=f"share of the {result.n_flipped} flipped labels found")
+        for key, value in result.found_self_influence.items():
+            table.add_row(f"top {key}", f"{value:.3f}", f"{result.found_loss[key]:.3f}")
+        console.print(table)
+        from .store import GradientStore
+
+        tags = GradientStore.open(result.store).tags
+        qids = [f"test-{q}" for q in result.query_indices]
+        records = result.proponents.to_records(qids, tags) + result.opponents.to_records(qids, tags)
+        _print_topk(records, 2)
+        console.print(f"report: {result.report}")
+
+    _run(go)
+
+
+def _head(data: Any, n: int) -> Any:
+    if isinstance(data, tuple):
+        return tuple(t[:n] for t in data)
+    return data[:n]
+
+
+def _print_topk(records: list[dict[str, Any]], show: int) -> None:
+    queries = list(dict.fromkeys(r["query"] for r in records))[:show]
+    for q in queries:
+        table = Table("kind", "rank", "train_id", "score", "tag", title=f"query {q}")
+        for r in records:
+            if r["query"] == q:
+                table.add_row(r["kind"], str(r["rank"]), str(r["train_id"]), f"{r['score']:.5g}", str(r.get("train_tag")))
+        console.print(table)
+
+
+def write_records(records: list[dict[str, Any]], path: Path) -> None:
+    """JSONL for ``.jsonl``, Parquet for ``.parquet``; other suffixes are an error."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    elif path.suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            from .errors import MissingDependencyError
+
+            raise MissingDependencyError("pyarrow", "Parquet output", "pip install 'gradtrace[parquet]'") from None
+        pq.write_table(pa.Table.from_pylist(records), path)
+    else:
+        raise InputError(f"--out must end in .jsonl or .parquet; got {path.name!r}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
