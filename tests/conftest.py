@@ -1,0 +1,139 @@
+"""Shared helpers of the test suite: tiny float64 models, checkpoints written
+with ``torch.save``, and oracles written independently of the library
+(single-example ``loss.backward()`` passes, brute-force double loops).
+
+Helpers are exposed as fixtures so that test files never import this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG inside the block only (parameter init), then restore it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def make_mlp(d_in: int = 5, hidden: int = 4, n_out: int = 3, seed: int = 0) -> nn.Module:
+    with seeded(seed):
+        model = nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
+    return model.double().eval()
+
+
+def classification_data(n: int, d_in: int = 5, n_out: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, n_out, (n,), generator=gen)
+    return x, y
+
+
+def write_checkpoints(
+    factory: Callable[[int], nn.Module], directory: Path, lrs: Sequence[float], seed: int = 100,
+) -> list[tuple[str, float]]:
+    """One state dict per lr, from differently seeded models, saved with torch.save."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, lr in enumerate(lrs):
+        path = directory / f"ckpt_{i}.pt"
+        torch.save(factory(seed + i).state_dict(), path)
+        out.append((str(path), float(lr)))
+    return out
+
+
+def ce_per_example(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+def oracle_grads(
+    model: nn.Module, fn: Callable[[nn.Module, Any], torch.Tensor], examples: Sequence[Any], names: Sequence[str],
+) -> torch.Tensor:
+    """Per-example gradients by one ``backward()`` per example; rows laid out
+    as the concatenation of ``names`` (each flattened row-major)."""
+    params = dict(model.named_parameters())
+    rows = []
+    for example in examples:
+        model.zero_grad(set_to_none=True)
+        value = fn(model, example)
+        value.reshape(()).backward()
+        rows.append(
+            torch.cat([
+                (params[n].grad if params[n].grad is not None else torch.zeros_like(params[n])).detach().reshape(-1).clone()
+                for n in names
+            ])
+        )
+    model.zero_grad(set_to_none=True)
+    return torch.stack(rows)
+
+
+def singles(batch: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
+    """A tuple-of-tensors batch as a list of one-example batches."""
+    n = batch[0].shape[0]
+    return [tuple(t[i : i + 1] for t in batch) for i in range(n)]
+
+
+def brute_force_scores(
+    model: nn.Module,
+    checkpoints: Sequence[tuple[str, float]],
+    train_fn: Callable[[nn.Module, Any], torch.Tensor],
+    train: tuple[torch.Tensor, ...],
+    query_fn: Callable[[nn.Module, Any], torch.Tensor],
+    queries: tuple[torch.Tensor, ...],
+    names: Sequence[str] | None = None,
+    cosine: bool = False,
+) -> torch.Tensor:
+    """``sum_c lr_c <g_c(z), g_c(q)>`` by a double loop over (query, train)
+    pairs, each gradient from its own backward pass. Restores the model."""
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    names = list(names) if names is not None else [n for n, _ in model.named_parameters()]
+    tr, qs = singles(train), singles(queries)
+    out = torch.zeros(len(qs), len(tr), dtype=torch.float64)
+    try:
+        for path, lr in checkpoints:
+            model.load_state_dict(torch.load(path, weights_only=True))
+            g_train = [oracle_grads(model, train_fn, [z], names)[0] for z in tr]
+            g_query = [oracle_grads(model, query_fn, [q], names)[0] for q in qs]
+            for i, gq in enumerate(g_query):
+                for j, gz in enumerate(g_train):
+                    dot = torch.dot(gq, gz)
+                    if cosine:
+                        dot = dot / (gq.norm() * gz.norm())
+                    out[i, j] += lr * dot
+    finally:
+        model.load_state_dict(original)
+    return out
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    """Every file of a store directory, by relative path, with its bytes."""
+    root = Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def h() -> types.SimpleNamespace:
+    """The helpers above, as one namespace."""
+    return types.SimpleNamespace(
+        seeded=seeded,
+        make_mlp=make_mlp,
+        classification_data=classification_data,
+        write_checkpoints=write_checkpoints,
+        ce_per_example=ce_per_example,
+        oracle_grads=oracle_grads,
+        singles=singles,
+        brute_force_scores=brute_force_scores,
+        store_files=store_files,
+    )
