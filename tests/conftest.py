@@ -123,7 +123,7 @@ def store_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def h() -> types.SimpleNamespace:
     """The helpers above, as one namespace."""
     return types.SimpleNamespace(

@@ -50,13 +50,15 @@ class Attributor:
 
     ``model`` and ``task`` must be those the store was made with (checked by
     fingerprint). Checkpoints are loaded as in :func:`gradtrace.featurize`.
+    Both may be None when only precomputed :class:`QueryFeatures` and
+    self-influence are used.
     """
 
     def __init__(
         self,
         store: GradientStore | str | Path,
-        model: nn.Module,
-        task: Task,
+        model: nn.Module | None,
+        task: Task | None,
         *,
         checkpoint_loader: Callable[[nn.Module, CheckpointRef], Any] | None = None,
         weights_only: bool = True,
@@ -74,6 +76,8 @@ class Attributor:
     # -- query side -------------------------------------------------------------
     def query_features(self, queries: Any, behaviour: Behaviour | Callable[..., Tensor] | None = None) -> QueryFeatures:
         """Gradients of ``behaviour`` (default: the task loss) on ``queries``."""
+        if self.model is None:
+            raise InputError("Attributor was made without a model; pass the model to compute query features")
         task = check_task(self.task)
         self._check_model()
         behaviour = resolve_behaviour(behaviour, task)
@@ -125,7 +129,7 @@ class Attributor:
         qf = self._as_query_features(queries, behaviour)
         out = np.empty((qf.n, self.store.n_examples), dtype=np.float64)
         for a, b, block in self._scan(qf, variant):
-            out[:, a:b] = block.numpy()
+            out[:, a:b] = block.to(torch.float64).numpy()
         return out
 
     def top_k(self, queries: Any, k: int = 10, largest: bool = True, behaviour: Any = None, variant: str = "raw") -> TopK:
@@ -138,11 +142,11 @@ class Attributor:
         best_s = torch.empty(qf.n, 0, dtype=torch.float64)
         best_i = torch.empty(qf.n, 0, dtype=torch.int64)
         for a, b, block in self._scan(qf, variant):
-            idx = torch.arange(a, b, dtype=torch.int64).expand(qf.n, -1)
-            cand_s = torch.cat([best_s, block], dim=1)
-            cand_i = torch.cat([best_i, idx], dim=1)
-            kk = min(k, cand_s.shape[1])
-            best_s, pos = torch.topk(cand_s, kk, dim=1, largest=largest, sorted=True)
+            kk = min(k, b - a)
+            blk_s, blk_pos = torch.topk(block, kk, dim=1, largest=largest, sorted=False)
+            cand_s = torch.cat([best_s, blk_s.to(torch.float64)], dim=1)
+            cand_i = torch.cat([best_i, blk_pos.to(torch.int64) + a], dim=1)
+            best_s, pos = torch.topk(cand_s, min(k, cand_s.shape[1]), dim=1, largest=largest, sorted=True)
             best_i = cand_i.gather(1, pos)
         ids = self.store.ids
         indices = best_i.numpy()
@@ -185,19 +189,27 @@ class Attributor:
         # pass over the bytes with no conversion. float32/float64 stores keep their precision.
         compute = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16}[self.store.config.dtype]
         queries = [u.to(compute) for u in qf.unit]
+        accumulate = torch.float64 if compute == torch.float64 else torch.float32
+        q_norms = [n.to(accumulate) for n in qf.norms]
         for a, b in self.store.shard_ranges():
             for lo in range(a, b, SCAN_ROWS):
                 hi = min(lo + SCAN_ROWS, b)
-                total = torch.zeros(qf.n, hi - lo, dtype=torch.float64)
+                total: Tensor | None = None
                 for c in range(len(lrs)):
                     feats = self.store.features(c, a, b)[lo - a : hi - a]
                     rows = _readonly_tensor(feats).to(compute)
-                    fn = torch.from_numpy(self.store.norms(c, a, b)[lo - a : hi - a, 0])
-                    total += self._pair_scores(queries[c], qf.norms[c], rows, fn, float(lrs[c]), variant)
+                    fn = torch.from_numpy(self.store.norms(c, a, b)[lo - a : hi - a, 0]).to(accumulate)
+                    part = self._pair_scores(queries[c], q_norms[c], rows, fn, float(lrs[c]), variant, accumulate)
+                    total = part if total is None else total.add_(part)
+                assert total is not None
                 yield lo, hi, total
 
-    def _pair_scores(self, q: Tensor, q_norms: Tensor, rows: Tensor, t_norms: Tensor, lr: float, variant: str) -> Tensor:
-        """lr-weighted scores of query rows against training rows of one checkpoint."""
+    def _pair_scores(
+        self, q: Tensor, q_norms: Tensor, rows: Tensor, t_norms: Tensor, lr: float, variant: str,
+        accumulate: torch.dtype = torch.float64,
+    ) -> Tensor:
+        """lr-weighted scores of query rows against training rows of one
+        checkpoint, in ``accumulate`` precision."""
         layout = self.store.factor_layout
         if layout:
             dots = None
@@ -208,15 +220,15 @@ class Attributor:
                 dots = part if dots is None else dots.add_(part)
                 at += d_in + d_out
             assert dots is not None
-            dots = dots.to(torch.float64).mul_(lr)
+            dots = dots.to(accumulate).mul_(lr)
             if variant == "cosine":
                 denom = q_norms[:, None] * t_norms[None, :]
-                return torch.where(denom > 0, dots / denom.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+                return torch.where(denom > 0, dots / denom.clamp_min(torch.finfo(accumulate).tiny), 0.0)
             return dots
-        dots = (q @ rows.T).to(torch.float64)
+        dots = (q @ rows.T).to(accumulate)
         if variant == "cosine":
-            return dots * lr
-        return dots * (lr * q_norms[:, None] * t_norms[None, :])
+            return dots.mul_(lr)
+        return dots.mul_(t_norms[None, :]).mul_((lr * q_norms)[:, None])
 
 
 def _readonly_tensor(array: np.ndarray) -> Tensor:

@@ -1,0 +1,45 @@
+"""Write a benchmark's results into its section of BENCHMARKS.md and its JSON file."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> str:
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+
+
+def record(name: str, command: str, summary_md: str, results: dict[str, Any]) -> None:
+    """Replace the ``name`` section of BENCHMARKS.md and write results/<name>.json."""
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number below comes from the command shown with it.\n"
+    section = (
+        f"<!-- {name}:start -->\n## {name}\n\nCommand: `{command}`  \nMachine: {machine()}\n\n{summary_md.strip()}\n\n"
+        f"Raw results: `benchmarks/results/{name}.json`\n<!-- {name}:end -->"
+    )
+    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def median_time(fn: Any, repeats: int) -> tuple[float, Any]:
+    """Median wall time of ``repeats`` calls and the last call's result."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2], result
