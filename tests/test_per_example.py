@@ -263,3 +263,30 @@ def test_per_example_fn_with_wrong_shape_names_it(h, method):
 
     with pytest.raises(InputError, match=r"shape \(\d+, 1\)"):
         featurizer(model, column, h.classification_data(4))
+
+
+class TiedNet(nn.Module):
+    """``out.weight`` is ``fc.weight``: the hooks would miss one of its two uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 4)
+        self.out.weight = self.fc.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.fc(x)))
+
+
+@pytest.mark.parametrize("method", ["auto", "vmap", "loop"])
+def test_tied_weights(h, method):
+    with h.seeded(15):
+        model = TiedNet().double().eval()
+    names = select_parameters(model, "all")
+    assert names == ["fc.weight", "fc.bias", "out.bias"]
+    featurizer = GradientFeaturizer(names, NONE, method)
+    if method == "auto":
+        assert featurizer.resolved_method(model) == "vmap"
+    _check(h, model, h.ce_per_example, h.classification_data(5, d_in=4, n_out=4, seed=16), names, method)
+    with pytest.raises(InputError, match="untied"):
+        GradientFeaturizer(names, NONE, "hooks").resolved_method(model)

@@ -184,3 +184,48 @@ def test_empty_queries(setup):
     empty = (setup.queries[0][:0], setup.queries[1][:0])
     with pytest.raises(InputError, match="empty"):
         setup.attributor.score(empty)
+
+
+@pytest.mark.parametrize(
+    "projection",
+    [gt.ProjectionConfig("dense", dim=12, seed=1), gt.ProjectionConfig("kronecker", dim=4, seed=1)],
+    ids=["dense", "kronecker"],
+)
+def test_self_influence_is_exact_under_projection(h, tmp_path, projection):
+    """Self-influence comes from the exact squared norms, not the projected rows."""
+    model = h.make_mlp(seed=0)
+    ckpts = h.write_checkpoints(lambda s: h.make_mlp(seed=s), tmp_path / "ck", LRS)
+    train = h.classification_data(N_TRAIN, seed=1)
+    store = gt.featurize(
+        model, gt.ClassificationTask(), ckpts, train, tmp_path / "s",
+        gt.FeaturizeConfig(projection=projection, shard_size=4, batch_size=3, dtype="float32"), progress=False,
+    )
+    diag = np.diag(h.brute_force_scores(model, ckpts, h.ce_per_example, train, h.ce_per_example, train).numpy())
+    np.testing.assert_allclose(gt.self_influence(store), diag, **TOL)
+    # while the projected score of an example with itself is only approximately its self-influence
+    projected = np.diag(gt.Attributor(store, model, gt.ClassificationTask()).score(train))
+    assert not np.allclose(projected, diag, rtol=1e-6, atol=0)
+
+
+def test_dataset_and_list_inputs_equal_tensor_tuples(h, setup, tmp_path):
+    from torch.utils.data import TensorDataset
+
+    x, y = setup.train
+    config = gt.FeaturizeConfig(projection=gt.ProjectionConfig(setup.kind), batch_size=3, shard_size=4, dtype="float64")
+    for name, data in (("dataset", TensorDataset(x, y)), ("list", [(x[i], y[i]) for i in range(len(y))])):
+        store = gt.featurize(setup.model, setup.task, setup.ckpts, data, tmp_path / name, config, progress=False)
+        att = gt.Attributor(store, setup.model, setup.task)
+        np.testing.assert_allclose(att.score(TensorDataset(*setup.queries)), setup.brute, **TOL)
+
+
+def test_incomplete_store_is_an_error_naming_the_shard(setup, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(setup.store.root, copy)
+    (copy / "ckpt_001" / "rows_000000004_000000008.json").unlink()
+    att = gt.Attributor(copy, setup.model, setup.task)
+    with pytest.raises(gt.StoreError, match="checkpoint 1, rows 4-8 is missing"):
+        att.score(setup.queries)
+    with pytest.raises(gt.StoreError, match="checkpoint 1, rows 4-8 is missing"):
+        att.self_influence()

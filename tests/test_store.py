@@ -10,7 +10,6 @@ import runpy
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 

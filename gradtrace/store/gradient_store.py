@@ -54,7 +54,7 @@ class GradientStore:
     or make with :meth:`create`; :func:`gradtrace.featurize` does both."""
 
     def __init__(self, root: Path, manifest: dict[str, Any]):
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.manifest = manifest
         self._ids: list[str] | None = None
         self._tags: list[Any] | None = None
