@@ -185,12 +185,24 @@ def _open_or_create(
     root: Path, settings: dict[str, Any], data_fp: str, n: int,
     ids: Sequence[str] | None, tags: Sequence[Any] | None, append: bool,
 ) -> tuple[GradientStore, Segment]:
+    if tags is not None and len(tags) != n:
+        raise InputError(f"tags: need one tag per example ({n}); got {len(tags)}")
+    checked_ids = _check_ids(ids, n, 0) if ids is not None else None
     if (root / MANIFEST).exists():
         store = GradientStore.open(root)
+        if not store.has_any_shard():
+            # Nothing was computed yet (an earlier call failed before its first shard): start afresh.
+            store.discard_unwritten()
+            return _open_or_create(root, settings, data_fp, n, ids, tags, append)
         store.check_compatible(settings)
         store.clean_temporaries()
         for seg in store.segments:
             if seg.fingerprint == data_fp:
+                if checked_ids is not None and store.ids[seg.start : seg.stop] != checked_ids:
+                    raise InputError(
+                        f"ids differ from those stored for this data in {str(root)!r}; "
+                        "resume with the same ids, or featurize into a new directory"
+                    )
                 return store, seg
         if not append:
             raise InputError(
@@ -201,10 +213,7 @@ def _open_or_create(
     else:
         store = GradientStore.create(root, settings)
         start = 0
-    ids = _check_ids(ids, n, start)
-    if tags is not None and len(tags) != n:
-        raise InputError(f"tags: need one tag per example ({n}); got {len(tags)}")
-    return store, store.add_segment(data_fp, ids, tags)
+    return store, store.add_segment(data_fp, checked_ids or _check_ids(None, n, start), tags)
 
 
 def _check_ids(ids: Sequence[str] | None, n: int, start: int) -> list[str]:

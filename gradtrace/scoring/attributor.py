@@ -139,18 +139,13 @@ class Attributor:
             raise InputError(f"k must be a positive integer; got {k!r}")
         qf = self._as_query_features(queries, behaviour)
         k = min(k, self.store.n_examples)
-        best_s = torch.empty(qf.n, 0, dtype=torch.float64)
-        best_i = torch.empty(qf.n, 0, dtype=torch.int64)
+        best_s = np.empty((qf.n, 0), dtype=np.float64)
+        best_i = np.empty((qf.n, 0), dtype=np.int64)
         for a, b, block in self._scan(qf, variant):
-            kk = min(k, b - a)
-            blk_s, blk_pos = torch.topk(block, kk, dim=1, largest=largest, sorted=False)
-            cand_s = torch.cat([best_s, blk_s.to(torch.float64)], dim=1)
-            cand_i = torch.cat([best_i, blk_pos.to(torch.int64) + a], dim=1)
-            best_s, pos = torch.topk(cand_s, min(k, cand_s.shape[1]), dim=1, largest=largest, sorted=True)
-            best_i = cand_i.gather(1, pos)
+            best_s, best_i = _merge_top_k(best_s, best_i, block.numpy(), a, k, largest)
         ids = self.store.ids
-        indices = best_i.numpy()
-        return TopK(indices, best_s.numpy(), [[ids[i] for i in row] for row in indices], largest, variant)
+        indices = best_i
+        return TopK(indices, best_s, [[ids[i] for i in row] for row in indices], largest, variant)
 
     def breakdown(self, queries: Any, train_indices: Sequence[int], behaviour: Any = None, variant: str = "raw") -> np.ndarray:
         """``[n_checkpoint, n_query, len(train_indices)]`` contributions of each
@@ -229,6 +224,35 @@ class Attributor:
         if variant == "cosine":
             return dots.mul_(lr)
         return dots.mul_(t_norms[None, :]).mul_((lr * q_norms)[:, None])
+
+
+def _merge_top_k(
+    best_s: np.ndarray, best_i: np.ndarray, block: np.ndarray, offset: int, k: int, largest: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a block of scores (columns ``offset...``) into each row's running
+    top k, best first; ties go to the lower training index.
+
+    Once every row holds k results, only entries that beat a row's current
+    k-th score are touched: one comparison pass instead of a top-k per block.
+    """
+    nq, m = block.shape
+    sign = 1.0 if largest else -1.0
+    if best_s.shape[1] < k:
+        vals = np.concatenate([best_s, block.astype(np.float64)], axis=1)
+        idx = np.concatenate([best_i, np.broadcast_to(np.arange(offset, offset + m, dtype=np.int64), (nq, m))], axis=1)
+        order = np.lexsort((idx, -sign * vals), axis=1)[:, :k] if vals.shape[1] > 0 else idx
+        return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+    worst = best_s[:, -1:]
+    rows, cols = np.nonzero(block > worst if largest else block < worst)
+    if rows.size == 0:
+        return best_s, best_i
+    vals = np.concatenate([best_s.ravel(), block[rows, cols].astype(np.float64)])
+    idx = np.concatenate([best_i.ravel(), cols.astype(np.int64) + offset])
+    row = np.concatenate([np.repeat(np.arange(nq), k), rows])
+    order = np.lexsort((idx, -sign * vals, row))
+    starts = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=nq))[:-1]])
+    keep = order[np.arange(order.size) - starts[row[order]] < k]
+    return vals[keep].reshape(nq, k), idx[keep].reshape(nq, k)
 
 
 def _readonly_tensor(array: np.ndarray) -> Tensor:

@@ -201,6 +201,21 @@ class GradientStore:
             if not self.has_shard(c, a, b)
         ]
 
+    def has_any_shard(self) -> bool:
+        return any(self.root.glob("ckpt_*/rows_*.json"))
+
+    def discard_unwritten(self) -> None:
+        """Remove a store that holds no shard yet (its manifest and ids only)."""
+        if self.has_any_shard():
+            raise StoreError(f"store {str(self.root)!r} holds shards; refusing to discard it")
+        for seg in self.segments:
+            (self.root / seg.ids_file).unlink(missing_ok=True)
+        (self.root / MANIFEST).unlink()
+        self.clean_temporaries()
+        for d in sorted(self.root.rglob("*"), reverse=True):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
     @property
     def complete(self) -> bool:
         return bool(self.segments) and not self.missing_shards()
