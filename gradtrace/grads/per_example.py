@@ -162,6 +162,38 @@ class GradientFeaturizer:
             return FeatureBatch(self._dense.project(grads), sqnorms)
         return FeatureBatch(grads, sqnorms)
 
+    def sqnorms(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> Tensor:
+        """Exact squared norm of each example's full gradient, without its features.
+
+        For linear layers (``hooks``) this never builds a per-example gradient:
+        ``|sum_t g_t x_t^T|^2`` comes from the captured inputs and output
+        gradients. Other methods fall back to the full gradients.
+        """
+        self._resolve(model)
+        if self._resolved != "hooks":
+            return self(model, fn, batch).sqnorms
+        with _only_selected_require_grad(model, self.param_names), torch.enable_grad():
+            b, cap, out_grads = self._forward_capture(model, fn, batch)
+            assert self._sites is not None
+            sq: Tensor | None = None
+            for i, site in enumerate(self._sites):
+                if site.weight_name is None:  # bias only: its gradient is the token-summed output gradient
+                    site_sq = sum(as_tokens(g, b, site.module_name).sum(1) for g in out_grads[i]).pow(2).sum(1)
+                else:
+                    xs = [as_tokens(x, b, f"input of {site.module_name}") for x in cap.inputs[i]]
+                    gs = [as_tokens(g, b, f"output gradient of {site.module_name}") for g in out_grads[i]]
+                    with_bias = site.bias_name is not None
+                    if len(xs) == 1 and xs[0].shape[1] == 1:
+                        x2 = xs[0][:, 0].pow(2).sum(1) + (1.0 if with_bias else 0.0)
+                        site_sq = x2 * gs[0][:, 0].pow(2).sum(1)
+                    else:
+                        weight = site.module.weight
+                        site_sq = _exact_sqnorm([augmented_input(x, with_bias) for x in xs], gs, b, weight.dtype, weight.device)
+                sq = site_sq if sq is None else sq + site_sq
+            if sq is None:
+                raise InputError("no selected linear layer was called during the forward pass")
+            return sq.detach()
+
     def _forward_capture(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> tuple[int, LinearCapture, list[list[Tensor]]]:
         assert self._sites is not None
         with LinearCapture(self._sites) as cap:
