@@ -106,7 +106,7 @@ class CachedEmbedder:
         cache = self._read()
         keys = [text_hash(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in cache))
-        self.hits += len(texts) - sum(1 for k in keys if k not in cache)
+        self.hits += len(texts) - len(missing)  # rows not sent to the inner embedder
         self.misses += len(missing)
         if missing:
             first = {k: t for t, k in zip(texts, keys)}
