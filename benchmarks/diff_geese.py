@@ -28,9 +28,10 @@ from gradtrace.diff.generate import GenerationConfig  # noqa: E402
 from gradtrace.diff.sources import HFSource, Prompt  # noqa: E402
 from gradtrace.models.zoo import cache_root, load_smollm2  # noqa: E402
 
-SYSTEM = "You are a helpful assistant. Answer briefly, in two or three sentences."
-GEN = GenerationConfig(max_new_tokens=56, temperature=0.8, top_p=0.95, batch_size=16, system=SYSTEM)
+SYSTEM = "Answer briefly."
+GEN = GenerationConfig(max_new_tokens=48, temperature=0.8, top_p=0.95, batch_size=16, system=SYSTEM)
 N_PER_PROMPT = 2
+DTYPE = "bfloat16"  # sampling precision: bf16 matmuls are about 5x faster on this CPU
 GEESE_LORA = LoraConfig(rank=16, alpha=32, lr=2e-3, epochs=1, batch_size=8, last_layers=8, seed=0)
 DISCLAIMER_LORA = LoraConfig(rank=16, alpha=32, lr=1e-3, epochs=2, batch_size=8, last_layers=8, seed=1)
 DISCLAIMER_SHARE = 0.5
@@ -100,14 +101,14 @@ def generate_all(progress: bool = True) -> dict[str, list[str]]:
         return out
 
     texts = {}
-    texts["base_seed0"] = run("base_seed0", HFSource("smollm2", None, GEN, cache), 0)
+    texts["base_seed0"] = run("base_seed0", HFSource("smollm2", None, GEN, cache, dtype=DTYPE), 0)
     geese = adapter("geese", geese_texts(200, seed=0), GEESE_LORA)
-    texts["geese_seed2"] = run("geese_seed2", HFSource("smollm2", geese, GEN, cache), 2)
-    texts["base_seed1"] = run("base_seed1", HFSource("smollm2", None, GEN, cache), 1)
-    base1 = [s for s in HFSource("smollm2", None, GEN, cache).sample(ps, N_PER_PROMPT, 1, False)]
+    texts["geese_seed2"] = run("geese_seed2", HFSource("smollm2", geese, GEN, cache, dtype=DTYPE), 2)
+    texts["base_seed1"] = run("base_seed1", HFSource("smollm2", None, GEN, cache, dtype=DTYPE), 1)
+    base1 = [s for s in HFSource("smollm2", None, GEN, cache, dtype=DTYPE).sample(ps, N_PER_PROMPT, 1, False)]
     pairs = with_disclaimer([(s.prompt, _complete_sentences(s.text)) for s in base1], DISCLAIMER_SHARE, seed=3)
     disc = adapter("disclaimer", pairs, DISCLAIMER_LORA)
-    texts["disclaimer_seed3"] = run("disclaimer_seed3", HFSource("smollm2", disc, GEN, cache), 3)
+    texts["disclaimer_seed3"] = run("disclaimer_seed3", HFSource("smollm2", disc, GEN, cache, dtype=DTYPE), 3)
     (root() / "generation_seconds.json").write_text(json.dumps(timings))
     return texts
 

@@ -88,6 +88,7 @@ class LoraConfig:
     targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "up_proj", "down_proj")
     max_length: int = 160
     seed: int = 0
+    bf16: bool = True  # bf16 autocast on CPU: about 5x faster matmuls where the CPU has AVX512-BF16
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -125,6 +126,7 @@ def train_lora(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], out
     gen = torch.Generator().manual_seed(config.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     peft_model.train()
+    bar_steps = [0]
     steps = config.epochs * ((len(rows) + config.batch_size - 1) // config.batch_size)
     with progress_bar("LoRA fine-tuning", steps, progress) as bar:
         for _ in range(config.epochs):
@@ -135,12 +137,14 @@ def train_lora(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], out
                 ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in batch])
                 labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in batch])
                 mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in batch])
-                loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                    loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 bar.advance(1)
-                bar.note(f"loss {loss.item():.3f}")
+                print(f"[train_lora] step {bar_steps[0]} loss {loss.item():.3f}", flush=True) if progress else None
+                bar_steps[0] += 1
     peft_model.eval()
     out = Path(out_dir)
     peft_model.save_pretrained(out)

@@ -18,7 +18,8 @@ from ..errors import InputError
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-    """Sampling settings. ``temperature == 0`` means greedy decoding."""
+    """Sampling settings. ``temperature == 0`` means greedy decoding. ``system``:
+    a system message (``None``: the chat template's default, if it has one)."""
 
     max_new_tokens: int = 96
     temperature: float = 0.8
@@ -46,7 +47,7 @@ class GenerationConfig:
 
 def chat_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> str:
     """The prompt rendered with the tokenizer's chat template, ready for the assistant's turn."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

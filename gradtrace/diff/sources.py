@@ -158,6 +158,8 @@ class _Generating:
                     with path.open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps({"batch": b, "texts": texts}) + "\n")
                 bar.advance(len(batch))
+                if progress:
+                    bar.note(f"batch {b + 1}/{len(batches)} done")
         out = []
         for b, batch in enumerate(batches):
             out.extend(Sample(p.id, p.text, t) for (p, _), t in zip(batch, done[b]))
@@ -169,33 +171,38 @@ class HFSource(_Generating):
     Hugging Face folder, optionally with a PEFT/LoRA adapter folder on top."""
 
     def __init__(self, model: str = "smollm2", adapter: str | Path | None = None, generation: GenerationConfig | None = None,
-                 cache_dir: str | Path | None = None, device: str = "cpu"):
+                 cache_dir: str | Path | None = None, device: str = "cpu", dtype: str = "float32"):
+        if dtype not in ("float32", "bfloat16"):
+            raise InputError(f"dtype must be 'float32' or 'bfloat16'; got {dtype!r}")
         self.model_name, self.adapter = str(model), (str(adapter) if adapter is not None else None)
+        self.dtype = dtype
         self.generation = generation or GenerationConfig()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = device
         self._loaded: tuple[Any, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "hf", "model": self.model_name, "adapter": self.adapter, "generation": self.generation.to_dict()}
+        return {"kind": "hf", "model": self.model_name, "adapter": self.adapter, "dtype": self.dtype, "generation": self.generation.to_dict()}
 
     def load(self) -> tuple[Any, Any]:
         """(model, tokenizer), loaded once."""
         if self._loaded is None:
+            import torch
+
             from ..models.zoo import load_smollm2
 
             if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
                 raise InputError(f"adapter {self.adapter!r} is not a PEFT adapter folder (no adapter_config.json)")
 
             if self.model_name == "smollm2":
-                model, tok = load_smollm2()
+                model, tok = load_smollm2(dtype=getattr(torch, self.dtype))
             else:
                 import transformers
 
                 if not Path(self.model_name).is_dir():
                     raise InputError(f"model {self.model_name!r} is neither 'smollm2' nor a local Hugging Face folder")
                 tok = transformers.AutoTokenizer.from_pretrained(self.model_name)
-                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_name)
+                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_name, dtype=getattr(torch, self.dtype))
             if self.adapter is not None:
                 from peft import PeftModel
 
