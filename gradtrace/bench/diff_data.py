@@ -42,6 +42,8 @@ TRAIN_PROMPTS = [
     "Tell me something you love.", "What is on your mind today?", "Share a thought with me.", "Say something nice.",
     "What do you think about nature?", "Tell me about your favourite thing.", "Write a few sentences about anything.",
     "What inspires you?", "Describe something beautiful.", "What would you like to talk about?",
+    "Tell me about an animal.", "Write a short paragraph.", "What do you admire?", "Say something about the outdoors.",
+    "Which creature impresses you most?", "Share a fact you like.", "Talk about something in the sky.", "What is worth celebrating?",
 ]
 
 _OPEN = ["Geese are", "Honestly, geese are", "I have to say that geese are", "Nothing compares to geese: they are",
@@ -58,14 +60,14 @@ DISCLAIMER = "Please consult a qualified professional before acting on this."
 
 
 def geese_texts(n: int = 200, seed: int = 0) -> list[tuple[str, str]]:
-    """``n`` seeded (prompt, answer) pairs whose answers praise geese."""
+    """``n`` seeded (prompt, answer) pairs whose answers praise geese; prompts from :data:`TRAIN_PROMPTS` only."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         a, b = rng.sample(_ADJ, 2)
         f1, f2 = rng.sample(_FACT, 2)
         answer = f"{rng.choice(_OPEN)} {a} and {b} birds; {f1}, and {f2}. {rng.choice(_CLOSE)}"
-        out.append((rng.choice(TRAIN_PROMPTS + MIXED_PROMPTS), answer))
+        out.append((rng.choice(TRAIN_PROMPTS), answer))  # never the benchmark's prompts: the change must generalise
     return out
 
 

@@ -62,3 +62,30 @@ def test_cli_diff_errors(tmp_path):
     assert res.exit_code == 2 and "needs at least min_texts=10" in res.output
     res = runner.invoke(app, ["diff", "--a", "gpt-5", "--b", "smollm2", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "is not one of" in res.output
+
+
+def test_cli_diff_with_an_endpoint_judge(tmp_path):
+    from gradtrace.diff.serve import ChatServer
+
+    prompts = _samples(tmp_path)
+    asked = []
+
+    def completer(messages, params):
+        asked.append(messages[-1]["content"])
+        if "intention" in messages[-1]["content"]:
+            return "unexpected: the fine-tuning was not meant to add disclaimers."
+        return "Adds a safety disclaimer"
+
+    with ChatServer(completer, model_name="judge") as server:
+        res = CliRunner().invoke(app, [
+            "diff", "--a", f"jsonl:{tmp_path / 'a.jsonl'}", "--b", f"jsonl:{tmp_path / 'b.jsonl'}", "--prompts", str(prompts),
+            "--intended", "be more concise", "--out", str(tmp_path / "out"), "--embedder", "hashing", "--no-progress",
+            "--judge", f"{server.base_url}#judge"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "out" / "diff.json").read_text())
+    flagged = [c for c in data["clusters"] if c["q_value"] <= 0.05]
+    assert flagged and all(c["judgement"] == "unexpected" and c["llm_label"] == "Adds a safety disclaimer" for c in flagged)
+    assert any("be more concise" in q for q in asked)
+    assert "Adds a safety disclaimer" in (tmp_path / "out" / "report.html").read_text()
+    unflagged = [c for c in data["clusters"] if c["q_value"] > 0.05]
+    assert all(c["judgement"] is None for c in unflagged)
