@@ -230,6 +230,11 @@ def write_records(records: list[dict[str, Any]], path: Path) -> None:
         raise InputError(f"--out must end in .jsonl or .parquet; got {path.name!r}")
 
 
+from .diff.cli import register as _register_diff  # noqa: E402
+
+_register_diff(app)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
