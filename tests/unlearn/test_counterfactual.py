@@ -36,7 +36,8 @@ def measure(model: nn.Module) -> float:
 
 
 def test_removal_matches_brute_force():
-    exp = RemovalExperiment(mean_train_fn, measure, len(Y), RemovalConfig(k=3, seeds=(0, 1), random_seed=5))
+    exp = RemovalExperiment(mean_train_fn, measure, len(Y), RemovalConfig(k=3, seeds=(0, 1), random_seed=5),
+                            extra_measures={"double": lambda m: 2 * measure(m)})
     res = exp.run(Y)  # score = y: the top 3 raise the mean the most
     top = [1, 3, 5]
     assert res.removed_topk == top
@@ -48,6 +49,8 @@ def test_removal_matches_brute_force():
         rand = rng.choice(len(Y), size=3, replace=False)
         assert res.after_random[s] == pytest.approx(np.delete(Y, rand).mean() + jitter, abs=1e-12)
     assert res.summary()["after_topk"] < res.summary()["base"]
+    assert res.extras["after_topk"]["double"] == [2 * v for v in res.after_topk]
+    assert res.summary()["double_base"] == pytest.approx(2 * res.summary()["base"])
     assert RemovalConfig.from_dict(res.config.to_dict()) == res.config
 
 
