@@ -196,6 +196,12 @@ def demo(
     _run(go)
 
 
+from .unlearn.cli import unlearn_command, validate_command  # noqa: E402
+
+app.command("unlearn")(unlearn_command)
+app.command("validate")(validate_command)
+
+
 def _head(data: Any, n: int) -> Any:
     if isinstance(data, tuple):
         return tuple(t[:n] for t in data)
