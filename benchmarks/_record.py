@@ -15,7 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def machine() -> str:
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    import os
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, load average at the end {load:.1f}"
+    )
 
 
 def record(name: str, command: str, summary_md: str, results: dict[str, Any]) -> None:

@@ -1,0 +1,1 @@
+"""Model adapters and the bundled offline models (:mod:`gradtrace.models.zoo`)."""
