@@ -49,8 +49,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench_out/lm_planted")
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--trace", default="last", choices=("all", "last"), help="checkpoints to trace (all is ~3x slower)")
+    parser.add_argument("--adam", action="store_true", help="also trace with Adam-preconditioned training gradients")
     args = parser.parse_args()
-    config = LMPipelineConfig(model="smollm2", data=PlantedConfig(), train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(22, 30))))
+    config = LMPipelineConfig(
+        model="smollm2", data=PlantedConfig(), train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(22, 30))),
+        preconditioners=("plain", "adam") if args.adam else ("plain",), trace_checkpoints=args.trace,
+    )
     results = run_planted_pipeline(config, args.out, progress=True)
     if not args.skip_cost:
         results.update(cost(config))
@@ -59,7 +64,7 @@ def main() -> None:
         f"| `{name}` | {r['recall_at_20']:.2f} | {r['recall_at_50']:.2f} | {r['per_query_recall_at_20']:.2f} |" for name, r in v.items()
     )
     summary = f"""
-SmolLM2-135M-Instruct, LoRA r={config.train.rank} on {', '.join(config.train.target_modules)}, {config.train.epochs} epoch(s) at lr {config.train.lr} (constant, AdamW, batch {config.train.batch_size}), {len(results['checkpoints'])} checkpoints; {results['n_train']} training examples of which {results['n_planted']} planted and {results['n_honest']} honest on the same topic; {results['n_queries']} held-out trigger queries. Kronecker projection, per-layer dim {config.proj_dim}.
+SmolLM2-135M-Instruct, LoRA r={config.train.rank} on {', '.join(config.train.target_modules)}, {config.train.epochs} epoch(s) at lr {config.train.lr} (constant, AdamW, batch {config.train.batch_size}), {len(results['checkpoints'])} checkpoints; {results['n_train']} training examples of which {results['n_planted']} planted and {results['n_honest']} honest on the same topic; {results['n_queries']} held-out trigger queries. Traced checkpoints: {', '.join(results['traced_checkpoints'])} (of {', '.join(c['path'] for c in results['checkpoints'])}). Kronecker projection, per-layer dim {config.proj_dim}.
 
 | key | value |
 |---|---|

@@ -52,14 +52,18 @@ def trainer_checkpoints(run_dir: str | Path, lr: float | None = None) -> list[Ch
         m = _CKPT.match(run.name)
         found = [(int(m.group(1)) if m else 0, run)]
     refs = []
+    latest = found[-1][1]
     for step, path in found:
-        rate = lr if lr is not None else _logged_lr(path, run, step)
+        rate = lr if lr is not None else _logged_lr(path, [path, latest, run], step)
         refs.append(CheckpointRef(path=str(path), lr=float(rate), step=step))
     return refs
 
 
-def _logged_lr(ckpt: Path, run: Path, step: int) -> float:
-    for state_file in (ckpt / "trainer_state.json", run / "trainer_state.json"):
+def _logged_lr(ckpt: Path, folders: list[Path], step: int) -> float:
+    """The learning rate logged at the last step <= ``step``, from the first
+    ``trainer_state.json`` found in ``folders`` (the checkpoint's own, the
+    run's latest checkpoint's, the run folder's)."""
+    for state_file in (f / "trainer_state.json" for f in folders):
         if state_file.is_file():
             break
     else:
