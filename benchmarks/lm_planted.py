@@ -53,12 +53,17 @@ def main() -> None:
     parser.add_argument("--adam", action="store_true", help="also trace with Adam-preconditioned training gradients")
     args = parser.parse_args()
     config = LMPipelineConfig(
-        model="smollm2", data=PlantedConfig(), train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(22, 30))),
+        model="smollm2", data=PlantedConfig(n_ordinary=500), train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(26, 30))),
         preconditioners=("plain", "adam") if args.adam else ("plain",), trace_checkpoints=args.trace,
     )
     results = run_planted_pipeline(config, args.out, progress=True)
+    write(config, results)  # recorded now, and again with the cost numbers
     if not args.skip_cost:
         results.update(cost(config))
+        write(config, results)
+
+
+def write(config: LMPipelineConfig, results: dict) -> None:
     v = results["variants"]
     rows = "\n".join(
         f"| `{name}` | {r['recall_at_20']:.2f} | {r['recall_at_50']:.2f} | {r['per_query_recall_at_20']:.2f} |" for name, r in v.items()

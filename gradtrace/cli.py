@@ -92,7 +92,7 @@ def featurize(
 def query(
     store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize'"),
     task: Optional[str] = typer.Option(None, help="the same --task as featurize; its queries are scored"),
-    queries: Optional[Path] = typer.Option(None, help="for a store made with --hf-model: query examples (JSONL)"),
+    queries_file: Optional[Path] = typer.Option(None, "--queries", help="for a store made with --hf-model: query examples (JSONL)"),
     behaviour: str = typer.Option("logprob", help="with --queries: logprob | margin | loss"),
     hf_model: Optional[str] = typer.Option(None, help="with --queries: the model (default: the one saved with the store)"),
     report: Optional[Path] = typer.Option(None, help="with --queries: write an HTML report here"),
@@ -108,12 +108,12 @@ def query(
     from .spec import load_task_spec
 
     def go() -> None:
-        if queries is not None or task is None:
+        if queries_file is not None or task is None:
             from .models.hf_query import run_hf_query
 
-            if queries is None:
+            if queries_file is None:
                 raise InputError("query needs --task (a TaskSpec file) or --queries (for a store made with --hf-model)")
-            records = run_hf_query(store, queries, behaviour, hf_model, k, opponents, variant, limit, report)
+            records = run_hf_query(store, queries_file, behaviour, hf_model, k, opponents, variant, limit, report)
             if out is not None:
                 write_records(records, out)
                 console.print(f"wrote {len(records)} rows to {out}")

@@ -26,7 +26,7 @@ from .planted_lm import PlantedConfig, make_planted_data
 
 DEMO_CONFIGS = {
     "smollm2": LMPipelineConfig(
-        model="smollm2", train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(22, 30))),
+        model="smollm2", data=PlantedConfig(n_ordinary=500), train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(26, 30))),
         preconditioners=("plain",), baselines=("bm25",), trace_checkpoints="last",
     ),
     "tiny": LMPipelineConfig(

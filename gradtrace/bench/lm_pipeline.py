@@ -131,7 +131,7 @@ def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bo
     }
     fconfig = FeaturizeConfig(
         params=lora_selection(model), projection=ProjectionConfig("kronecker", config.proj_dim, seed=0),
-        batch_size=config.featurize_batch, shard_size=4096, dtype="float32",
+        batch_size=config.featurize_batch, shard_size=8 * config.featurize_batch, dtype="float32",
     )
     behaviours = {"logprob": (CompletionLogProbBehaviour(), lp_queries), "margin": (PreferenceMarginBehaviour(), data.queries)}
     si_ranks = None

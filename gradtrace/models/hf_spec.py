@@ -102,7 +102,9 @@ def wrap_with_adapter_config(model: nn.Module, adapter_dir: Path) -> nn.Module:
         raise InputError(f"adapter folder {str(adapter_dir)!r} has no adapter_config.json")
     raw = json.loads(config_file.read_text())
     fields = {f.name for f in dataclasses.fields(LoraConfig)}
-    config = LoraConfig(**{k: v for k, v in raw.items() if k in fields and k not in ("base_model_name_or_path", "revision")})
+    kept = {k: v for k, v in raw.items() if k in fields and k not in ("base_model_name_or_path", "revision", "inference_mode")}
+    # trainable adapters, as in the run: the optimizer state maps to the trainable parameters
+    config = LoraConfig(**kept, inference_mode=False)
     return get_peft_model(model, config)
 
 

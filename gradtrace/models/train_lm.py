@@ -32,7 +32,8 @@ SCHEDULES = ("constant", "linear", "cosine")
 @dataclasses.dataclass(frozen=True)
 class LoraTrainConfig:
     """Settings of :func:`train_lora`. ``n_checkpoints`` checkpoints are saved
-    at evenly spaced steps, the last at the end of training."""
+    at evenly spaced steps (``round(steps * i / n)``), the last at the end of
+    training (fewer when the run has fewer steps)."""
 
     epochs: int = 1
     lr: float = 3e-3
@@ -113,23 +114,47 @@ def train_lora(
     for i, e in enumerate(examples):  # fail before training on a bad example
         task.encode(e, i)
     steps = config.epochs * -(-len(examples) // config.batch_size)
-    save_every = -(-steps // config.n_checkpoints)  # the Trainer also saves at the last step
+    save_at = sorted({max(1, round(steps * i / config.n_checkpoints)) for i in range(1, config.n_checkpoints + 1)})
     args = TrainingArguments(
         output_dir=str(out), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         learning_rate=config.lr, lr_scheduler_type=config.schedule, weight_decay=config.weight_decay,
-        warmup_steps=0, logging_steps=1, save_steps=save_every, save_strategy="steps", save_total_limit=None,
+        warmup_steps=0, logging_steps=1, save_strategy="no", save_total_limit=None,
         report_to=[], seed=config.seed, data_seed=config.seed, use_cpu=True, remove_unused_columns=False,
         disable_tqdm=not progress, dataloader_num_workers=0, save_only_model=False,
     )
     with _kept_random_state(config.seed):
         model.train()
-        trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(list(examples)), data_collator=task.collate)
+        trainer = Trainer(
+            model=model, args=args, train_dataset=_ListDataset(list(examples)), data_collator=task.collate,
+            callbacks=[_SaveAt(save_at)],
+        )
         if not progress:
             trainer.remove_callback(PrinterCallback)
         trainer.train()
         model.eval()
     done.write_text(json.dumps(settings))
     return trainer_checkpoints(out)
+
+
+def _save_at_callback() -> type:
+    from transformers import TrainerCallback
+
+    class SaveAt(TrainerCallback):
+        """Save a checkpoint exactly at the given global steps."""
+
+        def __init__(self, steps: list[int]):
+            self.steps = set(steps)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step in self.steps:
+                control.should_save = True
+            return control
+
+    return SaveAt
+
+
+def _SaveAt(steps: list[int]) -> Any:  # noqa: N802 - a factory standing in for the class
+    return _save_at_callback()(steps)
 
 
 class _ListDataset(torch.utils.data.Dataset):
