@@ -72,9 +72,36 @@ def run_lm_demo(out: str | Path, model: str = "smollm2", progress: bool = True, 
     )
     report = out / "report.html"
     report.write_text(html_text, encoding="utf-8")
+    export_run(config, data, out)
     results = dict(results, report=str(report))
     (out / "summary.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def export_run(config: LMPipelineConfig, data: Any, out: Path) -> None:
+    """Leave what the CLI needs next to the report: ``train.jsonl`` (with ids
+    and tags), ``queries.jsonl`` (preference pairs), ``run/`` (the Trainer
+    checkpoints) and, for the tiny model, ``base_model/`` (its folder)."""
+    import shutil
+
+    from .lm_pipeline import run_dir_for
+
+    (out / "train.jsonl").write_text(
+        "".join(json.dumps(dict(e, id=i, tag=t)) + "\n" for e, i, t in zip(data.train, data.ids, data.tags)), encoding="utf-8"
+    )
+    (out / "queries.jsonl").write_text(
+        "".join(json.dumps(dict(q, id=f"trigger-{n}")) + "\n" for n, q in enumerate(data.queries)), encoding="utf-8"
+    )
+    run = out / "run"
+    if run.exists():
+        shutil.rmtree(run)
+    run.mkdir()
+    for ckpt in sorted(run_dir_for(config).glob("checkpoint-*")):
+        shutil.copytree(ckpt, run / ckpt.name)
+    if config.model == "tiny":
+        base, tok = load_model(config.model, config.train.seed)
+        base.save_pretrained(out / "base_model")
+        tok.save_pretrained(out / "base_model")
 
 
 def lm_demo_command(out: Path, model: str, progress: bool, console: Any) -> None:
