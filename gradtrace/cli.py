@@ -196,6 +196,11 @@ def demo(
     _run(go)
 
 
+from .loop.cli import loop as _loop_command  # noqa: E402  (code in gradtrace/loop/cli.py)
+
+app.command("loop")(_loop_command)
+
+
 def _head(data: Any, n: int) -> Any:
     if isinstance(data, tuple):
         return tuple(t[:n] for t in data)

@@ -133,7 +133,7 @@ class SelfTrainingLoop:
             if diffs:
                 raise ConfigMismatchError(f"the loop run in {str(self.out)!r}", diffs)
         else:
-            path.write_text(json.dumps(mine, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            path.write_text(json.dumps(mine, indent=1) + "\n", encoding="utf-8")  # key order kept: it fixes the monitor order
 
     def _monitors(self, embedder: Embedder) -> list[Monitor]:
         out: list[Monitor] = []
@@ -310,7 +310,7 @@ class SelfTrainingLoop:
         g = self.config.generation
         samples = lm.generate(prompts, n_per_prompt=g.n_per_prompt, max_new_tokens=g.max_new_tokens,
                               generator=self._torch_gen(t, "generate"), temperature=g.temperature, top_p=g.top_p)
-        records = [{"id": f"r{t}-{j}", "text": text, "prompt": prompts[i], "round": t} for j, (i, text) in enumerate(samples)]
+        records = [{"id": f"r{t}-{j}", "text": text, "prompt": prompts[i], "round": t, "source": "generated"} for j, (i, text) in enumerate(samples)]
         texts = [r["text"] for r in records]
         obs = Observation(
             round=t, generations=texts,
