@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import InputError
-from .monitors import MONITORS
+from .monitors import build_monitors
 from .stop import StopRule
 
 REGIMES = ("replace", "accumulate", "replay")
@@ -200,10 +200,9 @@ class LoopConfig:
         if not isinstance(self.monitors, Mapping):
             raise InputError(f"monitors must be a table of monitor names; got {type(self.monitors).__name__}")
         for name, settings in self.monitors.items():
-            if name not in MONITORS:
-                raise InputError(f"monitors.{name}: unknown monitor {name!r}; known monitors: {sorted(MONITORS)}")
             if not isinstance(settings, Mapping):
                 raise InputError(f"monitors.{name} must be a table; got {settings!r}")
+        build_monitors(self.monitors)  # checks names and settings now, not rounds later
         object.__setattr__(self, "curation", tuple(dict(c) for c in self.curation))
         for i, c in enumerate(self.curation):
             if "kind" not in c:
@@ -262,7 +261,7 @@ def read_toml(path: str | Path) -> tuple[LoopConfig, Path | None]:
         raise InputError(f"out must be a folder path; got {out!r}")
     base = path.resolve().parent
     config = LoopConfig.from_dict(raw, base=base)
-    return config, (None if out is None else (Path(out) if Path(out).is_absolute() else base / out))
+    return config, (None if out is None else (Path(out) if Path(out).is_absolute() else (base / out).resolve()))
 
 
 def load_callable(target: Any, field: str) -> Callable[..., Any]:

@@ -206,8 +206,11 @@ class LanguageModel:
         out: list[list[int]] = [[] for _ in range(b)]
         past = None
         step_input = ids
+        seen = ids.shape[1]
         for _ in range(max_new):
-            res = self.model(input_ids=step_input, past_key_values=past, use_cache=True)
+            mask = torch.ones((b, seen), dtype=torch.long, device=self.device)  # no padding: every position counts
+            res = self.model(input_ids=step_input, attention_mask=mask, past_key_values=past, use_cache=True)
+            seen += 1
             past = res.past_key_values
             logits = res.logits[:, -1].float().cpu() / temperature
             probs = torch.softmax(logits.double(), dim=-1)

@@ -321,3 +321,40 @@ def measure_all(monitors: Sequence[Monitor], obs: Observation, ref: Observation,
         for key, value in m.measure(obs, ref, own, out_dir).items():
             row[prefix + key] = float(value)
     return row
+
+
+def build_monitors(
+    settings: Mapping[str, Mapping[str, Any]], embedder: Any = None, classifiers: Mapping[str, Classifier] | None = None,
+) -> list[Monitor]:
+    """Monitors from config tables ``{name: settings}``; errors name the field.
+
+    In a config, the attribute monitor's classifiers are regex tables
+    ``{kind = "regex", pattern = "..."}``; ``classifiers`` adds others
+    (embedding probes, LLM classifiers, any callable) from Python."""
+    names = {k: dict(v) for k, v in settings.items()}
+    if classifiers and "attribute" not in names:
+        names["attribute"] = {}
+    out: list[Monitor] = []
+    for name, kw in names.items():
+        if name not in MONITORS:
+            raise InputError(f"monitors.{name}: unknown monitor {name!r}; known monitors: {sorted(MONITORS)}")
+        try:
+            if name == "attribute":
+                clfs: dict[str, Any] = {}
+                table = kw.pop("classifiers", {})
+                if not isinstance(table, Mapping):
+                    raise InputError(f"monitors.attribute.classifiers must be a table; got {table!r}")
+                for key, spec in table.items():
+                    if not isinstance(spec, Mapping) or spec.get("kind", "regex") != "regex" or not isinstance(spec.get("pattern"), str):
+                        raise InputError(f"monitors.attribute.classifiers.{key} must be {{kind = \"regex\", pattern = \"...\"}} "
+                                         "in a config (pass other classifiers from Python)")
+                    clfs[key] = RegexClassifier(spec["pattern"], bool(spec.get("ignore_case", False)))
+                clfs.update(classifiers or {})
+                out.append(AttributeRates(clfs, **kw))
+            elif name == "clusters":
+                out.append(ClusterShift(**kw, embedder=embedder))
+            else:
+                out.append(MONITORS[name](**kw))
+        except TypeError as exc:
+            raise InputError(f"monitors.{name}: bad settings {sorted(kw)}: {exc}") from None
+    return out

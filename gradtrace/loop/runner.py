@@ -36,7 +36,7 @@ from .config import LoopConfig
 from .curation import Compose, Policy, policy_from_dict
 from .embed import Embedder, make_embedder
 from .lm import LanguageModel, checkpoint_state, diagonal_fisher, ewc_penalty, load_state
-from .monitors import MONITORS, AttributeRates, ClusterShift, Monitor, Observation, RegexClassifier, Row, measure_all
+from .monitors import Monitor, Observation, Row, build_monitors, measure_all
 from .stop import StopEvent, first_stop
 
 CONFIG_FILE = "loop.json"
@@ -136,29 +136,7 @@ class SelfTrainingLoop:
             path.write_text(json.dumps(mine, indent=1) + "\n", encoding="utf-8")  # key order kept: it fixes the monitor order
 
     def _monitors(self, embedder: Embedder) -> list[Monitor]:
-        out: list[Monitor] = []
-        names = dict(self.config.monitors)
-        if self.extra_classifiers and "attribute" not in names:
-            names["attribute"] = {}
-        for name, settings in names.items():
-            settings = dict(settings)
-            if name == "attribute":
-                clfs: dict[str, Any] = {}
-                for key, spec in dict(settings.pop("classifiers", {})).items():
-                    if not isinstance(spec, Mapping) or spec.get("kind", "regex") != "regex" or "pattern" not in spec:
-                        raise InputError(f"monitors.attribute.classifiers.{key} must be {{kind = \"regex\", pattern = \"...\"}} in a config file (other classifiers: pass classifiers= in Python)")
-                    clfs[key] = RegexClassifier(spec["pattern"], bool(spec.get("ignore_case", False)))
-                clfs.update(self.extra_classifiers)
-                monitor: Monitor = AttributeRates(clfs, **settings)
-            elif name == "clusters":
-                monitor = ClusterShift(**settings, embedder=embedder)
-            else:
-                try:
-                    monitor = MONITORS[name](**settings)
-                except TypeError as exc:
-                    raise InputError(f"monitors.{name}: bad settings {settings}: {exc}") from None
-            out.append(monitor)
-        return out
+        return build_monitors(self.config.monitors, embedder, self.extra_classifiers)
 
     def _curation(self, judge: LanguageModel | None) -> Policy:
         if self.curation_override is not None:

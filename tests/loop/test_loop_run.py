@@ -153,3 +153,34 @@ def test_resume_after_a_killed_round_equals_an_uninterrupted_run(tmp_path, loop_
         sa, sb = torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True)
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not list(killed.glob("*.partial"))
+
+
+def test_featurize_reads_the_loop_checkpoints(two_rounds, tmp_path):
+    from gradtrace import FeaturizeConfig, ProjectionConfig, featurize, self_influence
+    from gradtrace.loop.trace import loop_task_spec
+
+    out, _ = two_rounds
+    spec = loop_task_spec(out, max_per_round=4)
+    assert [r.step for r in spec.checkpoints] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    assert spec.train_ids[:2] == ["r0-0", "r0-1"] and spec.train_ids[-1] == "r2-3" and spec.train_tags[0] == "round 0 (real)"
+    store = featurize(spec.model(), spec.task, spec.checkpoints, spec.train, tmp_path / "store",
+                      FeaturizeConfig(projection=ProjectionConfig("dense", 32, 0), batch_size=4), ids=spec.train_ids,
+                      tags=spec.train_tags, checkpoint_loader=spec.checkpoint_loader, progress=False)
+    assert store.n_examples == 12 and len(store.checkpoints) == 10 and store.complete
+    scores = self_influence(store)
+    assert scores.shape == (12,) and (scores > 0).all()
+
+
+def test_featurize_cli_with_the_example_task_file(two_rounds, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from gradtrace.cli import app
+
+    out, _ = two_rounds
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("GRADTRACE_LOOP_RUN", str(out))
+    monkeypatch.setenv("GRADTRACE_LOOP_MAX", "3")
+    result = CliRunner().invoke(app, ["featurize", "--task", f"{root}/examples/loop_task.py:make_task", "--out", str(tmp_path / "st"),
+                                      "--projection", "dense", "--dim", "16", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "9 examples, 10 checkpoints" in " ".join(result.output.split())
