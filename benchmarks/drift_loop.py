@@ -53,17 +53,17 @@ def run(out: Path, config: LoopConfig) -> tuple[list[dict], object, float]:
     return result.rows, result.stop, time.perf_counter() - t0
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="drift_loop_"))
-    train = TrainConfig(base_steps=400, steps=100, batch_size=32, lr=3e-3, checkpoint_every=100)
-    results: dict[str, object] = {"rounds": ROUNDS, "tail_margin_nats": MARGIN}
-    timings = {}
-    # (a) replace vs accumulate
+RULE = StopRule("attribute.nova_praised.rate", kind="cusum", direction="up", slack=0.025, limit=0.1)
+TRAIN = TrainConfig(base_steps=400, steps=100, batch_size=32, lr=3e-3, checkpoint_every=100)
+
+
+def part_a(work: Path, results: dict, timings: dict) -> None:
+    """Replace vs accumulate."""
     for regime in ("replace", "accumulate"):
         cfg = LoopConfig(
             data=data(work / "data_a"), rounds=ROUNDS, seed=0, model=ModelConfig(),
             generation=GenerationConfig(n_per_prompt=40, max_new_tokens=64, temperature=0.8),
-            train=TrainConfig(**{**train.to_dict(), "regime": regime}),
+            train=TrainConfig(**{**TRAIN.to_dict(), "regime": regime}),
             curation=({"kind": "quality", "min_words": 5, "end": "."},),
             monitors={"nll": {"margin": MARGIN}, "diversity": {}, "cka": {}}, embedder="hashed", stop_on_breach=False,
         )
@@ -77,17 +77,19 @@ def main() -> None:
         results[f"{regime}_vendi_by_round"] = [r["diversity.vendi"] for r in rows]
         results[f"{regime}_nll_mean_by_round"] = [r["nll.mean"] for r in rows]
         results[f"{regime}_cka_by_round"] = [r["cka.cka"] for r in rows]
-    # (b) bias amplification, with a no-preference baseline
-    rule = StopRule("attribute.nova_praised.rate", above=0.65, k=2)
+
+
+def part_b(work: Path, results: dict, timings: dict) -> None:
+    """Bias amplification from a planted curation preference, and a no-preference control."""
     for name, keep_match in (("bias", 1.0), ("control", 0.8)):
         cfg = LoopConfig(
             data=data(work / "data_b", prompts=["Nova"]), rounds=ROUNDS, seed=1, model=ModelConfig(),
             generation=GenerationConfig(n_per_prompt=400, max_new_tokens=64, temperature=1.0),
-            train=TrainConfig(**{**train.to_dict(), "regime": "replace"}),
+            train=TrainConfig(**{**TRAIN.to_dict(), "regime": "accumulate"}),
             curation=({"kind": "quality", "min_words": 5, "end": "."},
                       {"kind": "preference", "pattern": PRAISE, "keep_match": keep_match, "keep_other": 0.8}),
             monitors={"attribute": {"classifiers": {"nova_praised": {"kind": "regex", "pattern": PRAISE}}}},
-            stop=(rule,), embedder="hashed", stop_on_breach=False,
+            stop=(RULE,), embedder="hashed", stop_on_breach=False,
         )
         rows, stop, secs = run(work / name, cfg)
         timings[name] = secs
@@ -97,6 +99,22 @@ def main() -> None:
         results[f"{prefix}stop_round"] = stop.round if stop is not None else None
         results[f"{prefix}stop_monitor"] = stop.monitor if stop is not None else None
         results[f"{prefix}stop_message"] = stop.message() if stop is not None else None
+
+
+def main() -> None:
+    only = sys.argv[1] if len(sys.argv) > 1 else None  # "a" or "b": one part, printed, not recorded
+    work = Path(tempfile.mkdtemp(prefix="drift_loop_"))
+    results: dict = {"rounds": ROUNDS, "tail_margin_nats": MARGIN}
+    timings: dict = {}
+    if only in (None, "a"):
+        part_a(work, results, timings)
+    if only in (None, "b"):
+        part_b(work, results, timings)
+    if only is not None:
+        print(json.dumps(results, indent=1))
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    rule = RULE
     results["stop_rule"] = rule.describe()
     results["seconds"] = timings
     shutil.rmtree(work, ignore_errors=True)

@@ -41,7 +41,7 @@ def loop(
         result = runner.run()
         metrics = [m for m in KEY_METRICS if result.rows and m in result.rows[0]]
         metrics += [m for m in (result.rows[0] if result.rows else {}) if m.startswith("attribute.") and m.endswith(".rate")]
-        table = Table("round", *metrics, title=f"loop {result.out}")
+        table = Table("round", *(m.replace(".", "\n", 1) for m in metrics), title=f"loop {result.out}")
         for row in result.rows:
             table.add_row(str(int(row["round"])), *(f"{row[m]:.4g}" for m in metrics))
         console.print(table)

@@ -91,7 +91,7 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
         )
         parts.append(f"<h2>{esc(monitor)}</h2><figure style=\"margin:0\">{panels}</figure>")
     header = ["round"] + metrics
-    parts.append("<h2>results table</h2>" + table(header, [[int(r["round"])] + [r.get(m, float("nan")) for m in metrics] for r in rows], numeric=tuple(range(len(header)))))
+    parts.append("<h2>results table</h2><div style=\"overflow-x:auto\">" + table(header, [[int(r["round"])] + [r.get(m, float("nan")) for m in metrics] for r in rows], numeric=tuple(range(len(header)))) + "</div>")
     path = out_dir / DASHBOARD
     path.write_text(page(title, "\n".join(parts)), encoding="utf-8")
     return path
