@@ -107,7 +107,7 @@ def test_cli_runs_and_resumes(tmp_path, data_dir):
     runner = CliRunner()
     result = runner.invoke(app, ["loop", "--config", str(path), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "finished 1 round(s) without a stop" in result.output and "nll.tail_share" in result.output
+    assert "finished 1 round(s) without a stop" in result.output and "tail_share" in result.output
     assert (tmp_path / "run" / "round_001" / "DONE").is_file()
     shutil.rmtree(tmp_path / "run" / "round_001")
     result = runner.invoke(app, ["loop", "--resume", str(tmp_path / "run"), "--no-progress"])

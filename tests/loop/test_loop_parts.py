@@ -111,3 +111,15 @@ def test_smollm2_lora_builds_with_only_adapters_trainable():
     assert sum(p.numel() for p in trainable.values()) < 0.01 * sum(p.numel() for p in lm.model.parameters())
     nll = lm.nll(["Nova fixed the old printer and it was great."])
     assert nll.shape == (1,) and 0 < nll[0] < 10
+
+
+@pytest.mark.slow
+def test_minilm_embedder_loads_offline():
+    from gradtrace.loop.embed import make_embedder
+    from gradtrace.loop.metrics import vendi_score
+
+    emb = make_embedder("minilm")
+    x = np.asarray(emb.embed(["Nova fixed the lamp.", "Nova fixed the lamp.", "The weather in Paris is mild."]), dtype=np.float64)
+    assert x.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+    assert 1.0 < vendi_score(x) < 2.0  # two distinct texts out of three
