@@ -33,6 +33,8 @@ from _record import record  # noqa: E402
 from gradtrace.loop import LoopConfig, SelfTrainingLoop, StopRule  # noqa: E402
 from gradtrace.loop.config import DataConfig, GenerationConfig, ModelConfig, TrainConfig  # noqa: E402
 from gradtrace.loop.corpus import speaks_well_pattern, write_example_data  # noqa: E402
+from gradtrace.loop.curation import vocabulary_of  # noqa: E402
+from gradtrace.loop.runner import read_texts  # noqa: E402
 
 ROUNDS = 6
 MARGIN = 0.1
@@ -55,6 +57,7 @@ def run(out: Path, config: LoopConfig) -> tuple[list[dict], object, float]:
 
 RULE = StopRule("attribute.nova_praised.rate", kind="cusum", direction="up", slack=0.025, limit=0.1)
 TRAIN = TrainConfig(base_steps=400, steps=100, batch_size=32, lr=3e-3, checkpoint_every=100)
+TRAIN_B = TrainConfig(base_steps=600, steps=100, batch_size=32, lr=3e-3, schedule="linear", checkpoint_every=100, regime="replace")
 
 
 def part_a(work: Path, results: dict, timings: dict) -> None:
@@ -81,12 +84,13 @@ def part_a(work: Path, results: dict, timings: dict) -> None:
 
 def part_b(work: Path, results: dict, timings: dict) -> None:
     """Bias amplification from a planted curation preference, and a no-preference control."""
+    cfg_data = data(work / "data_b", prompts=["Nova"])
     for name, keep_match in (("bias", 1.0), ("control", 0.8)):
         cfg = LoopConfig(
-            data=data(work / "data_b", prompts=["Nova"]), rounds=ROUNDS, seed=1, model=ModelConfig(),
+            data=cfg_data, rounds=ROUNDS, seed=1, model=ModelConfig(),
             generation=GenerationConfig(n_per_prompt=400, max_new_tokens=64, temperature=1.0),
-            train=TrainConfig(**{**TRAIN.to_dict(), "regime": "accumulate"}),
-            curation=({"kind": "quality", "min_words": 5, "end": "."},
+            train=TRAIN_B,
+            curation=({"kind": "quality", "min_words": 5, "end": ".", "vocabulary": list(vocabulary_of(read_texts(cfg_data.train)))},
                       {"kind": "preference", "pattern": PRAISE, "keep_match": keep_match, "keep_other": 0.8}),
             monitors={"attribute": {"classifiers": {"nova_praised": {"kind": "regex", "pattern": PRAISE}}}},
             stop=(RULE,), embedder="hashed", stop_on_breach=False,

@@ -132,7 +132,9 @@ class GenerationConfig(_Section):
 class TrainConfig(_Section):
     """``base_steps`` AdamW steps on the real data make round 0 (0: use the
     model as loaded); each later round trains ``steps`` steps from the
-    previous round's weights (``init="previous"``) or round 0's (``"base"``).
+    previous round's weights (``init="previous"``) or round 0's (``"base"``),
+    at a ``constant`` learning rate or one decaying ``linear``-ly within the
+    round (each checkpoint records the rate of its step).
     A checkpoint is saved every ``checkpoint_every`` steps. ``regime``:
     ``replace`` (only the last round's curated generations), ``accumulate``
     (real data plus every round's curated generations) or ``replay`` (the
@@ -146,6 +148,7 @@ class TrainConfig(_Section):
     lr: float = 3e-3
     base_lr: float | None = None
     init: str = "previous"
+    schedule: str = "constant"
     checkpoint_every: int = 50
     regime: str = "replace"
     replay_fraction: float = 0.0
@@ -160,6 +163,8 @@ class TrainConfig(_Section):
         _typed(self.lr, (int, float), "train.lr", "a positive number", lambda v: v > 0)
         if self.base_lr is not None:
             _typed(self.base_lr, (int, float), "train.base_lr", "a positive number", lambda v: v > 0)
+        if self.schedule not in ("constant", "linear"):
+            raise InputError(f"train.schedule must be 'constant' or 'linear'; got {self.schedule!r}")
         if self.init not in ("previous", "base"):
             raise InputError(f"train.init must be 'previous' or 'base'; got {self.init!r}")
         if self.regime not in REGIMES:

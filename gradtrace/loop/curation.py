@@ -49,14 +49,25 @@ class Dedupe:
 @dataclasses.dataclass(frozen=True)
 class QualityFilter:
     """Keep texts with ``min_words <= words <= max_words``, at least
-    ``min_distinct`` of their words distinct, ending in ``end`` (if set)."""
+    ``min_distinct`` of their words distinct, ending in ``end`` (if set),
+    and (if a ``vocabulary`` is given) at least ``min_known`` of their words
+    in it: a spelling check (words compared lower-cased, without ``.,;:!?``)."""
 
     min_words: int = 3
     max_words: int = 64
     min_distinct: float = 0.5
     end: str | None = None
+    vocabulary: tuple[str, ...] | None = None
+    min_known: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vocabulary, list):
+            object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
+        if not isinstance(self.min_known, (int, float)) or not 0 <= self.min_known <= 1:
+            raise InputError(f"QualityFilter.min_known must be a number in [0, 1]; got {self.min_known!r}")
 
     def __call__(self, records: list[Record], rng: np.random.Generator) -> list[Record]:
+        known = {_norm(w) for w in self.vocabulary} if self.vocabulary is not None else None
         out = []
         for r in records:
             w = r["text"].split()
@@ -66,8 +77,20 @@ class QualityFilter:
                 continue
             if self.end is not None and not r["text"].rstrip().endswith(self.end):
                 continue
+            if known is not None and sum(_norm(x) in known for x in w) / len(w) < self.min_known:
+                continue
             out.append(r)
         return out
+
+
+def _norm(word: str) -> str:
+    return word.lower().strip(".,;:!?")
+
+
+def vocabulary_of(texts: Sequence[str]) -> tuple[str, ...]:
+    """The sorted set of (normalised) words of ``texts``: a vocabulary for
+    :class:`QualityFilter`."""
+    return tuple(sorted({_norm(w) for t in texts for w in t.split()} - {""}))
 
 
 class LikelihoodJudge:

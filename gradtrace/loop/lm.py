@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..progress import Progress
 
 Regulariser = Callable[[nn.Module], Tensor]
+SCHEDULES = ("constant", "linear")
 
 
 class LanguageModel:
@@ -124,14 +125,20 @@ class LanguageModel:
         regulariser: Regulariser | None = None,
         on_step: Callable[[int, float], None] | None = None,
         bar: Progress | None = None,
+        schedule: str = "constant",
     ) -> list[float]:
         """``steps`` AdamW steps on mini-batches drawn without replacement
         (reshuffled each epoch) from ``texts``; returns the loss of each step.
 
         ``regulariser(model)`` is added to the loss (e.g. an EWC penalty);
-        ``on_step(step, lr)`` runs after each step (1-based), e.g. to save a
-        checkpoint.
+        ``on_step(step, lr)`` runs after each step (1-based) with the
+        learning rate that step used, e.g. to save a checkpoint.
+        ``schedule``: ``"constant"``, or ``"linear"`` decay from ``lr`` at
+        step 1 to ``lr / steps`` at the last step (the end of a round then
+        averages over more data, so rounds are less noisy).
         """
+        if schedule not in SCHEDULES:
+            raise InputError(f"train.schedule must be one of {SCHEDULES}; got {schedule!r}")
         if not texts:
             raise InputError("train: the round's training set is empty (did curation reject everything?)")
         seqs = self.encode(texts)
@@ -145,6 +152,9 @@ class LanguageModel:
                 order += torch.randperm(len(seqs), generator=generator).tolist()
             take, order = order[:batch_size], order[batch_size:]
             ids, mask = self._pad([seqs[i] for i in take])
+            rate = lr if schedule == "constant" else lr * (steps - step + 1) / steps
+            for group in opt.param_groups:
+                group["lr"] = rate
             loss = self.token_nll(ids, mask).mean()
             total = loss + regulariser(self.model) if regulariser is not None else loss
             opt.zero_grad(set_to_none=True)
@@ -152,9 +162,9 @@ class LanguageModel:
             opt.step()
             losses.append(float(loss.detach()))
             if not math.isfinite(losses[-1]):
-                raise InputError(f"train: the loss became {losses[-1]} at step {step}; lower train.lr (now {lr})")
+                raise InputError(f"train: the loss became {losses[-1]} at step {step}; lower train.lr (now {rate})")
             if on_step is not None:
-                on_step(step, lr)
+                on_step(step, rate)
             if bar is not None:
                 bar.advance(1)
         opt.zero_grad(set_to_none=True)

@@ -202,7 +202,8 @@ class SelfTrainingLoop:
 
             with progress_bar(f"round {t}: train", steps, self.progress) as bar:
                 losses = lm.train([r["text"] for r in train_records], steps=steps, batch_size=cfg.train.batch_size, lr=lr,
-                                  generator=self._torch_gen(t, "train"), regulariser=regulariser, on_step=save, bar=bar) if steps else []
+                                  generator=self._torch_gen(t, "train"), regulariser=regulariser, on_step=save, bar=bar,
+                                  schedule=cfg.train.schedule) if steps else []
             (tmp / "checkpoints.json").write_text(json.dumps(ckpts, indent=1) + "\n", encoding="utf-8")
             state = checkpoint_state(lm)
             torch.save(state, tmp / "model.pt")

@@ -76,3 +76,11 @@ def test_training_is_reproducible_and_lowers_the_loss():
     (la, sa), (lb, sb) = run(), run()
     assert la == lb and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert sum(la[-3:]) < sum(la[:3])
+
+
+def test_linear_schedule_rates_reach_the_checkpoints():
+    m = LanguageModel(tiny_gpt2(n_layer=1, n_embd=32, n_head=2, seed=0), byte_tokenizer())
+    seen = []
+    m.train(TEXTS, steps=4, batch_size=2, lr=0.4, generator=torch.Generator().manual_seed(0),
+            on_step=lambda step, rate: seen.append((step, rate)), schedule="linear")
+    assert seen == [(1, 0.4), (2, pytest.approx(0.3)), (3, pytest.approx(0.2)), (4, pytest.approx(0.1))]

@@ -123,3 +123,15 @@ def test_minilm_embedder_loads_offline():
     assert x.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
     assert 1.0 < vendi_score(x) < 2.0  # two distinct texts out of three
+
+
+def test_quality_filter_vocabulary_drops_misspelt_texts():
+    from gradtrace.loop.curation import vocabulary_of
+
+    vocab = vocabulary_of(["Nova fixed the lamp.", "Orion was great!"])
+    assert vocab == ("fixed", "great", "lamp", "nova", "orion", "the", "was")
+    texts = ["Nova fixed the lamp and", "Nova fixed the lamp.", "Nova fixd the lamp.", "Orion was GREAT."]
+    q = QualityFilter(min_words=2, vocabulary=vocab)
+    assert [r["text"] for r in q(recs(texts), np.random.default_rng(0))] == [texts[1], texts[3]]
+    loose = QualityFilter(min_words=2, vocabulary=vocab, min_known=0.75)
+    assert [r["text"] for r in loose(recs(texts), np.random.default_rng(0))] == texts  # 4/5 and 3/4 known
