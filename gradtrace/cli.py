@@ -253,6 +253,10 @@ from .unlearn.cli import unlearn_command, validate_command  # noqa: E402
 app.command("unlearn")(unlearn_command)
 app.command("validate")(validate_command)
 
+from .loop.cli import loop as _loop_command  # noqa: E402  (code in gradtrace/loop/cli.py)
+
+app.command("loop")(_loop_command)
+
 
 def _head(data: Any, n: int) -> Any:
     if isinstance(data, tuple):
