@@ -143,8 +143,10 @@ def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bo
         for bname, (behaviour, queries) in behaviours.items():
             qfs = [att.query_features(queries, behaviour) for att in attributors]
             for variant in ("raw", "cosine"):
-                scores = sum(att.score(qf, variant=variant) for att, qf in zip(attributors, qfs))
-                results["variants"][f"{pre}/{bname}/{variant}"] = _summary(scores, planted)
+                per_ckpt = [att.score(qf, variant=variant) for att, qf in zip(attributors, qfs)]
+                results["variants"][f"{pre}/{bname}/{variant}"] = _summary(sum(per_ckpt), planted)
+                if len(per_ckpt) > 1:  # the last checkpoint alone, for comparison
+                    results["variants"][f"{pre}-last-checkpoint/{bname}/{variant}"] = _summary(per_ckpt[-1], planted)
     texts = [_text(e) for e in data.train]
     qtexts = [_text(q) for q in data.queries]
     for name in config.baselines:
