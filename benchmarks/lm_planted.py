@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench_out/lm_planted")
     parser.add_argument("--skip-cost", action="store_true", help="keep the cost numbers of the last recorded run")
     parser.add_argument("--cost-only", action="store_true", help="measure only the cost and update the recorded run")
+    parser.add_argument("--record-only", action="store_true", help="rewrite BENCHMARKS.md from the recorded results")
     parser.add_argument("--trace", default="last", choices=("all", "last"), help="checkpoints to trace (all is ~3x slower)")
     parser.add_argument("--adam", action="store_true", help="also trace with Adam-preconditioned training gradients")
     args = parser.parse_args()
@@ -61,9 +62,10 @@ def main() -> None:
         preconditioners=("plain", "adam") if args.adam else ("plain",), trace_checkpoints=args.trace, adam_trace="last",
     )
     previous = ROOT / "benchmarks" / "results" / "lm_planted.json"
-    if args.cost_only:
+    if args.cost_only or args.record_only:
         results = json.loads(previous.read_text())
-        results.update(cost(config))
+        if args.cost_only:
+            results.update(cost(config))
         write(config, results)
         return
     results = run_planted_pipeline(config, args.out, progress=True)
@@ -77,6 +79,8 @@ def main() -> None:
 
 
 def write(config: LMPipelineConfig, results: dict) -> None:
+    if isinstance(results["traced_checkpoints"], list):  # results recorded before per-preconditioner lists
+        results["traced_checkpoints"] = {"plain": results["traced_checkpoints"]}
     v = results["variants"]
     rows = "\n".join(
         f"| `{name}` | {r['recall_at_20']:.2f} | {r['recall_at_50']:.2f} | {r['per_query_recall_at_20']:.2f} |" for name, r in v.items()
