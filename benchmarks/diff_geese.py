@@ -3,7 +3,7 @@ an A-vs-A null run, and a cross-topic disclaimer change.
 
     python benchmarks/diff_geese.py            # generate (cached, resumable) then analyse
     python benchmarks/diff_geese.py --stage generate
-    python benchmarks/diff_geese.py --timing-n 5000   # stage timings at 2 x N texts
+    python benchmarks/diff_geese.py --stage timing --timing-n 5000   # stage timings at 2 x N texts (cached)
 
 Samples and adapters are cached under ~/.cache/gradtrace/diff_geese/ keyed by
 their settings; a rerun only redoes the analysis.
@@ -115,9 +115,14 @@ def generate_all(progress: bool = True) -> dict[str, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["generate", "all"], default="all")
-    ap.add_argument("--timing-n", type=int, default=0)
+    ap.add_argument("--stage", choices=["generate", "timing", "all"], default="all")
+    ap.add_argument("--timing-n", type=int, default=5000, help="texts per model for the stage timings (0: skip)")
     args = ap.parse_args()
+    if args.stage == "timing":
+        from diff_geese_analyse import timing_from_cache  # noqa: E402
+
+        timing_from_cache(args.timing_n)
+        return
     texts = generate_all()
     if args.stage == "generate":
         for k, v in texts.items():

@@ -96,10 +96,22 @@ def analyse(texts: dict[str, list[str]], timing_n: int = 0) -> dict:
 
     gen_s = json.loads((root() / "generation_seconds.json").read_text()) if (root() / "generation_seconds.json").exists() else {}
     out["generation_seconds"] = gen_s
-    if timing_n:
-        out["timing"] = stage_timings(base + geese, timing_n)
+    timing_file = root() / f"timing-{timing_n}.json"
+    if timing_n and timing_file.is_file():
+        out["timing"] = json.loads(timing_file.read_text())
     write(out)
     return out
+
+
+def timing_from_cache(n: int) -> dict:
+    """Stage timings at 2 x n texts, drawn from every cached sample; saved for :func:`analyse`."""
+    from diff_geese import root
+
+    pool = [t for f in sorted((root() / "samples").glob("*.jsonl")) for line in f.read_text().splitlines() for t in json.loads(line)["texts"]]
+    result = stage_timings(pool, n)
+    (root() / f"timing-{n}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return result
 
 
 def stage_timings(pool: list[str], n: int) -> dict:
@@ -109,7 +121,7 @@ def stage_timings(pool: list[str], n: int) -> dict:
     b = [f"{pool[i]} ({j})" for j, i in enumerate(rng.integers(len(pool), size=n))]
     t0 = time.perf_counter()
     r = diff_texts(a, b, config=DiffConfig(seed=0, stability_seeds=(1,)), embedder=MiniLMEmbedder(batch_size=128))
-    return {"n_per_model": n, "total_seconds": time.perf_counter() - t0, "stages": r.timings,
+    return {"n_per_model": n, "pool_size": len(pool), "total_seconds": time.perf_counter() - t0, "stages": r.timings,
             "sentence_units": next(s.n_explore + s.n_validation for s in r.levels if s.level == "sentence")}
 
 
