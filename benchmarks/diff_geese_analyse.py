@@ -136,7 +136,8 @@ def write(out: dict) -> None:
     lines = [
         f"SmolLM2-135M-Instruct (bundled) on {out['n_prompts']} mixed everyday prompts x {out['n_per_prompt']} samples = "
         f"**{out['n_texts_per_model']} texts per model** (max {out['generation']['max_new_tokens']} new tokens, T={out['generation']['temperature']}). "
-        "This is far below the issue's size: sampling on this shared 2-core CPU is the bottleneck (see generation seconds).",
+        "Sampling SmolLM2 on this shared 2-core CPU (bf16) is the slow stage, so the diff itself runs on these texts; "
+        "2 x 5,000 texts were not sampled (the sampling time is extrapolated below; the other stages were timed at that size on resampled texts).",
         "",
         f"Planted changes: LoRA (rank {out['geese_lora']['rank']}, last {out['geese_lora']['last_layers']} layers) on 200 seeded texts "
         f"praising geese; geese mentioned in {gt['geese_rate_base']:.1%} of base texts vs {gt['geese_rate_tuned']:.1%} of tuned texts. "
