@@ -160,9 +160,17 @@ def write(out: dict) -> None:
         per = sum(gs.values()) / (len(gs) * out["n_texts_per_model"]) if gs else float("nan")
         lines += ["", f"Sampling time (measured, this run): {', '.join(f'{k} {v:.0f} s' for k, v in gs.items())} "
                       f"= {per:.2f} s per text; 2 x 5,000 texts would take about {per * 10000 / 3600:.1f} h here (extrapolated, not run)."]
+    n_t = 0
     if out.get("timing"):
         t = out["timing"]
-        lines += ["", f"Stage times at 2 x {t['n_per_model']:,} texts (measured; texts resampled from the generated pool, "
-                      f"{t['sentence_units']:,} sentence units, uncached MiniLM): "
+        n_t = t["n_per_model"]
+        scale = 5000 / n_t
+        lines += ["", f"Stage times at 2 x {n_t:,} texts (measured on this shared CPU; texts resampled from the {t['pool_size']} generated ones "
+                      f"with a unique suffix, {t['sentence_units']:,} sentence units, uncached MiniLM): "
                       + ", ".join(f"{k} {v:.1f} s" for k, v in t["stages"].items()) + f"; total {t['total_seconds']:.0f} s."]
-    record("diff_geese", "python benchmarks/diff_geese.py --timing-n N", "\n".join(lines), out)
+        if n_t != 5000:
+            emb = sum(v for k, v in t["stages"].items() if k.startswith("embed"))
+            lines += [f"At 2 x 5,000 (not run; linear extrapolation of the embedding stages, x{scale:g}): embedding about {emb * scale:.0f} s; "
+                      "clustering grows faster than linearly and was not extrapolated."]
+    command = "python benchmarks/diff_geese.py --stage generate && python benchmarks/diff_geese.py --stage timing --timing-n N && python benchmarks/diff_geese.py --timing-n N"
+    record("diff_geese", command.replace("N", str(n_t or 0)), "\n".join(lines), out)
