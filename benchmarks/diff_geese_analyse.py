@@ -94,6 +94,8 @@ def analyse(texts: dict[str, list[str]], timing_n: int = 0) -> dict:
     text_only = [c for c in d.significant(0.05) if c.level == "text" and c.log_odds > 0 and _about(c, DISCL) >= 0.5]
     out["disclaimer_found_by_text_level_only"] = bool(text_only)
 
+    out["lora_train_seconds"] = {p.name.split("-")[1]: float((p / "train_seconds.txt").read_text())
+                                 for p in sorted(root().glob("adapter-*")) if (p / "train_seconds.txt").is_file()}
     gen_s = json.loads((root() / "generation_seconds.json").read_text()) if (root() / "generation_seconds.json").exists() else {}
     out["generation_seconds"] = gen_s
     timing_file = root() / f"timing-{timing_n}.json"
@@ -155,12 +157,18 @@ def write(out: dict) -> None:
         f"| disclaimer_q_value | {_fmt(out['disclaimer_q_value'])} | < 0.05 |",
         f"| disclaimer found by the text level alone (baseline) | {out['disclaimer_found_by_text_level_only']} | |",
     ]
+    if out["null_flagged_naive_baseline"] == 0:
+        lines += ["", "The naive baseline also flagged nothing in this null run, so this run does not separate the two; "
+                      "calibration is tested on 200 synthetic null repetitions in `tests/diff/test_diff_pipeline.py`."]
     if out.get("generation_seconds"):
         gs = out["generation_seconds"]
         per = sum(gs.values()) / (len(gs) * out["n_texts_per_model"]) if gs else float("nan")
-        lines += ["", f"Sampling time (measured, this run): {', '.join(f'{k} {v:.0f} s' for k, v in gs.items())} "
+        lines += ["", f"Sampling time (measured when the samples were generated, bf16, batches of {out['generation']['batch_size']}): "
+                      f"{', '.join(f'{k} {v:.0f} s' for k, v in gs.items())} "
                       f"= {per:.2f} s per text; 2 x 5,000 texts would take about {per * 10000 / 3600:.1f} h here (extrapolated, not run)."]
     n_t = 0
+    if out.get("lora_train_seconds"):
+        lines += ["", "LoRA fine-tuning time (measured; bf16 autocast): " + ", ".join(f"{k} {v:.0f} s" for k, v in out["lora_train_seconds"].items()) + "."]
     if out.get("timing"):
         t = out["timing"]
         n_t = t["n_per_model"]
