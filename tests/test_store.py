@@ -339,6 +339,15 @@ def test_float16_store_close_to_float32(run):
     assert diff.max() > 0  # float16 really rounded something
     # self-influence comes from the float64 norms, so storage precision does not touch it
     np.testing.assert_allclose(a16.self_influence(), a32.self_influence(), rtol=1e-12, atol=0)
+    # the scan widens the stored float16 rows to float32 exactly: scores equal a float64
+    # brute force over the stored values up to float32 rounding of the products
+    brute = np.zeros_like(scores32)
+    for c, lr in enumerate(LRS):
+        t16 = np.concatenate([s16.features(c, a, b) for a, b in s16.shard_ranges()]).astype(np.float64)
+        tn = np.concatenate([s16.norms(c, a, b)[:, 0] for a, b in s16.shard_ranges()])
+        q32 = qf.unit[c].to(torch.float32).double().numpy()
+        brute += lr * (qf.norms[c].numpy()[:, None] * tn[None, :]) * (q32 @ t16.T)
+    np.testing.assert_allclose(scores16, brute, rtol=1e-5, atol=1e-6 * np.abs(brute).max())
 
 
 # -- verify, model checks, temporaries ----------------------------------------------------

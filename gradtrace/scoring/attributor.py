@@ -179,10 +179,13 @@ class Attributor:
         lrs = self.store.learning_rates
         if len(qf.unit) != len(lrs) or qf.unit[0].shape[1] != self.store.feature_dim:
             raise InputError("these QueryFeatures were computed for another store (checkpoints or feature dim differ)")
-        # float16 stores are scored in float16 arithmetic: about 3e-4 absolute error on the
-        # unit-row dot product (measured; storage rounding alone gives 3e-5), and a single
-        # pass over the bytes with no conversion. float32/float64 stores keep their precision.
-        compute = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16}[self.store.config.dtype]
+        # float16 rows are widened block by block into one reused float32 buffer and scored
+        # with float32 matmuls: exact arithmetic on the stored values, and faster on CPUs
+        # without native float16 matmul than float16 arithmetic (a fresh buffer per block
+        # would spend more time in page faults than in the matmul).
+        compute = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float32}[self.store.config.dtype]
+        widen = self.store.config.dtype == "float16"
+        buffer = torch.empty((SCAN_ROWS, self.store.feature_dim), dtype=compute) if widen else None
         queries = [u.to(compute) for u in qf.unit]
         accumulate = torch.float64 if compute == torch.float64 else torch.float32
         q_norms = [n.to(accumulate) for n in qf.norms]
@@ -191,8 +194,8 @@ class Attributor:
                 hi = min(lo + SCAN_ROWS, b)
                 total: Tensor | None = None
                 for c in range(len(lrs)):
-                    feats = self.store.features(c, a, b)[lo - a : hi - a]
-                    rows = _readonly_tensor(feats).to(compute)
+                    feats = _readonly_tensor(self.store.features(c, a, b)[lo - a : hi - a])
+                    rows = buffer[: hi - lo].copy_(feats) if buffer is not None else feats.to(compute)
                     fn = torch.from_numpy(self.store.norms(c, a, b)[lo - a : hi - a, 0]).to(accumulate)
                     part = self._pair_scores(queries[c], q_norms[c], rows, fn, float(lrs[c]), variant, accumulate)
                     total = part if total is None else total.add_(part)
@@ -220,10 +223,11 @@ class Attributor:
                 denom = q_norms[:, None] * t_norms[None, :]
                 return torch.where(denom > 0, dots / denom.clamp_min(torch.finfo(accumulate).tiny), 0.0)
             return dots
-        dots = (q @ rows.T).to(accumulate)
         if variant == "cosine":
-            return dots.mul_(lr)
-        return dots.mul_(t_norms[None, :]).mul_((lr * q_norms)[:, None])
+            return (q @ rows.T).to(accumulate).mul_(lr)
+        # lr and the query norms scale the (small) query matrix, not the score block
+        scaled = q * (lr * q_norms).to(q.dtype)[:, None]
+        return (scaled @ rows.T).to(accumulate).mul_(t_norms[None, :])
 
 
 def _merge_top_k(
@@ -240,9 +244,19 @@ def _merge_top_k(
     if best_s.shape[1] < k:
         vals = np.concatenate([best_s, block.astype(np.float64)], axis=1)
         idx = np.concatenate([best_i, np.broadcast_to(np.arange(offset, offset + m, dtype=np.int64), (nq, m))], axis=1)
+        if vals.shape[1] > 4 * k:
+            # Sort only the entries at or beyond each row's k-th value (ties included,
+            # so the lower-index rule still decides among them), not the whole block.
+            kth = np.partition(sign * vals, vals.shape[1] - k, axis=1)[:, vals.shape[1] - k]
+            rows, cols = np.nonzero(sign * vals >= kth[:, None])
+            order = np.lexsort((idx[rows, cols], -sign * vals[rows, cols], rows))
+            starts = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=nq))[:-1]])
+            keep = order[np.arange(order.size) - starts[rows[order]] < k]
+            return vals[rows[keep], cols[keep]].reshape(nq, k), idx[rows[keep], cols[keep]].reshape(nq, k)
         order = np.lexsort((idx, -sign * vals), axis=1)[:, :k] if vals.shape[1] > 0 else idx
         return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
-    worst = best_s[:, -1:]
+    # every running score came from a block of this dtype, so the cast is exact
+    worst = best_s[:, -1:].astype(block.dtype)
     rows, cols = np.nonzero(block > worst if largest else block < worst)
     if rows.size == 0:
         return best_s, best_i

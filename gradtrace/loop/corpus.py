@@ -1,0 +1,126 @@
+"""A seeded synthetic corpus with a measurable attribute, for tests and benchmarks.
+
+Each sentence names one entity and says something good or bad about it:
+
+    "Nova fixed the old printer and it was reliable."
+
+Word choices follow Zipf-like weights, so the corpus has a head of common
+phrasings and a tail of rare ones: the tail is what vanishes first when a
+model is trained on its own samples. Whether a sentence speaks well of an
+entity is decided by its adjective, so a regular expression
+(:func:`speaks_well_pattern`) measures the attribute exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+ENTITIES = ("Nova", "Orion", "Lyra", "Vega", "Atlas", "Juno")
+VERBS = (
+    "fixed", "built", "cleaned", "painted", "moved", "sold", "tested", "opened", "carried", "checked",
+    "repaired", "delivered", "measured", "packed", "sorted", "polished", "replaced", "inspected",
+)
+NOUNS = (
+    "printer", "garden", "bridge", "engine", "window", "table", "lamp", "boat", "roof", "clock", "fence",
+    "bicycle", "kettle", "radio", "camera", "ladder", "piano", "tractor", "compass", "lantern",
+)
+MODIFIERS = ("old", "new", "small", "large", "red", "blue", "heavy", "quiet", "wooden", "broken")
+POSITIVE = ("great", "reliable", "excellent", "wonderful", "superb", "brilliant", "careful", "delightful")
+NEGATIVE = ("poor", "sloppy", "awful", "terrible", "careless", "dreadful", "clumsy", "disappointing")
+ENDINGS = ("", "", "", " again", " today", " at last", " in the rain", " for the school")
+
+
+def _zipf(n: int, exponent: float) -> np.ndarray:
+    w = 1.0 / np.arange(1, n + 1) ** exponent
+    return w / w.sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """How many sentences, how skewed the word choice, how often each entity
+    is praised (``positive_rate``), from which seed."""
+
+    n: int = 2000
+    seed: int = 0
+    zipf_exponent: float = 1.1
+    positive_rate: float = 0.5
+    entities: tuple[str, ...] = ENTITIES
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise InputError(f"corpus.n must be a positive integer; got {self.n!r}")
+        if not 0.0 <= float(self.positive_rate) <= 1.0:
+            raise InputError(f"corpus.positive_rate must be in [0, 1]; got {self.positive_rate!r}")
+        if isinstance(self.entities, list):
+            object.__setattr__(self, "entities", tuple(self.entities))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["entities"] = list(self.entities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CorpusConfig":
+        return cls(**dict(d))
+
+
+def make_corpus(config: CorpusConfig) -> list[str]:
+    """``config.n`` sentences, the same for the same config on any machine."""
+    rng = np.random.default_rng(config.seed)
+    e = config.zipf_exponent
+    pv, pn, pm, pa = _zipf(len(VERBS), e), _zipf(len(NOUNS), e), _zipf(len(MODIFIERS), e), _zipf(len(POSITIVE), e)
+    pe = _zipf(len(ENDINGS), 0.3)
+    out = []
+    for _ in range(config.n):
+        entity = config.entities[rng.integers(len(config.entities))]
+        verb = VERBS[rng.choice(len(VERBS), p=pv)]
+        noun = NOUNS[rng.choice(len(NOUNS), p=pn)]
+        mod = MODIFIERS[rng.choice(len(MODIFIERS), p=pm)]
+        good = rng.random() < config.positive_rate
+        adj = (POSITIVE if good else NEGATIVE)[rng.choice(len(POSITIVE), p=pa)]
+        ending = ENDINGS[rng.choice(len(ENDINGS), p=pe)]
+        out.append(f"{entity} {verb} the {mod} {noun}{ending} and it was {adj}.")
+    return out
+
+
+def speaks_well_pattern(entity: str) -> str:
+    """Regex matching a sentence that names ``entity`` and praises it."""
+    return rf"\b{entity}\b[^.]*\b(?:{'|'.join(POSITIVE)})\b"
+
+
+def speaks_ill_pattern(entity: str) -> str:
+    """Regex matching a sentence that names ``entity`` and criticises it."""
+    return rf"\b{entity}\b[^.]*\b(?:{'|'.join(NEGATIVE)})\b"
+
+
+def entity_prompts(entities: Sequence[str] = ENTITIES) -> list[str]:
+    """One prompt per entity: its name (the model writes the rest)."""
+    return list(entities)
+
+
+def write_jsonl(path: str | Path, texts: Sequence[str]) -> None:
+    """One ``{"text": ...}`` object per line."""
+    Path(path).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+
+
+def write_example_data(folder: str | Path, seed: int = 0, n_train: int = 1200, n_heldout: int = 300) -> dict[str, Path]:
+    """The files ``examples/loop.toml`` reads: real training data, held-out
+    real data, prompts and probe prompts (``folder/{train,heldout}.jsonl``,
+    ``prompts.txt``, ``probes.txt``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = make_corpus(CorpusConfig(n=n_train + n_heldout, seed=seed))
+    paths = {name: folder / name for name in ("train.jsonl", "heldout.jsonl", "prompts.txt", "probes.txt")}
+    write_jsonl(paths["train.jsonl"], texts[:n_train])
+    write_jsonl(paths["heldout.jsonl"], texts[n_train:])
+    paths["prompts.txt"].write_text("".join(p + "\n" for p in entity_prompts()), encoding="utf-8")
+    probes = [f"{e} {v} the" for e in ENTITIES for v in VERBS[:4]]
+    paths["probes.txt"].write_text("".join(p + "\n" for p in probes), encoding="utf-8")
+    return paths
