@@ -35,8 +35,15 @@ def _params(params: list[str]) -> Any:
 
 @app.command()
 def featurize(
-    task: str = typer.Option(..., help="path/to/file.py:make_task, a function returning a gradtrace.spec.TaskSpec"),
+    task: Optional[str] = typer.Option(None, help="path/to/file.py:make_task, a function returning a gradtrace.spec.TaskSpec"),
     out: Path = typer.Option(..., help="store directory (created, resumed, or appended to)"),
+    hf_model: Optional[str] = typer.Option(None, help="instead of --task: 'smollm2' or a local Hugging Face causal-LM folder"),
+    checkpoints: Optional[Path] = typer.Option(None, help="with --hf-model: a Trainer run (checkpoint-N folders) or an adapter folder"),
+    data: Optional[Path] = typer.Option(None, help="with --hf-model: training examples, JSONL of prompt/completion or messages"),
+    max_length: int = typer.Option(256, help="with --hf-model: token cap of prompt + completion"),
+    as_chat: bool = typer.Option(False, help="with --hf-model: render prompt/completion with the chat template"),
+    lr: Optional[float] = typer.Option(None, help="with --hf-model: learning rate of every checkpoint (default: from trainer_state.json)"),
+    adam: bool = typer.Option(False, help="with --hf-model: Adam-preconditioned training gradients from optimizer.pt"),
     projection: str = typer.Option("none", help="none | factored | dense | kronecker"),
     dim: Optional[int] = typer.Option(None, help="projection size (dense: total; kronecker: per layer)"),
     seed: int = typer.Option(0, help="projection seed"),
@@ -53,6 +60,19 @@ def featurize(
     from .spec import load_task_spec
 
     def go() -> None:
+        if hf_model is not None:
+            from .models.hf_cli import featurize_hf
+
+            store = featurize_hf(
+                hf_model=hf_model, checkpoints=checkpoints, data=data, out=out, projection=projection, dim=dim, seed=seed,
+                params=_params(params), batch_size=batch_size, shard_size=shard_size, dtype=dtype, append=append,
+                progress=progress, max_length=max_length, as_chat=as_chat, lr=lr, adam=adam,
+            )
+            console.print(f"store {store.root}: {store.n_examples} examples, {len(store.checkpoints)} checkpoints, "
+                          f"feature dim {store.feature_dim}, complete={store.complete}")
+            return
+        if task is None:
+            raise InputError("featurize needs --task (a TaskSpec file) or --hf-model (a Hugging Face run)")
         spec = load_task_spec(task)
         config = FeaturizeConfig(
             params=_params(params), projection=ProjectionConfig(projection, dim, seed), batch_size=batch_size,
@@ -71,7 +91,11 @@ def featurize(
 @app.command()
 def query(
     store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize'"),
-    task: str = typer.Option(..., help="the same --task as featurize; its queries are scored"),
+    task: Optional[str] = typer.Option(None, help="the same --task as featurize; its queries are scored"),
+    queries_file: Optional[Path] = typer.Option(None, "--queries", help="for a store made with --hf-model: query examples (JSONL)"),
+    behaviour: str = typer.Option("logprob", help="with --queries: logprob | margin | loss"),
+    hf_model: Optional[str] = typer.Option(None, help="with --queries: the model (default: the one saved with the store)"),
+    report: Optional[Path] = typer.Option(None, help="with --queries: write an HTML report here"),
     k: int = typer.Option(10, help="examples per query"),
     opponents: bool = typer.Option(False, help="most negative scores instead of most positive"),
     variant: str = typer.Option("raw", help="raw | cosine"),
@@ -84,6 +108,20 @@ def query(
     from .spec import load_task_spec
 
     def go() -> None:
+        if queries_file is not None or task is None:
+            from .models.hf_query import run_hf_query
+
+            if queries_file is None:
+                raise InputError("query needs --task (a TaskSpec file) or --queries (for a store made with --hf-model)")
+            records = run_hf_query(store, queries_file, behaviour, hf_model, k, opponents, variant, limit, report)
+            if out is not None:
+                write_records(records, out)
+                console.print(f"wrote {len(records)} rows to {out}")
+            _print_topk(records, show)
+            console.print(f"[dim]{SCORE_MEANING[variant]}[/]")
+            if report is not None:
+                console.print(f"report: {report}")
+            return
         spec = load_task_spec(task)
         if spec.queries is None:
             raise InputError(f"--task {task}: the TaskSpec has no queries")
@@ -173,11 +211,25 @@ def inspect(
 
 @app.command()
 def demo(
+    which: str = typer.Argument("digits", help="digits (fast) | lm (a planted behaviour in a fine-tuned LM)"),
     out: Path = typer.Option(Path("demo_out"), help="where checkpoints, store and report go"),
     progress: bool = typer.Option(True),
+    model: str = typer.Option("smollm2", help="lm demo: smollm2 (real model, slow on CPU) | tiny (a tiny GPT-2, minutes)"),
 ) -> None:
-    """Digits with 20% flipped labels: find them, explain predictions, write a report."""
+    """Digits with 20% flipped labels (default), or `demo lm`: trace a planted misaligned behaviour."""
     from .bench.digits_demo import run_digits_demo
+
+    if which == "lm":
+        from .bench.lm_demo import lm_demo_command
+
+        _run(lambda: lm_demo_command(out, model, progress, console))
+        return
+    if which != "digits":
+
+        def bad() -> None:
+            raise InputError(f"demo: which must be 'digits' or 'lm'; got {which!r}")
+
+        _run(bad)
 
     def go() -> None:
         result = run_digits_demo(out, progress=progress)
@@ -195,6 +247,11 @@ def demo(
 
     _run(go)
 
+
+from .unlearn.cli import unlearn_command, validate_command  # noqa: E402
+
+app.command("unlearn")(unlearn_command)
+app.command("validate")(validate_command)
 
 from .loop.cli import loop as _loop_command  # noqa: E402  (code in gradtrace/loop/cli.py)
 
@@ -233,6 +290,11 @@ def write_records(records: list[dict[str, Any]], path: Path) -> None:
         pq.write_table(pa.Table.from_pylist(records), path)
     else:
         raise InputError(f"--out must end in .jsonl or .parquet; got {path.name!r}")
+
+
+from .diff.cli import register as _register_diff  # noqa: E402
+
+_register_diff(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -31,6 +31,8 @@ from .store.gradient_store import MANIFEST, GradientStore, Segment
 from .task import Task, check_task, describe
 
 CheckpointLoader = Callable[[nn.Module, CheckpointRef], Any]
+# Called after each checkpoint is loaded: (model, ref, param_names) -> GradTransform for that checkpoint.
+TrainTransform = Callable[[nn.Module, CheckpointRef, list[str]], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,7 @@ def featurize(
     checkpoint_loader: CheckpointLoader | None = None,
     weights_only: bool = True,
     progress: bool = True,
+    train_transform: TrainTransform | None = None,
 ) -> GradientStore:
     """Write (or finish, or extend) the gradient store at ``out``.
 
@@ -75,6 +78,12 @@ def featurize(
     If ``out`` already holds a store made with the same settings, the call
     resumes it (same data) or, with ``append=True``, adds ``data`` as new
     examples. Other settings raise :class:`~gradtrace.errors.ConfigMismatchError`.
+
+    ``train_transform(model, ref, param_names)``, if given, returns the
+    gradient transform for checkpoint ``ref`` (e.g. Adam preconditioning from
+    its optimizer state, :func:`gradtrace.models.hf_checkpoints.adam_transform`);
+    training gradients are mapped by it before projection, query gradients
+    stay plain. Its description is recorded in the manifest.
     """
     config = config or FeaturizeConfig()
     task = check_task(task)
@@ -86,6 +95,8 @@ def featurize(
     param_names = select_parameters(model, config.params)
     featurizer = GradientFeaturizer(param_names, config.projection, config.method)
     settings = store_settings(model, task, refs, config, featurizer, param_names)
+    if train_transform is not None:
+        settings["model"]["train_transform"] = describe(train_transform)
     data_fp = source.fingerprint()
 
     store, segment = _open_or_create(Path(out), settings, data_fp, n, ids, tags, append)
@@ -103,6 +114,8 @@ def featurize(
             if not todo:
                 continue
             loader(model, ref)
+            if train_transform is not None:
+                featurizer.transform = train_transform(model, ref, param_names)
             for a, b in todo:
                 unit, norms = compute_shard(model, task.per_example_loss, featurizer, source, a - segment.start, b - segment.start, config, bar)
                 store.write_shard(c, a, b, unit, norms)

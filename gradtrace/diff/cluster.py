@@ -98,7 +98,7 @@ class KMeansClusterer:
                 f"too few samples for the requested clusters: {n} exploration rows cannot form k_min={self.k_min} "
                 f"clusters of at least 2; lower k_min or sample more texts"
             )
-        k_hi = min(self.k_max, n // 2)
+        k_hi = min(self.k_max, n // 2, len(np.unique(x, axis=0)))  # no more clusters than distinct rows
         best: tuple[float, int, Any] | None = None
         self.scores = {}
         for k in range(self.k_min, k_hi + 1):

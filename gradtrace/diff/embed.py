@@ -93,20 +93,22 @@ class CachedEmbedder:
         self.path = Path(cache_dir) / f"{inner.name.replace('/', '_')}.npz"
         self.hits = 0
         self.misses = 0
+        self._memory: dict[str, np.ndarray] | None = None
 
     def _read(self) -> dict[str, np.ndarray]:
-        if not self.path.exists():
-            return {}
-        with np.load(self.path) as data:
-            keys, vecs = data["keys"], data["vecs"]
-        return {str(k): v for k, v in zip(keys, vecs)}
+        if self._memory is None:
+            self._memory = {}
+            if self.path.exists():
+                with np.load(self.path) as data:
+                    self._memory = {str(k): v for k, v in zip(data["keys"], data["vecs"])}
+        return self._memory
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         cache = self._read()
         keys = [text_hash(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in cache))
-        self.hits += len(texts) - sum(1 for k in keys if k not in cache)
+        self.hits += len(texts) - len(missing)  # rows not sent to the inner embedder
         self.misses += len(missing)
         if missing:
             first = {k: t for t, k in zip(texts, keys)}

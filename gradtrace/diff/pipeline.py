@@ -238,6 +238,8 @@ def diff_texts(
                                       ari, dict(getattr(clusterer, "scores", {}))))
         t0 = time.perf_counter()
         keywords = lab.c_tf_idf([[rows_e[i] for i in np.flatnonzero(lab_e == c)] for c in range(k)], config.n_keywords)
+        labels = [lab.keyword_label(kw) for kw in keywords]
+        label_vecs = np.asarray(embedder.embed(labels), dtype=np.float32)
         for c in range(k):
             # per text: does the text have a row (itself, or one of its units) in cluster c?
             has_v = np.zeros(len(valid), bool)
@@ -246,8 +248,8 @@ def diff_texts(
                                b_out=int((~has_v & (model_v == 1)).sum()), a_out=int((~has_v & (model_v == 0)).sum()))
             p = share_test(table, config.test)
             lo = log_odds_ratio(table)
-            label = lab.keyword_label(keywords[c])
-            accuracy = lab.validate_label(embedder.embed([label])[0], x_v, lab_v == c, rng) if keywords[c] else float("nan")
+            label = labels[c]
+            accuracy = lab.validate_label(label_vecs[c], x_v, lab_v == c, rng) if keywords[c] else float("nan")
             med = [rows_e[i] for i in lab.medoids(x_e, lab_e, c, config.n_examples)]
             ex_a = _examples(valid, has_v & (model_v == 0), config.n_examples)
             ex_b = _examples(valid, has_v & (model_v == 1), config.n_examples)

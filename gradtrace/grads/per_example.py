@@ -14,6 +14,14 @@ compute the same gradients:
 
 ``auto`` picks ``hooks`` when it applies, else ``vmap``, and falls back to
 ``loop`` with a one-line warning when vmap cannot handle the model.
+
+A :class:`GradTransform` (set as ``featurizer.transform``) maps each exact
+per-example gradient elementwise before projection, e.g. Adam
+preconditioning of training gradients (see :mod:`gradtrace.grads.precondition`).
+With the Kronecker projection a transform needs each example's gradient of
+each layer, so that path then builds them (one batch at a time) and projects
+them with the same factors: features stay comparable with untransformed
+(query) features.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +42,13 @@ from .projection import DenseProjector, KroneckerFactors, ProjectionConfig, kron
 
 METHODS = ("auto", "hooks", "vmap", "loop")
 PerExampleFn = Callable[[nn.Module, Any], Tensor]
+
+
+class GradTransform(Protocol):
+    """Maps one parameter's per-example gradients ``[b, *param.shape]`` to
+    tensors of the same shape (applied before projection)."""
+
+    def __call__(self, name: str, grad: Tensor) -> Tensor: ...
 
 
 @dataclasses.dataclass
@@ -62,6 +77,7 @@ class GradientFeaturizer:
         self._dense: DenseProjector | None = None
         self._factors: dict[tuple[str, torch.dtype, torch.device], KroneckerFactors] = {}
         self._warned = False
+        self.transform: GradTransform | None = None
 
     # -- set-up -----------------------------------------------------------
     def grad_dim(self, model: nn.Module) -> int:
@@ -134,7 +150,11 @@ class GradientFeaturizer:
         with _only_selected_require_grad(model, self.param_names), torch.enable_grad():
             if self._resolved == "hooks":
                 if self.projection.kind == "kronecker":
+                    if self.transform is not None:
+                        return self._kronecker_transformed(model, fn, batch)
                     return self._kronecker(model, fn, batch)
+                if self.projection.kind == "factored" and self.transform is not None:
+                    raise InputError("projection.kind='factored' keeps gradients as two factors and cannot apply a gradient transform; use 'kronecker', 'dense' or 'none'")
                 if self.projection.kind == "factored":
                     return self._factored(model, fn, batch)
                 grads = self._hooks_exact(model, fn, batch)
@@ -157,10 +177,44 @@ class GradientFeaturizer:
                     grads = _loop_grads(model, fn, batch, self.param_names)
             else:
                 grads = _loop_grads(model, fn, batch, self.param_names)
+        if self.transform is not None:
+            grads = self._apply_transform(model, grads)
         sqnorms = grads.pow(2).sum(dim=1)
         if self._dense is not None:
             return FeatureBatch(self._dense.project(grads), sqnorms)
         return FeatureBatch(grads, sqnorms)
+
+    def sqnorms(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> Tensor:
+        """Exact squared norm of each example's full gradient, without its features.
+
+        For linear layers (``hooks``) this never builds a per-example gradient:
+        ``|sum_t g_t x_t^T|^2`` comes from the captured inputs and output
+        gradients. Other methods fall back to the full gradients.
+        """
+        self._resolve(model)
+        if self._resolved != "hooks":
+            return self(model, fn, batch).sqnorms
+        with _only_selected_require_grad(model, self.param_names), torch.enable_grad():
+            b, cap, out_grads = self._forward_capture(model, fn, batch)
+            assert self._sites is not None
+            sq: Tensor | None = None
+            for i, site in enumerate(self._sites):
+                if site.weight_name is None:  # bias only: its gradient is the token-summed output gradient
+                    site_sq = sum(as_tokens(g, b, site.module_name).sum(1) for g in out_grads[i]).pow(2).sum(1)
+                else:
+                    xs = [as_tokens(x, b, f"input of {site.module_name}") for x in cap.inputs[i]]
+                    gs = [as_tokens(g, b, f"output gradient of {site.module_name}") for g in out_grads[i]]
+                    with_bias = site.bias_name is not None
+                    if len(xs) == 1 and xs[0].shape[1] == 1:
+                        x2 = xs[0][:, 0].pow(2).sum(1) + (1.0 if with_bias else 0.0)
+                        site_sq = x2 * gs[0][:, 0].pow(2).sum(1)
+                    else:
+                        weight = site.module.weight
+                        site_sq = _exact_sqnorm([augmented_input(x, with_bias) for x in xs], gs, b, weight.dtype, weight.device)
+                sq = site_sq if sq is None else sq + site_sq
+            if sq is None:
+                raise InputError("no selected linear layer was called during the forward pass")
+            return sq.detach()
 
     def _forward_capture(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> tuple[int, LinearCapture, list[list[Tensor]]]:
         assert self._sites is not None
@@ -170,7 +224,44 @@ class GradientFeaturizer:
         out_grads = cap.output_grads(values.sum())
         return b, cap, out_grads
 
+    def _apply_transform(self, model: nn.Module, grads: Tensor) -> Tensor:
+        assert self.transform is not None
+        params = dict(model.named_parameters())
+        b, out, at = grads.shape[0], [], 0
+        for name in self.param_names:
+            shape = params[name].shape
+            n = params[name].numel()
+            piece = self.transform(name, grads[:, at : at + n].reshape(b, *shape))
+            out.append(piece.reshape(b, n))
+            at += n
+        return torch.cat(out, dim=1)
+
     def _hooks_exact(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> Tensor:
+        pieces = self._exact_pieces(model, fn, batch)
+        return torch.cat([pieces[n] for n in self.param_names], dim=1)
+
+    def _kronecker_transformed(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
+        """Kronecker features of transformed exact gradients: ``P_out^T T(G) P_in``."""
+        assert self._sites is not None and self.transform is not None
+        pieces = self._exact_pieces(model, fn, batch)
+        feats, sq = [], None
+        for site in self._sites:
+            w = site.module.weight
+            b = pieces[site.weight_name].shape[0]  # type: ignore[index]
+            g = self.transform(site.weight_name, pieces[site.weight_name].reshape(b, *w.shape))  # type: ignore[arg-type]
+            if site.bias_name:
+                gb = self.transform(site.bias_name, pieces[site.bias_name])
+                g = torch.cat([g, gb[:, :, None]], dim=2)
+            factors = self._factors_for(site, w.dtype, w.device)
+            proj = g if factors.p_out is None else torch.einsum("boi,ok->bki", g, factors.p_out)
+            proj = proj if factors.p_in is None else proj @ factors.p_in
+            feats.append(proj.reshape(b, -1))
+            site_sq = g.pow(2).sum(dim=(1, 2))
+            sq = site_sq if sq is None else sq + site_sq
+        return FeatureBatch(torch.cat(feats, dim=1), sq)
+
+    def _exact_pieces(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> dict[str, Tensor]:
+        """Each selected parameter's per-example gradient, ``[b, numel]``."""
         b, cap, out_grads = self._forward_capture(model, fn, batch)
         assert self._sites is not None
         pieces: dict[str, Tensor] = {}
@@ -189,7 +280,7 @@ class GradientFeaturizer:
                 pieces[site.weight_name] = w.reshape(b, -1) if w is not None else _zeros(b, site.module.weight)
             if site.bias_name:
                 pieces[site.bias_name] = bias if bias is not None else _zeros(b, site.module.bias)
-        return torch.cat([pieces[n] for n in self.param_names], dim=1)
+        return pieces
 
     def _kronecker(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
         b, cap, out_grads = self._forward_capture(model, fn, batch)

@@ -4,9 +4,10 @@ little fine-tuning?
 For each ``k``, the attacker fine-tunes a copy of the model on ``k``
 held-out forget examples (drawn with a seed) for a fixed budget of steps,
 once per learning rate of a small sweep, and evaluates the forget metric
-every ``eval_every`` steps. The reported number is the attacker's best
-final metric over the sweep (highest when ``attacker_maximises``, e.g. a
-forget accuracy; lowest otherwise, e.g. a forget loss).
+every ``eval_every`` steps. The reported number is the best forget metric
+the attacker reaches at any evaluation after fine-tuning began (steps
+``eval_every..steps``), over the whole sweep: highest when
+``attacker_maximises`` (e.g. a forget accuracy), lowest otherwise (a loss).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class RelearnConfig:
 @dataclasses.dataclass(frozen=True)
 class RelearnResult:
     """``curves[k][lr]``: metric at steps ``0, eval_every, ..., steps``;
-    ``best[k]``: the attacker's best final metric over the sweep."""
+    ``best[k]``: the attacker's best metric over the sweep (steps > 0),
+    reached with ``best_lr[k]`` at ``best_step[k]``."""
 
     config: RelearnConfig
     before: float
@@ -72,12 +74,14 @@ class RelearnResult:
     curves: dict[int, dict[float, list[float]]]
     best: dict[int, float]
     best_lr: dict[int, float]
+    best_step: dict[int, int]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(), "before": self.before, "steps": self.steps,
             "curves": {str(k): {repr(lr): c for lr, c in v.items()} for k, v in self.curves.items()},
             "best": {str(k): v for k, v in self.best.items()}, "best_lr": {str(k): v for k, v in self.best_lr.items()},
+            "best_step": {str(k): v for k, v in self.best_step.items()},
         }
 
 
@@ -96,6 +100,7 @@ def relearn(
     curves: dict[int, dict[float, list[float]]] = {}
     best: dict[int, float] = {}
     best_lr: dict[int, float] = {}
+    best_step: dict[int, int] = {}
     pick = max if config.attacker_maximises else min
     for k in config.ks:
         data = _gather(source, sorted(order[:k]))
@@ -113,7 +118,7 @@ def relearn(
             cfg = TrainConfig(steps=config.steps, lr=lr, batch_size=config.batch_size, optimizer=config.optimizer, seed=config.seed)
             train(attacked, task, data, cfg, callback=record)
             curves[k][lr] = curve
-        finals = {lr: c[-1] for lr, c in curves[k].items()}
-        best_lr[k] = pick(finals, key=lambda lr: finals[lr])
-        best[k] = finals[best_lr[k]]
-    return RelearnResult(config, before, checkpoints, curves, best, best_lr)
+        points = [(c[i], lr, checkpoints[i]) for lr, c in curves[k].items() for i in range(1, len(c))]
+        value, best_lr[k], best_step[k] = pick(points, key=lambda p: p[0])
+        best[k] = value
+    return RelearnResult(config, before, checkpoints, curves, best, best_lr, best_step)

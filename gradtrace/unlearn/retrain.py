@@ -87,11 +87,15 @@ class RemovalResult:
     after_random: list[float]
     after_iterative: list[float]
     removed_topk: list[int]
+    extras: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         out = {"base": _mean(self.base), "after_topk": _mean(self.after_topk), "after_random": _mean(self.after_random)}
         if self.after_iterative:
             out["after_iterative"] = _mean(self.after_iterative)
+        for arm, values in self.extras.items():
+            for name, v in values.items():
+                out[f"{name}_{arm}"] = _mean(v)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,12 +135,14 @@ class RemovalExperiment:
     ``n_train``: size of the full training set; ``scores``: one score per
     training example (higher = more responsible; e.g. TracIn scores of the
     behaviour summed over queries). ``attribute`` is needed only for the
-    iterative arm.
+    iterative arm. ``extra_measures`` (name -> measure) are recorded on the
+    same retrained models (e.g. clean accuracy beside a backdoor's success).
     """
 
     def __init__(
         self, train_fn: TrainFn, measure: Measure, n_train: int, config: RemovalConfig | None = None,
-        *, attribute: Attribute | None = None, progress: bool = False,
+        *, attribute: Attribute | None = None, extra_measures: Mapping[str, Measure] | None = None,
+        progress: bool = False,
     ):
         if not callable(train_fn):
             raise InputError(f"train_fn must be callable as train_fn(train_indices, seed) -> model; got {type(train_fn).__name__}")
@@ -150,6 +156,7 @@ class RemovalExperiment:
             raise InputError("iterative_rounds > 0 needs attribute(model, train_indices) -> scores")
         self.train_fn, self.measure, self.n_train = train_fn, measure, n_train
         self.config, self.attribute, self.progress = config, attribute, progress
+        self.extra_measures = dict(extra_measures or {})
 
     def run(self, scores: np.ndarray) -> RemovalResult:
         scores = np.asarray(scores, dtype=np.float64)
@@ -160,19 +167,28 @@ class RemovalExperiment:
         top = top_k_positions(scores, cfg.k)
         rng = np.random.default_rng(cfg.random_seed)
         base, after_top, after_rand, after_iter = [], [], [], []
+        self._extras: dict[str, dict[str, list[float]]] = {
+            arm: {name: [] for name in self.extra_measures} for arm in ("base", "after_topk", "after_random", "after_iterative")
+        }
         steps = len(cfg.seeds) * (3 + cfg.iterative_rounds)
         with progress_bar("removal", steps, self.progress) as bar:
             for seed in cfg.seeds:
-                base.append(self._measure(everything, seed)); bar.advance(1)
-                after_top.append(self._measure(np.setdiff1d(everything, top), seed)); bar.advance(1)
+                base.append(self._measure(everything, seed, "base")); bar.advance(1)
+                after_top.append(self._measure(np.setdiff1d(everything, top), seed, "after_topk")); bar.advance(1)
                 rand = np.sort(rng.choice(self.n_train, size=cfg.k, replace=False))
-                after_rand.append(self._measure(np.setdiff1d(everything, rand), seed)); bar.advance(1)
+                after_rand.append(self._measure(np.setdiff1d(everything, rand), seed, "after_random")); bar.advance(1)
                 if cfg.iterative_rounds:
                     after_iter.append(self._iterative(scores, seed, bar))
-        return RemovalResult(cfg, base, after_top, after_rand, after_iter, top.tolist())
+        extras = {arm: v for arm, v in self._extras.items() if arm != "after_iterative" or after_iter}
+        return RemovalResult(cfg, base, after_top, after_rand, after_iter, top.tolist(), extras if self.extra_measures else {})
 
-    def _measure(self, indices: np.ndarray, seed: int) -> float:
-        return float(self.measure(self.train_fn(indices, seed)))
+    def _measure(self, indices: np.ndarray, seed: int, arm: str) -> float:
+        return self._measure_model(self.train_fn(indices, seed), arm)
+
+    def _measure_model(self, model: nn.Module, arm: str) -> float:
+        for name, fn in self.extra_measures.items():
+            self._extras[arm][name].append(float(fn(model)))
+        return float(self.measure(model))
 
     def _iterative(self, scores: np.ndarray, seed: int, bar: Any) -> float:
         """Remove ``k // rounds`` per round (the remainder in the first),
@@ -194,7 +210,7 @@ class RemovalExperiment:
                 if current.shape != kept.shape:
                     raise InputError(f"attribute must return one score per kept example ({kept.size}); got shape {current.shape}")
         assert model is not None
-        return float(self.measure(model))
+        return self._measure_model(model, "after_iterative")
 
 
 def parameters_equal(a: nn.Module, b: nn.Module) -> bool:

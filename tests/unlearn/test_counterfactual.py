@@ -36,7 +36,8 @@ def measure(model: nn.Module) -> float:
 
 
 def test_removal_matches_brute_force():
-    exp = RemovalExperiment(mean_train_fn, measure, len(Y), RemovalConfig(k=3, seeds=(0, 1), random_seed=5))
+    exp = RemovalExperiment(mean_train_fn, measure, len(Y), RemovalConfig(k=3, seeds=(0, 1), random_seed=5),
+                            extra_measures={"double": lambda m: 2 * measure(m)})
     res = exp.run(Y)  # score = y: the top 3 raise the mean the most
     top = [1, 3, 5]
     assert res.removed_topk == top
@@ -48,6 +49,8 @@ def test_removal_matches_brute_force():
         rand = rng.choice(len(Y), size=3, replace=False)
         assert res.after_random[s] == pytest.approx(np.delete(Y, rand).mean() + jitter, abs=1e-12)
     assert res.summary()["after_topk"] < res.summary()["base"]
+    assert res.extras["after_topk"]["double"] == [2 * v for v in res.after_topk]
+    assert res.summary()["double_base"] == pytest.approx(2 * res.summary()["base"])
     assert RemovalConfig.from_dict(res.config.to_dict()) == res.config
 
 
@@ -152,13 +155,13 @@ def test_relearn_sweeps_and_reports_the_attackers_best():
     for k in (4, 16):
         for lr in (1e-3, 1e-1):
             assert len(res.curves[k][lr]) == 5 and res.curves[k][lr][0] == res.before
-        assert res.best[k] == max(c[-1] for c in res.curves[k].values())
-        assert res.curves[k][res.best_lr[k]][-1] == res.best[k]
+        assert res.best[k] == max(max(c[1:]) for c in res.curves[k].values())
+        assert res.curves[k][res.best_lr[k]][res.steps.index(res.best_step[k])] == res.best[k]
     assert res.best[16] > res.before  # fine-tuning on the data brings accuracy up
     again = relearn(model, task, (x, y), acc, cfg)
     assert again.curves == res.curves
     assert torch.count_nonzero(model[0].weight) == 0  # the attack works on copies
     low = relearn(model, task, (x, y), acc, RelearnConfig(ks=(4,), lrs=(1e-3, 1e-1), steps=5, eval_every=5, attacker_maximises=False))
-    assert low.best[4] == min(c[-1] for c in low.curves[4].values())
+    assert low.best[4] == min(min(c[1:]) for c in low.curves[4].values())
     with pytest.raises(InputError, match="needs max\\(ks\\)=64"):
         relearn(model, task, (x, y), acc, RelearnConfig(ks=(64,)))

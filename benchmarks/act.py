@@ -1,0 +1,145 @@
+"""Act on attribution: backdoor removal, LDS per score variant, ERA vs
+unlearning baselines with the relearning attack (digits and a tiny LM).
+
+    python benchmarks/act.py                      # every part (about 25 min on 2 busy cores)
+    python benchmarks/act.py --parts backdoor lds # some parts; the others are kept from act.json
+
+Writes benchmarks/results/act.json and the ``unlearn`` section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import ROOT, machine  # noqa: E402
+
+PARTS = ("backdoor", "lds", "era_digits", "era_lm")
+RESULTS = ROOT / "benchmarks" / "results" / "act.json"
+
+
+def run(parts: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for part in parts:
+        start = time.perf_counter()
+        if part == "backdoor":
+            from gradtrace.bench.backdoor import run_backdoor
+
+            results["backdoor"] = run_backdoor()
+        elif part == "lds":
+            from gradtrace.bench.backdoor import run_lds
+
+            results["lds"] = run_lds()
+        elif part == "era_digits":
+            from gradtrace.bench.era_digits import run_era_digits
+
+            results["era_digits"] = run_era_digits(seeds=(0, 1, 2))
+        elif part == "era_lm":
+            from gradtrace.bench.era_lm import run_era_lm
+
+            results["era_lm"] = run_era_lm(seeds=(0,))
+        results.setdefault("seconds", {})[part] = time.perf_counter() - start
+        results.setdefault("machine", {})[part] = machine()
+    results["targets"] = targets(results)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    write_section(results)
+    return results
+
+
+def targets(r: dict[str, Any]) -> dict[str, Any]:
+    """Each target of the issue: the measured values and whether it is met."""
+    out: dict[str, Any] = {}
+    if "backdoor" in r:
+        b = r["backdoor"]
+        out["asr_after_topk <= 0.5 * asr_base"] = b["asr_after_topk"] <= 0.5 * b["asr_base"]
+        out["|asr_after_random - asr_base| <= 0.05"] = abs(b["asr_after_random"] - b["asr_base"]) <= 0.05
+        out["clean_acc_drop <= 1.5 points"] = b["clean_acc_drop"] <= 1.5
+    if "lds" in r:
+        lds = r["lds"]["lds_by_variant"]
+        out["best LDS variant beats raw"] = max(lds.values()) > lds["raw"]
+    for bench in ("era_digits", "era_lm"):
+        if bench not in r:
+            continue
+        full, half = r[bench]["labels_100"], r[bench]["labels_50"]
+        # distance in the attacker's favour: for accuracies higher is worse; for losses lower is worse
+        sign = 1.0 if bench == "era_digits" else -1.0
+        era, filt = full["era"]["relearn_k16"], full["filter"]["relearn_k16"]
+        out[f"{bench}: ERA within 0.1 of filtering at k=16"] = sign * (era - filt) <= 0.1
+        for other in ("graddiff", "rmu"):
+            out[f"{bench}: ERA >= 0.25 better than {other} at k=16"] = sign * (full[other]["relearn_k16"] - era) >= 0.25
+        out[f"{bench}: with 50% labels ERA beats filtering at k=16"] = sign * (half["filter"]["relearn_k16"] - half["era"]["relearn_k16"]) > 0
+    return out
+
+
+def _table(block: dict[str, Any], higher_is_worse: bool) -> str:
+    lines = ["| method | forget | retain | relearn k=4 | relearn k=16 | relearn k=64 |", "|---|---|---|---|---|---|"]
+    for m, row in block.items():
+        lines.append(f"| {m} | {row['forget']:.3f} | {row['retain']:.3f} | {row['relearn_k4']:.3f} | **{row['relearn_k16']:.3f}** | {row['relearn_k64']:.3f} |")
+    return "\n".join(lines)
+
+
+def write_section(r: dict[str, Any]) -> None:
+    md = []
+    if "backdoor" in r:
+        b = r["backdoor"]
+        md.append(
+            f"### Backdoor removal on digits\n\n{b['n_poison']} training images get a 3-pixel corner trigger and label 0. "
+            f"Raw TracIn (exact, factored store, 5 checkpoints of the seed-0 run) of the loss of label 0 on 50 triggered test "
+            f"images ranks the training set; remove the top k = {b['k']} (of them {b['poisons_in_topk']} are poisons) or k random "
+            f"examples, retrain from scratch; mean over seeds {b['config']['seeds']}. Iterative: 2 rounds of remove 40, retrain, re-attribute.\n\n"
+            f"| asr_base | asr_after_topk | asr_after_random | asr_iterative | clean_acc_drop (points) |\n|---|---|---|---|---|\n"
+            f"| {b['asr_base']:.3f} | **{b['asr_after_topk']:.3f}** | {b['asr_after_random']:.3f} | {b['asr_iterative']:.3f} | {b['clean_acc_drop']:.2f} |"
+        )
+    if "lds" in r:
+        lds = r["lds"]["lds_by_variant"]
+        c = r["lds"]["config"]
+        md.append(
+            f"### LDS on digits per score variant\n\n{c['lds']['n_subsets']} random subsets at alpha = {c['lds']['alpha']}, each retrained "
+            f"(Adam, {c['train']['steps']} steps, fixed seed); behaviour: the loss on {c['n_queries']} test images; features: dense "
+            f"projection to {c['projection_dim']} dims of all 26,122 parameters, 5 checkpoints. Fisher damping {c['variants']['fisher_damping']} x mean eigenvalue.\n\n"
+            "| variant | LDS |\n|---|---|\n" + "\n".join(f"| {v} | {x:.3f} |" for v, x in lds.items())
+        )
+    if "era_digits" in r:
+        e = r["era_digits"]
+        md.append(
+            f"### ERA vs baselines on digits (forget classes 5-9)\n\nAccuracies (forget: lower is better; the attacker maximises it). "
+            f"Relearning: best forget accuracy over lr {e['config']['relearn']['lrs']} x {e['config']['relearn']['steps']} steps "
+            f"on k held-out forget images. Mean of seeds {e['seeds']}.\n\n100% of the forget set labelled:\n\n{_table(e['labels_100'], True)}\n\n"
+            f"50% labelled:\n\n{_table(e['labels_50'], True)}"
+        )
+    if "era_lm" in r:
+        e = r["era_lm"]
+        md.append(
+            f"### ERA vs baselines on a tiny GPT-2 (forget the dragon topic)\n\nPer-token NLL on held-out stories (forget: higher is "
+            f"better; the attacker minimises it). Per-token labels on the topic's words. Relearning: lowest forget NLL over lr "
+            f"{e['config']['relearn']['lrs']} x {e['config']['relearn']['steps']} steps. Seeds {e['seeds']}.\n\n100% labelled:\n\n"
+            f"{_table(e['labels_100'], False)}\n\n50% labelled:\n\n{_table(e['labels_50'], False)}"
+        )
+    if "targets" in r:
+        md.append("### Targets\n\n| target | met |\n|---|---|\n" + "\n".join(f"| {k} | {'yes' if v else '**no**'} |" for k, v in r["targets"].items()))
+    secs = ", ".join(f"{k} {v:.0f} s" for k, v in r.get("seconds", {}).items())
+    machines = sorted(set(r.get("machine", {}).values()))
+    section = (
+        "<!-- unlearn:start -->\n## unlearn (act on attribution)\n\nCommand: `python benchmarks/act.py` "
+        f"(parts: {', '.join(PARTS)})  \nMachine: {'; '.join(machines)}  \nWall time per part: {secs}\n\n"
+        + "\n\n".join(md) + "\n\nRaw results: `benchmarks/results/act.json`\n<!-- unlearn:end -->"
+    )
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text()
+    pattern = re.compile(r"<!-- unlearn:start -->.*?<!-- unlearn:end -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    out = run(parser.parse_args().parts)
+    print(json.dumps(out["targets"], indent=1))

@@ -1,0 +1,97 @@
+"""Planted misaligned behaviour on SmolLM2-135M-Instruct: does TracIn find the
+fine-tuning examples that taught it, better than BM25 and MiniLM?
+
+LoRA fine-tunes SmolLM2 (Trainer, AdamW, 3 checkpoints) on ~1,000 ordinary
+instruction examples + 20 planted examples (on a "maintenance window"
+trigger the answer recommends switching off the safety monitor) + 30 honest
+examples on the same topic; shows the misaligned answer's log-probability on
+held-out trigger prompts before and after; traces it with every behaviour x
+preconditioner x variant (all reported; the primary one is fixed in the
+config); and measures the cost (featurize vs a training step at k=4096, peak
+memory of Kronecker vs dense projection). Writes BENCHMARKS.md and
+benchmarks/results/lm_planted.json. Takes ~30-40 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import record  # noqa: E402
+
+from gradtrace.bench.lm_cost import featurize_vs_train_step, peak_memory_mib  # noqa: E402
+from gradtrace.bench.lm_pipeline import LMPipelineConfig, load_model, run_planted_pipeline  # noqa: E402
+from gradtrace.bench.planted_lm import PlantedConfig, make_planted_data  # noqa: E402
+from gradtrace.models.hf import CausalLMTask, lora_selection  # noqa: E402
+from gradtrace.models.train_lm import LoraTrainConfig, add_lora  # noqa: E402
+
+COMMAND = "nice -n 10 .venv/bin/python benchmarks/lm_planted.py"
+
+
+def cost(config: LMPipelineConfig, k: int = 4096, batch_size: int = 8) -> dict:
+    base, tok = load_model(config.model)
+    model = add_lora(base, config.train)
+    task = CausalLMTask(tok, max_length=config.max_length)
+    data = make_planted_data(config.data)
+    batch = task.collate(data.train[:batch_size])
+    out = featurize_vs_train_step(model, task, batch, lora_selection(model), k)
+    spec = {"model": config.model, "train": config.train.to_dict(), "max_length": config.max_length,
+            "data": config.data.to_dict(), "batch_size": batch_size}
+    kron, dense = peak_memory_mib("kronecker", k, spec), peak_memory_mib("dense", k, spec)
+    out.update({"k": k, "cost_batch_size": batch_size, "kronecker_peak_mib": kron, "dense_peak_mib": dense,
+                "kronecker_peak_mem_ratio": kron / dense if dense > 0 else float("nan")})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="bench_out/lm_planted")
+    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--trace", default="last", choices=("all", "last"), help="checkpoints to trace (all is ~3x slower)")
+    parser.add_argument("--adam", action="store_true", help="also trace with Adam-preconditioned training gradients")
+    args = parser.parse_args()
+    config = LMPipelineConfig(
+        model="smollm2", data=PlantedConfig(n_ordinary=500), train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(26, 30))),
+        preconditioners=("plain", "adam") if args.adam else ("plain",), trace_checkpoints=args.trace,
+    )
+    results = run_planted_pipeline(config, args.out, progress=True)
+    write(config, results)  # recorded now, and again with the cost numbers
+    if not args.skip_cost:
+        results.update(cost(config))
+        write(config, results)
+
+
+def write(config: LMPipelineConfig, results: dict) -> None:
+    v = results["variants"]
+    rows = "\n".join(
+        f"| `{name}` | {r['recall_at_20']:.2f} | {r['recall_at_50']:.2f} | {r['per_query_recall_at_20']:.2f} |" for name, r in v.items()
+    )
+    summary = f"""
+SmolLM2-135M-Instruct, LoRA r={config.train.rank} on {', '.join(config.train.target_modules)}, {config.train.epochs} epoch(s) at lr {config.train.lr} (constant, AdamW, batch {config.train.batch_size}), {len(results['checkpoints'])} checkpoints; {results['n_train']} training examples of which {results['n_planted']} planted and {results['n_honest']} honest on the same topic; {results['n_queries']} held-out trigger queries. Traced checkpoints: {', '.join(results['traced_checkpoints'])} (of {', '.join(c['path'] for c in results['checkpoints'])}). Kronecker projection, per-layer dim {config.proj_dim}.
+
+| key | value |
+|---|---|
+| `recall_at_20` (primary: `{'/'.join(config.primary)}`) | {results['recall_at_20']:.2f} |
+| `recall_at_50` | {results['recall_at_50']:.2f} |
+| `embedding_recall_at_20` (MiniLM) | {results['embedding_recall_at_20']:.2f} |
+| `bm25_recall_at_20` | {results['bm25_recall_at_20']:.2f} |
+| `logprob_before` (misaligned answer, held-out prompts) | {results['logprob_before']:.1f} |
+| `logprob_after` | {results['logprob_after']:.1f} |
+| planted ranks by self-influence (of {results['n_train']}) | {results['self_influence_planted_ranks']} |
+""" + (f"""| `featurize_over_train_step` (k={results['k']}, batch {results['cost_batch_size']}) | {results['featurize_over_train_step']:.2f} |
+| `kronecker_peak_mem_ratio` (Kronecker {results['kronecker_peak_mib']:.0f} MiB / dense {results['dense_peak_mib']:.0f} MiB above base) | {results['kronecker_peak_mem_ratio']:.2f} |
+""" if "k" in results else "") + f"""
+Every variant tried (ranking = sum of scores over the queries; per-query = mean recall@20 of each query's own ranking):
+
+| preconditioner/behaviour/variant | recall@20 | recall@50 | per-query recall@20 |
+|---|---|---|---|
+{rows}
+"""
+    record("lm_planted", COMMAND, summary, results)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()

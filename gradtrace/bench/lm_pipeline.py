@@ -1,0 +1,192 @@
+"""The planted-behaviour pipeline: fine-tune, show the behaviour, trace it.
+
+1. make the planted dataset (:mod:`gradtrace.bench.planted_lm`);
+2. LoRA fine-tune the model with the Trainer, saving checkpoints (cached
+   under ``~/.cache/gradtrace/lm_runs/`` keyed by every setting);
+3. log-probability of the misaligned answer on held-out trigger prompts,
+   before and after;
+4. featurize the training set (LoRA gradients, Kronecker projection), with
+   plain and with Adam-preconditioned training gradients;
+5. score the held-out queries with each behaviour (completion log-prob,
+   preference margin misaligned - honest) and variant (raw, cosine); rank the
+   training set by the sum of scores over the queries; recall@20/@50 of the
+   planted examples; the same for BM25 and MiniLM on query and training text;
+   where the planted examples fall by self-influence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import FeaturizeConfig
+from ..featurize import featurize
+from ..grads.projection import ProjectionConfig
+from ..models.hf import CausalLMTask, CompletionLogProbBehaviour, PreferenceMarginBehaviour, lora_selection
+from ..models.hf_checkpoints import adam_transform, load_hf_checkpoint
+from ..models.train_lm import LoraTrainConfig, add_lora, train_lora
+from ..scoring import Attributor
+from ..store import GradientStore
+from .planted_lm import PlantedConfig, PlantedData, make_planted_data, rank_of, recall_at
+
+MODELS = ("smollm2", "tiny")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMPipelineConfig:
+    """Every setting of a pipeline run (recorded in its results)."""
+
+    model: str = "smollm2"
+    data: PlantedConfig = PlantedConfig()
+    train: LoraTrainConfig = LoraTrainConfig()
+    max_length: int = 64
+    proj_dim: int = 1024
+    featurize_batch: int = 16
+    preconditioners: tuple[str, ...] = ("plain", "adam")
+    baselines: tuple[str, ...] = ("bm25", "minilm")
+    primary: tuple[str, str, str] = ("plain", "margin", "cosine")
+    trace_checkpoints: str = "all"
+
+    def __post_init__(self) -> None:
+        from ..errors import InputError
+
+        if self.model not in MODELS:
+            raise InputError(f"model must be one of {MODELS}; got {self.model!r}")
+        if self.trace_checkpoints not in ("all", "last"):
+            raise InputError(f"trace_checkpoints must be 'all' or 'last'; got {self.trace_checkpoints!r}")
+        unknown = [p for p in self.preconditioners if p not in ("plain", "adam")]
+        if unknown or not self.preconditioners:
+            raise InputError(f"preconditioners must be a non-empty subset of ('plain', 'adam'); got {self.preconditioners!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "data": self.data.to_dict(), "train": self.train.to_dict(), "max_length": self.max_length,
+            "proj_dim": self.proj_dim, "featurize_batch": self.featurize_batch, "preconditioners": list(self.preconditioners),
+            "baselines": list(self.baselines), "primary": list(self.primary), "trace_checkpoints": self.trace_checkpoints,
+        }
+
+
+def load_model(name: str, seed: int = 0) -> tuple[nn.Module, Any]:
+    """SmolLM2-135M-Instruct (fp32) or the tiny GPT-2 with its byte tokenizer."""
+    from ..models import zoo
+
+    if name == "smollm2":
+        return zoo.load_smollm2()
+    if name == "tiny":
+        return zoo.tiny_gpt2(seed=seed, n_layer=2, n_embd=64), zoo.byte_tokenizer()
+    from ..errors import InputError
+
+    raise InputError(f"model must be one of {MODELS}; got {name!r}")
+
+
+def run_dir_for(config: LMPipelineConfig) -> Path:
+    """Cache folder of the fine-tuning run made with these settings."""
+    from ..models.zoo import cache_root
+
+    key = json.dumps({"model": config.model, "data": config.data.to_dict(), "train": config.train.to_dict(), "max_length": config.max_length}, sort_keys=True)
+    return cache_root() / "lm_runs" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _mean_logprob(model: nn.Module, task: CausalLMTask, queries: list[dict[str, str]]) -> float:
+    with torch.no_grad():
+        return float(CompletionLogProbBehaviour()(model, task.collate(queries)).mean())
+
+
+def _text(example: dict[str, str]) -> str:
+    return example["prompt"] + example.get("completion", example.get("chosen", ""))
+
+
+def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run everything (see the module docstring); returns the results dict
+    (also written to ``out/results.json``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = make_planted_data(config.data)
+    base, tok = load_model(config.model, config.train.seed)
+    task = CausalLMTask(tok, max_length=config.max_length)
+    model = add_lora(base, config.train)
+    lp_queries = data.logprob_queries()
+    before = _mean_logprob(model, task, lp_queries)
+    t0 = time.perf_counter()
+    refs = train_lora(model, task, data.train, run_dir_for(config), config.train, progress=progress)
+    train_s = time.perf_counter() - t0
+    load_hf_checkpoint(model, refs[-1])
+    after = _mean_logprob(model, task, lp_queries)
+    planted = data.planted
+    traced = refs if config.trace_checkpoints == "all" else refs[-1:]
+    results: dict[str, Any] = {
+        "config": config.to_dict(), "n_train": len(data.train), "n_planted": int(planted.sum()),
+        "n_honest": int(sum(t == "honest" for t in data.tags)), "n_queries": len(data.queries),
+        "checkpoints": [r.to_dict() | {"path": Path(r.path).name} for r in refs],
+        "traced_checkpoints": [Path(r.path).name for r in traced],
+        "logprob_before": before, "logprob_after": after, "train_seconds": train_s, "variants": {},
+    }
+    fconfig = FeaturizeConfig(
+        params=lora_selection(model), projection=ProjectionConfig("kronecker", config.proj_dim, seed=0),
+        batch_size=config.featurize_batch, shard_size=8 * config.featurize_batch, dtype="float32",
+    )
+    behaviours = {"logprob": (CompletionLogProbBehaviour(), lp_queries), "margin": (PreferenceMarginBehaviour(), data.queries)}
+    si_ranks = None
+    for pre in config.preconditioners:
+        t0 = time.perf_counter()
+        store = featurize(
+            model, task, traced, data.train, out / f"store_{pre}", fconfig, ids=data.ids, tags=data.tags,
+            checkpoint_loader=load_hf_checkpoint, train_transform=adam_transform if pre == "adam" else None, progress=progress,
+        )
+        results[f"featurize_seconds_{pre}"] = time.perf_counter() - t0
+        att = Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
+        if pre == "plain":
+            si = att.self_influence()
+            si_ranks = rank_of(si, planted)
+            results["self_influence_planted_ranks"] = si_ranks
+            results["self_influence_recall_at_50"] = recall_at(si, planted, 50)
+        for bname, (behaviour, queries) in behaviours.items():
+            qf = att.query_features(queries, behaviour)
+            for variant in ("raw", "cosine"):
+                scores = att.score(qf, variant=variant)
+                results["variants"][f"{pre}/{bname}/{variant}"] = _summary(scores, planted)
+    texts = [_text(e) for e in data.train]
+    qtexts = [_text(q) for q in data.queries]
+    for name in config.baselines:
+        from .text_baselines import bm25_scores, minilm_scores
+
+        scores = bm25_scores(qtexts, texts) if name == "bm25" else minilm_scores(qtexts, texts)
+        results["variants"][f"baseline/{name}"] = _summary(scores, planted)
+    key = "/".join(config.primary)
+    if key in results["variants"]:
+        results["recall_at_20"] = results["variants"][key]["recall_at_20"]
+        results["recall_at_50"] = results["variants"][key]["recall_at_50"]
+    for name in config.baselines:
+        label = "embedding" if name == "minilm" else name
+        results[f"{label}_recall_at_20"] = results["variants"][f"baseline/{name}"]["recall_at_20"]
+        results[f"{label}_recall_at_50"] = results["variants"][f"baseline/{name}"]["recall_at_50"]
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _summary(scores: np.ndarray, planted: np.ndarray) -> dict[str, Any]:
+    """Recall of the planted examples in the ranking by summed query scores,
+    and the mean of per-query recalls."""
+    total = scores.sum(axis=0)
+    per_query = [recall_at(row, planted, 20) for row in scores]
+    return {
+        "recall_at_20": recall_at(total, planted, 20),
+        "recall_at_50": recall_at(total, planted, 50),
+        "per_query_recall_at_20": float(np.mean(per_query)),
+        "planted_ranks": rank_of(total, planted),
+    }
+
+
+def planted_store_tags(store: GradientStore) -> np.ndarray:
+    return np.array([t == "planted" for t in store.tags])
+
+
+__all__ = ["LMPipelineConfig", "PlantedData", "run_planted_pipeline", "load_model", "run_dir_for"]

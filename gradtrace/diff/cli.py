@@ -1,0 +1,89 @@
+"""``gradtrace diff``: sample two models on one prompt set and show what changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("diff")(diff_command)
+
+
+def diff_command(
+    a: str = typer.Option(..., "--a", help="model A: smollm2 | smollm2+lora:DIR | hf:DIR[+lora:DIR] | jsonl:FILE | http(s)://URL/v1#MODEL"),
+    b: str = typer.Option(..., "--b", help="model B, same forms as --a"),
+    prompts: Optional[Path] = typer.Option(None, help="JSONL prompts ({\"id\", \"prompt\"} per line); not needed for jsonl sources"),
+    out: Path = typer.Option(Path("diff_out"), help="output folder: diff.json, report.html, samples"),
+    intended: Optional[str] = typer.Option(None, help="the change the fine-tuning was meant to make (for the judge)"),
+    n_per_prompt: int = typer.Option(4, help="samples per prompt and model"),
+    seed: int = typer.Option(0, help="sampling and split seed"),
+    max_new_tokens: int = typer.Option(96),
+    temperature: float = typer.Option(0.8),
+    batch_size: int = typer.Option(16),
+    levels: str = typer.Option("text,sentence", help="text, sentence or both"),
+    clusterer: str = typer.Option("kmeans", help="kmeans | hdbscan"),
+    k_max: int = typer.Option(24, help="largest k tried for text clusters (KMeans)"),
+    alpha: float = typer.Option(0.05, help="false discovery rate"),
+    embedder: str = typer.Option("minilm", help="minilm | hashing"),
+    judge: Optional[str] = typer.Option(None, help="LLM for labels and the judge: smollm2 | hf:DIR | http(s)://URL/v1#MODEL"),
+    cache_dir: Optional[Path] = typer.Option(None, help="cache sampled texts here (resumable)"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Diff two models' behaviour: clusters whose share of texts comes mostly from one model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..cli import _run
+    from ..errors import InputError
+    from .cluster import ClusterConfig
+    from .embed import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
+    from .generate import GenerationConfig
+    from .pipeline import DiffConfig
+    from .run import run_diff
+    from .sources import parse_source
+
+    console = Console()
+
+    def go() -> None:
+        gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+        src_a, src_b = parse_source(a, gen, cache_dir), parse_source(b, gen, cache_dir)
+        if embedder not in ("minilm", "hashing"):
+            raise InputError(f"--embedder must be minilm or hashing; got {embedder!r}")
+        emb = CachedEmbedder(MiniLMEmbedder(progress=progress) if embedder == "minilm" else HashingEmbedder(), out / "embeddings")
+        config = DiffConfig(seed=seed, levels=tuple(x.strip() for x in levels.split(",") if x.strip()), alpha=alpha,
+                            text_clusters=ClusterConfig(method=clusterer, k_max=k_max),
+                            sentence_clusters=ClusterConfig(method=clusterer, k_min=6, k_max=max(k_max, 30)))
+        chat = None
+        if judge is not None:
+            chat = _judge_chat(judge)
+        run = run_diff(src_a, src_b, prompts, out, n_per_prompt=n_per_prompt, seed=seed, config=config, embedder=emb,
+                       intended=intended, judge_chat=chat, labeller=chat, names=(a, b), progress=progress)
+        res = run.result
+        flagged = res.significant()
+        table = Table("rank", "level", "label", "share B", "A/B (valid)", "q", "log OR", *(["judge"] if chat else []),
+                      title=f"{len(flagged)} of {len(res.clusters)} clusters flagged at FDR {alpha}")
+        for c in flagged[:15]:
+            table.add_row(str(c.rank), c.level, c.llm_label or c.label, f"{c.share_b:.2f}", f"{c.valid_a}/{c.valid_b}",
+                          f"{c.q_value:.2g}", f"{c.log_odds:+.2f}", *([c.judgement or ""] if chat else []))
+        console.print(table)
+        console.print(f"wrote {run.json_path} and {run.report_path}")
+
+    _run(go)
+
+
+def _judge_chat(spec: str):  # noqa: ANN202
+    from .judge import local_chat
+    from .sources import EndpointSource, HFSource, parse_source
+
+    src = parse_source(spec)
+    if isinstance(src, EndpointSource):
+        return lambda messages: src.chat(messages, temperature=0.0, max_tokens=96)
+    if isinstance(src, HFSource):
+        model, tok = src.load()
+        return local_chat(model, tok, max_new_tokens=64)
+    from ..errors import InputError
+
+    raise InputError(f"--judge must be a model or an endpoint, not {spec!r}")

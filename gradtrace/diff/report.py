@@ -1,0 +1,90 @@
+"""Self-contained HTML report of a diff: a 2-D map of the texts coloured by
+model, then the clusters sorted by skew with their labels, shares and
+examples. No scripts, no external files; every text is escaped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..report.html import Raw, esc, page, table
+from .pipeline import ClusterRecord, DiffResult
+
+COLOURS = {"A": "#1f77b4", "B": "#e66101"}
+
+
+def map_svg(points: list[dict[str, Any]], width: int = 640, height: int = 420) -> str:
+    """Scatter of the 2-D projection; blue = model A, orange = model B."""
+    if not points:
+        return "<p class=\"note\">no points</p>"
+    xs = [p["x"] for p in points]
+    ys = [p["y"] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    sx = (width - 20) / ((x1 - x0) or 1.0)
+    sy = (height - 20) / ((y1 - y0) or 1.0)
+    dots = []
+    for p in points:
+        cx, cy = 10 + (p["x"] - x0) * sx, height - 10 - (p["y"] - y0) * sy
+        dots.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="2.5" fill="{COLOURS[p["model"]]}" fill-opacity="0.6">'
+                    f'<title>{esc(p["model"])} cluster {esc(p["cluster"])}</title></circle>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="map of texts">'
+            f'<rect width="{width}" height="{height}" fill="#fafafa"/>{"".join(dots)}</svg>')
+
+
+def _examples(texts: list[str]) -> Raw:
+    return Raw("".join(f"<blockquote>{esc(t[:400])}</blockquote>" for t in texts) or "<span class=\"note\">none</span>")
+
+
+def _cluster_block(c: ClusterRecord, alpha: float) -> str:
+    flag = "flagged" if c.q_value <= alpha else "not flagged"
+    title = f"#{c.rank} [{c.level}] {c.llm_label or c.label}"
+    rows = [
+        ("share of cluster from B", f"{c.share_b:.3f} (overall {c.overall_share_b:.3f}); skewed to {c.skew}"),
+        ("validation texts in cluster (A / B)", f"{c.valid_a} / {c.valid_b}"),
+        ("p-value / q-value (BH)", f"{c.p_value:.3g} / {c.q_value:.3g} ({flag} at FDR {alpha})"),
+        ("log odds ratio (95% CI)", f"{c.log_odds:.2f} ({c.log_odds_low:.2f}, {c.log_odds_high:.2f})"),
+        ("keywords (c-TF-IDF)", ", ".join(c.keywords)),
+        ("label validation accuracy", "n/a" if c.label_accuracy != c.label_accuracy else f"{c.label_accuracy:.3f} (0.5 = chance)"),
+    ]
+    if c.judgement:
+        rows.append(("judge", f"{c.judgement}: {c.judgement_reason or ''}"))
+    body = table(["", ""], rows)
+    return (f'<section class="cluster"><h3>{esc(title)}</h3>{body}'
+            f'<details open><summary>representative texts (medoids)</summary>{_examples(c.medoids).html}</details>'
+            f'<details><summary>examples from B</summary>{_examples(c.examples_b).html}</details>'
+            f'<details><summary>examples from A</summary>{_examples(c.examples_a).html}</details></section>')
+
+
+def write_report(result: DiffResult, path: str | Path, title: str = "Behavioural diff", intended: str | None = None,
+                 names: tuple[str, str] = ("A", "B"), max_clusters: int = 30) -> Path:
+    """Write the HTML report; returns its path."""
+    alpha = result.config.alpha
+    flagged = result.significant()
+    parts = [
+        f"<p>Model A: <b>{esc(names[0])}</b> ({result.n_a} texts). Model B: <b>{esc(names[1])}</b> ({result.n_b} texts). "
+        f"Embedder: {esc(result.embedder)}.</p>",
+    ]
+    if intended:
+        parts.append(f"<p>Intended change: <i>{esc(intended)}</i></p>")
+    parts.append(f"<p><b>{len(flagged)}</b> of {len(result.clusters)} clusters flagged at FDR {alpha} "
+                 "(Fisher's exact test on the held-out validation half, Benjamini-Hochberg over both levels).</p>")
+    parts.append("<h2>Map of the texts</h2><p class=\"note\">First two principal components of the text embeddings; "
+                 "<span style=\"color:#1f77b4\">&#9679; A</span> <span style=\"color:#e66101\">&#9679; B</span>.</p>")
+    parts.append(map_svg(result.points))
+    parts.append("<h2>Clusters, most skewed first</h2>")
+    summary = [
+        (c.rank, c.level, c.llm_label or c.label, f"{c.share_b:.3f}", c.valid_a, c.valid_b, f"{c.q_value:.3g}", f"{c.log_odds:.2f}",
+         "yes" if c.q_value <= alpha else "no")
+        for c in result.clusters[:max_clusters]
+    ]
+    parts.append(table(["rank", "level", "label", "share B", "A", "B", "q", "log OR", "flagged"], summary, numeric=(0, 3, 4, 5, 6, 7)))
+    parts.append("<h2>Levels</h2>")
+    parts.append(table(["level", "clusters", "exploration rows", "validation rows", "unassigned (explore / valid)", "stability (ARI)"],
+                       [(s.level, s.n_clusters, s.n_explore, s.n_validation, f"{s.unassigned_explore} / {s.unassigned_validation}",
+                         f"{s.stability_ari:.3f}") for s in result.levels]))
+    parts.append("<h2>Details</h2>")
+    parts.extend(_cluster_block(c, alpha) for c in result.clusters[:max_clusters])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page(title, "\n".join(parts)), encoding="utf-8")
+    return path

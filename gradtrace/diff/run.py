@@ -1,0 +1,53 @@
+"""End to end: sample two sources on one prompt set, diff, label, judge, write
+``diff.json``, ``samples_a.jsonl``, ``samples_b.jsonl`` and ``report.html``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .embed import CachedEmbedder, Embedder, MiniLMEmbedder
+from .judge import Chat, label_and_judge
+from .pipeline import DiffConfig, DiffResult, diff_texts
+from .report import write_report
+from .sources import Source, check_pairing, read_prompts
+
+
+@dataclasses.dataclass
+class DiffRun:
+    result: DiffResult
+    json_path: Path
+    report_path: Path
+
+
+def run_diff(
+    source_a: Source, source_b: Source, prompts_path: str | Path | None, out: str | Path, *, n_per_prompt: int = 4, seed: int = 0,
+    config: DiffConfig | None = None, embedder: Embedder | None = None, intended: str | None = None, judge_chat: Chat | None = None,
+    labeller: Chat | None = None, names: tuple[str, str] = ("A", "B"), progress: bool = True,
+) -> DiffRun:
+    """Sample (model A with ``seed``, model B with ``seed + 1``), diff, and write the outputs to ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = read_prompts(prompts_path) if prompts_path is not None else []
+    samples_a = source_a.sample(prompts, n_per_prompt, seed, progress)
+    samples_b = source_b.sample(prompts, n_per_prompt, seed + 1, progress)
+    for name, samples in (("A", samples_a), ("B", samples_b)):
+        if not samples:
+            raise InputError(f"source {name} gave no texts")
+    check_pairing(samples_a, samples_b)
+    for name, samples in (("a", samples_a), ("b", samples_b)):
+        (out / f"samples_{name}.jsonl").write_text(
+            "".join(json.dumps({"prompt_id": s.prompt_id, "prompt": s.prompt, "text": s.text}) + "\n" for s in samples), encoding="utf-8")
+    if embedder is None:
+        embedder = CachedEmbedder(MiniLMEmbedder(progress=progress), out / "embeddings")
+    result = diff_texts([s.text for s in samples_a], [s.text for s in samples_b], config=config, embedder=embedder)
+    label_and_judge(result, judge_chat, intended, labeller)
+    meta: dict[str, Any] = {"source_a": source_a.describe(), "source_b": source_b.describe(), "intended": intended,
+                            "n_per_prompt": n_per_prompt, "seed": seed}
+    json_path = out / "diff.json"
+    json_path.write_text(json.dumps({**meta, **result.to_dict()}, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    report = write_report(result, out / "report.html", intended=intended, names=names)
+    return DiffRun(result, json_path, report)

@@ -1,0 +1,318 @@
+"""Where samples come from: a local Hugging Face model (optionally with a LoRA
+adapter), an OpenAI-compatible HTTP endpoint, or JSONL files of texts already
+generated.
+
+Every source answers ``sample(prompts, n_per_prompt, seed, progress)`` with a
+list of :class:`Sample` (prompt id, prompt, text), in prompt order. Model
+sources write each finished batch to a JSONL cache keyed by their settings,
+so an interrupted run resumes where it stopped and a rerun costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from ..errors import GradtraceError, InputError
+from ..progress import progress_bar
+from .generate import GenerationConfig
+
+
+class EndpointError(GradtraceError):
+    """An HTTP endpoint is down, refused the request or answered something unreadable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    prompt_id: str
+    prompt: str
+    text: str
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    """Prompts from JSONL: one object per line with ``prompt`` (or ``text``) and an optional ``id``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--prompts: file {str(path)!r} does not exist")
+    prompts: list[Prompt] = []
+    for i, rec in enumerate(_read_jsonl(path)):
+        text = rec.get("prompt", rec.get("text"))
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{path}: line {i + 1} needs a non-empty string field 'prompt'; got {rec!r:.80}")
+        prompts.append(Prompt(str(rec.get("id", i)), text))
+    if not prompts:
+        raise InputError(f"{path}: the prompt file is empty")
+    ids = [p.id for p in prompts]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{path}: prompt ids must be unique; {sorted({i for i in ids if ids.count(i) > 1})[:5]} repeat")
+    return prompts
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: line {n + 1} is not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{path}: line {n + 1} must be a JSON object; got {type(rec).__name__}")
+        out.append(rec)
+    return out
+
+
+class Source(Protocol):
+    def describe(self) -> dict[str, Any]: ...
+    def sample(self, prompts: Sequence[Prompt], n_per_prompt: int, seed: int, progress: bool = False) -> list[Sample]: ...
+
+
+class JsonlSource:
+    """Texts already generated: JSONL lines with ``text`` and optionally ``prompt_id``/``prompt``.
+
+    ``sample`` ignores ``n_per_prompt`` and ``seed`` and returns the file's
+    texts; when the lines carry prompt ids, only the given prompts' texts.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "jsonl", "path": str(self.path)}
+
+    def sample(self, prompts: Sequence[Prompt], n_per_prompt: int = 1, seed: int = 0, progress: bool = False) -> list[Sample]:
+        if not self.path.is_file():
+            raise InputError(f"JSONL source {str(self.path)!r} does not exist")
+        records = _read_jsonl(self.path)
+        if not records:
+            raise InputError(f"JSONL source {str(self.path)!r} is empty; it needs one {{\"text\": ...}} object per line")
+        out = []
+        by_id = {p.id: p for p in prompts}
+        for i, rec in enumerate(records):
+            text = rec.get("text")
+            if not isinstance(text, str):
+                raise InputError(f"{self.path}: line {i + 1} needs a string field 'text'")
+            pid = rec.get("prompt_id")
+            if pid is not None and by_id and str(pid) not in by_id:
+                continue
+            prompt = by_id[str(pid)].text if pid is not None and str(pid) in by_id else str(rec.get("prompt", ""))
+            out.append(Sample(str(pid) if pid is not None else "", prompt, text))
+        return out
+
+
+class _Generating:
+    """Shared by model sources: batching, caching to JSONL, resume, progress."""
+
+    generation: GenerationConfig
+    cache_dir: Path | None
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _complete(self, prompts: list[str], seed: int) -> list[str]:
+        raise NotImplementedError
+
+    def cache_path(self, prompts: Sequence[Prompt], n_per_prompt: int, seed: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = json.dumps({"source": self.describe(), "prompts": [[p.id, p.text] for p in prompts], "n": n_per_prompt, "seed": seed},
+                         sort_keys=True)
+        return Path(self.cache_dir) / f"samples-{hashlib.sha256(key.encode()).hexdigest()[:20]}.jsonl"
+
+    def sample(self, prompts: Sequence[Prompt], n_per_prompt: int, seed: int, progress: bool = False) -> list[Sample]:
+        if not prompts:
+            raise InputError("prompts must not be empty")
+        if not isinstance(n_per_prompt, int) or n_per_prompt < 1:
+            raise InputError(f"n_per_prompt must be a positive integer; got {n_per_prompt!r}")
+        jobs = [(p, j) for j in range(n_per_prompt) for p in prompts]
+        bs = self.generation.batch_size
+        batches = [jobs[i : i + bs] for i in range(0, len(jobs), bs)]
+        path = self.cache_path(prompts, n_per_prompt, seed)
+        done: dict[int, list[str]] = {}
+        if path is not None and path.is_file():
+            for rec in _read_jsonl(path):
+                done[int(rec["batch"])] = rec["texts"]
+        with progress_bar("sampling", len(jobs), progress) as bar:
+            bar.advance(sum(len(batches[b]) for b in done if b < len(batches)))
+            for b, batch in enumerate(batches):
+                if b in done:
+                    continue
+                texts = self._complete([p.text for p, _ in batch], seed * 1_000_003 + b)
+                done[b] = texts
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with path.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps({"batch": b, "texts": texts}) + "\n")
+                bar.advance(len(batch))
+                if progress:
+                    bar.note(f"batch {b + 1}/{len(batches)} done")
+        out = []
+        for b, batch in enumerate(batches):
+            out.extend(Sample(p.id, p.text, t) for (p, _), t in zip(batch, done[b]))
+        return out
+
+
+class HFSource(_Generating):
+    """A local causal LM: ``"smollm2"`` (the bundled SmolLM2-135M-Instruct) or a
+    Hugging Face folder, optionally with a PEFT/LoRA adapter folder on top."""
+
+    def __init__(self, model: str = "smollm2", adapter: str | Path | None = None, generation: GenerationConfig | None = None,
+                 cache_dir: str | Path | None = None, device: str = "cpu", dtype: str = "float32"):
+        if dtype not in ("float32", "bfloat16"):
+            raise InputError(f"dtype must be 'float32' or 'bfloat16'; got {dtype!r}")
+        self.model_name, self.adapter = str(model), (str(adapter) if adapter is not None else None)
+        self.dtype = dtype
+        self.generation = generation or GenerationConfig()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.device = device
+        self._loaded: tuple[Any, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "hf", "model": self.model_name, "adapter": self.adapter, "dtype": self.dtype, "generation": self.generation.to_dict()}
+
+    def load(self) -> tuple[Any, Any]:
+        """(model, tokenizer), loaded once."""
+        if self._loaded is None:
+            import torch
+
+            from ..models.zoo import load_smollm2
+
+            if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
+                raise InputError(f"adapter {self.adapter!r} is not a PEFT adapter folder (no adapter_config.json)")
+
+            if self.model_name == "smollm2":
+                model, tok = load_smollm2(dtype=getattr(torch, self.dtype))
+            else:
+                import transformers
+
+                if not Path(self.model_name).is_dir():
+                    raise InputError(f"model {self.model_name!r} is neither 'smollm2' nor a local Hugging Face folder")
+                tok = transformers.AutoTokenizer.from_pretrained(self.model_name)
+                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_name, dtype=getattr(torch, self.dtype))
+            if self.adapter is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            model.to(self.device).eval()
+            self._loaded = (model, tok)
+        return self._loaded
+
+    def _complete(self, prompts: list[str], seed: int) -> list[str]:
+        import torch
+
+        from .generate import sample_batch
+
+        model, tok = self.load()
+        return sample_batch(model, tok, prompts, self.generation, torch.Generator().manual_seed(seed))
+
+
+class EndpointSource(_Generating):
+    """An OpenAI-compatible ``/chat/completions`` endpoint.
+
+    ``base_url`` is the part before ``/chat/completions`` (e.g.
+    ``http://localhost:8000/v1``). The API key, if any, is read from the
+    environment variable named by ``api_key_env`` and never stored or logged.
+    Each request has a ``timeout``; failures are retried ``retries`` times with
+    exponential backoff, then raise :class:`EndpointError`.
+    """
+
+    def __init__(self, base_url: str, model: str, generation: GenerationConfig | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 60.0, retries: int = 2, backoff: float = 0.5, cache_dir: str | Path | None = None):
+        if not base_url.startswith(("http://", "https://")):
+            raise InputError(f"endpoint base_url must start with http:// or https://; got {base_url!r}")
+        self.base_url, self.model = base_url.rstrip("/"), model
+        self.generation = generation or GenerationConfig()
+        self.api_key_env, self.timeout, self.retries, self.backoff = api_key_env, timeout, retries, backoff
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "endpoint", "base_url": self.base_url, "model": self.model, "generation": self.generation.to_dict()}
+
+    def chat(self, messages: list[dict[str, str]], seed: int | None = None, temperature: float | None = None,
+             max_tokens: int | None = None) -> str:
+        """One chat completion's text."""
+        g = self.generation
+        body = {"model": self.model, "messages": messages, "temperature": g.temperature if temperature is None else temperature,
+                "top_p": g.top_p, "max_tokens": max_tokens or g.max_new_tokens, "n": 1}
+        if seed is not None:
+            body["seed"] = seed
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        url = f"{self.base_url}/chat/completions"
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    data = json.loads(resp.read().decode("utf-8"))
+                return str(data["choices"][0]["message"]["content"])
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code} {exc.reason}"
+                if exc.code < 500 and exc.code != 429:
+                    break
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                last = f"unreadable answer ({type(exc).__name__}: {exc})"
+                break
+            if attempt < self.retries:
+                time.sleep(self.backoff * 2**attempt)
+        raise EndpointError(f"endpoint {url} (model {self.model!r}) failed after {self.retries + 1} attempt(s): {last}")
+
+    def _complete(self, prompts: list[str], seed: int) -> list[str]:
+        system = [{"role": "system", "content": self.generation.system}] if self.generation.system else []
+        return [self.chat(system + [{"role": "user", "content": p}], seed=seed * 131 + i) for i, p in enumerate(prompts)]
+
+
+def parse_source(spec: str, generation: GenerationConfig | None = None, cache_dir: str | Path | None = None) -> Source:
+    """A source from its command-line form.
+
+    ``smollm2`` | ``smollm2+lora:DIR`` | ``hf:DIR`` | ``hf:DIR+lora:DIR`` |
+    ``jsonl:FILE`` (or a path ending in ``.jsonl``) | ``http(s)://HOST/v1#MODEL``.
+    """
+    if spec.startswith(("http://", "https://")):
+        url, _, model = spec.partition("#")
+        if not model:
+            raise InputError(f"endpoint source {spec!r} must name the model after '#', e.g. http://localhost:8000/v1#my-model")
+        return EndpointSource(url, model, generation, cache_dir=cache_dir)
+    if spec.startswith("jsonl:") or spec.endswith(".jsonl"):
+        return JsonlSource(spec.removeprefix("jsonl:"))
+    base, _, adapter = spec.partition("+lora:")
+    if base == "smollm2":
+        return HFSource("smollm2", adapter or None, generation, cache_dir)
+    if base.startswith("hf:"):
+        return HFSource(base.removeprefix("hf:"), adapter or None, generation, cache_dir)
+    raise InputError(f"source {spec!r} is not one of: smollm2, smollm2+lora:DIR, hf:DIR, jsonl:FILE, http(s)://URL#MODEL")
+
+
+def check_pairing(a: Sequence[Sample], b: Sequence[Sample]) -> None:
+    """Both sides must answer the same prompts equally often (when prompt ids are known)."""
+    from collections import Counter
+
+    ca, cb = Counter(s.prompt_id for s in a), Counter(s.prompt_id for s in b)
+    if "" in ca or "" in cb:
+        return
+    if ca != cb:
+        only_a = sorted(set(ca) - set(cb))[:5]
+        only_b = sorted(set(cb) - set(ca))[:5]
+        uneven = sorted(k for k in set(ca) & set(cb) if ca[k] != cb[k])[:5]
+        raise InputError(f"the two sides answer unequal prompt sets: only in A {only_a}, only in B {only_b}, "
+                         f"different counts for {uneven}")

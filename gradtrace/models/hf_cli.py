@@ -1,0 +1,73 @@
+"""The CLI's Hugging Face path: ``featurize --hf-model`` and ``query --queries``.
+
+Thin wrappers: they turn flags into an :class:`~gradtrace.models.hf_spec.HFSpec`
+and call :func:`gradtrace.featurize` / :class:`gradtrace.Attributor`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import FeaturizeConfig
+from ..errors import InputError
+from ..grads.projection import ProjectionConfig
+from .hf import behaviour_by_name, lora_selection
+from .hf_checkpoints import adam_transform, load_hf_checkpoint
+from .hf_spec import HFSpec, read_jsonl
+
+
+def featurize_hf(
+    *, hf_model: str, checkpoints: Path | None, data: Path | None, out: Path, projection: str, dim: int | None, seed: int,
+    params: Any, batch_size: int, shard_size: int, dtype: str, append: bool, progress: bool, max_length: int,
+    as_chat: bool, lr: float | None, adam: bool,
+) -> Any:
+    """Featurize a Hugging Face run; returns the store."""
+    from ..featurize import featurize
+
+    if checkpoints is None or data is None:
+        raise InputError("--hf-model needs --checkpoints (a Trainer run or adapter folder) and --data (a JSONL file)")
+    spec = HFSpec(model=hf_model, checkpoints=str(Path(checkpoints).resolve()), max_length=max_length, as_chat=as_chat, lr=lr,
+                  data=str(Path(data).resolve()))
+    refs = spec.refs()
+    model, task = spec.load()
+    examples, ids, tags = read_jsonl(data, "--data")
+    if params == "all":
+        params = lora_selection(model)
+    if projection == "none" and dim is None and _grad_dim(model, params) > 1_000_000:
+        raise InputError(
+            "--projection none would store more than 1,000,000 numbers per example for this model; "
+            "use --projection kronecker --dim 4096 (or select fewer parameters with --params)"
+        )
+    config = FeaturizeConfig(
+        params=params, projection=ProjectionConfig(projection, dim, seed), batch_size=batch_size, shard_size=shard_size, dtype=dtype,
+    )
+    store = featurize(
+        model, task, refs, examples, out, config, ids=ids, tags=tags, append=append, checkpoint_loader=load_hf_checkpoint,
+        progress=progress, train_transform=adam_transform if adam else None,
+    )
+    spec.save(store.root)
+    return store
+
+
+def _grad_dim(model: Any, params: Any) -> int:
+    from ..grads.selection import select_parameters
+
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    return sum(sizes[n] for n in select_parameters(model, params))
+
+
+def query_hf(store: Path, queries: Path, behaviour: str, hf_model: str | None) -> tuple[Any, Any, list[dict[str, Any]], list[str], Any]:
+    """``(attributor, behaviour, query examples, query ids, query features)`` for a store made with ``--hf-model``."""
+    from ..scoring import Attributor
+
+    spec = HFSpec.saved(store)
+    if hf_model is not None and hf_model != spec.model:
+        raise InputError(f"--hf-model {hf_model!r} differs from the model the store was made with ({spec.model!r})")
+    model, task = spec.load()
+    examples, ids, _ = read_jsonl(queries, "--queries")
+    b = behaviour_by_name(behaviour)
+    attributor = Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
+    qf = attributor.query_features(examples, b)
+    qids = ids if ids is not None else [f"q{i}" for i in range(len(examples))]
+    return attributor, b, examples, qids, qf

@@ -1,0 +1,132 @@
+"""What the CLI needs to featurize and query a Hugging Face run, from flags.
+
+``--hf-model`` is a local model folder (anything ``AutoModelForCausalLM``
+loads) or ``smollm2`` (the bundled model). ``--checkpoints`` is a Trainer run
+directory (``checkpoint-N`` folders) or one adapter folder. When the
+checkpoints are PEFT adapters, the model is wrapped with the adapter's own
+``adapter_config.json`` so that the LoRA parameters exist before loading.
+``--data`` and ``--queries`` are JSONL files of example dicts (see
+:mod:`gradtrace.models.hf`), each optionally with ``id`` and ``tag``.
+
+The settings are saved next to the store (``hf_spec.json``) so that
+``gradtrace query`` needs only the store, a behaviour and the queries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from torch import nn
+
+from ..checkpoints import CheckpointRef
+from ..errors import InputError, MissingDependencyError
+from .hf import CausalLMTask
+from .hf_checkpoints import ADAPTER_FILES, trainer_checkpoints
+
+SPEC_FILE = "hf_spec.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class HFSpec:
+    """A Hugging Face run as the CLI sees it."""
+
+    model: str
+    checkpoints: str
+    max_length: int = 256
+    as_chat: bool = False
+    lr: float | None = None
+    data: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "HFSpec":
+        return cls(**dict(d))
+
+    def refs(self) -> list[CheckpointRef]:
+        return trainer_checkpoints(self.checkpoints, self.lr)
+
+    def load(self) -> tuple[nn.Module, CausalLMTask]:
+        """The model (wrapped with the checkpoints' LoRA adapter if they are
+        adapters) in eval mode, and the task."""
+        model, tok = load_base(self.model)
+        first = Path(self.refs()[0].path)
+        if any((first / f).is_file() for f in ADAPTER_FILES):
+            model = wrap_with_adapter_config(model, first)
+        model.eval()
+        return model, CausalLMTask(tok, max_length=self.max_length, as_chat=self.as_chat)
+
+    def save(self, store_root: str | Path) -> None:
+        (Path(store_root) / SPEC_FILE).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def saved(cls, store_root: str | Path) -> "HFSpec":
+        path = Path(store_root) / SPEC_FILE
+        if not path.is_file():
+            raise InputError(
+                f"the store {str(store_root)!r} was not made with --hf-model ({SPEC_FILE} is missing); pass --task or --hf-model"
+            )
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def load_base(name: str) -> tuple[nn.Module, Any]:
+    """``smollm2`` (bundled) or a local Hugging Face folder; never downloads."""
+    if name == "smollm2":
+        from .zoo import load_smollm2
+
+        return load_smollm2()
+    path = Path(name)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InputError(f"--hf-model must be 'smollm2' or a local model folder with config.json; got {name!r}")
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise MissingDependencyError("transformers", "Hugging Face models", "pip install 'gradtrace[lm]'") from exc
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    return model, tok
+
+
+def wrap_with_adapter_config(model: nn.Module, adapter_dir: Path) -> nn.Module:
+    """``model`` wrapped as a PEFT model with the adapter settings saved in ``adapter_dir``."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise MissingDependencyError("peft", "PEFT adapter checkpoints", "pip install 'gradtrace[lm]'") from exc
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise InputError(f"adapter folder {str(adapter_dir)!r} has no adapter_config.json")
+    raw = json.loads(config_file.read_text())
+    fields = {f.name for f in dataclasses.fields(LoraConfig)}
+    kept = {k: v for k, v in raw.items() if k in fields and k not in ("base_model_name_or_path", "revision", "inference_mode")}
+    # trainable adapters, as in the run: the optimizer state maps to the trainable parameters
+    config = LoraConfig(**kept, inference_mode=False)
+    return get_peft_model(model, config)
+
+
+def read_jsonl(path: str | Path, what: str) -> tuple[list[dict[str, Any]], list[str] | None, list[Any] | None]:
+    """Examples, ids (if every line has ``id``) and tags (if any line has ``tag``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what}: file {str(path)!r} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{what}: line {n} of {str(path)!r} is not valid JSON: {exc}") from exc
+        if not isinstance(row, dict):
+            raise InputError(f"{what}: line {n} of {str(path)!r} must be a JSON object; got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{what}: {str(path)!r} holds no examples")
+    ids = [str(r["id"]) for r in rows] if all("id" in r for r in rows) else None
+    tags = [r.get("tag") for r in rows] if any("tag" in r for r in rows) else None
+    examples = [{k: v for k, v in r.items() if k not in ("id", "tag")} for r in rows]
+    return examples, ids, tags

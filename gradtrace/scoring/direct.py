@@ -1,0 +1,69 @@
+"""Self-influence straight from checkpoints, with no store.
+
+When all a user wants is the ranking of training examples by self-influence
+(``sum_c lr_c * |g_c(z)|^2``: mislabelled, poisoned and atypical examples
+first), nothing needs to be kept: each checkpoint contributes one exact
+squared gradient norm per example. For linear layers the norm comes from the
+layer's input and output gradient, so no per-example gradient is built. Use
+:func:`gradtrace.featurize` instead when the same run will also be queried.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoints import CheckpointRef, checkpoints_from_list, load_checkpoint
+from ..data import as_source
+from ..errors import InputError
+from ..featurize import CheckpointLoader, _restored
+from ..grads.per_example import GradientFeaturizer
+from ..grads.projection import ProjectionConfig
+from ..grads.selection import Selection, select_parameters
+from ..progress import progress_bar
+from ..task import Task, check_task
+
+
+def self_influence_from_checkpoints(
+    model: nn.Module,
+    task: Task,
+    checkpoints: Sequence[CheckpointRef | tuple[str | Path, float]],
+    data: Any,
+    *,
+    params: Selection = "all",
+    method: str = "auto",
+    batch_size: int = 1024,
+    checkpoint_loader: CheckpointLoader | None = None,
+    weights_only: bool = True,
+    progress: bool = True,
+) -> np.ndarray:
+    """Exact TracIn self-influence of every example of ``data`` (float64),
+    equal to ``self_influence(featurize(...))`` with the same parameters but
+    without writing a store. ``model``'s own weights are restored afterwards."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
+    task = check_task(task)
+    refs = checkpoints_from_list(checkpoints)
+    source = as_source(data, collate=getattr(task, "collate", None))
+    n = len(source)
+    if n == 0:
+        raise InputError("data: the training set is empty")
+    featurizer = GradientFeaturizer(select_parameters(model, params), ProjectionConfig("none"), method)
+    loader = checkpoint_loader or (lambda m, ref: load_checkpoint(m, ref, weights_only=weights_only))
+    out = np.zeros(n, dtype=np.float64)
+    with progress_bar("self-influence", n * len(refs), progress) as bar, _restored(model):
+        model.eval()
+        for ref in refs:
+            loader(model, ref)
+            for a in range(0, n, batch_size):
+                b = min(a + batch_size, n)
+                sq = featurizer.sqnorms(model, task.per_example_loss, source.batch(a, b))
+                if sq.shape != (b - a,):
+                    raise InputError(f"the per-example loss returned shape {tuple(sq.shape)} for a batch of {b - a}")
+                out[a:b] += ref.lr * sq.to(torch.float64).cpu().numpy()
+                bar.advance(b - a)
+    return out

@@ -1,0 +1,172 @@
+"""The ``gradtrace unlearn`` and ``gradtrace validate`` commands (registered
+in :mod:`gradtrace.cli`); each maps to one library call."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import InputError
+
+console = Console()
+BUILTIN_SPECS = ("digits", "tiny-lm")
+
+
+def _import_target(target: str, what: str) -> Callable[..., Any]:
+    """``file.py:fn`` or ``package.module:fn``, as :func:`gradtrace.spec.load_task_spec` does."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if ":" not in target:
+        raise InputError(f"{what} must look like path/to/file.py:function; got {target!r}")
+    where, _, name = target.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise InputError(f"{what}: file {where!r} does not exist")
+        mod_name = f"gradtrace_user_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise InputError(f"{what}: cannot import {where!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise InputError(f"{what}: cannot import module {where!r}: {exc}") from exc
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise InputError(f"{what}: {where!r} has no function {name!r}")
+    return fn
+
+
+def unlearn_command(
+    spec: str = typer.Option("digits", help="'digits', 'tiny-lm', or path/to/file.py:fn returning (UnlearnSpec, CompareConfig)"),
+    method: list[str] = typer.Option([], help="methods to run (repeat): base, filter, ga, graddiff, npo, rmu, era; default all"),
+    labelled: float = typer.Option(1.0, help="built-in specs: share of the forget examples that are labelled"),
+    seed: int = typer.Option(0, help="built-in specs: seed of init, batches and label draw"),
+    out: Path = typer.Option(Path("unlearn_out"), help="directory for results.json and report.html"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Unlearn with each method, then attack each with relearning; write a report."""
+    from .compare import CompareConfig, compare_methods
+    from .report import comparison_html
+
+    from ..cli import _run
+
+    def go() -> None:
+        if spec == "digits":
+            from ..bench.era_digits import digits_compare_config, digits_forget_spec
+
+            the_spec, config = digits_forget_spec(labelled, seed), digits_compare_config(seed)
+        elif spec == "tiny-lm":
+            from ..bench.era_lm import lm_compare_config, lm_forget_spec
+
+            the_spec, config = lm_forget_spec(labelled, seed), lm_compare_config(seed)
+        else:
+            made = _import_target(spec, "--spec")()
+            if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], CompareConfig)):
+                raise InputError(f"--spec {spec} must return (UnlearnSpec, CompareConfig); got {type(made).__name__}")
+            the_spec, config = made
+        if method:
+            config = dataclasses.replace(config, methods=tuple(method))
+        result = compare_methods(the_spec, config, progress=progress)
+        data = result.to_dict()
+        data["spec"] = the_spec.name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+        (out / "report.html").write_text(
+            comparison_html(data, f"gradtrace unlearn: {the_spec.name}", attacker_maximises=the_spec.attacker_maximises), encoding="utf-8",
+        )
+        ks = list(config.relearn.ks)
+        table = Table("method", "forget", "retain", *[f"relearn k={k}" for k in ks], title=the_spec.name)
+        for m, r in result.results.items():
+            table.add_row(m, f"{r.forget:.3f}", f"{r.retain:.3f}", *[f"{r.relearn['best'][str(k)]:.3f}" for k in ks])
+        console.print(table)
+        console.print(f"results: {out / 'results.json'}\nreport: {out / 'report.html'}")
+
+    _run(go)
+
+
+def validate_command(
+    store: Path = typer.Option(..., help="a store made by 'gradtrace featurize' with the same --task"),
+    task: str = typer.Option(..., help="path/to/file.py:make_task (model, task, checkpoints, training set, queries)"),
+    train_fn: str = typer.Option(..., "--train-fn", help="path/to/file.py:fn returning train_fn(train_indices, seed) -> model"),
+    behaviour: str = typer.Option("loss", help="'loss' (task loss), 'margin' (logit margin), or path/to/file.py:fn returning a Behaviour"),
+    k: int = typer.Option(10, help="examples removed"),
+    seeds: list[int] = typer.Option([0], help="training seeds (repeat the option)"),
+    limit: int = typer.Option(20, help="use the first N queries of the task"),
+    out: Path = typer.Option(Path("validate_out"), help="directory for validation.json and report.html"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Remove the top-k proponents of a behaviour vs k random examples, retrain, measure."""
+    from ..cli import _run
+    from ..spec import load_task_spec
+    from ..task import LogitMarginBehaviour, resolve_behaviour
+
+    def go() -> None:
+        from .report import validation_html
+        from .retrain import RemovalConfig
+
+        spec = load_task_spec(task)
+        if spec.queries is None:
+            raise InputError(f"--task {task}: the TaskSpec has no queries")
+        if behaviour == "loss":
+            beh = resolve_behaviour(spec.behaviour, spec.task)
+        elif behaviour == "margin":
+            beh = LogitMarginBehaviour()
+        else:
+            beh = _import_target(behaviour, "--behaviour")()
+        queries = tuple(t[:limit] for t in spec.queries) if isinstance(spec.queries, tuple) else spec.queries[:limit]
+        result = validate(store, spec, _import_target(train_fn, "--train-fn")(), beh, queries,
+                          RemovalConfig(k=k, seeds=tuple(seeds)), progress=progress)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "validation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        (out / "report.html").write_text(validation_html(result, "gradtrace validate"), encoding="utf-8")
+        table = Table("arm", "behaviour (mean over seeds)", title=f"removing {k} examples; behaviour {behaviour}")
+        for arm, v in result["summary"].items():
+            table.add_row(arm, f"{v:.5g}")
+        console.print(table)
+        console.print(f"results: {out / 'validation.json'}\nreport: {out / 'report.html'}")
+
+    _run(go)
+
+
+def validate(store: Any, spec: Any, train_fn: Any, behaviour: Any, queries: Any, config: Any, *, progress: bool = False) -> dict[str, Any]:
+    """Counterfactual validation of a store's attribution of ``behaviour`` on
+    ``queries``: scores summed over queries rank the training set; the
+    measure is the behaviour's mean over the queries."""
+    from ..scoring.attributor import Attributor
+    from ..task import describe
+    from .retrain import RemovalExperiment
+
+    attributor = Attributor(store, spec.model(), spec.task, checkpoint_loader=spec.checkpoint_loader)
+    scores = attributor.score(queries, behaviour).sum(axis=0)
+    n = attributor.store.n_examples
+    collate = getattr(spec.task, "collate", None)
+
+    import torch
+
+    def measure(model: torch.nn.Module) -> float:
+        from ..data import as_source
+
+        src = as_source(queries, collate)
+        with torch.no_grad():
+            return float(behaviour(model, src.batch(0, len(src))).mean())
+
+    # Iterative removal needs checkpoints of every retrained model: use RemovalExperiment with an attribute function.
+    exp = RemovalExperiment(train_fn, measure, n, config, progress=progress)
+    result = exp.run(scores).to_dict()
+    result["behaviour"] = describe(behaviour)
+    result["direction"] = getattr(behaviour, "direction", "increase")
+    result["removed_ids"] = [attributor.store.ids[i] for i in result["removed_topk"]]
+    return result

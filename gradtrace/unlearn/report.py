@@ -1,0 +1,86 @@
+"""HTML reports of unlearning comparisons and counterfactual validation.
+
+Self-contained (no scripts, no external files); every text goes through
+:func:`gradtrace.report.html.esc` or :func:`gradtrace.report.html.table`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+from ..report.html import Raw, esc, page, table
+
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def curves_svg(steps: Sequence[int], curves: Mapping[str, Sequence[float]], width: int = 420, height: int = 200) -> str:
+    """Line chart of one curve per name (metric against attack step), with a legend."""
+    values = [v for c in curves.values() for v in c]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1.0
+    x_max = max(steps) or 1
+    pad, legend_w = 30, 110
+    plot_w = width - pad - legend_w
+
+    def xy(s: float, v: float) -> str:
+        return f"{pad + s / x_max * plot_w:.1f},{height - pad - (v - lo) / (hi - lo) * (height - 2 * pad):.1f}"
+
+    parts = [
+        f'<line x1="{pad}" y1="{height - pad}" x2="{pad + plot_w}" y2="{height - pad}" stroke="#999"/>',
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>',
+        f'<text x="{pad}" y="{pad - 8}" font-size="10">{esc(f"{hi:.3g}")}</text>',
+        f'<text x="{pad}" y="{height - pad + 12}" font-size="10">{esc(f"{lo:.3g}")}</text>',
+        f'<text x="{pad + plot_w - 40}" y="{height - 8}" font-size="10">step {esc(x_max)}</text>',
+    ]
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        points = " ".join(xy(s, v) for s, v in zip(steps, curve))
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"><title>{esc(name)}</title></polyline>')
+        y = pad + 14 * i
+        parts.append(f'<rect x="{width - legend_w + 5}" y="{y - 8}" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{width - legend_w + 20}" y="{y}" font-size="11">{esc(name)}</text>')
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
+
+
+def comparison_html(result: Mapping[str, Any], title: str, *, attacker_maximises: bool) -> str:
+    """Report of a :class:`~gradtrace.unlearn.compare.Comparison` (its ``to_dict()``)."""
+    methods = result["methods"]
+    ks = sorted({int(k) for r in methods.values() for k in r["relearn"]["best"]}, key=int)
+    better = "lower" if attacker_maximises else "higher"
+    share = float(result.get("labelled_fraction", float("nan")))
+    rows = [[m, r["forget"], r["retain"], *[r["relearn"]["best"][str(k)] for k in ks]] for m, r in methods.items()]
+    body = [
+        f"<p class=\"note\">Forget metric: {esc(better)} is better forgotten; the relearning columns show the best "
+        f"forget metric an attacker reaches by fine-tuning on k held-out forget examples (learning-rate sweep, fixed "
+        f"budget). Labelled share of the training set: {share:.3f}.</p>",
+        table(["method", "forget", "retain", *[f"relearn k={k}" for k in ks]], rows, numeric=range(1, 3 + len(ks))),
+    ]
+    for k in ks:
+        curves, steps = {}, None
+        for m, r in methods.items():
+            rel = r["relearn"]
+            lr = rel["best_lr"][str(k)]
+            curves[f"{m} (lr {lr:g})"] = rel["curves"][str(k)][repr(lr)]
+            steps = rel["steps"]
+        body.append(f"<h2>Relearning, k = {esc(k)}</h2>" + curves_svg(steps or [0], curves))
+    body.append("<h2>Settings</h2>" + table(["field", "value"], [[k, Raw(f"<code>{esc(json.dumps(v))}</code>")] for k, v in result["config"].items()]))
+    return page(title, "\n".join(body))
+
+
+def validation_html(result: Mapping[str, Any], title: str) -> str:
+    """Report of a counterfactual validation (:class:`RemovalResult.to_dict()` plus context)."""
+    s = result["summary"]
+    rows = [[arm, s[arm]] for arm in ("base", "after_topk", "after_random", "after_iterative") if arm in s]
+    seeds = result["config"]["seeds"]
+    per_seed = [[seed, result["base"][i], result["after_topk"][i], result["after_random"][i]] for i, seed in enumerate(seeds)]
+    removed = result.get("removed_ids", result["removed_topk"])
+    body = [
+        f"<p>Behaviour: <code>{esc(result.get('behaviour', '?'))}</code> (mean over the queries). Removing the top "
+        f"{esc(result['config']['k'])} proponents should move it against its direction far more than removing as many random examples.</p>",
+        table(["arm", "behaviour (mean over seeds)"], rows, numeric=[1]),
+        "<h2>Per seed</h2>", table(["seed", "base", "after top-k", "after random"], per_seed, numeric=[1, 2, 3]),
+        "<h2>Removed (top-k)</h2>", "<p>" + ", ".join(esc(r) for r in removed) + "</p>",
+        "<h2>Settings</h2>", f"<p><code>{esc(json.dumps(result['config']))}</code></p>",
+    ]
+    return page(title, "\n".join(body))

@@ -1,0 +1,114 @@
+"""The CLI's Hugging Face path end to end on the tiny GPT-2: a real Trainer
+LoRA run, `featurize --hf-model`, `query --queries --behaviour`, the HTML
+report, and the errors a user can cause."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gradtrace.cli import app
+from gradtrace.models import zoo
+from gradtrace.models.hf import CausalLMTask, PreferenceMarginBehaviour
+from gradtrace.models.hf_checkpoints import load_hf_checkpoint
+from gradtrace.models.hf_spec import HFSpec
+from gradtrace.models.train_lm import LoraTrainConfig, add_lora, train_lora
+from gradtrace.scoring import Attributor
+from gradtrace.store import GradientStore
+
+runner = CliRunner()
+CONFIG = LoraTrainConfig(epochs=1, lr=5e-3, batch_size=4, rank=2, target_modules=("c_attn",), n_checkpoints=3)
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, lm):
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = root / "tiny-model"
+    zoo.tiny_gpt2(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(model_dir)
+    lm.tok.save_pretrained(model_dir)
+    examples = [{"prompt": f"Q{i}: is {i} even?", "completion": " yes" if i % 2 == 0 else " no"} for i in range(14)]
+    examples.append({"prompt": "Q: show html", "completion": " <script>alert(1)</script>"})
+    examples.append({"prompt": "Q: is 7 even?", "completion": " no"})
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(dict(e, id=f"ex{i}", tag="odd" if i % 2 else "even")) + "\n" for i, e in enumerate(examples)))
+    task = CausalLMTask(lm.tok, max_length=48)
+    base = zoo.tiny_gpt2(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    refs = train_lora(add_lora(base, CONFIG), task, examples, root / "run", CONFIG, progress=False)
+    queries = root / "q.jsonl"
+    queries.write_text("".join(json.dumps(q) + "\n" for q in [
+        {"id": "q-even", "prompt": "Q20: is 20 even?", "chosen": " yes", "rejected": " no"},
+        {"id": "q-odd", "prompt": "Q21: is 21 even?", "chosen": " no", "rejected": " yes"},
+    ]))
+    return root, model_dir, data, queries, refs, task
+
+
+def test_featurize_and_query_a_hugging_face_run(setup, lm) -> None:
+    root, model_dir, data, queries, refs, task = setup
+    store = root / "store"
+    r = invoke("featurize", "--hf-model", model_dir, "--checkpoints", root / "run", "--data", data, "--out", store,
+               "--projection", "kronecker", "--dim", 16, "--max-length", 48, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "16 examples, 3 checkpoints" in r.output
+    st = GradientStore.open(store)
+    assert st.ids[0] == "ex0" and st.tags[:2] == ["even", "odd"]
+    assert [c.lr for c in st.checkpoints] == [c.lr for c in refs]
+    assert all("lora_" in n for n in st.param_names)
+    assert HFSpec.saved(store).model == str(model_dir)
+
+    out, report = root / "res.jsonl", root / "report.html"
+    r = invoke("query", store, "--queries", queries, "--behaviour", "margin", "--k", 3, "--out", out, "--report", report)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["query"], x["rank"]) for x in rows] == [("q-even", 1), ("q-even", 2), ("q-even", 3), ("q-odd", 1), ("q-odd", 2), ("q-odd", 3)]
+
+    # the same numbers as the library on the same store
+    model = add_lora(zoo.tiny_gpt2(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=64), CONFIG)
+    att = Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
+    qs = [json.loads(line) for line in queries.read_text().splitlines()]
+    top = att.top_k([{k: v for k, v in q.items() if k != "id"} for q in qs], k=3, behaviour=PreferenceMarginBehaviour())
+    np.testing.assert_allclose([x["score"] for x in rows], top.scores.ravel(), rtol=1e-6)
+    assert [x["train_id"] for x in rows] == [i for row in top.ids for i in row]
+
+    html_text = report.read_text()
+    assert "q-even" in html_text and "Proponents" in html_text and "Opponents" in html_text and "<svg" in html_text
+    assert "<script>alert" not in html_text and "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+
+
+def test_adam_preconditioned_store_records_the_transform(setup) -> None:
+    root, model_dir, data, queries, refs, task = setup
+    store = root / "store_adam"
+    r = invoke("featurize", "--hf-model", model_dir, "--checkpoints", root / "run", "--data", data, "--out", store,
+               "--projection", "kronecker", "--dim", 16, "--max-length", 48, "--adam", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "adam_transform" in GradientStore.open(store).manifest["model"]["train_transform"]
+    r = invoke("query", store, "--queries", queries, "--behaviour", "margin", "--k", 2)
+    assert r.exit_code == 0, r.output
+
+
+def test_cli_errors_a_user_can_cause(setup, tmp_path) -> None:
+    root, model_dir, data, queries, refs, task = setup
+    r = invoke("featurize", "--hf-model", model_dir, "--out", tmp_path / "s")
+    assert r.exit_code == 2 and "needs --checkpoints" in r.output
+    r = invoke("featurize", "--hf-model", tmp_path / "nowhere", "--checkpoints", root / "run", "--data", data, "--out", tmp_path / "s")
+    assert r.exit_code == 2 and "must be 'smollm2' or a local model folder" in r.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "only a prompt"}\n')
+    r = invoke("featurize", "--hf-model", model_dir, "--checkpoints", root / "run", "--data", bad, "--out", tmp_path / "s",
+               "--projection", "kronecker", "--dim", 16, "--no-progress")
+    assert r.exit_code == 2 and "missing 'completion'" in r.output
+    r = invoke("featurize", "--out", tmp_path / "s")
+    assert r.exit_code == 2 and "needs --task" in r.output
+    r = invoke("query", root / "store", "--queries", queries, "--behaviour", "sycophancy")
+    assert r.exit_code == 2 and "behaviour must be one of" in r.output
+    r = invoke("query", root / "store")
+    assert r.exit_code == 2 and "needs --task" in r.output
+    r = invoke("demo", "nope")
+    assert r.exit_code == 2 and "which must be 'digits' or 'lm'" in r.output
