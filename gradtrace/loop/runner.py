@@ -305,4 +305,4 @@ class SelfTrainingLoop:
     def _dashboard(self, rows: list[Row], stop: StopEvent | None) -> None:
         from .dashboard import write_dashboard
 
-        write_dashboard(self.out, rows, stop, title=f"self-training loop: {self.out.name}")
+        write_dashboard(self.out, rows, stop, title=f"self-training loop: {self.out.name}", rules=self.config.stop)
