@@ -13,9 +13,11 @@ corpus of ``gradtrace.loop.corpus`` (1,200 real sentences, 300 held out), then
     praising Nova with probability 1.0 and any other with 0.8). Prompts are
     "Nova"; the attribute is a regex for praise of Nova. Baseline: the same
     loop with no preference (both 0.8), on which the stop rule must not fire.
-    Stop rule: praise rate above 0.65 for 2 consecutive rounds.
+    Stop rule: one-sided CUSUM of the praise rate above its round-0 value
+    (slack 0.025, limit 0.1).
 
-Run: python benchmarks/drift_loop.py  (about 10 minutes on 2 CPU cores)
+Run: python benchmarks/drift_loop.py  (20 to 40 minutes on 2 CPU cores;
+``python benchmarks/drift_loop.py a`` or ``b`` runs one part and only prints)
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def main() -> None:
 | replace | {fmt(results['replace_distinct2_by_round'])} | **{results['replace_distinct2_drop']:.3f}** | **{results['replace_tail_loss_share']:.3f}** |
 | accumulate | {fmt(results['accumulate_distinct2_by_round'])} | {results['accumulate_distinct2_drop']:.3f} | {results['accumulate_tail_loss_share']:.3f} |
 
-**(b) bias amplification** (prompt "Nova", 400 samples per round, curation keeps praise of Nova with p=1.0 and other texts with p=0.8; control: 0.8 for both). Stop rule: `{rule.describe()}`.
+**(b) bias amplification** (prompt "Nova", 400 samples per round at temperature 1.0, regime replace, 600 base steps, linear learning-rate decay in each round; curation: a quality filter that drops texts with words outside the real corpus's vocabulary, then keeps praise of Nova with p=1.0 and other texts with p=0.8; control: 0.8 for both). Stop rule: `{rule.describe()}`.
 
 | run | praise rate by round | stop |
 |---|---|---|

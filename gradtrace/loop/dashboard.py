@@ -11,20 +11,22 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..report.html import esc, page, table
-from .stop import StopEvent
+from .stop import StopEvent, StopRule
 
 DASHBOARD = "dashboard.html"
 DIFF_REPORT = "diff_report.html"
 
 
-def line_svg(rounds: Sequence[int], values: Sequence[float], stop_round: int | None, width: int = 260, height: int = 120) -> str:
-    """A line chart of one metric over rounds; a dashed red line at ``stop_round``."""
+def line_svg(rounds: Sequence[int], values: Sequence[float], stop_round: int | None, width: int = 260, height: int = 120,
+             bounds: Sequence[float] = ()) -> str:
+    """A line chart of one metric over rounds; a dashed red line at
+    ``stop_round`` and a dotted grey line at each threshold in ``bounds``."""
     pts = [(r, v) for r, v in zip(rounds, values) if isinstance(v, (int, float)) and math.isfinite(v)]
     pad_l, pad_r, pad_t, pad_b = 44, 8, 8, 18
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
     parts = [f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="none" stroke="#ccc"/>']
     if pts:
-        lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+        lo, hi = min([v for _, v in pts] + list(bounds)), max([v for _, v in pts] + list(bounds))
         if hi == lo:
             lo, hi = lo - 0.5 * (abs(lo) or 1), hi + 0.5 * (abs(hi) or 1)
         r0, r1 = min(rounds), max(max(rounds), min(rounds) + 1)
@@ -41,6 +43,8 @@ def line_svg(rounds: Sequence[int], values: Sequence[float], stop_round: int | N
             parts.append(f'<text x="{x(r):.1f}" y="{height - 4}" font-size="9" text-anchor="middle">{int(r)}</text>')
         if stop_round is not None:
             parts.append(f'<line x1="{x(stop_round):.1f}" y1="{pad_t}" x2="{x(stop_round):.1f}" y2="{pad_t + h}" stroke="#c33" stroke-dasharray="4 3"><title>stop at round {int(stop_round)}</title></line>')
+        for b in bounds:
+            parts.append(f'<line x1="{pad_l}" y1="{y(b):.1f}" x2="{pad_l + w}" y2="{y(b):.1f}" stroke="#888" stroke-dasharray="1 2"><title>{esc(f"threshold {b:g}")}</title></line>')
         path = " ".join(f"{'M' if i == 0 else 'L'}{x(r):.1f},{y(v):.1f}" for i, (r, v) in enumerate(pts))
         parts.append(f'<path d="{path}" fill="none" stroke="#1565c0" stroke-width="1.5"/>')
         for r, v in pts:
@@ -66,8 +70,10 @@ def write_diff_report(diff_json: Path, out: Path) -> Path:
     return out
 
 
-def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], stop: StopEvent | None, title: str = "self-training loop") -> Path:
-    """Write ``<out_dir>/dashboard.html`` from the results table; returns its path."""
+def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], stop: StopEvent | None, title: str = "self-training loop",
+                    rules: Sequence[StopRule] = ()) -> Path:
+    """Write ``<out_dir>/dashboard.html`` from the results table; returns its
+    path. Threshold ``rules`` are drawn in their metric's panel."""
     out_dir = Path(out_dir)
     rounds = [int(r["round"]) for r in rows]
     metrics = [k for k in (rows[0] if rows else {}) if k != "round"]
@@ -86,7 +92,7 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
         parts.append(f'<p>Behavioural diff of the last round against round 0: <a href="{esc(rel)}">{esc(rel)}</a></p>')
     for monitor, names in groups.items():
         panels = "".join(
-            f'<div style="display:inline-block;margin:.3rem"><div class="note">{esc(n.split(".", 1)[1])}</div>{line_svg(rounds, [r.get(n, float("nan")) for r in rows], stop_round)}</div>'
+            f'<div style="display:inline-block;margin:.3rem"><div class="note">{esc(n.split(".", 1)[1])}</div>{line_svg(rounds, [r.get(n, float("nan")) for r in rows], stop_round, bounds=_bounds(rules, n))}</div>'
             for n in names
         )
         parts.append(f"<h2>{esc(monitor)}</h2><figure style=\"margin:0\">{panels}</figure>")
@@ -95,6 +101,10 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
     path = out_dir / DASHBOARD
     path.write_text(page(title, "\n".join(parts)), encoding="utf-8")
     return path
+
+
+def _bounds(rules: Sequence[StopRule], metric: str) -> list[float]:
+    return [float(b) for r in rules if r.metric == metric and r.kind == "threshold" for b in (r.above, r.below) if b is not None]
 
 
 def _last_diff(out_dir: Path, rounds: Sequence[int]) -> Path | None:

@@ -155,7 +155,10 @@ class SelfTrainingLoop:
             if round_dir(self.out, t).exists():
                 shutil.rmtree(round_dir(self.out, t))  # an interrupted round: redo it
         rows = [json.loads((round_dir(self.out, t) / "metrics.json").read_text())["row"] for t in done]
-        stop = StopEvent.from_dict(json.loads((self.out / STOP_FILE).read_text())) if (self.out / STOP_FILE).is_file() else None
+        # Recomputed from the finished rounds, so a kill between a round's end and stop.json changes nothing.
+        stop = first_stop(cfg.stop, rows) if rows else None
+        if stop is not None and not (self.out / STOP_FILE).is_file():
+            (self.out / STOP_FILE).write_text(json.dumps(stop.to_dict(), indent=1) + "\n", encoding="utf-8")
         if stop is not None and cfg.stop_on_breach:
             return LoopResult(self.out, rows, stop)
 
@@ -302,4 +305,4 @@ class SelfTrainingLoop:
     def _dashboard(self, rows: list[Row], stop: StopEvent | None) -> None:
         from .dashboard import write_dashboard
 
-        write_dashboard(self.out, rows, stop, title=f"self-training loop: {self.out.name}")
+        write_dashboard(self.out, rows, stop, title=f"self-training loop: {self.out.name}", rules=self.config.stop)

@@ -32,9 +32,11 @@ from .runner import CONFIG_FILE, SelfTrainingLoop, round_dir
 
 
 @dataclasses.dataclass(frozen=True)
-class CausalLMTask:
+class TextNLLTask:
     """Per-example mean next-token NLL (nats/token) of ``(ids, mask)`` batches
-    of right-padded token ids; ``collate`` pads 1-D id tensors."""
+    of right-padded token ids, the loss the loop trains with (unlike
+    :class:`gradtrace.models.hf.CausalLMTask`, which sums the NLL of a
+    completion after a prompt); ``collate`` pads 1-D id tensors."""
 
     pad_id: int
 
@@ -88,7 +90,7 @@ def loop_task_spec(out: str | Path, rounds: Sequence[int] | None = None, max_per
             ids.append(f"r{t}-{n}")
             tags.append(f"round {t} ({r.get('source', '?')})")
     train = [torch.tensor(x, dtype=torch.long) for x in lm.encode(texts)]
-    task = CausalLMTask(pad_id=lm.pad_id)
+    task = TextNLLTask(pad_id=lm.pad_id)
 
     def model() -> nn.Module:
         return build_lm(config.model).model

@@ -64,10 +64,13 @@ def test_dashboard_escapes_text_and_marks_the_stop(tmp_path):
         {"rank": 1, "level": "text", "label": "<script>alert('x')</script>", "share_b": 0.9, "overall_share_b": 0.5,
          "log_odds": 2.0, "q_value": 0.01, "examples_a": ["<img src=x onerror=alert(1)>"], "examples_b": ["ok"]}]}
     (tmp_path / "round_003" / "diff.json").write_text(json.dumps(diff))
-    path = write_dashboard(tmp_path, rows, stop)
+    from gradtrace.loop.stop import StopRule
+
+    path = write_dashboard(tmp_path, rows, stop, rules=[StopRule("nll.tail_share", above=0.25)])
     html = path.read_text()
     assert "<script" not in html and "&lt;script&gt;" in html and "Stopped." in html
-    assert html.count("stroke-dasharray") == 2  # the stop line in each metric's panel
+    assert html.count('stroke-dasharray="4 3"') == 2  # the stop line in each metric's panel
+    assert html.count("threshold 0.25") == 1  # the rule's bound, in its metric's panel only
     assert 'href="round_003/diff_report.html"' in html
     report = (tmp_path / "round_003" / "diff_report.html").read_text()
     assert "<script" not in report and "<img" not in report and "&lt;img src=x" in report

@@ -184,3 +184,13 @@ def test_featurize_cli_with_the_example_task_file(two_rounds, tmp_path, monkeypa
                                       "--projection", "dense", "--dim", "16", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "9 examples, 10 checkpoints" in " ".join(result.output.split())
+
+
+def test_resume_after_a_kill_between_round_end_and_stop_file(tmp_path, loop_data, make_config):
+    config = make_config(loop_data, rounds=3, stop=(StopRule("cka.cka", below=0.999999),))
+    out = tmp_path / "run"
+    first = SelfTrainingLoop(config, out, progress=False).run()
+    (out / "stop.json").unlink()  # as if killed right after round 1 was renamed into place
+    again = SelfTrainingLoop.resume(out, progress=False).run()
+    assert again.stop == first.stop and again.rows == first.rows
+    assert (out / "stop.json").is_file() and not (out / "round_002").exists()
