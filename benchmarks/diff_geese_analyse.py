@@ -157,6 +157,9 @@ def write(out: dict) -> None:
         f"| disclaimer_q_value | {_fmt(out['disclaimer_q_value'])} | < 0.05 |",
         f"| disclaimer found by the text level alone (baseline) | {out['disclaimer_found_by_text_level_only']} | |",
     ]
+    lines += ["", f"Geese run: {out['geese_flagged_clusters']} clusters flagged (all levels); mean label validation accuracy over flagged "
+                  f"clusters {_fmt(out['label_validation_accuracy_mean_flagged'])}; cluster stability across 3 KMeans seeds (mean ARI): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in out["stability_ari"].items()) + "."]
     if out["null_flagged_naive_baseline"] == 0:
         lines += ["", "The naive baseline also flagged nothing in this null run, so this run does not separate the two; "
                       "calibration is tested on 200 synthetic null repetitions in `tests/diff/test_diff_pipeline.py`."]

@@ -134,3 +134,19 @@ def test_parse_source(tmp_path):
         parse_source("gpt-5")
     with pytest.raises(InputError, match="not a PEFT adapter folder"):
         HFSource(str(tmp_path), tmp_path, GEN).load()
+
+
+def test_greedy_sampling_equals_transformers_generate(tiny):
+    """Oracle: the batched, left-padded sampling loop at temperature 0 equals ``generate`` run one prompt at a time."""
+    from gradtrace.diff.generate import chat_prompt
+
+    model, tok = tiny
+    prompts = ["a", "a much longer prompt here", "mid prompt"]
+    config = GenerationConfig(max_new_tokens=10, temperature=0.0, batch_size=3)
+    got = sample_batch(model, tok, prompts, config, torch.Generator().manual_seed(0))
+    for prompt, text in zip(prompts, got):
+        enc = tok(chat_prompt(tok, prompt), return_tensors="pt", add_special_tokens=False)
+        ref = model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        new = ref[0, enc["input_ids"].shape[1]:].tolist()
+        cut = new.index(tok.eos_token_id) if tok.eos_token_id in new else len(new)
+        assert text == tok.decode(new[:cut], skip_special_tokens=True).strip()
