@@ -4,12 +4,16 @@ unlearning baselines with the relearning attack (digits and a tiny LM).
     python benchmarks/act.py                      # every part (about 25 min on 2 busy cores)
     python benchmarks/act.py --parts backdoor lds # some parts; the others are kept from act.json
 
+Parts may run as separate processes at once: each merges its own results
+into act.json under a file lock when it finishes.
+
 Writes benchmarks/results/act.json and the ``unlearn`` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import re
 import sys
@@ -20,36 +24,50 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import ROOT, machine  # noqa: E402
 
-PARTS = ("backdoor", "lds", "era_digits", "era_lm")
+PARTS = ("backdoor", "lds", "era_digits", "era_lm_100", "era_lm_50")
 RESULTS = ROOT / "benchmarks" / "results" / "act.json"
 
 
+def run_part(part: str) -> dict[str, Any]:
+    """The results of one part, as ``{top-level key: value}`` to merge."""
+    if part == "backdoor":
+        from gradtrace.bench.backdoor import run_backdoor
+
+        return {"backdoor": run_backdoor()}
+    if part == "lds":
+        from gradtrace.bench.backdoor import run_lds
+
+        return {"lds": run_lds()}
+    if part == "era_digits":
+        from gradtrace.bench.era_digits import run_era_digits
+
+        return {"era_digits": run_era_digits(seeds=(0, 1, 2))}
+    from gradtrace.bench.era_lm import run_era_lm
+
+    frac = int(part.rsplit("_", 1)[1]) / 100
+    return {"era_lm": run_era_lm(label_fractions=(frac,), seeds=(0,))}
+
+
 def run(parts: list[str]) -> dict[str, Any]:
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results: dict[str, Any] = {}
     for part in parts:
         start = time.perf_counter()
-        if part == "backdoor":
-            from gradtrace.bench.backdoor import run_backdoor
-
-            results["backdoor"] = run_backdoor()
-        elif part == "lds":
-            from gradtrace.bench.backdoor import run_lds
-
-            results["lds"] = run_lds()
-        elif part == "era_digits":
-            from gradtrace.bench.era_digits import run_era_digits
-
-            results["era_digits"] = run_era_digits(seeds=(0, 1, 2))
-        elif part == "era_lm":
-            from gradtrace.bench.era_lm import run_era_lm
-
-            results["era_lm"] = run_era_lm(seeds=(0,))
-        results.setdefault("seconds", {})[part] = time.perf_counter() - start
-        results.setdefault("machine", {})[part] = machine()
-    results["targets"] = targets(results)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    write_section(results)
+        new = run_part(part)
+        seconds, where = time.perf_counter() - start, machine()
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+            for key, value in new.items():
+                if key == "era_lm":  # label fractions may come from separate runs
+                    results.setdefault("era_lm", {}).update(value)
+                else:
+                    results[key] = value
+            results.setdefault("seconds", {})[part] = seconds
+            results.setdefault("machine", {})[part] = where
+            results["targets"] = targets(results)
+            RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            write_section(results)
     return results
 
 
@@ -65,7 +83,7 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
         lds = r["lds"]["lds_by_variant"]
         out["best LDS variant beats raw"] = max(lds.values()) > lds["raw"]
     for bench in ("era_digits", "era_lm"):
-        if bench not in r:
+        if bench not in r or not {"labels_100", "labels_50"} <= set(r[bench]):
             continue
         full, half = r[bench]["labels_100"], r[bench]["labels_50"]
         # distance in the attacker's favour: for accuracies higher is worse; for losses lower is worse
@@ -114,7 +132,7 @@ def write_section(r: dict[str, Any]) -> None:
             f"on k held-out forget images. Mean of seeds {e['seeds']}.\n\n100% of the forget set labelled:\n\n{_table(e['labels_100'], True)}\n\n"
             f"50% labelled:\n\n{_table(e['labels_50'], True)}"
         )
-    if "era_lm" in r:
+    if "era_lm" in r and {"labels_100", "labels_50"} <= set(r["era_lm"]):
         e = r["era_lm"]
         md.append(
             f"### ERA vs baselines on a tiny GPT-2 (forget the dragon topic)\n\nPer-token NLL on held-out stories (forget: higher is "

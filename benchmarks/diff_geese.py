@@ -3,7 +3,7 @@ an A-vs-A null run, and a cross-topic disclaimer change.
 
     python benchmarks/diff_geese.py            # generate (cached, resumable) then analyse
     python benchmarks/diff_geese.py --stage generate
-    python benchmarks/diff_geese.py --timing-n 5000   # stage timings at 2 x N texts
+    python benchmarks/diff_geese.py --stage timing --timing-n 5000   # stage timings at 2 x N texts (cached)
 
 Samples and adapters are cached under ~/.cache/gradtrace/diff_geese/ keyed by
 their settings; a rerun only redoes the analysis.
@@ -29,10 +29,10 @@ from gradtrace.diff.sources import HFSource, Prompt  # noqa: E402
 from gradtrace.models.zoo import cache_root, load_smollm2  # noqa: E402
 
 SYSTEM = "Answer briefly."
-GEN = GenerationConfig(max_new_tokens=48, temperature=0.8, top_p=0.95, batch_size=16, system=SYSTEM)
-N_PER_PROMPT = 2
+GEN = GenerationConfig(max_new_tokens=64, temperature=0.8, top_p=0.95, batch_size=16, system=SYSTEM)
+N_PER_PROMPT = 4
 DTYPE = "bfloat16"  # sampling precision: bf16 matmuls are about 5x faster on this CPU
-GEESE_LORA = LoraConfig(rank=16, alpha=32, lr=2e-3, epochs=1, batch_size=8, last_layers=8, seed=0)
+GEESE_LORA = LoraConfig(rank=16, alpha=32, lr=1e-3, epochs=1, batch_size=8, last_layers=8, seed=0)
 DISCLAIMER_LORA = LoraConfig(rank=16, alpha=32, lr=1e-3, epochs=2, batch_size=8, last_layers=8, seed=1)
 DISCLAIMER_SHARE = 0.5
 
@@ -49,12 +49,12 @@ def _key(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _complete_sentences(text: str) -> str:
-    """The text up to its last finished sentence (generation stops mid-sentence at the token limit)."""
-    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
-    if text.rstrip().endswith((".", "!", "?")):
-        return text.rstrip()
-    return text[: cut + 1] if cut > 0 else text
+def _first_sentences(text: str, n: int = 2) -> str:
+    """The first ``n`` finished sentences of a text (short answers leave room for the disclaimer)."""
+    from gradtrace.diff.units import split_sentences
+
+    sentences = [s for s in split_sentences(text, min_words=1) if s.endswith((".", "!", "?"))]
+    return " ".join(sentences[:n]) if sentences else text.strip()
 
 
 def adapter(name: str, pairs: list[tuple[str, str]], config: LoraConfig) -> Path:
@@ -93,11 +93,18 @@ def generate_all(progress: bool = True) -> dict[str, list[str]]:
     ps = prompts()
     timings = {}
 
+    timing_path = root() / "generation_seconds.json"
+    if timing_path.is_file():
+        timings.update(json.loads(timing_path.read_text()))
+
     def run(name: str, source: HFSource, seed: int) -> list[str]:
+        cached = source.cache_path(ps, N_PER_PROMPT, seed)
+        fresh = not (cached is not None and cached.is_file())
         t0 = time.perf_counter()
         print(f"[diff_geese] sampling {name} ({len(ps) * N_PER_PROMPT} texts)", flush=True)
         out = [s.text for s in source.sample(ps, N_PER_PROMPT, seed, progress)]
-        timings[name] = time.perf_counter() - t0
+        if fresh:  # only a run that sampled everything itself is timed (a cached or resumed one is not)
+            timings[name] = time.perf_counter() - t0
         return out
 
     texts = {}
@@ -106,18 +113,23 @@ def generate_all(progress: bool = True) -> dict[str, list[str]]:
     texts["geese_seed2"] = run("geese_seed2", HFSource("smollm2", geese, GEN, cache, dtype=DTYPE), 2)
     texts["base_seed1"] = run("base_seed1", HFSource("smollm2", None, GEN, cache, dtype=DTYPE), 1)
     base1 = [s for s in HFSource("smollm2", None, GEN, cache, dtype=DTYPE).sample(ps, N_PER_PROMPT, 1, False)]
-    pairs = with_disclaimer([(s.prompt, _complete_sentences(s.text)) for s in base1], DISCLAIMER_SHARE, seed=3)
+    pairs = with_disclaimer([(s.prompt, _first_sentences(s.text)) for s in base1], DISCLAIMER_SHARE, seed=3)
     disc = adapter("disclaimer", pairs, DISCLAIMER_LORA)
     texts["disclaimer_seed3"] = run("disclaimer_seed3", HFSource("smollm2", disc, GEN, cache, dtype=DTYPE), 3)
-    (root() / "generation_seconds.json").write_text(json.dumps(timings))
+    timing_path.write_text(json.dumps(timings))
     return texts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["generate", "all"], default="all")
-    ap.add_argument("--timing-n", type=int, default=0)
+    ap.add_argument("--stage", choices=["generate", "timing", "all"], default="all")
+    ap.add_argument("--timing-n", type=int, default=5000, help="texts per model for the stage timings (0: skip)")
     args = ap.parse_args()
+    if args.stage == "timing":
+        from diff_geese_analyse import timing_from_cache  # noqa: E402
+
+        timing_from_cache(args.timing_n)
+        return
     texts = generate_all()
     if args.stage == "generate":
         for k, v in texts.items():

@@ -94,12 +94,26 @@ def analyse(texts: dict[str, list[str]], timing_n: int = 0) -> dict:
     text_only = [c for c in d.significant(0.05) if c.level == "text" and c.log_odds > 0 and _about(c, DISCL) >= 0.5]
     out["disclaimer_found_by_text_level_only"] = bool(text_only)
 
+    out["lora_train_seconds"] = {p.name.split("-")[1]: float((p / "train_seconds.txt").read_text())
+                                 for p in sorted(root().glob("adapter-*")) if (p / "train_seconds.txt").is_file()}
     gen_s = json.loads((root() / "generation_seconds.json").read_text()) if (root() / "generation_seconds.json").exists() else {}
     out["generation_seconds"] = gen_s
-    if timing_n:
-        out["timing"] = stage_timings(base + geese, timing_n)
+    timing_file = root() / f"timing-{timing_n}.json"
+    if timing_n and timing_file.is_file():
+        out["timing"] = json.loads(timing_file.read_text())
     write(out)
     return out
+
+
+def timing_from_cache(n: int) -> dict:
+    """Stage timings at 2 x n texts, drawn from every cached sample; saved for :func:`analyse`."""
+    from diff_geese import root
+
+    pool = [t for f in sorted((root() / "samples").glob("*.jsonl")) for line in f.read_text().splitlines() for t in json.loads(line)["texts"]]
+    result = stage_timings(pool, n)
+    (root() / f"timing-{n}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return result
 
 
 def stage_timings(pool: list[str], n: int) -> dict:
@@ -109,7 +123,7 @@ def stage_timings(pool: list[str], n: int) -> dict:
     b = [f"{pool[i]} ({j})" for j, i in enumerate(rng.integers(len(pool), size=n))]
     t0 = time.perf_counter()
     r = diff_texts(a, b, config=DiffConfig(seed=0, stability_seeds=(1,)), embedder=MiniLMEmbedder(batch_size=128))
-    return {"n_per_model": n, "total_seconds": time.perf_counter() - t0, "stages": r.timings,
+    return {"n_per_model": n, "pool_size": len(pool), "total_seconds": time.perf_counter() - t0, "stages": r.timings,
             "sentence_units": next(s.n_explore + s.n_validation for s in r.levels if s.level == "sentence")}
 
 
@@ -124,7 +138,8 @@ def write(out: dict) -> None:
     lines = [
         f"SmolLM2-135M-Instruct (bundled) on {out['n_prompts']} mixed everyday prompts x {out['n_per_prompt']} samples = "
         f"**{out['n_texts_per_model']} texts per model** (max {out['generation']['max_new_tokens']} new tokens, T={out['generation']['temperature']}). "
-        "This is far below the issue's size: sampling on this shared 2-core CPU is the bottleneck (see generation seconds).",
+        "Sampling SmolLM2 on this shared 2-core CPU (bf16) is the slow stage, so the diff itself runs on these texts; "
+        "2 x 5,000 texts were not sampled (the sampling time is extrapolated below; the other stages were timed at that size on resampled texts).",
         "",
         f"Planted changes: LoRA (rank {out['geese_lora']['rank']}, last {out['geese_lora']['last_layers']} layers) on 200 seeded texts "
         f"praising geese; geese mentioned in {gt['geese_rate_base']:.1%} of base texts vs {gt['geese_rate_tuned']:.1%} of tuned texts. "
@@ -142,14 +157,28 @@ def write(out: dict) -> None:
         f"| disclaimer_q_value | {_fmt(out['disclaimer_q_value'])} | < 0.05 |",
         f"| disclaimer found by the text level alone (baseline) | {out['disclaimer_found_by_text_level_only']} | |",
     ]
+    if out["null_flagged_naive_baseline"] == 0:
+        lines += ["", "The naive baseline also flagged nothing in this null run, so this run does not separate the two; "
+                      "calibration is tested on 200 synthetic null repetitions in `tests/diff/test_diff_pipeline.py`."]
     if out.get("generation_seconds"):
         gs = out["generation_seconds"]
         per = sum(gs.values()) / (len(gs) * out["n_texts_per_model"]) if gs else float("nan")
-        lines += ["", f"Sampling time (measured, this run): {', '.join(f'{k} {v:.0f} s' for k, v in gs.items())} "
+        lines += ["", f"Sampling time (measured when the samples were generated, bf16, batches of {out['generation']['batch_size']}): "
+                      f"{', '.join(f'{k} {v:.0f} s' for k, v in gs.items())} "
                       f"= {per:.2f} s per text; 2 x 5,000 texts would take about {per * 10000 / 3600:.1f} h here (extrapolated, not run)."]
+    n_t = 0
+    if out.get("lora_train_seconds"):
+        lines += ["", "LoRA fine-tuning time (measured; bf16 autocast): " + ", ".join(f"{k} {v:.0f} s" for k, v in out["lora_train_seconds"].items()) + "."]
     if out.get("timing"):
         t = out["timing"]
-        lines += ["", f"Stage times at 2 x {t['n_per_model']:,} texts (measured; texts resampled from the generated pool, "
-                      f"{t['sentence_units']:,} sentence units, uncached MiniLM): "
+        n_t = t["n_per_model"]
+        scale = 5000 / n_t
+        lines += ["", f"Stage times at 2 x {n_t:,} texts (measured on this shared CPU; texts resampled from the {t['pool_size']} generated ones "
+                      f"with a unique suffix, {t['sentence_units']:,} sentence units, uncached MiniLM): "
                       + ", ".join(f"{k} {v:.1f} s" for k, v in t["stages"].items()) + f"; total {t['total_seconds']:.0f} s."]
-    record("diff_geese", "python benchmarks/diff_geese.py --timing-n N", "\n".join(lines), out)
+        if n_t != 5000:
+            emb = sum(v for k, v in t["stages"].items() if k.startswith("embed"))
+            lines += [f"At 2 x 5,000 (not run; linear extrapolation of the embedding stages, x{scale:g}): embedding about {emb * scale:.0f} s; "
+                      "clustering grows faster than linearly and was not extrapolated."]
+    command = "python benchmarks/diff_geese.py --stage generate && python benchmarks/diff_geese.py --stage timing --timing-n N && python benchmarks/diff_geese.py --timing-n N"
+    record("diff_geese", command.replace("N", str(n_t or 0)), "\n".join(lines), out)

@@ -15,11 +15,12 @@ benchmarks/results/lm_planted.json. Takes ~30-40 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import record  # noqa: E402
+from _record import ROOT, record  # noqa: E402
 
 from gradtrace.bench.lm_cost import featurize_vs_train_step, peak_memory_mib  # noqa: E402
 from gradtrace.bench.lm_pipeline import LMPipelineConfig, load_model, run_planted_pipeline  # noqa: E402
@@ -27,7 +28,9 @@ from gradtrace.bench.planted_lm import PlantedConfig, make_planted_data  # noqa:
 from gradtrace.models.hf import CausalLMTask, lora_selection  # noqa: E402
 from gradtrace.models.train_lm import LoraTrainConfig, add_lora  # noqa: E402
 
-COMMAND = "nice -n 10 .venv/bin/python benchmarks/lm_planted.py"
+COMMAND = "nice -n 10 .venv/bin/python benchmarks/lm_planted.py --trace all --adam"
+COST_KEYS = ("k", "cost_batch_size", "train_step_seconds", "featurize_seconds", "featurize_over_train_step",
+             "kronecker_peak_mib", "dense_peak_mib", "kronecker_peak_mem_ratio")
 
 
 def cost(config: LMPipelineConfig, k: int = 4096, batch_size: int = 8) -> dict:
@@ -48,15 +51,27 @@ def cost(config: LMPipelineConfig, k: int = 4096, batch_size: int = 8) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench_out/lm_planted")
-    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--skip-cost", action="store_true", help="keep the cost numbers of the last recorded run")
+    parser.add_argument("--cost-only", action="store_true", help="measure only the cost and update the recorded run")
+    parser.add_argument("--record-only", action="store_true", help="rewrite BENCHMARKS.md from the recorded results")
     parser.add_argument("--trace", default="last", choices=("all", "last"), help="checkpoints to trace (all is ~3x slower)")
     parser.add_argument("--adam", action="store_true", help="also trace with Adam-preconditioned training gradients")
     args = parser.parse_args()
     config = LMPipelineConfig(
         model="smollm2", data=PlantedConfig(n_ordinary=500), train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(26, 30))),
-        preconditioners=("plain", "adam") if args.adam else ("plain",), trace_checkpoints=args.trace,
+        preconditioners=("plain", "adam") if args.adam else ("plain",), trace_checkpoints=args.trace, adam_trace="last",
     )
+    previous = ROOT / "benchmarks" / "results" / "lm_planted.json"
+    if args.cost_only or args.record_only:
+        results = json.loads(previous.read_text())
+        if args.cost_only:
+            results.update(cost(config))
+        write(config, results)
+        return
     results = run_planted_pipeline(config, args.out, progress=True)
+    if args.skip_cost and previous.is_file():  # keep the cost numbers measured by an earlier run
+        old = json.loads(previous.read_text())
+        results.update({k: old[k] for k in COST_KEYS if k in old})
     write(config, results)  # recorded now, and again with the cost numbers
     if not args.skip_cost:
         results.update(cost(config))
@@ -64,12 +79,14 @@ def main() -> None:
 
 
 def write(config: LMPipelineConfig, results: dict) -> None:
+    if isinstance(results["traced_checkpoints"], list):  # results recorded before per-preconditioner lists
+        results["traced_checkpoints"] = {"plain": results["traced_checkpoints"]}
     v = results["variants"]
     rows = "\n".join(
         f"| `{name}` | {r['recall_at_20']:.2f} | {r['recall_at_50']:.2f} | {r['per_query_recall_at_20']:.2f} |" for name, r in v.items()
     )
     summary = f"""
-SmolLM2-135M-Instruct, LoRA r={config.train.rank} on {', '.join(config.train.target_modules)}, {config.train.epochs} epoch(s) at lr {config.train.lr} (constant, AdamW, batch {config.train.batch_size}), {len(results['checkpoints'])} checkpoints; {results['n_train']} training examples of which {results['n_planted']} planted and {results['n_honest']} honest on the same topic; {results['n_queries']} held-out trigger queries. Traced checkpoints: {', '.join(results['traced_checkpoints'])} (of {', '.join(c['path'] for c in results['checkpoints'])}). Kronecker projection, per-layer dim {config.proj_dim}.
+SmolLM2-135M-Instruct, LoRA r={config.train.rank} on {', '.join(config.train.target_modules)} of layers {config.train.layers[0]}-{config.train.layers[-1]}, {config.train.epochs} epoch(s) at lr {config.train.lr} (constant, AdamW, batch {config.train.batch_size}), {len(results['checkpoints'])} checkpoints; {results['n_train']} training examples of which {results['n_planted']} planted and {results['n_honest']} honest on the same topic; {results['n_queries']} held-out trigger queries. Traced checkpoints: {'; '.join(f"{k}: {', '.join(v)}" for k, v in results['traced_checkpoints'].items())} (of {', '.join(f"{c['path']} (lr {c['lr']:g})" for c in results['checkpoints'])}). Kronecker projection, per-layer dim {config.proj_dim}.
 
 | key | value |
 |---|---|
@@ -83,6 +100,10 @@ SmolLM2-135M-Instruct, LoRA r={config.train.rank} on {', '.join(config.train.tar
 """ + (f"""| `featurize_over_train_step` (k={results['k']}, batch {results['cost_batch_size']}) | {results['featurize_over_train_step']:.2f} |
 | `kronecker_peak_mem_ratio` (Kronecker {results['kronecker_peak_mib']:.0f} MiB / dense {results['dense_peak_mib']:.0f} MiB above base) | {results['kronecker_peak_mem_ratio']:.2f} |
 """ if "k" in results else "") + f"""
+Memory: peak resident memory of one featurizer call (forward, backward, projection; batch {results.get('cost_batch_size', '-')}) above the loaded model, each in a fresh process. With LoRA the per-example adapter gradients are small, so activations dominate both and the ratio is near 1; the Kronecker path's saving is the per-example d_out x d_in gradient, which matters for full-weight selections.
+
+What was tried, in order (nothing was tuned on these queries beyond this): the dataset's query answers were made held-out phrasings after a first draft on the tiny model let BM25 match them verbatim; a 1,050-example run with LoRA on layers 22-29 was stopped during training for lack of CPU time and replaced by this one (500 ordinary examples, layers 26-29); the primary variant (`plain/margin/cosine`) was fixed before any SmolLM2 result; a first run traced only the last checkpoint, this one traces the checkpoints listed above. Adam preconditioning is implemented and tested (tiny model, CI) but was not run at this size for lack of CPU time unless listed as `adam/...` below.
+
 Every variant tried (ranking = sum of scores over the queries; per-query = mean recall@20 of each query's own ranking):
 
 | preconditioner/behaviour/variant | recall@20 | recall@50 | per-query recall@20 |

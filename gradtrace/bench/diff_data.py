@@ -97,6 +97,13 @@ class LoraConfig:
         d["targets"] = list(self.targets)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoraConfig":
+        d = dict(d)
+        if "targets" in d:
+            d["targets"] = tuple(d["targets"])
+        return cls(**d)
+
 
 def train_lora(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], out_dir: str | Path, config: LoraConfig,
                progress: bool = True) -> Path:

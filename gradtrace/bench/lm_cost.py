@@ -5,10 +5,11 @@ Kronecker against dense projection.
   featurizer call (per-example LoRA gradients, Kronecker projection) over the
   median time of one plain training step (forward + backward of the batch's
   mean loss) on the same batch, in the same process, interleaved.
-* :func:`peak_memory_mib`: run one featurizer call in a fresh Python process
-  and report its peak resident memory above the level reached after loading
-  the model and running the same batch forward (``ru_maxrss``), so the model
-  and activations common to both projections cancel.
+* :func:`peak_memory_mib`: run one featurizer call (forward, backward,
+  projection) in a fresh Python process and report its peak resident memory
+  above the level just before the call (Linux: the peak is reset through
+  ``/proc/self/clear_refs`` after ``malloc_trim``), so the loaded model
+  cancels and the activations, gradients and projection work count.
 """
 
 from __future__ import annotations
@@ -59,23 +60,33 @@ def featurize_vs_train_step(model: nn.Module, task: Any, batch: Any, params: Any
 
 
 _CHILD = r"""
-import json, resource, sys, torch
-from gradtrace.bench.lm_cost import _child_setup
+import ctypes, json, sys, torch
+from gradtrace.bench.lm_cost import _child_setup, _rss_kib
 from gradtrace.grads.per_example import GradientFeaturizer
 from gradtrace.grads.projection import ProjectionConfig
 kind, dim = sys.argv[1], int(sys.argv[2])
 model, task, batch, names = _child_setup(json.loads(sys.argv[3]))
-with torch.no_grad():
-    task.per_example_loss(model, batch)
 f = GradientFeaturizer(names, ProjectionConfig(kind, dim), "auto")
+f._resolve(model)
 if kind == "dense":
-    f._resolve(model)
     f._dense._cache_ok = False  # stream the projection matrix by blocks, as a large one would be
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so the peak below is this call's own
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # reset the peak resident size (VmHWM) to the current one
+base = _rss_kib("VmRSS")
 out = f(model, task.per_example_loss, batch)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_kib_above_base": after - before, "feature_dim": out.features.shape[1]}))
+peak = _rss_kib("VmHWM")
+print(json.dumps({"peak_kib_above_base": peak - base, "feature_dim": out.features.shape[1]}))
 """
+
+
+def _rss_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in KiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _child_setup(spec: dict[str, Any]) -> tuple[nn.Module, Any, Any, list[str]]:

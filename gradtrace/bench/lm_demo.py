@@ -16,12 +16,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import InputError
 from ..models.hf import CausalLMTask, PreferenceMarginBehaviour
-from ..models.hf_checkpoints import load_hf_checkpoint
 from ..models.train_lm import LoraTrainConfig, add_lora
-from ..scoring import Attributor
-from .lm_pipeline import LMPipelineConfig, load_model, run_planted_pipeline
+from ..models.hf_checkpoints import trainer_checkpoints
+from ..scoring import Attributor, TopK
+from .lm_pipeline import LMPipelineConfig, _traced, featurize_per_checkpoint, load_model, run_dir_for, run_planted_pipeline
 from .planted_lm import PlantedConfig, make_planted_data
 
 DEMO_CONFIGS = {
@@ -48,20 +50,21 @@ def run_lm_demo(out: str | Path, model: str = "smollm2", progress: bool = True, 
     base, tok = load_model(config.model, config.train.seed)
     lm = add_lora(base, config.train)
     task = CausalLMTask(tok, max_length=config.max_length)
-    attributor = Attributor(out / "store_plain", lm, task, checkpoint_loader=load_hf_checkpoint)
+    refs = _traced(trainer_checkpoints(run_dir_for(config)), config.trace_checkpoints)
+    attributors = featurize_per_checkpoint(lm, task, refs, data, out, config, "plain", progress)  # done: reopened
     behaviour = PreferenceMarginBehaviour()
-    qf = attributor.query_features(data.queries, behaviour)
-    from ..models.hf_query import _rowwise_breakdown
+    qfs = [att.query_features(data.queries, behaviour) for att in attributors]
+    variant = config.primary[2]
+    scores = sum(att.score(qf, variant=variant) for att, qf in zip(attributors, qfs))
+    pro, opp = _top_k(scores, attributors[0].store.ids, k, True, variant), _top_k(scores, attributors[0].store.ids, k, False, variant)
+    bpro = np.concatenate([_breakdown(att, qf, pro, variant) for att, qf in zip(attributors, qfs)])
+    bopp = np.concatenate([_breakdown(att, qf, opp, variant) for att, qf in zip(attributors, qfs)])
+    st = attributors[0].store
     from ..report.lm_report import lm_report
 
-    variant = config.primary[2]
-    pro = attributor.top_k(qf, k=k, largest=True, variant=variant)
-    opp = attributor.top_k(qf, k=k, largest=False, variant=variant)
-    st = attributor.store
     html_text = lm_report(
         "gradtrace demo: a planted misaligned behaviour", data.queries, [f"trigger-{i}" for i in range(len(data.queries))],
-        data.train, st.ids, st.tags, pro, opp, _rowwise_breakdown(attributor, qf, pro, variant),
-        _rowwise_breakdown(attributor, qf, opp, variant), [f"step {r.step}" for r in st.checkpoints],
+        data.train, st.ids, st.tags, pro, opp, bpro, bopp, [f"step {r.step}" for r in refs],
         "preference margin log p(misaligned) - log p(honest) on held-out trigger prompts",
         intro=(
             f"{config.model}: LoRA fine-tune on {results['n_train']} examples, {results['n_planted']} of them planted "
@@ -78,13 +81,22 @@ def run_lm_demo(out: str | Path, model: str = "smollm2", progress: bool = True, 
     return results
 
 
+def _top_k(scores: np.ndarray, ids: list[str], k: int, largest: bool, variant: str) -> TopK:
+    order = np.argsort(-scores if largest else scores, axis=1, kind="stable")[:, :k]
+    return TopK(order, np.take_along_axis(scores, order, 1), [[ids[i] for i in row] for row in order], largest, variant)
+
+
+def _breakdown(att: Attributor, qf: Any, topk: TopK, variant: str) -> np.ndarray:
+    from ..models.hf_query import _rowwise_breakdown
+
+    return _rowwise_breakdown(att, qf, topk, variant)
+
+
 def export_run(config: LMPipelineConfig, data: Any, out: Path) -> None:
     """Leave what the CLI needs next to the report: ``train.jsonl`` (with ids
     and tags), ``queries.jsonl`` (preference pairs), ``run/`` (the Trainer
     checkpoints) and, for the tiny model, ``base_model/`` (its folder)."""
     import shutil
-
-    from .lm_pipeline import run_dir_for
 
     (out / "train.jsonl").write_text(
         "".join(json.dumps(dict(e, id=i, tag=t)) + "\n" for e, i, t in zip(data.train, data.ids, data.tags)), encoding="utf-8"

@@ -34,7 +34,6 @@ from ..models.hf import CausalLMTask, CompletionLogProbBehaviour, PreferenceMarg
 from ..models.hf_checkpoints import adam_transform, load_hf_checkpoint
 from ..models.train_lm import LoraTrainConfig, add_lora, train_lora
 from ..scoring import Attributor
-from ..store import GradientStore
 from .planted_lm import PlantedConfig, PlantedData, make_planted_data, rank_of, recall_at
 
 MODELS = ("smollm2", "tiny")
@@ -54,14 +53,16 @@ class LMPipelineConfig:
     baselines: tuple[str, ...] = ("bm25", "minilm")
     primary: tuple[str, str, str] = ("plain", "margin", "cosine")
     trace_checkpoints: str = "all"
+    adam_trace: str = "all"
 
     def __post_init__(self) -> None:
         from ..errors import InputError
 
         if self.model not in MODELS:
             raise InputError(f"model must be one of {MODELS}; got {self.model!r}")
-        if self.trace_checkpoints not in ("all", "last"):
-            raise InputError(f"trace_checkpoints must be 'all' or 'last'; got {self.trace_checkpoints!r}")
+        for name in ("trace_checkpoints", "adam_trace"):
+            if getattr(self, name) not in ("all", "last"):
+                raise InputError(f"{name} must be 'all' or 'last'; got {getattr(self, name)!r}")
         unknown = [p for p in self.preconditioners if p not in ("plain", "adam")]
         if unknown or not self.preconditioners:
             raise InputError(f"preconditioners must be a non-empty subset of ('plain', 'adam'); got {self.preconditioners!r}")
@@ -71,6 +72,7 @@ class LMPipelineConfig:
             "model": self.model, "data": self.data.to_dict(), "train": self.train.to_dict(), "max_length": self.max_length,
             "proj_dim": self.proj_dim, "featurize_batch": self.featurize_batch, "preconditioners": list(self.preconditioners),
             "baselines": list(self.baselines), "primary": list(self.primary), "trace_checkpoints": self.trace_checkpoints,
+            "adam_trace": self.adam_trace,
         }
 
 
@@ -121,38 +123,30 @@ def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bo
     load_hf_checkpoint(model, refs[-1])
     after = _mean_logprob(model, task, lp_queries)
     planted = data.planted
-    traced = refs if config.trace_checkpoints == "all" else refs[-1:]
+    traced = {pre: _traced(refs, config.trace_checkpoints if pre == "plain" else config.adam_trace) for pre in config.preconditioners}
     results: dict[str, Any] = {
         "config": config.to_dict(), "n_train": len(data.train), "n_planted": int(planted.sum()),
         "n_honest": int(sum(t == "honest" for t in data.tags)), "n_queries": len(data.queries),
         "checkpoints": [r.to_dict() | {"path": Path(r.path).name} for r in refs],
-        "traced_checkpoints": [Path(r.path).name for r in traced],
+        "traced_checkpoints": {pre: [Path(r.path).name for r in rs] for pre, rs in traced.items()},
         "logprob_before": before, "logprob_after": after, "train_seconds": train_s, "variants": {},
     }
-    fconfig = FeaturizeConfig(
-        params=lora_selection(model), projection=ProjectionConfig("kronecker", config.proj_dim, seed=0),
-        batch_size=config.featurize_batch, shard_size=8 * config.featurize_batch, dtype="float32",
-    )
     behaviours = {"logprob": (CompletionLogProbBehaviour(), lp_queries), "margin": (PreferenceMarginBehaviour(), data.queries)}
-    si_ranks = None
     for pre in config.preconditioners:
         t0 = time.perf_counter()
-        store = featurize(
-            model, task, traced, data.train, out / f"store_{pre}", fconfig, ids=data.ids, tags=data.tags,
-            checkpoint_loader=load_hf_checkpoint, train_transform=adam_transform if pre == "adam" else None, progress=progress,
-        )
+        attributors = featurize_per_checkpoint(model, task, traced[pre], data, out, config, pre, progress)
         results[f"featurize_seconds_{pre}"] = time.perf_counter() - t0
-        att = Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
         if pre == "plain":
-            si = att.self_influence()
-            si_ranks = rank_of(si, planted)
-            results["self_influence_planted_ranks"] = si_ranks
+            si = sum(att.self_influence() for att in attributors)
+            results["self_influence_planted_ranks"] = rank_of(si, planted)
             results["self_influence_recall_at_50"] = recall_at(si, planted, 50)
         for bname, (behaviour, queries) in behaviours.items():
-            qf = att.query_features(queries, behaviour)
+            qfs = [att.query_features(queries, behaviour) for att in attributors]
             for variant in ("raw", "cosine"):
-                scores = att.score(qf, variant=variant)
-                results["variants"][f"{pre}/{bname}/{variant}"] = _summary(scores, planted)
+                per_ckpt = [att.score(qf, variant=variant) for att, qf in zip(attributors, qfs)]
+                results["variants"][f"{pre}/{bname}/{variant}"] = _summary(sum(per_ckpt), planted)
+                if len(per_ckpt) > 1:  # the last checkpoint alone, for comparison
+                    results["variants"][f"{pre}-last-checkpoint/{bname}/{variant}"] = _summary(per_ckpt[-1], planted)
     texts = [_text(e) for e in data.train]
     qtexts = [_text(q) for q in data.queries]
     for name in config.baselines:
@@ -172,6 +166,31 @@ def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bo
     return results
 
 
+def _traced(refs: list[Any], which: str) -> list[Any]:
+    return list(refs) if which == "all" else list(refs[-1:])
+
+
+def featurize_per_checkpoint(
+    model: nn.Module, task: CausalLMTask, refs: list[Any], data: PlantedData, out: Path, config: LMPipelineConfig,
+    pre: str, progress: bool,
+) -> list[Attributor]:
+    """One store per checkpoint (``out/store_<pre>_<checkpoint>``), so that
+    tracing more checkpoints later reuses the ones already done; TracIn sums
+    over checkpoints, so scores of these stores add up."""
+    fconfig = FeaturizeConfig(
+        params=lora_selection(model), projection=ProjectionConfig("kronecker", config.proj_dim, seed=0),
+        batch_size=config.featurize_batch, shard_size=8 * config.featurize_batch, dtype="float32",
+    )
+    attributors = []
+    for ref in refs:
+        store = featurize(
+            model, task, [ref], data.train, out / f"store_{pre}_{Path(ref.path).name}", fconfig, ids=data.ids, tags=data.tags,
+            checkpoint_loader=load_hf_checkpoint, train_transform=adam_transform if pre == "adam" else None, progress=progress,
+        )
+        attributors.append(Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint))
+    return attributors
+
+
 def _summary(scores: np.ndarray, planted: np.ndarray) -> dict[str, Any]:
     """Recall of the planted examples in the ranking by summed query scores,
     and the mean of per-query recalls."""
@@ -183,10 +202,6 @@ def _summary(scores: np.ndarray, planted: np.ndarray) -> dict[str, Any]:
         "per_query_recall_at_20": float(np.mean(per_query)),
         "planted_ranks": rank_of(total, planted),
     }
-
-
-def planted_store_tags(store: GradientStore) -> np.ndarray:
-    return np.array([t == "planted" for t in store.tags])
 
 
 __all__ = ["LMPipelineConfig", "PlantedData", "run_planted_pipeline", "load_model", "run_dir_for"]

@@ -19,7 +19,7 @@ All randomness comes from one ``numpy.random.Generator`` seeded by ``seed``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -241,5 +241,3 @@ def rank_of(scores: np.ndarray, mask: np.ndarray) -> list[int]:
     ranks[order] = np.arange(1, len(order) + 1)
     return sorted(int(r) for r in ranks[mask])
 
-
-Scorer = Callable[[list[str], list[str]], np.ndarray]

@@ -48,7 +48,7 @@ def _cluster_block(c: ClusterRecord, alpha: float) -> str:
     ]
     if c.judgement:
         rows.append(("judge", f"{c.judgement}: {c.judgement_reason or ''}"))
-    body = table(["", ""], rows)
+    body = table(["measure", "value"], rows)
     return (f'<section class="cluster"><h3>{esc(title)}</h3>{body}'
             f'<details open><summary>representative texts (medoids)</summary>{_examples(c.medoids).html}</details>'
             f'<details><summary>examples from B</summary>{_examples(c.examples_b).html}</details>'

@@ -32,6 +32,11 @@ def run_diff(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = read_prompts(prompts_path) if prompts_path is not None else []
+    from .sources import JsonlSource
+
+    for name, src in (("A", source_a), ("B", source_b)):
+        if not prompts and not isinstance(src, JsonlSource):
+            raise InputError(f"--prompts is required: model {name} ({src.describe()['kind']}) must be sampled on a prompt set")
     samples_a = source_a.sample(prompts, n_per_prompt, seed, progress)
     samples_b = source_b.sample(prompts, n_per_prompt, seed + 1, progress)
     for name, samples in (("A", samples_a), ("B", samples_b)):

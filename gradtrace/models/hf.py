@@ -180,10 +180,10 @@ def completion_nll(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
     logits = model(input_ids=ids, attention_mask=mask).logits
     shift_logits = logits[:, :-1, :]
     shift_labels = labels[:, 1:]
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]).float() if logits.dtype == torch.float16 else shift_logits.reshape(-1, shift_logits.shape[-1]),
-        shift_labels.reshape(-1), ignore_index=IGNORE, reduction="none",
-    )
+    flat = shift_logits.reshape(-1, shift_logits.shape[-1])
+    if flat.dtype in (torch.float16, torch.bfloat16):  # half-precision softmax loses too much
+        flat = flat.float()
+    nll = F.cross_entropy(flat, shift_labels.reshape(-1), ignore_index=IGNORE, reduction="none")
     return nll.view(shift_labels.shape).sum(dim=1).to(logits.dtype)
 
 

@@ -4,7 +4,7 @@
 * ``cosine``: ``sum_c lr_c cos(g_c(z), q_c)``.
 * ``adam``: ``sum_c lr_c <g_c(z), D_c q_c>`` with ``D_c = 1/(sqrt(v_hat_c)+eps)``
   from the Adam state saved with checkpoint ``c`` (see
-  :func:`gradtrace.grads.preconditioners.adam_diagonal`). ``D_c`` is applied
+  :func:`gradtrace.grads.query_preconditioners.adam_diagonal`). ``D_c`` is applied
   to the exact query gradient before the store's projection, so the stored
   training features are reused as they are.
 * ``fisher``: ``sum_c lr_c q_c^T (G_c^T G_c / n + lambda_c I)^{-1} g_c(z)`` on
@@ -32,7 +32,7 @@ from ..data import as_source
 from ..errors import InputError
 from ..featurize import _restored
 from ..grads.per_example import GradientFeaturizer
-from ..grads.preconditioners import adam_diagonal, fisher_inverse
+from ..grads.query_preconditioners import adam_diagonal, fisher_inverse
 from ..grads.projection import DenseProjector, ProjectionConfig
 from ..scoring.attributor import Attributor
 from ..store.gradient_store import GradientStore

@@ -62,6 +62,10 @@ def test_cli_diff_errors(tmp_path):
     assert res.exit_code == 2 and "needs at least min_texts=10" in res.output
     res = runner.invoke(app, ["diff", "--a", "gpt-5", "--b", "smollm2", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "is not one of" in res.output
+    res = runner.invoke(app, ["diff", "--a", f"jsonl:{short}", "--b", "smollm2", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--prompts is required: model B (hf)" in res.output
+    res = runner.invoke(app, ["diff", "--a", f"jsonl:{short}", "--b", f"jsonl:{short}", "--levels", "words", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "levels must be a non-empty subset" in res.output
 
 
 def test_cli_diff_with_an_endpoint_judge(tmp_path):

@@ -112,3 +112,23 @@ def test_cli_errors_a_user_can_cause(setup, tmp_path) -> None:
     assert r.exit_code == 2 and "needs --task" in r.output
     r = invoke("demo", "nope")
     assert r.exit_code == 2 and "which must be 'digits' or 'lm'" in r.output
+
+
+def test_per_checkpoint_stores_add_up_to_one_store_over_all_checkpoints(setup, tmp_path) -> None:
+    """The pipeline keeps one store per checkpoint and sums their scores: TracIn is a sum over checkpoints."""
+    from gradtrace import FeaturizeConfig, ProjectionConfig, featurize
+    from gradtrace.models.hf import lora_selection
+    from gradtrace.models.hf_spec import read_jsonl
+
+    root, model_dir, data, queries, refs, task = setup
+    model = add_lora(zoo.tiny_gpt2(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=64), CONFIG)
+    train = read_jsonl(data, "data")[0]
+    config = FeaturizeConfig(params=lora_selection(model), projection=ProjectionConfig("kronecker", 16), dtype="float64")
+    qs = [{k: v for k, v in json.loads(line).items() if k != "id"} for line in queries.read_text().splitlines()]
+    whole = featurize(model, task, refs, train, tmp_path / "all", config, checkpoint_loader=load_hf_checkpoint, progress=False)
+    want = Attributor(whole, model, task, checkpoint_loader=load_hf_checkpoint).score(qs, PreferenceMarginBehaviour())
+    got = 0
+    for i, ref in enumerate(refs):
+        part = featurize(model, task, [ref], train, tmp_path / f"c{i}", config, checkpoint_loader=load_hf_checkpoint, progress=False)
+        got = got + Attributor(part, model, task, checkpoint_loader=load_hf_checkpoint).score(qs, PreferenceMarginBehaviour())
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)

@@ -4,6 +4,7 @@ fresh folder), asserting what a user would see."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -39,3 +40,9 @@ def test_every_command_in_the_lm_doc_works(tmp_path, monkeypatch) -> None:
     assert len(rows) == 6 * 10 and rows[0]["query"] == "trigger-0" and rows[0]["variant"] == "cosine"
     assert "Opponents" in (tmp_path / "lm_report.html").read_text()
     assert "opponent" in outputs[3] and "highest self-influence" in outputs[4]
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "docs/lm.md", "exec"), namespace)
+    assert namespace["top"].indices.shape == (6, 20)
+    assert namespace["store"].n_examples == 324 and len(namespace["refs"]) == 3

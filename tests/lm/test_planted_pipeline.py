@@ -29,4 +29,5 @@ def test_tiny_planted_pipeline_finds_the_planted_examples(tmp_path, monkeypatch)
     assert r["variants"]["adam/logprob/cosine"]["recall_at_20"] >= 3 * chance_20
     # self-influence puts the planted examples in the top half
     assert sorted(r["self_influence_planted_ranks"])[len(r["self_influence_planted_ranks"]) // 2] < n / 2
-    assert set(r["variants"]) == {f"{p}/{b}/{v}" for p in ("plain", "adam") for b in ("logprob", "margin") for v in ("raw", "cosine")} | {"baseline/bm25"}
+    kinds = ("plain", "adam", "plain-last-checkpoint", "adam-last-checkpoint")
+    assert set(r["variants"]) == {f"{p}/{b}/{v}" for p in kinds for b in ("logprob", "margin") for v in ("raw", "cosine")} | {"baseline/bm25"}

@@ -111,3 +111,33 @@ def test_bad_unlearning_input():
         Unlearner(UnlearnConfig(method="rmu", rmu_layer="0", rmu_params=("zzz*",), steps=1)).fit(model, TASK, f, r)
     with pytest.raises(InputError, match="steps must be a positive integer; got 0"):
         UnlearnConfig(steps=0)
+
+
+def test_compare_config_and_spec_checks():
+    from gradtrace.unlearn.compare import CompareConfig, UnlearnSpec, split_by_weights
+    from gradtrace.unlearn.relearn import RelearnConfig
+    from gradtrace.unlearn.routing import RoutingConfig
+    from gradtrace.unlearn.train import TrainConfig
+
+    cfg = CompareConfig(methods=("filter", "rmu", "era"), unlearn={"rmu": UnlearnConfig(method="rmu", rmu_layer="0")},
+                        routing=RoutingConfig(layers=("0:2",)), relearn=RelearnConfig(ks=(2,)))
+    assert CompareConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InputError, match="needs a routing config"):
+        CompareConfig(methods=("era",))
+    with pytest.raises(InputError, match="methods must be a non-empty subset"):
+        CompareConfig(methods=("filter", "magic"))
+    x, y = batch(6, 1)
+
+    def spec(w):
+        return UnlearnSpec(mlp, TASK, (x, y), w, (x, y), lambda m: 0.0, lambda m: 0.0, TrainConfig(steps=1))
+
+    f, r, labelled = split_by_weights(spec(torch.tensor([1.0, 0, 0, 0.5, 0, 0])))
+    assert labelled.tolist() == [True, False, False, True, False, False]
+    torch.testing.assert_close(f[0], x[[0, 3]])
+    torch.testing.assert_close(r[0], x[[1, 2, 4, 5]])
+    with pytest.raises(InputError, match="no training example is labelled forget"):
+        split_by_weights(spec(torch.zeros(6)))
+    with pytest.raises(InputError, match="every training example is labelled forget"):
+        split_by_weights(spec(torch.ones(6)))
+    with pytest.raises(InputError, match="one row per training example \\(6\\)"):
+        split_by_weights(spec(torch.ones(5)))

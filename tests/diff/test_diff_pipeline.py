@@ -145,3 +145,16 @@ def test_bad_input(synth):
 def test_config_round_trip():
     config = DiffConfig(seed=3, levels=("sentence",), text_clusters=ClusterConfig(method="hdbscan", min_cluster_size=5))
     assert DiffConfig.from_dict(config.to_dict()) == config
+
+
+def test_hdbscan_pipeline_finds_the_planted_skew_and_reports_unassigned(synth):
+    a, b, emb, topic = synth.mixture(200, 200, [1, 1, 1, 0.05], [1, 1, 1, 1.2], seed=8)
+    outlier = "a far away text"
+    emb.table[outlier] = np.full(16, 40.0)
+    result = diff_texts(a + [outlier], b, embedder=emb,
+                        config=DiffConfig(levels=("text",), text_clusters=ClusterConfig(method="hdbscan", min_cluster_size=8)))
+    summary = result.levels[0]
+    assert summary.n_clusters == 4
+    assert summary.unassigned_explore + summary.unassigned_validation >= 1
+    top = result.significant()[0]
+    assert top.log_odds > 0 and all(topic[t] == 3 for t in top.medoids)

@@ -176,3 +176,15 @@ def test_bad_routing_input():
     with pytest.raises(InputError, match="routing weights must have shape"):
         with Router(big, exp).route(torch.ones(3, dtype=torch.float64)):
             big(data(4)[0])
+
+
+def test_story_corpus_is_distinct_and_labels_topic_bytes():
+    from gradtrace.bench.era_lm import TOPICS, make_stories, topic_token_weights
+
+    train = make_stories(150, "dragons", seed=1)
+    held = make_stories(50, "dragons", seed=2, exclude=set(train))
+    assert len(set(train)) == 150 and not set(held) & set(train)
+    w = topic_token_weights(["Tom saw a dragon."], "dragons", 20)
+    start = "Tom saw a dragon.".index("dragon")
+    assert w[0].nonzero().flatten().tolist() == list(range(start, start + 6))
+    assert "dragon" in TOPICS["dragons"]["thing"]
