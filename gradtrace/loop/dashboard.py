@@ -54,7 +54,9 @@ def line_svg(rounds: Sequence[int], values: Sequence[float], stop_round: int | N
 
 def write_diff_report(diff_json: Path, out: Path) -> Path:
     """A small HTML page of a round's behavioural diff (``diff.json``): the
-    clusters ranked, their shares, q-values, labels and example texts."""
+    clusters ranked, their shares, q-values, labels and example texts. Used
+    when a round has a ``diff.json`` but no full report (the clusters monitor
+    writes one with :func:`gradtrace.diff.report.write_report`)."""
     d = json.loads(diff_json.read_text(encoding="utf-8"))
     rows = []
     for c in d.get("clusters", []):

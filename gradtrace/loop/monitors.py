@@ -144,7 +144,7 @@ class ClusterShift(Monitor):
     ``skewed_clusters``: how many clusters the behavioural diff
     (:func:`gradtrace.diff.diff_texts`, round 0 as A, this round as B) finds
     significantly skewed at FDR ``alpha``; its result is saved as
-    ``diff.json`` in the round's folder.
+    ``diff.json`` and its report as ``diff_report.html`` in the round's folder.
     """
 
     name = "clusters"
@@ -190,7 +190,11 @@ class ClusterShift(Monitor):
             result = diff_texts(list(ref.generations), list(obs.generations), config=DiffConfig(seed=self.seed, levels=("text",), alpha=self.alpha, stability_seeds=()), embedder=self.embedder)
             row["skewed_clusters"] = float(len(result.significant(self.alpha)))
             if out_dir is not None:
+                from ..diff.report import write_report
+
                 result.save(Path(out_dir) / "diff.json")
+                write_report(result, Path(out_dir) / "diff_report.html", title=f"Behavioural diff: round {obs.round} against round 0",
+                             names=("round 0", f"round {obs.round}"))
         return row
 
 

@@ -49,6 +49,8 @@ def test_two_rounds_end_to_end(two_rounds, make_config, loop_data):
     curated0 = (out / "round_000" / "curated.jsonl").read_text()
     assert (out / "round_001" / "train.jsonl").read_text() == curated0
     assert (out / "round_001" / "diff.json").is_file()
+    report = (out / "round_002" / "diff_report.html").read_text()
+    assert "round 2 against round 0" in report and "<script" not in report
     html = (out / "dashboard.html").read_text()
     assert "<svg" in html and "diff_report.html" in html and "nll" in html
 
