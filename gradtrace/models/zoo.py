@@ -75,7 +75,8 @@ def smollm2_dir(cache_dir: str | Path | None = None) -> Path:
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     target = root / f"smollm2-135m-instruct-v{_CACHE_FORMAT}"
     stamp = target / "gradtrace_source.json"
-    source = {"gguf": str(gguf_path), "size": gguf_path.stat().st_size, "format": _CACHE_FORMAT}
+    # keyed by the file, not its path, so every virtualenv shares one cached copy
+    source = {"gguf": gguf_path.name, "size": gguf_path.stat().st_size, "format": _CACHE_FORMAT}
     if stamp.is_file():
         try:
             if json.loads(stamp.read_text()) == source:
