@@ -145,8 +145,15 @@ def test_resume_after_a_killed_round_equals_an_uninterrupted_run(tmp_path, loop_
         if proc.poll() is None:
             proc.kill()
     assert (killed / "round_000" / "DONE").is_file() and not (killed / "round_001").exists()
-    resumed = SelfTrainingLoop.resume(killed, curation=inner, progress=False).run()
-    straight = SelfTrainingLoop(config, tmp_path / "straight", curation=inner, progress=False).run()
+    # The killed process ran on one thread; float results depend on the thread count,
+    # so the resumed and the uninterrupted runs here use one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed = SelfTrainingLoop.resume(killed, curation=inner, progress=False).run()
+        straight = SelfTrainingLoop(config, tmp_path / "straight", curation=inner, progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
     assert resumed.rows == straight.rows
     for t in range(3):
         a, b = killed / f"round_{t:03d}", tmp_path / "straight" / f"round_{t:03d}"
