@@ -110,7 +110,9 @@ Every variant tried (ranking = sum of scores over the queries; per-query = mean 
 |---|---|---|---|
 {rows}
 """
-    record("lm_planted", COMMAND, summary, results)
+    cfg = results["config"]
+    command = COMMAND + (" --trace all" if cfg.get("trace_checkpoints") == "all" else "") + (" --adam" if "adam" in cfg.get("preconditioners", []) else "")
+    record("lm_planted", command, summary, results)
     print(summary)
 
 
