@@ -28,7 +28,7 @@ from gradtrace.bench.planted_lm import PlantedConfig, make_planted_data  # noqa:
 from gradtrace.models.hf import CausalLMTask, lora_selection  # noqa: E402
 from gradtrace.models.train_lm import LoraTrainConfig, add_lora  # noqa: E402
 
-COMMAND = "nice -n 10 .venv/bin/python benchmarks/lm_planted.py --trace all --adam"
+COMMAND = "nice -n 10 .venv/bin/python benchmarks/lm_planted.py"
 COST_KEYS = ("k", "cost_batch_size", "train_step_seconds", "featurize_seconds", "featurize_over_train_step",
              "kronecker_peak_mib", "dense_peak_mib", "kronecker_peak_mem_ratio")
 
@@ -102,7 +102,7 @@ SmolLM2-135M-Instruct, LoRA r={config.train.rank} on {', '.join(config.train.tar
 """ if "k" in results else "") + f"""
 Memory: peak resident memory of one featurizer call (forward, backward, projection; batch {results.get('cost_batch_size', '-')}) above the loaded model, each in a fresh process. With LoRA the per-example adapter gradients are small, so activations dominate both and the ratio is near 1; the Kronecker path's saving is the per-example d_out x d_in gradient, which matters for full-weight selections.
 
-What was tried, in order (nothing was tuned on these queries beyond this): the dataset's query answers were made held-out phrasings after a first draft on the tiny model let BM25 match them verbatim; a 1,050-example run with LoRA on layers 22-29 was stopped during training for lack of CPU time and replaced by this one (500 ordinary examples, layers 26-29); the primary variant (`plain/margin/cosine`) was fixed before any SmolLM2 result; a first run traced only the last checkpoint, this one traces the checkpoints listed above. Adam preconditioning is implemented and tested (tiny model, CI) but was not run at this size for lack of CPU time unless listed as `adam/...` below.
+What was tried, in order (nothing was tuned on these queries beyond this): the dataset's query answers were made held-out phrasings after a first draft on the tiny model let BM25 match them verbatim; a 1,050-example run with LoRA on layers 22-29 was stopped during training for lack of CPU time and replaced by this one (500 ordinary examples, layers 26-29); the primary variant (`plain/margin/cosine`) was fixed before any SmolLM2 result; the numbers here trace the last checkpoint only: a run tracing all three (`--trace all`) was started and stopped for lack of CPU time on the shared machine. Adam preconditioning is implemented and tested (tiny model, CI) but was not run at this size for lack of CPU time unless listed as `adam/...` below.
 
 Every variant tried (ranking = sum of scores over the queries; per-query = mean recall@20 of each query's own ranking):
 
@@ -110,7 +110,9 @@ Every variant tried (ranking = sum of scores over the queries; per-query = mean 
 |---|---|---|---|
 {rows}
 """
-    record("lm_planted", COMMAND, summary, results)
+    cfg = results["config"]
+    command = COMMAND + (" --trace all" if cfg.get("trace_checkpoints") == "all" else "") + (" --adam" if "adam" in cfg.get("preconditioners", []) else "")
+    record("lm_planted", command, summary, results)
     print(summary)
 
 
