@@ -97,7 +97,8 @@ def _resized(m: nn.Module, d_in: int, d_out: int) -> nn.Module:
     old_in, old_out = _dims(m, "?")
     w = m.weight.detach()
     if isinstance(m, nn.Linear):
-        new = nn.Linear(d_in, d_out, bias=m.bias is not None, dtype=w.dtype, device=w.device)
+        # skip_init: no draw from the global RNG (every entry is set below)
+        new = nn.utils.skip_init(nn.Linear, d_in, d_out, bias=m.bias is not None, dtype=w.dtype, device=w.device)
         weight = torch.zeros(d_out, d_in, dtype=w.dtype, device=w.device)
         weight[: min(old_out, d_out), : min(old_in, d_in)] = w[: min(old_out, d_out), : min(old_in, d_in)]
     else:
