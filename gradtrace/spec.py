@@ -34,19 +34,20 @@ class TaskSpec:
     checkpoint_loader: Callable[[nn.Module, CheckpointRef], Any] | None = None
 
 
-def load_task_spec(target: str) -> TaskSpec:
-    """Import ``file.py:function`` (or ``package.module:function``) and call it."""
-    if ":" not in target:
-        raise InputError(f"--task must look like path/to/file.py:make_task; got {target!r}")
+def import_target(target: Any, what: str) -> Callable[..., Any]:
+    """The function named by ``path/to/file.py:function`` or
+    ``package.module:function``; ``what`` names the option in errors."""
+    if not isinstance(target, str) or ":" not in target:
+        raise InputError(f"{what} must look like path/to/file.py:function; got {target!r}")
     where, _, name = target.rpartition(":")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
-            raise InputError(f"--task: file {where!r} does not exist")
-        mod_name = f"gradtrace_user_task_{abs(hash(str(path.resolve())))}"
+            raise InputError(f"{what}: file {where!r} does not exist")
+        mod_name = f"gradtrace_user_{abs(hash(str(path.resolve())))}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         if spec is None or spec.loader is None:
-            raise InputError(f"--task: cannot import {where!r}")
+            raise InputError(f"{what}: cannot import {where!r}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         spec.loader.exec_module(module)
@@ -54,10 +55,16 @@ def load_task_spec(target: str) -> TaskSpec:
         try:
             module = importlib.import_module(where)
         except ImportError as exc:
-            raise InputError(f"--task: cannot import module {where!r}: {exc}") from exc
+            raise InputError(f"{what}: cannot import module {where!r}: {exc}") from exc
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise InputError(f"--task: {where!r} has no function {name!r}")
+        raise InputError(f"{what}: {where!r} has no function {name!r}")
+    return fn
+
+
+def load_task_spec(target: str) -> TaskSpec:
+    """Import ``file.py:function`` (or ``package.module:function``) and call it."""
+    fn = import_target(target, "--task")
     result = fn()
     if not isinstance(result, TaskSpec):
         raise InputError(f"--task: {target} must return a gradtrace.spec.TaskSpec; got {type(result).__name__}")

@@ -9,8 +9,6 @@ Errors name the field (``monitors.nll.margin``, ``stop[0].above``,
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -271,24 +269,6 @@ def read_toml(path: str | Path) -> tuple[LoopConfig, Path | None]:
 
 def load_callable(target: Any, field: str) -> Callable[..., Any]:
     """``path/to/file.py:function`` or ``package.module:function``."""
-    if not isinstance(target, str) or ":" not in target:
-        raise InputError(f"{field} must look like path/to/file.py:function; got {target!r}")
-    where, _, name = target.rpartition(":")
-    if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_file():
-            raise InputError(f"{field}: file {where!r} does not exist")
-        spec = importlib.util.spec_from_file_location(f"gradtrace_loop_user_{abs(hash(str(path.resolve())))}", path)
-        if spec is None or spec.loader is None:
-            raise InputError(f"{field}: cannot import {where!r}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as exc:
-            raise InputError(f"{field}: cannot import {where!r}: {exc}") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise InputError(f"{field}: {where!r} has no function {name!r}")
-    return fn
+    from ..spec import import_target
+
+    return import_target(target, field)

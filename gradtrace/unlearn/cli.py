@@ -13,40 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InputError
+from ..spec import import_target
 
 console = Console()
 BUILTIN_SPECS = ("digits", "tiny-lm")
 
 
-def _import_target(target: str, what: str) -> Callable[..., Any]:
-    """``file.py:fn`` or ``package.module:fn``, as :func:`gradtrace.spec.load_task_spec` does."""
-    import importlib
-    import importlib.util
-    import sys
-
-    if ":" not in target:
-        raise InputError(f"{what} must look like path/to/file.py:function; got {target!r}")
-    where, _, name = target.rpartition(":")
-    if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_file():
-            raise InputError(f"{what}: file {where!r} does not exist")
-        mod_name = f"gradtrace_user_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        if spec is None or spec.loader is None:
-            raise InputError(f"{what}: cannot import {where!r}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as exc:
-            raise InputError(f"{what}: cannot import module {where!r}: {exc}") from exc
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise InputError(f"{what}: {where!r} has no function {name!r}")
-    return fn
 
 
 def unlearn_command(
@@ -73,7 +45,7 @@ def unlearn_command(
 
             the_spec, config = lm_forget_spec(labelled, seed), lm_compare_config(seed)
         else:
-            made = _import_target(spec, "--spec")()
+            made = import_target(spec, "--spec")()
             if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], CompareConfig)):
                 raise InputError(f"--spec {spec} must return (UnlearnSpec, CompareConfig); got {type(made).__name__}")
             the_spec, config = made
@@ -125,9 +97,9 @@ def validate_command(
         elif behaviour == "margin":
             beh = LogitMarginBehaviour()
         else:
-            beh = _import_target(behaviour, "--behaviour")()
+            beh = import_target(behaviour, "--behaviour")()
         queries = tuple(t[:limit] for t in spec.queries) if isinstance(spec.queries, tuple) else spec.queries[:limit]
-        result = validate(store, spec, _import_target(train_fn, "--train-fn")(), beh, queries,
+        result = validate(store, spec, import_target(train_fn, "--train-fn")(), beh, queries,
                           RemovalConfig(k=k, seeds=tuple(seeds)), progress=progress)
         out.mkdir(parents=True, exist_ok=True)
         (out / "validation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
