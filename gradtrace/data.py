@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -134,3 +135,24 @@ def _hash_into(h: "hashlib._Hash", obj: Any) -> None:
         h.update(obj)
     else:
         h.update(repr(obj).encode())
+
+
+def read_jsonl_objects(path: str | Path, label: str | None = None) -> list[dict[str, Any]]:
+    """Every non-blank line of a JSONL file, each a JSON object. Errors name
+    ``label`` (default: the path) and the line number."""
+    path = Path(path)
+    label = label or str(path)
+    if not path.is_file():
+        raise InputError(f"{label}: file {str(path)!r} does not exist")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{label}: line {n} is not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{label}: line {n} must be a JSON object; got {type(rec).__name__}")
+        out.append(rec)
+    return out

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from ..data import read_jsonl_objects
 from ..errors import GradtraceError, InputError
 from ..progress import progress_bar
 from .generate import GenerationConfig
@@ -62,18 +63,7 @@ def read_prompts(path: str | Path) -> list[Prompt]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: line {n + 1} is not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise InputError(f"{path}: line {n + 1} must be a JSON object; got {type(rec).__name__}")
-        out.append(rec)
-    return out
+    return read_jsonl_objects(path)
 
 
 class Source(Protocol):

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..checkpoints import CheckpointRef
+from ..data import read_jsonl_objects
 from ..errors import InputError, MissingDependencyError
 from .hf import CausalLMTask
 from .hf_checkpoints import ADAPTER_FILES, trainer_checkpoints
@@ -110,20 +111,7 @@ def wrap_with_adapter_config(model: nn.Module, adapter_dir: Path) -> nn.Module:
 
 def read_jsonl(path: str | Path, what: str) -> tuple[list[dict[str, Any]], list[str] | None, list[Any] | None]:
     """Examples, ids (if every line has ``id``) and tags (if any line has ``tag``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what}: file {str(path)!r} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{what}: line {n} of {str(path)!r} is not valid JSON: {exc}") from exc
-        if not isinstance(row, dict):
-            raise InputError(f"{what}: line {n} of {str(path)!r} must be a JSON object; got {type(row).__name__}")
-        rows.append(row)
+    rows = read_jsonl_objects(path, f"{what} {str(path)!r}")
     if not rows:
         raise InputError(f"{what}: {str(path)!r} holds no examples")
     ids = [str(r["id"]) for r in rows] if all("id" in r for r in rows) else None

@@ -108,7 +108,14 @@ def test_hf_source_with_lora_adapter(tiny, tmp_path):
     folder = tmp_path / "base"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    peft_model = get_peft_model(tiny_gpt2(seed=0), LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
+    peft_model = get_peft_model(tiny_gpt2(seed=0), LoraConfig(r=4, target_modules=["c_attn"]))
+    # Large seeded adapter weights: a small random adapter on an untrained model can leave
+    # every sampled token unchanged (same uniform draws, nearly the same probabilities).
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
     peft_model.save_pretrained(tmp_path / "adapter")
     prompts = [Prompt("a", "tell me"), Prompt("b", "more")]
     base = HFSource(f"{folder}", None, GEN).sample(prompts, 2, seed=1)
