@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -49,3 +51,27 @@ def median_time(fn: Any, repeats: int) -> tuple[float, Any]:
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2], result
+
+
+def paired_time(peer: Any, ours: Any, repeats: int) -> tuple[float, float, float, Any, Any]:
+    """Time ``peer`` and ``ours`` alternately, after one warm-up call each.
+
+    Returns (median peer seconds, median our seconds, median of the per-pair
+    ratios peer/ours, last peer result, last our result). Pairing the calls
+    means a burst of load from elsewhere on a noisy machine slows both sides
+    of a pair instead of only one side of the comparison.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1; got {repeats}")
+    peer_result, our_result = peer(), ours()
+    peer_times, our_times, ratios = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        peer_result = peer()
+        mid = time.perf_counter()
+        our_result = ours()
+        end = time.perf_counter()
+        peer_times.append(mid - start)
+        our_times.append(end - mid)
+        ratios.append((mid - start) / (end - mid))
+    return float(np.median(peer_times)), float(np.median(our_times)), float(np.median(ratios)), peer_result, our_result
