@@ -39,8 +39,9 @@ from .digits import DigitsConfig, accuracy, load_digits_data, make_mlp
 FORGET_CLASSES = (5, 6, 7, 8, 9)
 #: retain accuracy (validation) at most 2 points below the base model's
 DIGITS_RULE = SelectionRule(retain_tolerance=0.02, relative=False, retain_higher_is_better=True)
-#: lr x steps for every fine-tuning baseline; coherence steps for ERA
-DIGITS_GRID = SelectionGrid(lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2), steps=(25, 50, 100, 200))
+#: lr x steps for every fine-tuning baseline; coherence steps for ERA (widened
+#: downwards, like the LM grid, after a first run chose its smallest lr)
+DIGITS_GRID = SelectionGrid(lrs=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2), steps=(10, 25, 50, 100, 200))
 DIGITS_ERA_GRID = SelectionGrid(steps=(25, 50, 100, 200))
 
 
@@ -114,6 +115,7 @@ def run_era_digits(
     out["config"] = digits_compare_config(0).to_dict()
     out["train_config"] = dataclasses.asdict(digits_forget_spec(1.0, 0).train_config)
     out["seeds"] = list(seeds)
+    out["forget_metric"] = "loss"
     return out
 
 

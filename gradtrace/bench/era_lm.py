@@ -48,8 +48,11 @@ TEMPLATES = [
 FORGET_TOPIC = "dragons"
 #: retain NLL (validation) at most 1.1 x the base model's
 LM_RULE = SelectionRule(retain_tolerance=0.1, relative=True, retain_higher_is_better=False)
-#: lr x steps for every fine-tuning baseline; coherence steps for ERA
-LM_GRID = SelectionGrid(lrs=(3e-5, 1e-4, 3e-4, 1e-3), steps=(20, 40, 80))
+#: lr x steps for every fine-tuning baseline; coherence steps for ERA. A first
+#: grid starting at lr 3e-5 / 20 steps had only its smallest point admissible
+#: for GradDiff and NPO (none for GA), so it was widened downwards to bracket
+#: the admissible region -- in the baselines' favour.
+LM_GRID = SelectionGrid(lrs=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3), steps=(5, 10, 20, 40, 80))
 LM_ERA_GRID = SelectionGrid(steps=(20, 40, 80, 160))
 
 
@@ -189,4 +192,5 @@ def run_era_lm(
     out["config"] = lm_compare_config(0).to_dict()
     out["train_config"] = lm_forget_spec(1.0, 0).train_config.to_dict()
     out["seeds"] = list(seeds)
+    out["forget_metric"] = "loss"
     return out
