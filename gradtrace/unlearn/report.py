@@ -64,6 +64,16 @@ def comparison_html(result: Mapping[str, Any], title: str, *, attacker_maximises
             curves[f"{m} (lr {lr:g})"] = rel["curves"][str(k)][repr(lr)]
             steps = rel["steps"]
         body.append(f"<h2>Relearning, k = {esc(k)}</h2>" + curves_svg(steps or [0], curves))
+    chosen = [[m, r["selection"]["selected"]["lr"], r["selection"]["selected"]["steps"], r["selection"]["selected"]["forget"],
+               r["selection"]["selected"]["retain"], r["selection"]["retain_limit"], "yes" if r["selection"]["admissible"] else "no",
+               len(r["selection"]["points"])] for m, r in methods.items() if r.get("selection")]
+    if chosen:
+        body.append(
+            "<h2>Selected settings</h2><p>Each method's grid point with the best validation forget metric among those whose "
+            "validation retain metric is within the rule's limit of the base model's (see <code>rule</code> below).</p>"
+            + table(["method", "lr", "steps", "forget (val.)", "retain (val.)", "retain limit", "admissible", "grid points"],
+                    chosen, numeric=[1, 2, 3, 4, 5, 7])
+        )
     body.append("<h2>Settings</h2>" + table(["field", "value"], [[k, Raw(f"<code>{esc(json.dumps(v))}</code>")] for k, v in result["config"].items()]))
     return page(title, "\n".join(body))
 

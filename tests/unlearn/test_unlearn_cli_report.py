@@ -141,6 +141,10 @@ def test_reports_escape_every_text():
                                                                         "curves": {"4": {"0.01": [0.1, 0.2]}}}}},
     }
     assert "<script>" not in comparison_html(result, evil, attacker_maximises=True)
+    result["methods"][evil]["selection"] = {"selected": {"lr": 0.01, "steps": 5, "forget": 0.1, "retain": 0.9}, "retain_limit": 0.88,
+                                            "admissible": True, "points": [{}, {}]}
+    html = comparison_html(result, evil, attacker_maximises=True)
+    assert "<script>" not in html and "Selected settings" in html and "0.88" in html
     val = {"summary": {"base": 1.0, "after_topk": 2.0, "after_random": 1.0}, "config": {"seeds": [0], "k": 1, evil: 1},
            "base": [1.0], "after_topk": [2.0], "after_random": [1.0], "removed_topk": [0], "removed_ids": [evil], "behaviour": evil}
     assert "<script>" not in validation_html(val, evil)
