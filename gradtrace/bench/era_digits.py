@@ -42,7 +42,9 @@ DIGITS_RULE = SelectionRule(retain_tolerance=0.02, relative=False, retain_higher
 #: lr x steps for every fine-tuning baseline; coherence steps for ERA (widened
 #: downwards, like the LM grid, after a first run chose its smallest lr)
 DIGITS_GRID = SelectionGrid(lrs=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2), steps=(10, 25, 50, 100, 200))
-DIGITS_ERA_GRID = SelectionGrid(steps=(25, 50, 100, 200))
+#: ERA's coherence grid was widened upwards (it stopped at 200) after one seed
+#: with 50% labels had no admissible point
+DIGITS_ERA_GRID = SelectionGrid(steps=(25, 50, 100, 200, 400))
 
 
 def cross_entropy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -202,12 +202,11 @@ def compare_methods(
     """
     forget, retain, labelled = split_by_weights(spec)
     relearn_cfg = dataclasses.replace(config.relearn, attacker_maximises=spec.attacker_maximises)
-    settings = config.to_dict()
-    settings.pop("methods")  # a re-run with more methods reuses the finished ones
-    settings["unlearn"] = {m: c.to_dict() for m, c in config.unlearn.items()}
+    # the folder: what every method depends on; each piece's name: what only that method depends on,
+    # so a re-run with more methods, or with one method's settings changed, reuses the other finished ones
     cache = ResultCache(cache_dir, fingerprint(
-        spec.name, spec.train_config.to_dict(), settings, spec.forget_weights, spec.attacker_maximises,
-        spec.train_data, spec.relearn_pool,
+        spec.name, spec.train_config.to_dict(), spec.forget_weights, spec.attacker_maximises, spec.train_data,
+        spec.relearn_pool, config.seed, config.relearn.to_dict(), config.rule.to_dict(),
     ))
     results: dict[str, MethodResult] = {}
     base: nn.Module | None = None
@@ -231,7 +230,8 @@ def compare_methods(
 
     with progress_bar("unlearning methods", len(config.methods), progress) as bar:
         for method in config.methods:
-            cached = cache.get(method)
+            piece = f"{method}-{fingerprint(_method_settings(config, method))}"
+            cached = cache.get(piece)
             if cached is not None:
                 results[method] = MethodResult.from_dict(method, cached)
                 bar.advance(1)
@@ -259,9 +259,21 @@ def compare_methods(
                 method, float(spec.forget_metric(model)), float(spec.retain_metric(model)), attack.to_dict(), model, selection,
                 {name: float(f(model)) for name, f in spec.extra_metrics.items()},
             )
-            cache.put(method, results[method].to_dict())
+            cache.put(piece, results[method].to_dict())
             bar.advance(1)
     return Comparison(config, spec.train_config, results, float(labelled.double().mean()))
+
+
+def _method_settings(config: CompareConfig, method: str) -> dict[str, Any]:
+    """The settings of ``config`` that only ``method``'s result depends on."""
+    grid = config.select.get(method)
+    out: dict[str, Any] = {"select": grid.to_dict() if grid else None}
+    if method in FINETUNE_METHODS:
+        out["unlearn"] = config.unlearn[method].to_dict() if method in config.unlearn else {"default": method}
+    if method == "era":
+        out["routing"] = config.routing.to_dict() if config.routing else None
+        out["coherence"] = config.coherence.to_dict()
+    return out
 
 
 def _select_metrics(spec: UnlearnSpec) -> tuple[Callable[[nn.Module], float], Callable[[nn.Module], float], str]:

@@ -218,3 +218,28 @@ def test_default_iterative_attribution_is_tracin_at_the_retrained_model():
     query = sum(grad(i) for i in range(4))
     brute = np.array([float(grad(int(i)) @ query) for i in kept])  # lr 1 x train gradient . summed query gradient
     np.testing.assert_allclose(scores, brute, rtol=1e-5, atol=1e-6)
+
+
+def test_cache_reuses_methods_whose_settings_did_not_change(tmp_path):
+    from gradtrace.unlearn.compare import compare_methods
+
+    (tmp_path / "spec_mod2.py").write_text(SPEC)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import spec_mod2
+    finally:
+        sys.path.remove(str(tmp_path))
+    spec, config = spec_mod2.make()
+    first = compare_methods(spec, dataclasses.replace(config, methods=("filter", "graddiff")), cache_dir=tmp_path / "c")
+    (key,) = list((tmp_path / "c").iterdir())
+    before = {p.name: p.stat().st_mtime_ns for p in key.glob("*.json")}
+    # graddiff's grid changes, filter's settings do not; one more method is asked for
+    changed = dataclasses.replace(config, methods=("filter", "graddiff", "npo"),
+                                  select={**config.select, "graddiff": SelectionGrid(lrs=(1e-2,), steps=(2,))})
+    second = compare_methods(spec, changed, cache_dir=tmp_path / "c")
+    after = {p.name: p.stat().st_mtime_ns for p in key.glob("*.json")}
+    filter_piece = next(n for n in before if n.startswith("filter-"))
+    assert after[filter_piece] == before[filter_piece] and second.results["filter"].model is None  # read back
+    assert second.results["filter"].to_dict() == first.results["filter"].to_dict()
+    assert len(after) == len(before) + 2  # a new graddiff piece and the npo piece
+    assert second.results["graddiff"].selection["grid"] == {"lrs": [1e-2], "steps": [2]}
