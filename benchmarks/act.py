@@ -107,7 +107,8 @@ def _table(block: dict[str, Any], higher_is_worse: bool) -> str:
     extra = "forget_accuracy" in next(iter(block.values()))
     head = "| method | forget | retain | relearn k=4 | relearn k=16 | relearn k=64 |" + (" forget acc. |" if extra else "") + " selected (lr, steps) per seed |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for m, row in block.items():
+    order = ("base", "filter", "ga", "graddiff", "npo", "rmu", "era")
+    for m, row in sorted(block.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         sel = ", ".join(f"({p['lr']:g}, {p['steps']}){'' if p['admissible'] else ' **not admissible**'}" for p in row.get("selected", [])) or "fixed"
         acc = f" {row['forget_accuracy']:.3f} |" if extra else ""
         lines.append(f"| {m} | {row['forget']:.3f} | {row['retain']:.3f} | {row['relearn_k4']:.3f} | **{row['relearn_k16']:.3f}** | "
