@@ -197,8 +197,9 @@ def compare_methods(
     """Run every configured method and the relearning attack on each.
 
     ``cache_dir``: keep each finished method (and the base model) there, in
-    a sub-directory named by a hash of the settings and data; a re-run with
-    the same settings reads them back instead of recomputing.
+    a sub-directory named by a hash of the data and the shared settings,
+    each method under a name hashing its own settings; a re-run reads back
+    every method whose settings did not change instead of recomputing it.
     """
     forget, retain, labelled = split_by_weights(spec)
     relearn_cfg = dataclasses.replace(config.relearn, attacker_maximises=spec.attacker_maximises)
