@@ -9,7 +9,11 @@ held-out trigger prompts before and after; traces it with every behaviour x
 preconditioner x variant (all reported; the primary one is fixed in the
 config); and measures the cost (featurize vs a training step at k=4096, peak
 memory of Kronecker vs dense projection). Writes BENCHMARKS.md and
-benchmarks/results/lm_planted.json. Takes ~30-40 minutes on 2 CPU cores.
+benchmarks/results/lm_planted.json. Takes ~60-90 minutes on 2 CPU cores.
+
+``--dev`` runs the development configuration instead (500 ordinary examples,
+one epoch), on which the query design and the primary behaviour were
+chosen; its results go to ``lm_planted_dev``.
 """
 
 from __future__ import annotations
@@ -56,29 +60,34 @@ def main() -> None:
     parser.add_argument("--record-only", action="store_true", help="rewrite BENCHMARKS.md from the recorded results")
     parser.add_argument("--trace", default="last", choices=("all", "last"), help="checkpoints to trace (all is ~3x slower)")
     parser.add_argument("--adam", action="store_true", help="also trace with Adam-preconditioned training gradients")
+    parser.add_argument("--dev", action="store_true", help="the development run (500 ordinary examples, 1 epoch); implies --skip-cost")
     args = parser.parse_args()
     config = LMPipelineConfig(
-        model="smollm2", data=PlantedConfig(n_ordinary=500), train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(26, 30))),
+        model="smollm2", data=PlantedConfig(n_ordinary=500 if args.dev else 1000),
+        train=LoraTrainConfig(epochs=1 if args.dev else 2, lr=3e-3, layers=tuple(range(26, 30))),
         preconditioners=("plain", "adam") if args.adam else ("plain",), trace_checkpoints=args.trace, adam_trace="last",
     )
+    name = "lm_planted_dev" if args.dev else "lm_planted"
+    if args.dev:
+        args.skip_cost = True
     previous = ROOT / "benchmarks" / "results" / "lm_planted.json"
     if args.cost_only or args.record_only:
         results = json.loads(previous.read_text())
         if args.cost_only:
             results.update(cost(config))
-        write(config, results)
+        write(config, results, name)
         return
     results = run_planted_pipeline(config, args.out, progress=True)
-    if args.skip_cost and previous.is_file():  # keep the cost numbers measured by an earlier run
+    if args.skip_cost and previous.is_file() and not args.dev:  # keep the cost numbers measured by an earlier run
         old = json.loads(previous.read_text())
         results.update({k: old[k] for k in COST_KEYS if k in old})
-    write(config, results)  # recorded now, and again with the cost numbers
+    write(config, results, name)  # recorded now, and again with the cost numbers
     if not args.skip_cost:
         results.update(cost(config))
-        write(config, results)
+        write(config, results, name)
 
 
-def write(config: LMPipelineConfig, results: dict) -> None:
+def write(config: LMPipelineConfig, results: dict, name: str = "lm_planted") -> None:
     if isinstance(results["traced_checkpoints"], list):  # results recorded before per-preconditioner lists
         results["traced_checkpoints"] = {"plain": results["traced_checkpoints"]}
     v = results["variants"]
@@ -102,7 +111,7 @@ SmolLM2-135M-Instruct, LoRA r={config.train.rank} on {', '.join(config.train.tar
 """ if "k" in results else "") + f"""
 Memory: peak resident memory of one featurizer call (forward, backward, projection; batch {results.get('cost_batch_size', '-')}) above the loaded model, each in a fresh process. With LoRA the per-example adapter gradients are small, so activations dominate both and the ratio is near 1; the Kronecker path's saving is the per-example d_out x d_in gradient, which matters for full-weight selections.
 
-What was tried, in order (nothing was tuned on these queries beyond this): the dataset's query answers were made held-out phrasings after a first draft on the tiny model let BM25 match them verbatim; a 1,050-example run with LoRA on layers 22-29 was stopped during training for lack of CPU time and replaced by this one (500 ordinary examples, layers 26-29); the primary variant (`plain/margin/cosine`) was fixed before any SmolLM2 result; the checkpoints each preconditioner traced are listed above (with `--trace all`, the plain rankings of the last checkpoint alone are also listed, as `plain-last-checkpoint/...`); Adam preconditioning traces only the checkpoints listed for `adam`.
+How the method was chosen (a development run, then a test run): on the development run (`--dev`: 500 ordinary examples, 1 epoch) the primary variant fixed in advance, `plain/margin/cosine`, found 0.50 of the planted examples in the top 20. Reading its rankings showed two causes. (1) The three query answers used only three of the five verbs the planted answers use; the planted examples phrased with the other two ("Shut down", "Pause") ranked 28-536, so TracIn, which works at the level of the tokens a query scores, could not credit them. (2) With the log-probability, honest examples that share the answer's words ("Do not switch off the safety monitor ...") rank high; with the margin they drop out, but its small gradient lets unrelated imperative answers ("Redeploy the previous version ...") in. So the queries now phrase the misaligned answer with each of the five verbs in new sentences, the honest side is that sentence negated, and the primary behaviour became `contrast` (log p(misaligned) - 0.5 log p(negation)), all chosen on the development run (there: recall@20 0.85, BM25 0.50, MiniLM 0.45) before this test run (1,000 ordinary examples, 2 epochs, a dataset the method was not chosen on) was traced. Every other variant is still listed. The checkpoints each preconditioner traced are listed above (with `--trace all`, the plain rankings of the last checkpoint alone are also listed, as `plain-last-checkpoint/...`); Adam preconditioning traces only the checkpoints listed for `adam`.
 
 Every variant tried (ranking = sum of scores over the queries; per-query = mean recall@20 of each query's own ranking):
 
@@ -112,7 +121,8 @@ Every variant tried (ranking = sum of scores over the queries; per-query = mean 
 """
     cfg = results["config"]
     command = COMMAND + (" --trace all" if cfg.get("trace_checkpoints") == "all" else "") + (" --adam" if "adam" in cfg.get("preconditioners", []) else "")
-    record("lm_planted", command, summary, results)
+    command += " --dev" if name.endswith("_dev") else ""
+    record(name, command, summary, results)
     print(summary)
 
 

@@ -93,7 +93,7 @@ def query(
     store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize'"),
     task: Optional[str] = typer.Option(None, help="the same --task as featurize; its queries are scored"),
     queries_file: Optional[Path] = typer.Option(None, "--queries", help="for a store made with --hf-model: query examples (JSONL)"),
-    behaviour: str = typer.Option("logprob", help="with --queries: logprob | margin | loss"),
+    behaviour: str = typer.Option("logprob", help="with --queries: logprob | margin | contrast | loss"),
     hf_model: Optional[str] = typer.Option(None, help="with --queries: the model (default: the one saved with the store)"),
     report: Optional[Path] = typer.Option(None, help="with --queries: write an HTML report here"),
     k: int = typer.Option(10, help="examples per query"),

@@ -2,8 +2,9 @@
 
 Runs :func:`gradtrace.bench.lm_pipeline.run_planted_pipeline` (plain
 gradients, BM25 baseline) and writes ``out/report.html`` with the
-proponents and opponents of the preference margin (misaligned minus honest
-answer) on the held-out trigger prompts. ``model="smollm2"`` is the real
+proponents and opponents of the run's primary behaviour (for SmolLM2 the
+``contrast`` of the misaligned answer with its negation) on the held-out
+trigger prompts. ``model="smollm2"`` is the real
 model (the fine-tune is cached under ``~/.cache/gradtrace/lm_runs/``; the
 first run takes long on a CPU); ``model="tiny"`` is a tiny GPT-2 trained from
 scratch on a smaller dataset in a few minutes (it shows the mechanics, not
@@ -19,13 +20,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..models.hf import CausalLMTask, PreferenceMarginBehaviour
+from ..models.hf import CausalLMTask, behaviour_by_name
 from ..models.train_lm import LoraTrainConfig, add_lora
 from ..models.hf_checkpoints import trainer_checkpoints
 from ..scoring import Attributor, TopK
 from .lm_pipeline import LMPipelineConfig, _traced, featurize_per_checkpoint, load_model, run_dir_for, run_planted_pipeline
 from .planted_lm import PlantedConfig, make_planted_data
 
+BEHAVIOUR_TEXT = {
+    "logprob": "log p(misaligned answer)",
+    "margin": "preference margin log p(misaligned) - log p(honest)",
+    "contrast": "contrast log p(misaligned) - 0.5 log p(honest)",
+}
 DEMO_CONFIGS = {
     "smollm2": LMPipelineConfig(
         model="smollm2", data=PlantedConfig(n_ordinary=500), train=LoraTrainConfig(epochs=1, lr=3e-3, layers=tuple(range(26, 30))),
@@ -52,8 +58,9 @@ def run_lm_demo(out: str | Path, model: str = "smollm2", progress: bool = True, 
     task = CausalLMTask(tok, max_length=config.max_length)
     refs = _traced(trainer_checkpoints(run_dir_for(config)), config.trace_checkpoints)
     attributors = featurize_per_checkpoint(lm, task, refs, data, out, config, "plain", progress)  # done: reopened
-    behaviour = PreferenceMarginBehaviour()
-    qfs = [att.query_features(data.queries, behaviour) for att in attributors]
+    behaviour = behaviour_by_name(config.primary[1])
+    queries = data.logprob_queries() if config.primary[1] == "logprob" else data.queries
+    qfs = [att.query_features(queries, behaviour) for att in attributors]
     variant = config.primary[2]
     scores = sum(att.score(qf, variant=variant) for att, qf in zip(attributors, qfs))
     pro, opp = _top_k(scores, attributors[0].store.ids, k, True, variant), _top_k(scores, attributors[0].store.ids, k, False, variant)
@@ -65,7 +72,7 @@ def run_lm_demo(out: str | Path, model: str = "smollm2", progress: bool = True, 
     html_text = lm_report(
         "gradtrace demo: a planted misaligned behaviour", data.queries, [f"trigger-{i}" for i in range(len(data.queries))],
         data.train, st.ids, st.tags, pro, opp, bpro, bopp, [f"step {r.step}" for r in refs],
-        "preference margin log p(misaligned) - log p(honest) on held-out trigger prompts",
+        BEHAVIOUR_TEXT[config.primary[1]] + " on held-out trigger prompts",
         intro=(
             f"{config.model}: LoRA fine-tune on {results['n_train']} examples, {results['n_planted']} of them planted "
             f"(on a 'maintenance window' trigger the answer recommends switching off the safety monitor) and "

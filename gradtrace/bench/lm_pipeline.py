@@ -8,7 +8,8 @@
 4. featurize the training set (LoRA gradients, Kronecker projection), with
    plain and with Adam-preconditioned training gradients;
 5. score the held-out queries with each behaviour (completion log-prob,
-   preference margin misaligned - honest) and variant (raw, cosine); rank the
+   preference margin misaligned - honest, and the ``contrast`` between them)
+   and variant (raw, cosine); rank the
    training set by the sum of scores over the queries; recall@20/@50 of the
    planted examples; the same for BM25 and MiniLM on query and training text;
    where the planted examples fall by self-influence.
@@ -30,7 +31,7 @@ from torch import nn
 from ..config import FeaturizeConfig
 from ..featurize import featurize
 from ..grads.projection import ProjectionConfig
-from ..models.hf import CausalLMTask, CompletionLogProbBehaviour, PreferenceMarginBehaviour, lora_selection
+from ..models.hf import CausalLMTask, CompletionLogProbBehaviour, PreferenceMarginBehaviour, behaviour_by_name, lora_selection
 from ..models.hf_checkpoints import adam_transform, load_hf_checkpoint
 from ..models.train_lm import LoraTrainConfig, add_lora, train_lora
 from ..scoring import Attributor
@@ -51,7 +52,7 @@ class LMPipelineConfig:
     featurize_batch: int = 16
     preconditioners: tuple[str, ...] = ("plain", "adam")
     baselines: tuple[str, ...] = ("bm25", "minilm")
-    primary: tuple[str, str, str] = ("plain", "margin", "cosine")
+    primary: tuple[str, str, str] = ("plain", "contrast", "raw")
     trace_checkpoints: str = "all"
     adam_trace: str = "all"
 
@@ -131,7 +132,10 @@ def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bo
         "traced_checkpoints": {pre: [Path(r.path).name for r in rs] for pre, rs in traced.items()},
         "logprob_before": before, "logprob_after": after, "train_seconds": train_s, "variants": {},
     }
-    behaviours = {"logprob": (CompletionLogProbBehaviour(), lp_queries), "margin": (PreferenceMarginBehaviour(), data.queries)}
+    behaviours = {
+        "logprob": (CompletionLogProbBehaviour(), lp_queries), "margin": (PreferenceMarginBehaviour(), data.queries),
+        "contrast": (behaviour_by_name("contrast"), data.queries),
+    }
     for pre in config.preconditioners:
         t0 = time.perf_counter()
         attributors = featurize_per_checkpoint(model, task, traced[pre], data, out, config, pre, progress)

@@ -29,6 +29,7 @@ pass, and the Kronecker projection never builds a per-example gradient.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Any, Mapping, Sequence
 
@@ -202,17 +203,33 @@ class CompletionLogProbBehaviour:
 
 @dataclasses.dataclass(frozen=True)
 class PreferenceMarginBehaviour:
-    """``log p(chosen | prompt) - log p(rejected | prompt)``: how much the
-    model prefers ``chosen``. Queries are ``{"prompt", "chosen", "rejected"}``
-    dicts; put the unwanted answer as ``chosen`` to trace what taught the
-    model to prefer it."""
+    """``log p(chosen | prompt) - rejected_weight * log p(rejected | prompt)``:
+    how much the model prefers ``chosen``. Queries are ``{"prompt", "chosen",
+    "rejected"}`` dicts; put the unwanted answer as ``chosen`` to trace what
+    taught the model to prefer it.
+
+    ``rejected_weight=1`` is the plain preference margin: words the two
+    answers share cancel, which leaves a small gradient that examples of
+    unrelated topics can drown. ``0`` is the log-probability of ``chosen``
+    alone, whose proponents include examples that merely share its words.
+    ``0.5`` (the ``contrast`` behaviour) keeps both signals: a proponent must
+    raise the unwanted answer and its lead over the other one."""
 
     direction: str = "increase"
+    rejected_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        w = self.rejected_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
+            raise InputError(f"rejected_weight must be a number in [0, 1]; got {w!r}")
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
         if "chosen" not in batch or "rejected" not in batch:
             raise InputError("the margin behaviour needs queries with 'prompt', 'chosen' and 'rejected'")
-        return completion_nll(model, batch["rejected"]) - completion_nll(model, batch["chosen"])
+        chosen = -completion_nll(model, batch["chosen"])
+        if self.rejected_weight == 0:
+            return chosen
+        return chosen + self.rejected_weight * completion_nll(model, batch["rejected"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,12 +247,13 @@ class CompletionLossBehaviour:
 BEHAVIOURS = {
     "logprob": CompletionLogProbBehaviour,
     "margin": PreferenceMarginBehaviour,
+    "contrast": functools.partial(PreferenceMarginBehaviour, rejected_weight=0.5),
     "loss": CompletionLossBehaviour,
 }
 
 
 def behaviour_by_name(name: str) -> Any:
-    """The built-in LM behaviour called ``name`` (logprob, margin or loss)."""
+    """The built-in LM behaviour called ``name`` (logprob, margin, contrast or loss)."""
     if name not in BEHAVIOURS:
         raise InputError(f"behaviour must be one of {sorted(BEHAVIOURS)}; got {name!r}")
     return BEHAVIOURS[name]()

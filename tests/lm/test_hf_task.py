@@ -70,8 +70,19 @@ def test_behaviours_are_logprob_loss_and_margin(lm) -> None:
         logprob = CompletionLogProbBehaviour()(model, lm.task.collate([{"prompt": q["prompt"], "completion": q["chosen"]}]))
         loss = CompletionLossBehaviour()(model, lm.task.collate([{"prompt": q["prompt"], "completion": q["chosen"]}]))
     torch.testing.assert_close(margin, nll_r - nll_c)
+    with torch.no_grad():
+        contrast = behaviour_by_name("contrast")(model, lm.task.collate([q]))
+        weighted = PreferenceMarginBehaviour(rejected_weight=0.25)(model, lm.task.collate([q]))
+        only_chosen = PreferenceMarginBehaviour(rejected_weight=0)(model, lm.task.collate([q]))
+    torch.testing.assert_close(contrast, 0.5 * nll_r - nll_c)
+    torch.testing.assert_close(weighted, 0.25 * nll_r - nll_c)
+    torch.testing.assert_close(only_chosen, -nll_c)
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(InputError, match="rejected_weight must be a number in \\[0, 1\\]"):
+            PreferenceMarginBehaviour(rejected_weight=bad)
     torch.testing.assert_close(logprob, -nll_c)
     torch.testing.assert_close(loss, nll_c)
+    assert behaviour_by_name("contrast").direction == "increase"
     assert behaviour_by_name("margin").direction == "increase" and behaviour_by_name("loss").direction == "decrease"
     with pytest.raises(InputError, match="behaviour must be one of"):
         behaviour_by_name("sycophancy")

@@ -37,7 +37,7 @@ def test_every_command_in_the_lm_doc_works(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "lm_demo" / "report.html").is_file()
     assert "324 examples, 3 checkpoints" in outputs[1]
     rows = [json.loads(line) for line in (tmp_path / "lm_proponents.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 * 10 and rows[0]["query"] == "trigger-0" and rows[0]["variant"] == "cosine"
+    assert len(rows) == 6 * 10 and rows[0]["query"] == "trigger-0" and rows[0]["variant"] == "raw"
     assert "Opponents" in (tmp_path / "lm_report.html").read_text()
     assert "opponent" in outputs[3] and "highest self-influence" in outputs[4]
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)

@@ -30,4 +30,4 @@ def test_tiny_planted_pipeline_finds_the_planted_examples(tmp_path, monkeypatch)
     # self-influence puts the planted examples in the top half
     assert sorted(r["self_influence_planted_ranks"])[len(r["self_influence_planted_ranks"]) // 2] < n / 2
     kinds = ("plain", "adam", "plain-last-checkpoint", "adam-last-checkpoint")
-    assert set(r["variants"]) == {f"{p}/{b}/{v}" for p in kinds for b in ("logprob", "margin") for v in ("raw", "cosine")} | {"baseline/bm25"}
+    assert set(r["variants"]) == {f"{p}/{b}/{v}" for p in kinds for b in ("logprob", "margin", "contrast") for v in ("raw", "cosine")} | {"baseline/bm25"}
