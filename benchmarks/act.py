@@ -1,7 +1,7 @@
 """Act on attribution: backdoor removal, LDS per score variant, ERA vs
 unlearning baselines with the relearning attack (digits and a tiny LM).
 
-    python benchmarks/act.py                      # every part (about 40 min on 2 busy cores)
+    python benchmarks/act.py                      # every part (about 55 min on 2 busy cores)
     python benchmarks/act.py --parts backdoor lds # some parts; the others are kept from act.json
 
 Parts may run as separate processes at once: each merges its own results
