@@ -1,11 +1,13 @@
 """Act on attribution: backdoor removal, LDS per score variant, ERA vs
 unlearning baselines with the relearning attack (digits and a tiny LM).
 
-    python benchmarks/act.py                      # every part (about 25 min on 2 busy cores)
+    python benchmarks/act.py                      # every part (about 55 min on 2 busy cores)
     python benchmarks/act.py --parts backdoor lds # some parts; the others are kept from act.json
 
 Parts may run as separate processes at once: each merges its own results
-into act.json under a file lock when it finishes.
+into act.json under a file lock when it finishes. The ERA parts keep each
+finished method under ``--cache`` (default: a folder in the temp dir), so a
+killed run continues where it stopped.
 
 Writes benchmarks/results/act.json and the ``unlearn`` section of BENCHMARKS.md.
 """
@@ -17,6 +19,7 @@ import fcntl
 import json
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,11 @@ PARTS = ("backdoor", "lds", "era_digits", "era_lm_100", "era_lm_50")
 RESULTS = ROOT / "benchmarks" / "results" / "act.json"
 
 
-def run_part(part: str) -> dict[str, Any]:
+CACHE = Path(tempfile.gettempdir()) / "gradtrace-act-cache"
+LM_SEEDS = (0, 1, 2)
+
+
+def run_part(part: str, cache: Path = CACHE) -> dict[str, Any]:
     """The results of one part, as ``{top-level key: value}`` to merge."""
     if part == "backdoor":
         from gradtrace.bench.backdoor import run_backdoor
@@ -41,18 +48,18 @@ def run_part(part: str) -> dict[str, Any]:
     if part == "era_digits":
         from gradtrace.bench.era_digits import run_era_digits
 
-        return {"era_digits": run_era_digits(seeds=(0, 1, 2))}
+        return {"era_digits": run_era_digits(seeds=(0, 1, 2), cache_dir=str(cache))}
     from gradtrace.bench.era_lm import run_era_lm
 
     frac = int(part.rsplit("_", 1)[1]) / 100
-    return {"era_lm": run_era_lm(label_fractions=(frac,), seeds=(0,))}
+    return {"era_lm": run_era_lm(label_fractions=(frac,), seeds=LM_SEEDS, cache_dir=str(cache))}
 
 
-def run(parts: list[str]) -> dict[str, Any]:
+def run(parts: list[str], cache: Path = CACHE) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for part in parts:
         start = time.perf_counter()
-        new = run_part(part)
+        new = run_part(part, cache)
         seconds, where = time.perf_counter() - start, machine()
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with open(RESULTS.with_suffix(".lock"), "w") as lock:
@@ -86,8 +93,8 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
         if bench not in r or not {"labels_100", "labels_50"} <= set(r[bench]):
             continue
         full, half = r[bench]["labels_100"], r[bench]["labels_50"]
-        # distance in the attacker's favour: for accuracies higher is worse; for losses lower is worse
-        sign = 1.0 if bench == "era_digits" else -1.0
+        # distance in the attacker's favour: for accuracies higher is worse; for losses (both benchmarks now) lower is worse
+        sign = 1.0 if r[bench].get("forget_metric", "accuracy") == "accuracy" else -1.0
         era, filt = full["era"]["relearn_k16"], full["filter"]["relearn_k16"]
         out[f"{bench}: ERA within 0.1 of filtering at k=16"] = sign * (era - filt) <= 0.1
         for other in ("graddiff", "rmu"):
@@ -97,10 +104,33 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table(block: dict[str, Any], higher_is_worse: bool) -> str:
-    lines = ["| method | forget | retain | relearn k=4 | relearn k=16 | relearn k=64 |", "|---|---|---|---|---|---|"]
-    for m, row in block.items():
-        lines.append(f"| {m} | {row['forget']:.3f} | {row['retain']:.3f} | {row['relearn_k4']:.3f} | **{row['relearn_k16']:.3f}** | {row['relearn_k64']:.3f} |")
+    extra = "forget_accuracy" in next(iter(block.values()))
+    head = "| method | forget | retain | relearn k=4 | relearn k=16 | relearn k=64 |" + (" forget acc. |" if extra else "") + " selected (lr, steps) per seed |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    order = ("base", "filter", "ga", "graddiff", "npo", "rmu", "era")
+    for m, row in sorted(block.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        sel = ", ".join(f"({p['lr']:g}, {p['steps']}){'' if p['admissible'] else ' **not admissible**'}" for p in row.get("selected", [])) or "fixed"
+        acc = f" {row['forget_accuracy']:.3f} |" if extra else ""
+        lines.append(f"| {m} | {row['forget']:.3f} | {row['retain']:.3f} | {row['relearn_k4']:.3f} | **{row['relearn_k16']:.3f}** | "
+                     f"{row['relearn_k64']:.3f} |{acc} {sel} |")
     return "\n".join(lines)
+
+
+def _selection_text(e: dict[str, Any], what: str) -> str:
+    c = e["config"]
+    if "rule" not in c:  # results of an older run, before settings were selected
+        return "Settings fixed by hand (results from before the selection rule; re-run this part)."
+    rule = c["rule"]
+    tol = f"{rule['retain_tolerance']:g} x the base value" if rule["relative"] else f"{rule['retain_tolerance']:g}"
+    grid = c["select"]
+    base_grid = next((g for m, g in grid.items() if m != "era"), None)
+    return (
+        f"Settings chosen by one rule for every method, on validation data separate from the evaluation and attack data: "
+        f"the best forget {what} among grid points whose retain metric is within {tol} of the base model's "
+        f"({'higher' if rule['retain_higher_is_better'] else 'lower'} is better); if none is, the best retain point, marked "
+        f"not admissible. Grid for GA/GradDiff/NPO/RMU: lr {base_grid['lrs']} x steps {base_grid['steps']}; ERA: coherence "
+        f"fine-tune steps {grid['era']['steps']} (lr {c['coherence']['lr']:g}). Base and filter have nothing to choose."
+    )
 
 
 def write_section(r: dict[str, Any]) -> None:
@@ -127,17 +157,20 @@ def write_section(r: dict[str, Any]) -> None:
     if "era_digits" in r:
         e = r["era_digits"]
         md.append(
-            f"### ERA vs baselines on digits (forget classes 5-9)\n\nAccuracies (forget: lower is better; the attacker maximises it). "
-            f"Relearning: best forget accuracy over lr {e['config']['relearn']['lrs']} x {e['config']['relearn']['steps']} steps "
-            f"on k held-out forget images. Mean of seeds {e['seeds']}.\n\n100% of the forget set labelled:\n\n{_table(e['labels_100'], True)}\n\n"
-            f"50% labelled:\n\n{_table(e['labels_50'], True)}"
+            f"### ERA vs baselines on digits (forget classes 5-9)\n\nForget: mean cross-entropy in nats on held-out images of "
+            f"classes 5-9 (higher is better forgotten; the attacker minimises it); retain: accuracy on classes 0-4; forget acc.: "
+            f"accuracy on classes 5-9 before the attack. Relearning: the lowest forget loss over lr {e['config']['relearn']['lrs']} x "
+            f"{e['config']['relearn']['steps']} Adam steps (evaluated every {e['config']['relearn']['eval_every']}) on k held-out forget "
+            f"images; the same protocol for every method. Mean of seeds {e['seeds']}. {_selection_text(e, 'loss')}\n\n"
+            f"100% of the forget set labelled:\n\n{_table(e['labels_100'], False)}\n\n50% labelled:\n\n{_table(e['labels_50'], False)}"
         )
     if "era_lm" in r and {"labels_100", "labels_50"} <= set(r["era_lm"]):
         e = r["era_lm"]
         md.append(
             f"### ERA vs baselines on a tiny GPT-2 (forget the dragon topic)\n\nPer-token NLL on held-out stories (forget: higher is "
             f"better; the attacker minimises it). Per-token labels on the topic's words. Relearning: lowest forget NLL over lr "
-            f"{e['config']['relearn']['lrs']} x {e['config']['relearn']['steps']} steps. Seeds {e['seeds']}.\n\n100% labelled:\n\n"
+            f"{e['config']['relearn']['lrs']} x {e['config']['relearn']['steps']} steps. Mean of seeds {e['seeds']}. "
+            f"{_selection_text(e, 'NLL')}\n\n100% labelled:\n\n"
             f"{_table(e['labels_100'], False)}\n\n50% labelled:\n\n{_table(e['labels_50'], False)}"
         )
     if "targets" in r:
@@ -159,5 +192,7 @@ def write_section(r: dict[str, Any]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    out = run(parser.parse_args().parts)
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where finished ERA methods are kept (resume)")
+    args = parser.parse_args()
+    out = run(args.parts, args.cache)
     print(json.dumps(out["targets"], indent=1))

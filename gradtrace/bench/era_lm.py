@@ -7,7 +7,9 @@ Forget labels are per token: the positions that predict a byte of a
 dragon-topic word (shared grammar and names are not labelled), as in ERA.
 Metrics are mean per-token negative log-likelihoods on held-out stories:
 forget (dragon stories; higher is better forgotten, the attacker wants it
-low) and retain (the other topics; lower is better).
+low) and retain (the other topics; lower is better). Every method's settings
+are chosen by one rule (:data:`LM_RULE`) on separate validation stories:
+the highest forget NLL whose retain NLL is at most 1.1 x the base model's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..unlearn.compare import CompareConfig, UnlearnSpec, compare_methods
 from ..unlearn.methods import UnlearnConfig
 from ..unlearn.relearn import RelearnConfig
 from ..unlearn.routing import RoutingConfig
+from ..unlearn.select import SelectionGrid, SelectionRule
 from ..unlearn.train import TrainConfig
 from .era_digits import summarise
 
@@ -43,6 +46,16 @@ TEMPLATES = [
     "At the {place}, {name} met a {adj} {thing}. {name} {verb} the {thing}.",
 ]
 FORGET_TOPIC = "dragons"
+#: retain NLL (validation) at most 1.1 x the base model's
+LM_RULE = SelectionRule(retain_tolerance=0.1, relative=True, retain_higher_is_better=False)
+#: lr x steps for every fine-tuning baseline; coherence steps for ERA. A first
+#: grid starting at lr 3e-5 / 20 steps had only its smallest point admissible
+#: for GradDiff and NPO (none for GA), so it was widened downwards to bracket
+#: the admissible region -- in the baselines' favour.
+LM_GRID = SelectionGrid(lrs=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3), steps=(5, 10, 20, 40, 80))
+#: ERA's grid was widened upwards (it stopped at 160) for the same reason: at 160
+#: steps ERA's retain NLL was still falling and above the limit for 2 of 3 seeds.
+LM_ERA_GRID = SelectionGrid(steps=(20, 40, 80, 160, 320))
 
 
 def make_stories(n: int, topic: str, seed: int, exclude: frozenset[str] | set[str] = frozenset()) -> list[str]:
@@ -119,8 +132,14 @@ def lm_forget_spec(label_fraction: float = 1.0, seed: int = 0, n_per_topic: int 
     trained = set(train_text)
     eval_text = make_stories(100, FORGET_TOPIC, seed=2000, exclude=trained)
     forget_eval = encode(eval_text, tok, length)
-    retain_eval = encode(sum((make_stories(40, t, seed=2001 + i, exclude=trained) for i, t in enumerate(TOPICS) if t != FORGET_TOPIC), []), tok, length)
-    pool = encode(make_stories(64, FORGET_TOPIC, seed=3000, exclude=trained | set(eval_text)), tok, length)
+    retain_text = sum((make_stories(40, t, seed=2001 + i, exclude=trained) for i, t in enumerate(TOPICS) if t != FORGET_TOPIC), [])
+    retain_eval = encode(retain_text, tok, length)
+    pool_text = make_stories(64, FORGET_TOPIC, seed=3000, exclude=trained | set(eval_text))
+    pool = encode(pool_text, tok, length)
+    # validation stories (choosing settings): distinct from training, evaluation and attack data
+    forget_val = encode(make_stories(60, FORGET_TOPIC, seed=4000, exclude=trained | set(eval_text) | set(pool_text)), tok, length)
+    retain_val = encode(sum((make_stories(20, t, seed=4001 + i, exclude=trained | set(retain_text))
+                             for i, t in enumerate(TOPICS) if t != FORGET_TOPIC), []), tok, length)
 
     def nll(data: Tensor) -> Any:
         def metric(model: nn.Module) -> float:
@@ -134,6 +153,7 @@ def lm_forget_spec(label_fraction: float = 1.0, seed: int = 0, n_per_topic: int 
         forget_metric=nll(forget_eval), retain_metric=nll(retain_eval),
         train_config=TrainConfig(steps=steps, lr=3e-3, batch_size=32, optimizer="adamw", seed=seed),
         attacker_maximises=False, name="tiny GPT-2 (forget the dragon topic)",
+        select_forget_metric=nll(forget_val), select_retain_metric=nll(retain_val),
     )
 
 
@@ -156,15 +176,23 @@ def lm_compare_config(seed: int = 0) -> CompareConfig:
         coherence=TrainConfig(steps=40, lr=1e-3, batch_size=16, optimizer="adamw", seed=seed),
         relearn=RelearnConfig(ks=(4, 16, 64), lrs=(1e-3, 3e-3), steps=30, eval_every=10, batch_size=16, seed=seed),
         seed=seed,
+        select={**{m: LM_GRID for m in ("ga", "graddiff", "npo", "rmu")}, "era": LM_ERA_GRID},
+        rule=LM_RULE,
     )
 
 
-def run_era_lm(label_fractions: tuple[float, ...] = (1.0, 0.5), seeds: tuple[int, ...] = (0,), progress: bool = False) -> dict[str, Any]:
+def run_era_lm(
+    label_fractions: tuple[float, ...] = (1.0, 0.5), seeds: tuple[int, ...] = (0,), progress: bool = False,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Mean over seeds per method, per label fraction; ``cache_dir`` keeps
+    finished methods so a killed run resumes."""
     out: dict[str, Any] = {}
     for frac in label_fractions:
-        runs = [compare_methods(lm_forget_spec(frac, s), lm_compare_config(s), progress=progress) for s in seeds]
+        runs = [compare_methods(lm_forget_spec(frac, s), lm_compare_config(s), progress=progress, cache_dir=cache_dir) for s in seeds]
         out[f"labels_{int(round(frac * 100))}"] = summarise(runs)
     out["config"] = lm_compare_config(0).to_dict()
     out["train_config"] = lm_forget_spec(1.0, 0).train_config.to_dict()
     out["seeds"] = list(seeds)
+    out["forget_metric"] = "loss"
     return out

@@ -7,11 +7,12 @@ from .methods import UnlearnConfig, Unlearner
 from .relearn import RelearnConfig, relearn
 from .retrain import RemovalConfig, RemovalExperiment, TrainFn
 from .routing import Router, RoutingConfig, ablate, expand
+from .select import SelectionGrid, SelectionRule
 from .train import TrainConfig, train
 from .variants import VariantConfig, score_variants
 
 __all__ = [
     "ALL_METHODS", "CompareConfig", "Comparison", "LDSConfig", "RelearnConfig", "RemovalConfig", "RemovalExperiment",
-    "Router", "RoutingConfig", "TrainConfig", "TrainFn", "UnlearnConfig", "UnlearnSpec", "Unlearner", "VariantConfig",
+    "Router", "RoutingConfig", "SelectionGrid", "SelectionRule", "TrainConfig", "TrainFn", "UnlearnConfig", "UnlearnSpec", "Unlearner", "VariantConfig",
     "ablate", "compare_methods", "expand", "lds", "relearn", "retrain_subsets", "score_variants", "train",
 ]

@@ -26,10 +26,13 @@ def unlearn_command(
     method: list[str] = typer.Option([], help="methods to run (repeat): base, filter, ga, graddiff, npo, rmu, era; default all"),
     labelled: float = typer.Option(1.0, help="built-in specs: share of the forget examples that are labelled"),
     seed: int = typer.Option(0, help="built-in specs: seed of init, batches and label draw"),
-    out: Path = typer.Option(Path("unlearn_out"), help="directory for results.json and report.html"),
+    out: Path = typer.Option(Path("unlearn_out"), help="directory for results.json, report.html and the resume cache"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
-    """Unlearn with each method, then attack each with relearning; write a report."""
+    """Unlearn with each method, then attack each with relearning; write a report.
+
+    Finished methods are kept under OUT/cache: re-running a killed command
+    with the same arguments continues where it stopped."""
     from .compare import CompareConfig, compare_methods
     from .report import comparison_html
 
@@ -51,7 +54,7 @@ def unlearn_command(
             the_spec, config = made
         if method:
             config = dataclasses.replace(config, methods=tuple(method))
-        result = compare_methods(the_spec, config, progress=progress)
+        result = compare_methods(the_spec, config, progress=progress, cache_dir=out / "cache")
         data = result.to_dict()
         data["spec"] = the_spec.name
         out.mkdir(parents=True, exist_ok=True)
@@ -77,10 +80,15 @@ def validate_command(
     k: int = typer.Option(10, help="examples removed"),
     seeds: list[int] = typer.Option([0], help="training seeds (repeat the option)"),
     limit: int = typer.Option(20, help="use the first N queries of the task"),
-    out: Path = typer.Option(Path("validate_out"), help="directory for validation.json and report.html"),
+    iterative_rounds: int = typer.Option(0, "--iterative-rounds", help="also remove iteratively: this many rounds of remove k/rounds, retrain, re-attribute (0: skip)"),
+    attribute: str = typer.Option("", "--attribute", help="path/to/file.py:fn returning attribute(model, kept_indices) -> scores for the iterative arm; default: TracIn at the retrained model (one checkpoint), featurized like --store"),
+    out: Path = typer.Option(Path("validate_out"), help="directory for validation.json, report.html and the resume cache"),
     progress: bool = typer.Option(True),
 ) -> None:
-    """Remove the top-k proponents of a behaviour vs k random examples, retrain, measure."""
+    """Remove the top-k proponents of a behaviour vs k random examples, retrain, measure.
+
+    Finished retrains are kept under OUT/cache: re-running a killed command
+    with the same arguments continues where it stopped."""
     from ..cli import _run
     from ..spec import load_task_spec
     from ..task import LogitMarginBehaviour, resolve_behaviour
@@ -99,8 +107,10 @@ def validate_command(
         else:
             beh = import_target(behaviour, "--behaviour")()
         queries = tuple(t[:limit] for t in spec.queries) if isinstance(spec.queries, tuple) else spec.queries[:limit]
+        attr = import_target(attribute, "--attribute")() if attribute else None
         result = validate(store, spec, import_target(train_fn, "--train-fn")(), beh, queries,
-                          RemovalConfig(k=k, seeds=tuple(seeds)), progress=progress)
+                          RemovalConfig(k=k, seeds=tuple(seeds), iterative_rounds=iterative_rounds), progress=progress,
+                          attribute=attr, cache_dir=out / "cache", cache_tag=[task, train_fn, behaviour, attribute, limit])
         out.mkdir(parents=True, exist_ok=True)
         (out / "validation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         (out / "report.html").write_text(validation_html(result, "gradtrace validate"), encoding="utf-8")
@@ -113,10 +123,16 @@ def validate_command(
     _run(go)
 
 
-def validate(store: Any, spec: Any, train_fn: Any, behaviour: Any, queries: Any, config: Any, *, progress: bool = False) -> dict[str, Any]:
+def validate(
+    store: Any, spec: Any, train_fn: Any, behaviour: Any, queries: Any, config: Any, *, progress: bool = False,
+    attribute: Any = None, cache_dir: Path | None = None, cache_tag: Any = None,
+) -> dict[str, Any]:
     """Counterfactual validation of a store's attribution of ``behaviour`` on
     ``queries``: scores summed over queries rank the training set; the
-    measure is the behaviour's mean over the queries."""
+    measure is the behaviour's mean over the queries. With
+    ``config.iterative_rounds``, ``attribute(model, kept) -> scores``
+    re-attributes between rounds (default :func:`retrained_tracin`).
+    ``cache_dir``/``cache_tag``: see :class:`RemovalExperiment`."""
     from ..scoring.attributor import Attributor
     from ..task import describe
     from .retrain import RemovalExperiment
@@ -135,10 +151,54 @@ def validate(store: Any, spec: Any, train_fn: Any, behaviour: Any, queries: Any,
         with torch.no_grad():
             return float(behaviour(model, src.batch(0, len(src))).mean())
 
-    # Iterative removal needs checkpoints of every retrained model: use RemovalExperiment with an attribute function.
-    exp = RemovalExperiment(train_fn, measure, n, config, progress=progress)
+    source_of_attribution = "retrained_tracin (one checkpoint: the retrained model)" if attribute is None else "user attribute function"
+    if config.iterative_rounds and attribute is None:
+        attribute = retrained_tracin(spec, attributor.store.config, behaviour, queries)
+    exp = RemovalExperiment(train_fn, measure, n, config, progress=progress, attribute=attribute,
+                            cache_dir=cache_dir, cache_tag=cache_tag)
     result = exp.run(scores).to_dict()
     result["behaviour"] = describe(behaviour)
     result["direction"] = getattr(behaviour, "direction", "increase")
     result["removed_ids"] = [attributor.store.ids[i] for i in result["removed_topk"]]
+    if config.iterative_rounds:
+        result["iterative_attribution"] = source_of_attribution
     return result
+
+
+def retrained_tracin(spec: Any, featurize_config: Any, behaviour: Any, queries: Any) -> Callable[[Any, Any], Any]:
+    """``attribute(model, kept) -> scores``: TracIn of ``behaviour`` on
+    ``queries`` (summed) at the retrained ``model`` alone -- one checkpoint,
+    learning rate 1 -- for the kept training examples, featurized with the
+    original store's settings in a temporary directory. The retrained
+    model's own checkpoints are not available to the CLI (the training
+    function returns only the model); pass ``--attribute`` to use them."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from ..checkpoints import CheckpointRef
+    from ..featurize import featurize
+    from ..scoring.attributor import Attributor
+
+    def attribute(model: Any, kept: Any) -> Any:
+        with tempfile.TemporaryDirectory(prefix="gradtrace-iterative-") as tmp:
+            path = Path(tmp) / "model.pt"
+            torch.save(model.state_dict(), path)
+            template = spec.model()
+            data = _subset(spec.train, np.asarray(kept))
+            sub = featurize(template, spec.task, [CheckpointRef(str(path), 1.0)], data, Path(tmp) / "store", featurize_config, progress=False)
+            return Attributor(sub, template, spec.task).score(queries, behaviour).sum(axis=0)
+
+    return attribute
+
+
+def _subset(data: Any, idx: Any) -> Any:
+    """Rows ``idx`` of a tensor, a tuple of tensors or a sequence of examples."""
+    import torch
+
+    if isinstance(data, torch.Tensor):
+        return data[torch.as_tensor(idx)]
+    if isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data):
+        return tuple(t[torch.as_tensor(idx)] for t in data)
+    return [data[int(i)] for i in idx]

@@ -15,11 +15,20 @@ then produces, for every method asked for:
 
 its forget and retain metrics and the relearning attack's curves. Every
 setting is recorded in the result.
+
+With ``CompareConfig.select`` (a grid per method) and ``rule``, each
+method's settings are chosen by one rule on validation metrics (see
+:mod:`gradtrace.unlearn.select`) before the attack; the grid, every grid
+point's metrics and the choice are recorded. With ``cache_dir``, each
+finished method is kept on disk and a re-run continues where a killed one
+stopped.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -31,7 +40,9 @@ from ..progress import progress_bar
 from .methods import METHODS as FINETUNE_METHODS
 from .methods import UnlearnConfig, Unlearner, _gather
 from .relearn import RelearnConfig, relearn
+from .cache import ResultCache, fingerprint
 from .routing import Router, RoutingConfig, ablate, expand
+from .select import SelectionGrid, SelectionRule, choose
 from .train import TrainConfig, train
 
 ALL_METHODS = ("base", "filter", *FINETUNE_METHODS, "era")
@@ -47,7 +58,11 @@ class UnlearnSpec:
     ``relearn_pool``: held-out forget examples for the attack.
     ``forget_metric``/``retain_metric``: ``f(model) -> float``; with
     ``attacker_maximises`` the forget metric is one the attacker wants high
-    (an accuracy), else low (a loss).
+    (an accuracy), else low (a loss). ``select_forget_metric`` and
+    ``select_retain_metric``: the same metrics on separate validation data,
+    used to choose settings (``CompareConfig.select``); when absent the
+    evaluation metrics are used and the result says so. ``extra_metrics``:
+    more ``f(model) -> float`` recorded for each method (not attacked).
     """
 
     init: Callable[[int], nn.Module]
@@ -60,6 +75,9 @@ class UnlearnSpec:
     train_config: TrainConfig
     attacker_maximises: bool = True
     name: str = "model"
+    select_forget_metric: Callable[[nn.Module], float] | None = None
+    select_retain_metric: Callable[[nn.Module], float] | None = None
+    extra_metrics: dict[str, Callable[[nn.Module], float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +90,8 @@ class CompareConfig:
     coherence: TrainConfig = TrainConfig(steps=50, lr=1e-3)
     relearn: RelearnConfig = RelearnConfig()
     seed: int = 0
+    select: dict[str, SelectionGrid] = dataclasses.field(default_factory=dict)
+    rule: SelectionRule = SelectionRule()
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, (list, str)):
@@ -81,6 +101,13 @@ class CompareConfig:
             raise InputError(f"methods must be a non-empty subset of {ALL_METHODS}; got {list(self.methods)!r}")
         if "era" in self.methods and self.routing is None:
             raise InputError("method 'era' needs a routing config (which layers to expand)")
+        for m, grid in self.select.items():
+            if m not in (*FINETUNE_METHODS, "era"):
+                raise InputError(f"select: only {(*FINETUNE_METHODS, 'era')} have settings to select; got {m!r}")
+            if m == "era" and grid.lrs:
+                raise InputError(f"select['era'] chooses the coherence steps only; its lrs must be empty; got {list(grid.lrs)}")
+            if m != "era" and not grid.lrs:
+                raise InputError(f"select[{m!r}] needs at least one learning rate; got none")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +115,7 @@ class CompareConfig:
             "unlearn": {m: self.unlearn_config(m).to_dict() for m in self.methods if m in FINETUNE_METHODS},
             "routing": self.routing.to_dict() if self.routing else None,
             "coherence": self.coherence.to_dict(), "relearn": self.relearn.to_dict(), "seed": self.seed,
+            "select": {m: g.to_dict() for m, g in self.select.items()}, "rule": self.rule.to_dict(),
         }
 
     @classmethod
@@ -96,6 +124,8 @@ class CompareConfig:
             methods=tuple(d["methods"]), unlearn={m: UnlearnConfig.from_dict(c) for m, c in d.get("unlearn", {}).items()},
             routing=RoutingConfig.from_dict(d["routing"]) if d.get("routing") else None,
             coherence=TrainConfig.from_dict(d["coherence"]), relearn=RelearnConfig.from_dict(d["relearn"]), seed=d.get("seed", 0),
+            select={m: SelectionGrid.from_dict(g) for m, g in d.get("select", {}).items()},
+            rule=SelectionRule.from_dict(d["rule"]) if "rule" in d else SelectionRule(),
         )
 
     def unlearn_config(self, method: str) -> UnlearnConfig:
@@ -104,17 +134,30 @@ class CompareConfig:
 
 @dataclasses.dataclass
 class MethodResult:
+    """One method's metrics, attack and (if selected) the selection record.
+    ``model`` is None when the result was read back from the cache."""
+
     method: str
     forget: float
     retain: float
     relearn: dict[str, Any]
-    model: nn.Module
+    model: nn.Module | None
+    selection: dict[str, Any] | None = None
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"forget": self.forget, "retain": self.retain, "relearn": self.relearn}
+        out: dict[str, Any] = {"forget": self.forget, "retain": self.retain, "relearn": self.relearn}
         for k, v in self.relearn["best"].items():
             out[f"relearn_k{k}"] = v
+        if self.selection is not None:
+            out["selection"] = self.selection
+        if self.extra:
+            out["extra"] = self.extra
         return out
+
+    @classmethod
+    def from_dict(cls, method: str, d: dict[str, Any]) -> "MethodResult":
+        return cls(method, d["forget"], d["retain"], d["relearn"], None, d.get("selection"), d.get("extra", {}))
 
 
 @dataclasses.dataclass
@@ -148,42 +191,149 @@ def split_by_weights(spec: UnlearnSpec) -> tuple[Any, Any, Tensor]:
     return _gather(source, f_idx), _gather(source, r_idx), labelled
 
 
-def compare_methods(spec: UnlearnSpec, config: CompareConfig, *, progress: bool = False) -> Comparison:
-    """Run every configured method and the relearning attack on each."""
+def compare_methods(
+    spec: UnlearnSpec, config: CompareConfig, *, progress: bool = False, cache_dir: str | Path | None = None,
+) -> Comparison:
+    """Run every configured method and the relearning attack on each.
+
+    ``cache_dir``: keep each finished method (and the base model) there, in
+    a sub-directory named by a hash of the data and the shared settings,
+    each method under a name hashing its own settings; a re-run reads back
+    every method whose settings did not change instead of recomputing it.
+    """
     forget, retain, labelled = split_by_weights(spec)
     relearn_cfg = dataclasses.replace(config.relearn, attacker_maximises=spec.attacker_maximises)
+    # the folder: what every method depends on; each piece's name: what only that method depends on,
+    # so a re-run with more methods, or with one method's settings changed, reuses the other finished ones
+    cache = ResultCache(cache_dir, fingerprint(
+        spec.name, spec.train_config.to_dict(), spec.forget_weights, spec.attacker_maximises, spec.train_data,
+        spec.relearn_pool, config.seed, config.relearn.to_dict(), config.rule.to_dict(),
+    ))
     results: dict[str, MethodResult] = {}
     base: nn.Module | None = None
+    base_retain: float | None = None
+
+    def get_base() -> nn.Module:
+        nonlocal base
+        if base is None:
+            base = spec.init(config.seed)
+            if not cache.get_model("base_model", base):
+                train(base, spec.task, spec.train_data, spec.train_config)
+                cache.put_model("base_model", base)
+            base.eval()
+        return base
+
+    def get_base_retain() -> float:
+        nonlocal base_retain
+        if base_retain is None:
+            base_retain = float(_select_metrics(spec)[1](get_base()))
+        return base_retain
+
     with progress_bar("unlearning methods", len(config.methods), progress) as bar:
         for method in config.methods:
-            if method in ("base", *FINETUNE_METHODS) and base is None:
-                base = spec.init(config.seed)
-                train(base, spec.task, spec.train_data, spec.train_config)
+            piece = f"{method}-{fingerprint(_method_settings(config, method))}"
+            cached = cache.get(piece)
+            if cached is not None:
+                results[method] = MethodResult.from_dict(method, cached)
+                bar.advance(1)
+                continue
+            selection = None
             if method == "base":
-                model = base
+                model = get_base()
             elif method == "filter":
                 model = spec.init(config.seed)
                 train(model, spec.task, retain, spec.train_config)
             elif method == "era":
-                model = run_era(spec, config.routing, config.coherence, retain, config.seed)  # type: ignore[arg-type]
+                model, selection = run_era(
+                    spec, config.routing, config.coherence, retain, config.seed,  # type: ignore[arg-type]
+                    grid=config.select.get("era"), rule=config.rule, base_retain=get_base_retain if "era" in config.select else None,
+                )
             else:
-                assert base is not None
-                model = Unlearner(config.unlearn_config(method)).fit(base, spec.task, forget, retain).model
+                unlearn_cfg = config.unlearn_config(method)
+                if method in config.select:
+                    unlearn_cfg, selection = select_unlearn_config(
+                        spec, unlearn_cfg, config.select[method], config.rule, get_base(), get_base_retain(), forget, retain,
+                    )
+                model = Unlearner(unlearn_cfg).fit(get_base(), spec.task, forget, retain).model
             attack = relearn(model, spec.task, spec.relearn_pool, spec.forget_metric, relearn_cfg)
             results[method] = MethodResult(
-                method, float(spec.forget_metric(model)), float(spec.retain_metric(model)), attack.to_dict(), model,
+                method, float(spec.forget_metric(model)), float(spec.retain_metric(model)), attack.to_dict(), model, selection,
+                {name: float(f(model)) for name, f in spec.extra_metrics.items()},
             )
+            cache.put(piece, results[method].to_dict())
             bar.advance(1)
     return Comparison(config, spec.train_config, results, float(labelled.double().mean()))
 
 
-def run_era(spec: UnlearnSpec, routing: RoutingConfig, coherence: TrainConfig, retain: Any, seed: int) -> nn.Module:
-    """Expand a fresh model, train it with routing, ablate, fine-tune on retain."""
+def _method_settings(config: CompareConfig, method: str) -> dict[str, Any]:
+    """The settings of ``config`` that only ``method``'s result depends on."""
+    grid = config.select.get(method)
+    out: dict[str, Any] = {"select": grid.to_dict() if grid else None}
+    if method in FINETUNE_METHODS:
+        out["unlearn"] = config.unlearn[method].to_dict() if method in config.unlearn else {"default": method}
+    if method == "era":
+        out["routing"] = config.routing.to_dict() if config.routing else None
+        out["coherence"] = config.coherence.to_dict()
+    return out
+
+
+def _select_metrics(spec: UnlearnSpec) -> tuple[Callable[[nn.Module], float], Callable[[nn.Module], float], str]:
+    """(forget metric, retain metric, which data) used to choose settings."""
+    if spec.select_forget_metric is not None and spec.select_retain_metric is not None:
+        return spec.select_forget_metric, spec.select_retain_metric, "validation"
+    return spec.forget_metric, spec.retain_metric, "evaluation (no validation metrics given)"
+
+
+def select_unlearn_config(
+    spec: UnlearnSpec, config: UnlearnConfig, grid: SelectionGrid, rule: SelectionRule, base: nn.Module,
+    base_retain: float, forget: Any, retain: Any,
+) -> tuple[UnlearnConfig, dict[str, Any]]:
+    """Run ``config`` once per grid learning rate for ``max(grid.steps)``
+    steps, evaluate at each grid step, and choose by ``rule``."""
+    f_metric, r_metric, where = _select_metrics(spec)
+    points: list[dict[str, Any]] = []
+    for lr in grid.lrs:
+        def record(step: int, m: nn.Module, lr: float = lr) -> None:
+            if step in grid.steps:
+                points.append({"lr": lr, "steps": step, "forget": float(f_metric(m)), "retain": float(r_metric(m))})
+
+        Unlearner(dataclasses.replace(config, lr=lr, steps=max(grid.steps))).fit(base, spec.task, forget, retain, callback=record)
+    chosen = choose(points, rule, base_retain, spec.attacker_maximises)
+    record = {"grid": grid.to_dict(), "rule": rule.to_dict(), "data": where, "base_retain": base_retain,
+              "retain_limit": rule.limit(base_retain), "points": points, "selected": chosen, "admissible": chosen["admissible"]}
+    return dataclasses.replace(config, lr=chosen["lr"], steps=chosen["steps"]), record
+
+
+def run_era(
+    spec: UnlearnSpec, routing: RoutingConfig, coherence: TrainConfig, retain: Any, seed: int, *,
+    grid: SelectionGrid | None = None, rule: SelectionRule | None = None, base_retain: Callable[[], float] | None = None,
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """Expand a fresh model, train it with routing, ablate, fine-tune on
+    retain. With ``grid``, the coherence fine-tune's length is chosen by
+    ``rule`` among ``grid.steps`` (``base_retain()`` gives the base model's
+    validation retain metric); returns the model and the selection record."""
     big, expansion = expand(spec.init(seed), routing)
     router = Router(big, expansion)
     train(big, spec.task, spec.train_data, spec.train_config, forget_weights=spec.forget_weights.to(torch.float64),
           router=router, l1_coef=routing.l1_coef)
     router.remove()
-    model = ablate(big, expansion)
-    train(model, spec.task, retain, coherence)
-    return model
+    ablated = ablate(big, expansion)
+    if grid is None:
+        model = copy.deepcopy(ablated)
+        train(model, spec.task, retain, coherence)
+        return model, None
+    assert rule is not None and base_retain is not None
+    f_metric, r_metric, where = _select_metrics(spec)
+    points: list[dict[str, Any]] = []
+
+    def record(step: int, m: nn.Module) -> None:
+        if step in grid.steps:
+            points.append({"lr": coherence.lr, "steps": step, "forget": float(f_metric(m)), "retain": float(r_metric(m))})
+
+    train(copy.deepcopy(ablated), spec.task, retain, dataclasses.replace(coherence, steps=max(grid.steps)), callback=record)
+    b = base_retain()
+    chosen = choose(points, rule, b, spec.attacker_maximises)
+    model = copy.deepcopy(ablated)
+    train(model, spec.task, retain, dataclasses.replace(coherence, steps=chosen["steps"]))
+    return model, {"grid": grid.to_dict(), "rule": rule.to_dict(), "data": where, "base_retain": b,
+                   "retain_limit": rule.limit(b), "points": points, "selected": chosen, "admissible": chosen["admissible"]}

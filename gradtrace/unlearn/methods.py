@@ -28,7 +28,7 @@ import copy
 import dataclasses
 import fnmatch
 import hashlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -174,7 +174,12 @@ class Unlearner:
         self.config = config
         self.progress = progress
 
-    def fit(self, model: nn.Module, task: Any, forget: Any, retain: Any) -> UnlearnResult:
+    def fit(
+        self, model: nn.Module, task: Any, forget: Any, retain: Any, *,
+        callback: Callable[[int, nn.Module], None] | None = None,
+    ) -> UnlearnResult:
+        """``callback(step, model)`` runs after every step (in eval mode; it
+        must not change the model), e.g. to evaluate along the run."""
         cfg = self.config
         collate = getattr(task, "collate", None)
         f_src, r_src = check_forget_retain(forget, retain, collate)
@@ -210,6 +215,10 @@ class Unlearner:
                 loss.backward()
                 opt.step()
                 history.append(float(loss.detach()))
+                if callback is not None:
+                    student.eval()
+                    callback(len(history), student)
+                    student.train()
                 bar.advance(1)
         student.eval()
         return UnlearnResult(cfg, student, history)

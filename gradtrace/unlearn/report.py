@@ -64,6 +64,16 @@ def comparison_html(result: Mapping[str, Any], title: str, *, attacker_maximises
             curves[f"{m} (lr {lr:g})"] = rel["curves"][str(k)][repr(lr)]
             steps = rel["steps"]
         body.append(f"<h2>Relearning, k = {esc(k)}</h2>" + curves_svg(steps or [0], curves))
+    chosen = [[m, r["selection"]["selected"]["lr"], r["selection"]["selected"]["steps"], r["selection"]["selected"]["forget"],
+               r["selection"]["selected"]["retain"], r["selection"]["retain_limit"], "yes" if r["selection"]["admissible"] else "no",
+               len(r["selection"]["points"])] for m, r in methods.items() if r.get("selection")]
+    if chosen:
+        body.append(
+            "<h2>Selected settings</h2><p>Each method's grid point with the best validation forget metric among those whose "
+            "validation retain metric is within the rule's limit of the base model's (see <code>rule</code> below).</p>"
+            + table(["method", "lr", "steps", "forget (val.)", "retain (val.)", "retain limit", "admissible", "grid points"],
+                    chosen, numeric=[1, 2, 3, 4, 5, 7])
+        )
     body.append("<h2>Settings</h2>" + table(["field", "value"], [[k, Raw(f"<code>{esc(json.dumps(v))}</code>")] for k, v in result["config"].items()]))
     return page(title, "\n".join(body))
 
@@ -73,13 +83,16 @@ def validation_html(result: Mapping[str, Any], title: str) -> str:
     s = result["summary"]
     rows = [[arm, s[arm]] for arm in ("base", "after_topk", "after_random", "after_iterative") if arm in s]
     seeds = result["config"]["seeds"]
-    per_seed = [[seed, result["base"][i], result["after_topk"][i], result["after_random"][i]] for i, seed in enumerate(seeds)]
+    iterative = bool(result.get("after_iterative"))
+    per_seed = [[seed, result["base"][i], result["after_topk"][i], result["after_random"][i]]
+                + ([result["after_iterative"][i]] if iterative else []) for i, seed in enumerate(seeds)]
     removed = result.get("removed_ids", result["removed_topk"])
     body = [
         f"<p>Behaviour: <code>{esc(result.get('behaviour', '?'))}</code> (mean over the queries). Removing the top "
         f"{esc(result['config']['k'])} proponents should move it against its direction far more than removing as many random examples.</p>",
         table(["arm", "behaviour (mean over seeds)"], rows, numeric=[1]),
-        "<h2>Per seed</h2>", table(["seed", "base", "after top-k", "after random"], per_seed, numeric=[1, 2, 3]),
+        "<h2>Per seed</h2>", table(["seed", "base", "after top-k", "after random"] + (["after iterative"] if iterative else []),
+                                   per_seed, numeric=[1, 2, 3, 4] if iterative else [1, 2, 3]),
         "<h2>Removed (top-k)</h2>", "<p>" + ", ".join(esc(r) for r in removed) + "</p>",
         "<h2>Settings</h2>", f"<p><code>{esc(json.dumps(result['config']))}</code></p>",
     ]

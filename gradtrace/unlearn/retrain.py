@@ -13,6 +13,7 @@ optionally removes iteratively (remove, retrain, re-attribute).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..progress import progress_bar
+from .cache import ResultCache, fingerprint
 
 
 @runtime_checkable
@@ -137,12 +139,18 @@ class RemovalExperiment:
     behaviour summed over queries). ``attribute`` is needed only for the
     iterative arm. ``extra_measures`` (name -> measure) are recorded on the
     same retrained models (e.g. clean accuracy beside a backdoor's success).
+
+    ``cache_dir``: each finished retrain's measures (one seed and arm) are
+    kept there, under a hash of the config, the scores, ``n_train``, the
+    extra measures' names and ``cache_tag`` (name the training function and
+    measure there: they cannot be hashed); re-running a killed experiment
+    with the same arguments retrains only what was not finished.
     """
 
     def __init__(
         self, train_fn: TrainFn, measure: Measure, n_train: int, config: RemovalConfig | None = None,
         *, attribute: Attribute | None = None, extra_measures: Mapping[str, Measure] | None = None,
-        progress: bool = False,
+        progress: bool = False, cache_dir: str | Path | None = None, cache_tag: Any = None,
     ):
         if not callable(train_fn):
             raise InputError(f"train_fn must be callable as train_fn(train_indices, seed) -> model; got {type(train_fn).__name__}")
@@ -157,6 +165,7 @@ class RemovalExperiment:
         self.train_fn, self.measure, self.n_train = train_fn, measure, n_train
         self.config, self.attribute, self.progress = config, attribute, progress
         self.extra_measures = dict(extra_measures or {})
+        self.cache_dir, self.cache_tag = cache_dir, cache_tag
 
     def run(self, scores: np.ndarray) -> RemovalResult:
         scores = np.asarray(scores, dtype=np.float64)
@@ -170,27 +179,42 @@ class RemovalExperiment:
         self._extras: dict[str, dict[str, list[float]]] = {
             arm: {name: [] for name in self.extra_measures} for arm in ("base", "after_topk", "after_random", "after_iterative")
         }
+        self._cache = ResultCache(self.cache_dir, fingerprint(
+            "removal", cfg.to_dict(), scores, self.n_train, sorted(self.extra_measures), self.cache_tag,
+        ))
         steps = len(cfg.seeds) * (3 + cfg.iterative_rounds)
         with progress_bar("removal", steps, self.progress) as bar:
             for seed in cfg.seeds:
-                base.append(self._measure(everything, seed, "base")); bar.advance(1)
-                after_top.append(self._measure(np.setdiff1d(everything, top), seed, "after_topk")); bar.advance(1)
-                rand = np.sort(rng.choice(self.n_train, size=cfg.k, replace=False))
-                after_rand.append(self._measure(np.setdiff1d(everything, rand), seed, "after_random")); bar.advance(1)
+                base.append(self._piece(seed, "base", lambda: self._measure_model(self.train_fn(everything, seed)), bar, 1))
+                keep_top = np.setdiff1d(everything, top)
+                after_top.append(self._piece(seed, "after_topk", lambda: self._measure_model(self.train_fn(keep_top, seed)), bar, 1))
+                rand = np.sort(rng.choice(self.n_train, size=cfg.k, replace=False))  # drawn even when cached: same sequence
+                keep_rand = np.setdiff1d(everything, rand)
+                after_rand.append(self._piece(seed, "after_random", lambda: self._measure_model(self.train_fn(keep_rand, seed)), bar, 1))
                 if cfg.iterative_rounds:
-                    after_iter.append(self._iterative(scores, seed, bar))
+                    after_iter.append(self._piece(seed, "after_iterative", lambda: self._iterative(scores, seed, bar), bar, 0,
+                                                  skipped=cfg.iterative_rounds))
         extras = {arm: v for arm, v in self._extras.items() if arm != "after_iterative" or after_iter}
         return RemovalResult(cfg, base, after_top, after_rand, after_iter, top.tolist(), extras if self.extra_measures else {})
 
-    def _measure(self, indices: np.ndarray, seed: int, arm: str) -> float:
-        return self._measure_model(self.train_fn(indices, seed), arm)
+    def _piece(self, seed: int, arm: str, compute: Callable[[], dict[str, Any]], bar: Any, steps: int, skipped: int = 1) -> float:
+        """One retrain's measures, from the cache or computed (then cached)."""
+        name = f"seed{seed}_{arm}"
+        got = self._cache.get(name)
+        if got is None:
+            got = compute()
+            self._cache.put(name, got)
+            bar.advance(steps)
+        else:
+            bar.advance(skipped)
+        for extra, v in got["extras"].items():
+            self._extras[arm][extra].append(float(v))
+        return float(got["measure"])
 
-    def _measure_model(self, model: nn.Module, arm: str) -> float:
-        for name, fn in self.extra_measures.items():
-            self._extras[arm][name].append(float(fn(model)))
-        return float(self.measure(model))
+    def _measure_model(self, model: nn.Module) -> dict[str, Any]:
+        return {"measure": float(self.measure(model)), "extras": {name: float(fn(model)) for name, fn in self.extra_measures.items()}}
 
-    def _iterative(self, scores: np.ndarray, seed: int, bar: Any) -> float:
+    def _iterative(self, scores: np.ndarray, seed: int, bar: Any) -> dict[str, Any]:
         """Remove ``k // rounds`` per round (the remainder in the first),
         retrain, re-attribute on the kept examples; return the final measure."""
         cfg = self.config
@@ -210,7 +234,7 @@ class RemovalExperiment:
                 if current.shape != kept.shape:
                     raise InputError(f"attribute must return one score per kept example ({kept.size}); got shape {current.shape}")
         assert model is not None
-        return self._measure_model(model, "after_iterative")
+        return self._measure_model(model)
 
 
 def parameters_equal(a: nn.Module, b: nn.Module) -> bool:

@@ -119,6 +119,14 @@ def test_validate_command_on_a_tiny_task(tmp_path):
     assert s["after_topk"] > s["base"] and s["after_topk"] > s["after_random"]
     assert len(data["removed_ids"]) == 8 and data["direction"] == "decrease"
     assert "after top-k" in (out / "report.html").read_text()
+    # the iterative arm from the CLI: default re-attribution is TracIn at the retrained model, featurized like the store
+    res = runner.invoke(app, ["validate", "--store", str(store), "--task", f"{task}:make_task", "--train-fn", f"{task}:make_train_fn",
+                              "--k", "8", "--seeds", "0", "--limit", "5", "--iterative-rounds", "2", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "validation.json").read_text())
+    assert data["config"]["iterative_rounds"] == 2 and data["iterative_attribution"].startswith("retrained_tracin")
+    assert data["summary"]["after_iterative"] > data["summary"]["base"]  # removing proponents in rounds also raises the loss
+    assert "after iterative" in (out / "report.html").read_text() and "after_iterative" in res.output
     bad = runner.invoke(app, ["validate", "--store", str(store), "--task", f"{task}:make_task", "--train-fn", f"{task}:nope", "--out", str(out)])
     assert bad.exit_code == 2 and "has no function 'nope'" in " ".join(bad.output.split())
 
@@ -133,6 +141,10 @@ def test_reports_escape_every_text():
                                                                         "curves": {"4": {"0.01": [0.1, 0.2]}}}}},
     }
     assert "<script>" not in comparison_html(result, evil, attacker_maximises=True)
+    result["methods"][evil]["selection"] = {"selected": {"lr": 0.01, "steps": 5, "forget": 0.1, "retain": 0.9}, "retain_limit": 0.88,
+                                            "admissible": True, "points": [{}, {}]}
+    html = comparison_html(result, evil, attacker_maximises=True)
+    assert "<script>" not in html and "Selected settings" in html and "0.88" in html
     val = {"summary": {"base": 1.0, "after_topk": 2.0, "after_random": 1.0}, "config": {"seeds": [0], "k": 1, evil: 1},
            "base": [1.0], "after_topk": [2.0], "after_random": [1.0], "removed_topk": [0], "removed_ids": [evil], "behaviour": evil}
     assert "<script>" not in validation_html(val, evil)
