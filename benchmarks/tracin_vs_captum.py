@@ -60,7 +60,7 @@ def hand_written_self_influence(model: nn.Module, refs: list, x: torch.Tensor, y
             loss = nn.functional.cross_entropy(h, y, reduction="none").sum()
             grads = torch.autograd.grad(loss, outputs)
         sq = sum((a.pow(2).sum(1) + 1) * g.pow(2).sum(1) for a, g in zip(inputs, grads))
-        total += ref.lr * sq.double()
+        total += ref.lr * sq.detach().double()
     return total.numpy()
 
 
