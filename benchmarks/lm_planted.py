@@ -61,14 +61,16 @@ def main() -> None:
     parser.add_argument("--trace", default="last", choices=("all", "last"), help="checkpoints to trace (all is ~3x slower)")
     parser.add_argument("--adam", action="store_true", help="also trace with Adam-preconditioned training gradients")
     parser.add_argument("--dev", action="store_true", help="the development run (500 ordinary examples, 1 epoch); implies --skip-cost")
+    parser.add_argument("--seed", type=int, default=0, help="dataset and training seed (not 0: results go to lm_planted_seed<N>; implies --skip-cost)")
     args = parser.parse_args()
     config = LMPipelineConfig(
-        model="smollm2", data=PlantedConfig(n_ordinary=500 if args.dev else 1000),
-        train=LoraTrainConfig(epochs=1 if args.dev else 2, lr=3e-3, layers=tuple(range(26, 30))),
+        model="smollm2", data=PlantedConfig(n_ordinary=500 if args.dev else 1000, seed=args.seed),
+        train=LoraTrainConfig(epochs=1 if args.dev else 2, lr=3e-3, layers=tuple(range(26, 30)), seed=args.seed),
         preconditioners=("plain", "adam") if args.adam else ("plain",), trace_checkpoints=args.trace, adam_trace="last",
     )
     name = "lm_planted_dev" if args.dev else "lm_planted"
-    if args.dev:
+    name += f"_seed{args.seed}" if args.seed else ""
+    if name != "lm_planted":
         args.skip_cost = True
     previous = ROOT / "benchmarks" / "results" / "lm_planted.json"
     if args.cost_only or args.record_only:
@@ -78,7 +80,7 @@ def main() -> None:
         write(config, results, name)
         return
     results = run_planted_pipeline(config, args.out, progress=True)
-    if args.skip_cost and previous.is_file() and not args.dev:  # keep the cost numbers measured by an earlier run
+    if args.skip_cost and previous.is_file() and name == "lm_planted":  # keep the cost numbers measured by an earlier run
         old = json.loads(previous.read_text())
         results.update({k: old[k] for k in COST_KEYS if k in old})
     write(config, results, name)  # recorded now, and again with the cost numbers
@@ -121,7 +123,8 @@ Every variant tried (ranking = sum of scores over the queries; per-query = mean 
 """
     cfg = results["config"]
     command = COMMAND + (" --trace all" if cfg.get("trace_checkpoints") == "all" else "") + (" --adam" if "adam" in cfg.get("preconditioners", []) else "")
-    command += " --dev" if name.endswith("_dev") else ""
+    command += " --dev" if "_dev" in name else ""
+    command += f" --seed {config.data.seed}" if config.data.seed else ""
     record(name, command, summary, results)
     print(summary)
 
