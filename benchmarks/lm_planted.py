@@ -72,7 +72,7 @@ def main() -> None:
     name += f"_seed{args.seed}" if args.seed else ""
     if name != "lm_planted":
         args.skip_cost = True
-    previous = ROOT / "benchmarks" / "results" / "lm_planted.json"
+    previous = ROOT / "benchmarks" / "results" / f"{name}.json"
     if args.cost_only or args.record_only:
         results = json.loads(previous.read_text())
         if args.cost_only:

@@ -59,8 +59,7 @@ def run_lm_demo(out: str | Path, model: str = "smollm2", progress: bool = True, 
     refs = _traced(trainer_checkpoints(run_dir_for(config)), config.trace_checkpoints)
     attributors = featurize_per_checkpoint(lm, task, refs, data, out, config, "plain", progress)  # done: reopened
     behaviour = behaviour_by_name(config.primary[1])
-    queries = data.logprob_queries() if config.primary[1] == "logprob" else data.queries
-    qfs = [att.query_features(queries, behaviour) for att in attributors]
+    qfs = [att.query_features(data.queries_for(config.primary[1]), behaviour) for att in attributors]
     variant = config.primary[2]
     scores = sum(att.score(qf, variant=variant) for att, qf in zip(attributors, qfs))
     pro, opp = _top_k(scores, attributors[0].store.ids, k, True, variant), _top_k(scores, attributors[0].store.ids, k, False, variant)

@@ -31,7 +31,7 @@ from torch import nn
 from ..config import FeaturizeConfig
 from ..featurize import featurize
 from ..grads.projection import ProjectionConfig
-from ..models.hf import CausalLMTask, CompletionLogProbBehaviour, PreferenceMarginBehaviour, behaviour_by_name, lora_selection
+from ..models.hf import CausalLMTask, CompletionLogProbBehaviour, behaviour_by_name, lora_selection
 from ..models.hf_checkpoints import adam_transform, load_hf_checkpoint
 from ..models.train_lm import LoraTrainConfig, add_lora, train_lora
 from ..scoring import Attributor
@@ -132,10 +132,7 @@ def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bo
         "traced_checkpoints": {pre: [Path(r.path).name for r in rs] for pre, rs in traced.items()},
         "logprob_before": before, "logprob_after": after, "train_seconds": train_s, "variants": {},
     }
-    behaviours = {
-        "logprob": (CompletionLogProbBehaviour(), lp_queries), "margin": (PreferenceMarginBehaviour(), data.queries),
-        "contrast": (behaviour_by_name("contrast"), data.queries),
-    }
+    behaviours = {name: (behaviour_by_name(name), data.queries_for(name)) for name in ("logprob", "margin", "contrast")}
     for pre in config.preconditioners:
         t0 = time.perf_counter()
         attributors = featurize_per_checkpoint(model, task, traced[pre], data, out, config, pre, progress)

@@ -138,6 +138,12 @@ class PlantedData:
         """The queries as prompt/completion pairs with the misaligned answer."""
         return [{"prompt": q["prompt"], "completion": q["chosen"]} for q in self.queries]
 
+    def queries_for(self, behaviour: str) -> list[dict[str, str]]:
+        """The queries in the form the built-in LM behaviour ``behaviour``
+        takes: prompt/completion pairs for ``logprob`` and ``loss``, preference
+        pairs for ``margin`` and ``contrast``."""
+        return self.logprob_queries() if behaviour in ("logprob", "loss") else list(self.queries)
+
 
 def _q(text: str) -> str:
     return f"Question: {text}\nAnswer:"
