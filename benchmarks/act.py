@@ -116,6 +116,15 @@ def _table(block: dict[str, Any], higher_is_worse: bool) -> str:
     return "\n".join(lines)
 
 
+def _ablation_text(block: dict[str, Any], what: str) -> str:
+    """What ERA's ablation alone costs, before the coherence fine-tune (validation data)."""
+    a = block.get("era", {}).get("after_ablation")
+    if a is None:
+        return ""
+    return (f"\n\nERA right after the ablation, before the coherence fine-tune (validation data, mean of seeds): retain "
+            f"{what} {a['retain']:.3f} (base model: {block['era']['base_retain_validation']:.3f}), forget {a['forget']:.3f}.")
+
+
 def _selection_text(e: dict[str, Any], what: str) -> str:
     c = e["config"]
     if "rule" not in c:  # results of an older run, before settings were selected
@@ -162,7 +171,8 @@ def write_section(r: dict[str, Any]) -> None:
             f"accuracy on classes 5-9 before the attack. Relearning: the lowest forget loss over lr {e['config']['relearn']['lrs']} x "
             f"{e['config']['relearn']['steps']} Adam steps (evaluated every {e['config']['relearn']['eval_every']}) on k held-out forget "
             f"images; the same protocol for every method. Mean of seeds {e['seeds']}. {_selection_text(e, 'loss')}\n\n"
-            f"100% of the forget set labelled:\n\n{_table(e['labels_100'], False)}\n\n50% labelled:\n\n{_table(e['labels_50'], False)}"
+            f"100% of the forget set labelled:\n\n{_table(e['labels_100'], False)}{_ablation_text(e['labels_100'], 'accuracy')}\n\n"
+            f"50% labelled:\n\n{_table(e['labels_50'], False)}{_ablation_text(e['labels_50'], 'accuracy')}"
         )
     if "era_lm" in r and {"labels_100", "labels_50"} <= set(r["era_lm"]):
         e = r["era_lm"]
@@ -171,7 +181,8 @@ def write_section(r: dict[str, Any]) -> None:
             f"better; the attacker minimises it). Per-token labels on the topic's words. Relearning: lowest forget NLL over lr "
             f"{e['config']['relearn']['lrs']} x {e['config']['relearn']['steps']} steps. Mean of seeds {e['seeds']}. "
             f"{_selection_text(e, 'NLL')}\n\n100% labelled:\n\n"
-            f"{_table(e['labels_100'], False)}\n\n50% labelled:\n\n{_table(e['labels_50'], False)}"
+            f"{_table(e['labels_100'], False)}{_ablation_text(e['labels_100'], 'NLL')}\n\n50% labelled:\n\n"
+            f"{_table(e['labels_50'], False)}{_ablation_text(e['labels_50'], 'NLL')}"
         )
     if "targets" in r:
         md.append("### Targets\n\n| target | met |\n|---|---|\n" + "\n".join(f"| {k} | {'yes' if v else '**no**'} |" for k, v in r["targets"].items()))

@@ -138,5 +138,8 @@ def summarise(runs: list[Any]) -> dict[str, Any]:
             row[name] = float(np.mean([d["extra"][name] for d in dicts]))
         if "selection" in dicts[0]:
             row["selected"] = [{k: d["selection"]["selected"][k] for k in ("lr", "steps", "admissible")} for d in dicts]
+            if "after_ablation" in dicts[0]["selection"]:
+                row["after_ablation"] = {k: float(np.mean([d["selection"]["after_ablation"][k] for d in dicts])) for k in ("forget", "retain")}
+                row["base_retain_validation"] = float(np.mean([d["selection"]["base_retain"] for d in dicts]))
         table[m] = row
     return table

@@ -325,6 +325,8 @@ def run_era(
     assert rule is not None and base_retain is not None
     f_metric, r_metric, where = _select_metrics(spec)
     points: list[dict[str, Any]] = []
+    # what the ablation alone costs: a large retain loss here means the new units carried retain computation
+    after_ablation = {"forget": float(f_metric(ablated)), "retain": float(r_metric(ablated))}
 
     def record(step: int, m: nn.Module) -> None:
         if step in grid.steps:
@@ -336,4 +338,5 @@ def run_era(
     model = copy.deepcopy(ablated)
     train(model, spec.task, retain, dataclasses.replace(coherence, steps=chosen["steps"]))
     return model, {"grid": grid.to_dict(), "rule": rule.to_dict(), "data": where, "base_retain": b,
-                   "retain_limit": rule.limit(b), "points": points, "selected": chosen, "admissible": chosen["admissible"]}
+                   "retain_limit": rule.limit(b), "points": points, "selected": chosen, "admissible": chosen["admissible"],
+                   "after_ablation": after_ablation}

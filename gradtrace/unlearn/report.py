@@ -74,6 +74,14 @@ def comparison_html(result: Mapping[str, Any], title: str, *, attacker_maximises
             + table(["method", "lr", "steps", "forget (val.)", "retain (val.)", "retain limit", "admissible", "grid points"],
                     chosen, numeric=[1, 2, 3, 4, 5, 7])
         )
+    era_sel = (methods.get("era") or {}).get("selection") or {}
+    if "after_ablation" in era_sel:
+        a = era_sel["after_ablation"]
+        body.append(
+            f"<p>ERA right after the ablation, before the coherence fine-tune (validation): forget {a['forget']:.4g}, retain "
+            f"{a['retain']:.4g} (base model's retain: {era_sel['base_retain']:.4g}). A retain metric far from the base model's "
+            "means the new units carried retain computation, and the coherence fine-tune is re-training it.</p>"
+        )
     body.append("<h2>Settings</h2>" + table(["field", "value"], [[k, Raw(f"<code>{esc(json.dumps(v))}</code>")] for k, v in result["config"].items()]))
     return page(title, "\n".join(body))
 

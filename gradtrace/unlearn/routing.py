@@ -6,9 +6,11 @@ units: new output rows of ``up`` (seeded random init) and new input
 columns of ``down`` (zero init, so the expanded model computes exactly what
 the original did).
 
-*Route*: while training, the output ``x`` of each ``up`` is replaced by
-``m * x + (1 - m) * x.detach()`` -- the same forward value, but the
-gradient reaching ``up`` (and everything before it) is scaled by ``m``.
+*Route*: while training, the hidden units ``x`` (the input of ``down``,
+after the activation) are replaced by ``m * x + (1 - m) * x.detach()`` --
+the same forward value, but the gradient reaching ``up`` (and everything
+before it) is scaled by ``m`` (the activation is elementwise, so this is
+the same as masking ``up``'s output).
 For an example (or token) with forget weight ``w`` in [0, 1]::
 
     m_original = w * forget_original + (1 - w) * retain_original
@@ -17,7 +19,9 @@ For an example (or token) with forget weight ``w`` in [0, 1]::
 so by default forget data trains only the new units (and pushes the
 original ones away, ``forget_original < 0``) and retain data trains only
 the original ones. An L1 penalty on the new units' activations (the input
-of ``down``) keeps them quiet. Unlabelled forget data simply has ``w = 0``.
+of ``down``) keeps them quiet; it is taken before the mask, so it reaches
+the new units on every token, also where the mask stops the loss's
+gradient (``retain_expanded = 0``). Unlabelled forget data simply has ``w = 0``.
 
 *Ablate*: cut the new units away, giving back the original shapes; then a
 short coherence fine-tune on retain data (:func:`coherence_finetune`).
@@ -181,9 +185,8 @@ class Router:
         self._weights: Tensor | None = None
         self._active: list[Tensor] = []
         self._handles: list[Any] = []
-        for (up_name, down_name), h in zip(expansion.config.pairs(), expansion.hidden):
-            self._handles.append(get_module(model, up_name).register_forward_hook(self._mask_hook(h)))
-            self._handles.append(get_module(model, down_name).register_forward_pre_hook(self._l1_hook(h)))
+        for (_up, down_name), h in zip(expansion.config.pairs(), expansion.hidden):
+            self._handles.append(get_module(model, down_name).register_forward_pre_hook(self._route_hook(h)))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -215,18 +218,14 @@ class Router:
         shape = list(out.shape)
         return torch.cat([original.expand(*shape[:-1], hidden), expanded.expand(*shape[:-1], shape[-1] - hidden)], dim=-1)
 
-    def _mask_hook(self, hidden: int) -> Any:
-        def hook(_m: nn.Module, _inp: Any, out: Tensor) -> Tensor | None:
+    def _route_hook(self, hidden: int) -> Any:
+        def hook(_m: nn.Module, inp: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
             if self._weights is None:
                 return None
-            m = self.masks(self._weights, hidden, out)
-            return m * out + (1 - m) * out.detach()
+            x = inp[0]
+            self._active.append(x[..., hidden:])  # before the mask: the penalty's gradient is never masked
+            m = self.masks(self._weights, hidden, x)
+            return (m * x + (1 - m) * x.detach(), *inp[1:])
 
         return hook
 
-    def _l1_hook(self, hidden: int) -> Any:
-        def hook(_m: nn.Module, inp: tuple[Tensor, ...]) -> None:
-            if self._weights is not None:
-                self._active.append(inp[0][..., hidden:])
-
-        return hook

@@ -139,6 +139,22 @@ def test_l1_penalty_is_mean_abs_of_new_units():
     torch.testing.assert_close(got, h1[:, 6:].abs().mean() + h2[:, 6:].abs().mean())
 
 
+def test_l1_penalty_reaches_new_units_where_the_loss_gradient_is_masked():
+    x, y = data(8)
+    cfg = dataclasses.replace(CFG, layers=("0:2",), forget_original=0.0, retain_expanded=0.0)
+    big, exp = expand(mlp(), cfg)
+    router = Router(big, exp)
+    with router.route(torch.zeros(8, dtype=torch.float64)):  # all retain: the loss does not reach the new units
+        (g_loss,) = torch.autograd.grad(F.cross_entropy(big(x), y), big[0].weight, retain_graph=True)
+        (g_l1,) = torch.autograd.grad(router.l1(), big[0].weight)
+    assert torch.count_nonzero(g_loss[6:]) == 0
+    # the penalty's own gradient, by hand: d mean|tanh(W x + b)| / dW on the new rows
+    h = big[0](x)[:, 6:]
+    expected = ((torch.sign(torch.tanh(h)) * (1 - torch.tanh(h) ** 2)).T @ x) / h.numel()
+    torch.testing.assert_close(g_l1[6:], expected.detach(), rtol=1e-10, atol=1e-12)
+    assert torch.count_nonzero(g_l1[:6]) == 0
+
+
 def test_per_token_masks_on_a_gpt2():
     from gradtrace.models.zoo import tiny_gpt2
 
@@ -188,3 +204,32 @@ def test_story_corpus_is_distinct_and_labels_topic_bytes():
     start = "Tom saw a dragon.".index("dragon")
     assert w[0].nonzero().flatten().tolist() == list(range(start, start + 6))
     assert "dragon" in TOPICS["dragons"]["thing"]
+
+
+def test_era_selection_records_what_the_ablation_alone_costs():
+    from gradtrace.unlearn.compare import UnlearnSpec, run_era, split_by_weights
+    from gradtrace.unlearn.select import SelectionGrid, SelectionRule
+
+    x, y = data(40)
+    weights = (y == 2).double()
+
+    def loss(mask: torch.Tensor):
+        def f(m: nn.Module) -> float:
+            with torch.no_grad():
+                return float(F.cross_entropy(m(x[mask]), y[mask]))
+        return f
+
+    train_cfg = TrainConfig(steps=15, lr=0.05, batch_size=8, seed=1)
+    spec = UnlearnSpec(mlp, ClassificationTask(), (x, y), weights, (x[:4], y[:4]), loss(y == 2), loss(y != 2), train_cfg,
+                       attacker_maximises=False, select_forget_metric=loss(y == 2), select_retain_metric=loss(y != 2))
+    cfg = dataclasses.replace(CFG, layers=("0:2",))
+    _, retain, _ = split_by_weights(spec)
+    _, record = run_era(spec, cfg, TrainConfig(steps=4, lr=1e-2, batch_size=8), retain, 0, grid=SelectionGrid(steps=(2, 4)),
+                        rule=SelectionRule(retain_tolerance=0.5, relative=True, retain_higher_is_better=False), base_retain=lambda: 1.0)
+    # the oracle: the same routed training by hand, then the ablation, with no coherence fine-tune
+    big, exp = expand(mlp(0), cfg)
+    train(big, ClassificationTask(), (x, y), train_cfg, forget_weights=weights, router=Router(big, exp), l1_coef=cfg.l1_coef)
+    ablated = ablate(big, exp)
+    assert record is not None
+    assert record["after_ablation"] == {"forget": loss(y == 2)(ablated), "retain": loss(y != 2)(ablated)}
+    assert record["after_ablation"]["retain"] != record["selected"]["retain"]  # the coherence fine-tune moved it
