@@ -32,14 +32,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import record  # noqa: E402
 
-#: routing overrides (``RoutingConfig`` fields) and whether whole stories are routed instead of the topic's words
+#: the LM routing setting act.py used until 2026-11-23 19:30; every variant below is stated in full from it, so a
+#: change to act.py's setting does not change what a variant means
+EARLIER = {"expand": 64, "forget_original": -1.0, "retain_expanded": 1.0, "l1_coef": 1e-2}
+#: routing fields (``RoutingConfig``) and whether whole stories are routed instead of the topic's words
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "forget_original_0": {"forget_original": 0.0},
-    "paper_l1_1e-4_fo_-0.75": {"l1_coef": 1e-4, "forget_original": -0.75},
-    "expand_8": {"expand": 8},
-    "retain_expanded_0_l1_0.1_fo_0": {"retain_expanded": 0.0, "l1_coef": 0.1, "forget_original": 0.0},
-    "whole_story_fo_0": {"forget_original": 0.0, "_whole_story": True},
+    "earlier_act_setting": EARLIER,
+    "forget_original_0": {**EARLIER, "forget_original": 0.0},
+    "paper_l1_1e-4_fo_-0.75": {**EARLIER, "l1_coef": 1e-4, "forget_original": -0.75},
+    "expand_8": {**EARLIER, "expand": 8},
+    "retain_expanded_0_l1_0.1_fo_0": {**EARLIER, "retain_expanded": 0.0, "l1_coef": 0.1, "forget_original": 0.0},
+    "retain_expanded_0.1_l1_0.03_fo_0": {**EARLIER, "retain_expanded": 0.1, "l1_coef": 0.03, "forget_original": 0.0},
+    "retain_expanded_0.3_l1_0.1_fo_0": {**EARLIER, "retain_expanded": 0.3, "l1_coef": 0.1, "forget_original": 0.0},
+    "whole_story_fo_0": {**EARLIER, "forget_original": 0.0, "_whole_story": True},
 }
 
 
@@ -61,6 +66,7 @@ def run_variant(name: str, seed: int, cache: str) -> dict[str, Any]:
     return {
         "after_ablation_retain": sel["after_ablation"]["retain"], "after_ablation_forget": sel["after_ablation"]["forget"],
         "base_retain_validation": sel["base_retain"], "selected_steps": sel["selected"]["steps"], "admissible": sel["admissible"],
+        "selected_forget_validation": sel["selected"]["forget"], "selected_retain_validation": sel["selected"]["retain"],
         "era_forget": era.forget, "era_retain": era.retain, "era_relearn_k16": era.relearn["best"]["16"],
         "filter_relearn_k16": res.results["filter"].relearn["best"]["16"], "base_relearn_k16": res.results["base"].relearn["best"]["16"],
     }
@@ -72,7 +78,8 @@ def summary(out: dict[str, Any]) -> str:
         mean = {k: float(np.mean([r[k] for r in per_seed.values()])) for k in next(iter(per_seed.values())) if k != "admissible"}
         adm = sum(r["admissible"] for r in per_seed.values())
         rows.append(f"| {name} | {mean['base_retain_validation']:.3f} | {mean['after_ablation_retain']:.3f} | "
-                    f"{mean['after_ablation_forget']:.3f} | {mean['era_retain']:.3f} | {adm}/{len(per_seed)} | "
+                    f"{mean['after_ablation_forget']:.3f} | {mean['selected_forget_validation']:.3f} | "
+                    f"{mean['selected_retain_validation']:.3f} | {adm}/{len(per_seed)} | "
                     f"**{mean['era_relearn_k16']:.3f}** | {mean['filter_relearn_k16']:.3f} | {mean['base_relearn_k16']:.3f} |")
     return (
         f"ERA's routing settings on the tiny GPT-2, a diagnostic. Wall time of this invocation {out['seconds']:.0f} s "
@@ -81,9 +88,13 @@ def summary(out: dict[str, Any]) -> str:
         f"Development seeds {out['seeds']} (not the seeds `act.py` reports), 100% of the topic labelled, otherwise the "
         "`act.py` LM setting. After ablation: validation NLL right after the new units are cut, before the coherence "
         "fine-tune; the rule then picks the coherence length (grid up to 320 steps). Relearning: the attacker's best "
-        "forget NLL at k = 16 (higher is better). Mean over the seeds.\n\n"
-        "| routing variant | base retain (val.) | retain after ablation | forget after ablation | ERA retain (eval.) "
-        "| admissible seeds | ERA relearn k=16 | filter relearn k=16 | base relearn k=16 |\n|---|---|---|---|---|---|---|---|---|\n"
+        "forget NLL at k = 16 (higher is better). Mean over the seeds. `act.py`'s LM setting is "
+        "`retain_expanded_0.3_l1_0.1_fo_0`, chosen here by the selection rule's own criterion (the highest validation "
+        "forget NLL among settings whose validation retain NLL is admissible, on the seeds it is admissible on), "
+        "not by the relearning columns; before 2026-11-23 19:30 it was `earlier_act_setting`.\n\n"
+        "| routing variant | base retain (val.) | retain after ablation | forget after ablation | forget (val.), selected "
+        "| retain (val.), selected | admissible seeds | ERA relearn k=16 | filter relearn k=16 | base relearn k=16 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows)
     )
 

@@ -169,9 +169,12 @@ def lm_compare_config(seed: int = 0) -> CompareConfig:
         },
         routing=RoutingConfig(
             layers=("transformer.h.0.mlp.c_fc:transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_fc:transformer.h.1.mlp.c_proj"),
-            # retain tokens update the new units too (retain_expanded=1) and the L1 penalty keeps them quiet there:
-            # with retain_expanded=0 the ablation cost retain NLL 0.21 -> 1.36 (one run, seed 0), see docs/unlearn.md
-            expand=64, forget_original=-1.0, retain_expanded=1.0, l1_coef=1e-2, seed=seed,
+            # chosen after benchmarks/era_lm_probe.py on development seeds 5-6 (not the reported seeds): the highest
+            # validation forget NLL of the probed settings, retain admissible on seed 5 (0.003 over the limit on seed 6);
+            # its relearning numbers there were seen too, see docs/unlearn.md. Retain tokens update the new units at 0.3
+            # of the rate, and the L1 penalty (taken before the mask) keeps them quiet; the earlier setting
+            # (forget_original=-1, retain_expanded=1, L1 1e-2) left ERA's retain NLL at 3.6 right after the ablation.
+            expand=64, forget_original=0.0, retain_expanded=0.3, l1_coef=0.1, seed=seed,
         ),
         coherence=TrainConfig(steps=40, lr=1e-3, batch_size=16, optimizer="adamw", seed=seed),
         relearn=RelearnConfig(ks=(4, 16, 64), lrs=(1e-3, 3e-3), steps=30, eval_every=10, batch_size=16, seed=seed),
