@@ -8,7 +8,7 @@ fine-tune), what the selection rule then picks, and the relearning attack at
 k = 16 against data filtering on the same seed. It is a diagnostic, not a
 tuning loop: ``act.py`` keeps its settings.
 
-    python benchmarks/era_lm_probe.py                 # every variant, seeds 5 and 6 (about 15 min on 2 cores)
+    python benchmarks/era_lm_probe.py                 # every variant, seeds 5 and 6 (one process; see BENCHMARKS.md for times)
     python benchmarks/era_lm_probe.py --variants default expand_8 --seeds 5
 
 Writes benchmarks/results/era_lm_probe.json and the ``era_lm_probe`` section
@@ -83,8 +83,8 @@ def summary(out: dict[str, Any]) -> str:
                     f"**{mean['era_relearn_k16']:.3f}** | {mean['filter_relearn_k16']:.3f} | {mean['base_relearn_k16']:.3f} |")
     return (
         f"ERA's routing settings on the tiny GPT-2, a diagnostic. Wall time of this invocation {out['seconds']:.0f} s "
-        "(pieces finished by an earlier invocation are read back from `--cache`; one seed of every variant takes "
-        "about 7 minutes on one of 2 busy cores). "
+        "(pieces finished by an earlier invocation are read back from `--cache`; on 2026-11-23 one seed of the first "
+        "six variants, with base and filter, took about 7 minutes on one of 2 busy cores). "
         f"Development seeds {out['seeds']} (not the seeds `act.py` reports), 100% of the topic labelled, otherwise the "
         "`act.py` LM setting. After ablation: validation NLL right after the new units are cut, before the coherence "
         "fine-tune; the rule then picks the coherence length (grid up to 320 steps). Relearning: the attacker's best "

@@ -24,7 +24,8 @@ the new units on every token, also where the mask stops the loss's
 gradient (``retain_expanded = 0``). Unlabelled forget data simply has ``w = 0``.
 
 *Ablate*: cut the new units away, giving back the original shapes; then a
-short coherence fine-tune on retain data (:func:`coherence_finetune`).
+short coherence fine-tune on retain data (both done by
+:func:`gradtrace.unlearn.compare.run_era`).
 """
 
 from __future__ import annotations

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -139,13 +142,18 @@ def test_rule_limits_and_choice_match_a_brute_force_reading():
     assert CompareConfig.from_dict(CompareConfig(methods=("ga",), select={"ga": SelectionGrid((1e-3,), (5, 2))}).to_dict()).select["ga"].steps == (2, 5)
 
 
-def test_grid_points_read_along_one_run_equal_separate_shorter_runs(tmp_path):
-    (tmp_path / "spec_mod.py").write_text(SPEC)
+def _load_spec(tmp_path: Path, name: str) -> Any:
+    """Import ``SPEC`` as module ``name`` (a distinct name per test: imports are cached)."""
+    (tmp_path / f"{name}.py").write_text(SPEC)
     sys.path.insert(0, str(tmp_path))
     try:
-        import spec_mod
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_grid_points_read_along_one_run_equal_separate_shorter_runs(tmp_path):
+    spec_mod = _load_spec(tmp_path, "spec_mod")
     spec, config = spec_mod.make()
     base = spec.init(0)
     from gradtrace.unlearn.train import train
@@ -223,13 +231,7 @@ def test_default_iterative_attribution_is_tracin_at_the_retrained_model():
 def test_cache_reuses_methods_whose_settings_did_not_change(tmp_path):
     from gradtrace.unlearn.compare import compare_methods
 
-    (tmp_path / "spec_mod2.py").write_text(SPEC)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import spec_mod2
-    finally:
-        sys.path.remove(str(tmp_path))
-    spec, config = spec_mod2.make()
+    spec, config = _load_spec(tmp_path, "spec_mod2").make()
     first = compare_methods(spec, dataclasses.replace(config, methods=("filter", "graddiff")), cache_dir=tmp_path / "c")
     (key,) = list((tmp_path / "c").iterdir())
     before = {p.name: p.stat().st_mtime_ns for p in key.glob("*.json")}
