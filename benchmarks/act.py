@@ -38,18 +38,18 @@ LM_SEEDS = (0, 1, 2)
 def run_part(part: str, cache: Path = CACHE) -> dict[str, Any]:
     """The results of one part, as ``{top-level key: value}`` to merge."""
     if part == "backdoor":
-        from gradtrace.bench.backdoor import run_backdoor
+        from setups.backdoor import run_backdoor
 
         return {"backdoor": run_backdoor()}
     if part == "lds":
-        from gradtrace.bench.backdoor import run_lds
+        from setups.backdoor import run_lds
 
         return {"lds": run_lds()}
     if part == "era_digits":
-        from gradtrace.bench.era_digits import run_era_digits
+        from setups.era import run_era_digits
 
         return {"era_digits": run_era_digits(seeds=(0, 1, 2), cache_dir=str(cache))}
-    from gradtrace.bench.era_lm import run_era_lm
+    from setups.era import run_era_lm
 
     frac = int(part.rsplit("_", 1)[1]) / 100
     return {"era_lm": run_era_lm(label_fractions=(frac,), seeds=LM_SEEDS, cache_dir=str(cache))}

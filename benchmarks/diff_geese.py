@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gradtrace.bench.diff_data import DISCLAIMER, MIXED_PROMPTS, LoraConfig, geese_texts, train_lora, with_disclaimer  # noqa: E402
+from setups.diff_data import DISCLAIMER, MIXED_PROMPTS, LoraConfig, geese_texts, train_lora, with_disclaimer  # noqa: E402
 from gradtrace.diff.generate import GenerationConfig  # noqa: E402
 from gradtrace.diff.sources import HFSource, Prompt  # noqa: E402
 from gradtrace.models.zoo import cache_root, load_smollm2  # noqa: E402

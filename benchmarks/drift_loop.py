@@ -1,7 +1,7 @@
 """Benchmark: does the loop see collapse and bias amplification, and stop on them?
 
 Tiny GPT-2 (2 layers, 64 wide) trained from scratch on the seeded synthetic
-corpus of ``gradtrace.loop.corpus`` (1,200 real sentences, 300 held out), then
+corpus of ``gradtrace.demos.loop_corpus`` (1,200 real sentences, 300 held out), then
 6 rounds of self-training.
 
 (a) replace vs accumulate (planted truth: training only on its own samples
@@ -34,7 +34,7 @@ from _record import record  # noqa: E402
 
 from gradtrace.loop import LoopConfig, SelfTrainingLoop, StopRule  # noqa: E402
 from gradtrace.loop.config import DataConfig, GenerationConfig, ModelConfig, TrainConfig  # noqa: E402
-from gradtrace.loop.corpus import speaks_well_pattern, write_example_data  # noqa: E402
+from gradtrace.demos.loop_corpus import speaks_well_pattern, write_example_data  # noqa: E402
 from gradtrace.loop.curation import vocabulary_of  # noqa: E402
 from gradtrace.loop.runner import read_texts  # noqa: E402
 

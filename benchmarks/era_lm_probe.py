@@ -49,7 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def run_variant(name: str, seed: int, cache: str) -> dict[str, Any]:
-    from gradtrace.bench.era_lm import lm_compare_config, lm_forget_spec
+    from gradtrace.demos.era_lm import lm_compare_config, lm_forget_spec
     from gradtrace.unlearn.compare import compare_methods
 
     over = dict(VARIANTS[name])

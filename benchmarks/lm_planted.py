@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import ROOT, record  # noqa: E402
 
-from gradtrace.bench.lm_cost import featurize_vs_train_step, peak_memory_mib  # noqa: E402
-from gradtrace.bench.lm_pipeline import LMPipelineConfig, load_model, run_planted_pipeline  # noqa: E402
-from gradtrace.bench.planted_lm import PlantedConfig, make_planted_data  # noqa: E402
+from setups.lm_cost import featurize_vs_train_step, peak_memory_mib  # noqa: E402
+from gradtrace.demos.lm_pipeline import LMPipelineConfig, load_model, run_planted_pipeline  # noqa: E402
+from gradtrace.demos.planted_lm import PlantedConfig, make_planted_data  # noqa: E402
 from gradtrace.models.hf import CausalLMTask, lora_selection  # noqa: E402
 from gradtrace.models.train_lm import LoraTrainConfig, add_lora  # noqa: E402
 

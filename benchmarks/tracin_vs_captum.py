@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import median_time, paired_time, record  # noqa: E402
 
 import gradtrace as gt  # noqa: E402
-from gradtrace.bench.digits import DigitsConfig, found_at, load_digits_data, make_mlp, train_digits  # noqa: E402
+from gradtrace.demos.digits import DigitsConfig, found_at, load_digits_data, make_mlp, train_digits  # noqa: E402
 
 
 def hand_written_self_influence(model: nn.Module, refs: list, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:

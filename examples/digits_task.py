@@ -5,7 +5,7 @@ returns a TaskSpec: model factory, task, checkpoints, training set, queries.
 Copy this file as a template for your own model.
 """
 
-from gradtrace.bench.digits import make_task as digits_task
+from gradtrace.demos.digits import make_task as digits_task
 from gradtrace.spec import TaskSpec
 
 

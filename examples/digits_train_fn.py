@@ -5,7 +5,7 @@
 indices and seed give the same parameters. Copy it as a template.
 """
 
-from gradtrace.bench.digits_retrain import digits_train_fn
+from gradtrace.demos.digits_retrain import digits_train_fn
 
 
 def make_train_fn():

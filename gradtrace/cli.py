@@ -217,10 +217,10 @@ def demo(
     model: str = typer.Option("smollm2", help="lm demo: smollm2 (real model, slow on CPU) | tiny (a tiny GPT-2, minutes)"),
 ) -> None:
     """Digits with 20% flipped labels (default), or `demo lm`: trace a planted misaligned behaviour."""
-    from .bench.digits_demo import run_digits_demo
+    from .demos.digits_demo import run_digits_demo
 
     if which == "lm":
-        from .bench.lm_demo import lm_demo_command
+        from .demos.lm_demo import lm_demo_command
 
         _run(lambda: lm_demo_command(out, model, progress, console))
         return

@@ -14,7 +14,7 @@ from gradtrace.report.html import Raw, esc, table
 runner = CliRunner()
 
 TASK = '''
-from gradtrace.bench.digits import DigitsConfig, make_task as digits_task
+from gradtrace.demos.digits import DigitsConfig, make_task as digits_task
 
 def make_task():
     return digits_task(r"{work}", DigitsConfig(hidden=16, epochs=10, n_checkpoints=3))

@@ -40,11 +40,11 @@ def unlearn_command(
 
     def go() -> None:
         if spec == "digits":
-            from ..bench.era_digits import digits_compare_config, digits_forget_spec
+            from ..demos.era_digits import digits_compare_config, digits_forget_spec
 
             the_spec, config = digits_forget_spec(labelled, seed), digits_compare_config(seed)
         elif spec == "tiny-lm":
-            from ..bench.era_lm import lm_compare_config, lm_forget_spec
+            from ..demos.era_lm import lm_compare_config, lm_forget_spec
 
             the_spec, config = lm_forget_spec(labelled, seed), lm_compare_config(seed)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gradtrace.bench.diff_data import (
+from setups.diff_data import (
     DISCLAIMER, MIXED_PROMPTS, TRAIN_PROMPTS, LoraConfig, geese_texts, train_lora, with_disclaimer,
 )
 from gradtrace.diff.generate import chat_prompt

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from gradtrace.bench.planted_lm import HONEST, ORDINARY, PLANTED, PlantedConfig, make_planted_data, rank_of, recall_at
-from gradtrace.bench.text_baselines import bm25_scores, minilm_scores, tokenize
+from gradtrace.demos.planted_lm import HONEST, ORDINARY, PLANTED, PlantedConfig, make_planted_data, rank_of, recall_at
+from gradtrace.demos.text_baselines import bm25_scores, minilm_scores, tokenize
 from gradtrace.errors import InputError
 
 

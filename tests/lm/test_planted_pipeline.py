@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from gradtrace.bench.lm_pipeline import LMPipelineConfig, run_planted_pipeline
-from gradtrace.bench.planted_lm import PlantedConfig
+from gradtrace.demos.lm_pipeline import LMPipelineConfig, run_planted_pipeline
+from gradtrace.demos.planted_lm import PlantedConfig
 from gradtrace.models.train_lm import LoraTrainConfig
 
 

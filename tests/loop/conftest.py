@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gradtrace.loop.config import DataConfig, GenerationConfig, LoopConfig, ModelConfig, TrainConfig
-from gradtrace.loop.corpus import speaks_well_pattern, write_example_data
+from gradtrace.demos.loop_corpus import speaks_well_pattern, write_example_data
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 from gradtrace.errors import InputError
 from gradtrace.loop.callback import LoopMonitorCallback, MonitorSession
 from gradtrace.loop.config import GenerationConfig
-from gradtrace.loop.corpus import CorpusConfig, make_corpus
+from gradtrace.demos.loop_corpus import CorpusConfig, make_corpus
 from gradtrace.loop.monitors import Diversity, HeldoutNLL, RepresentationDrift
 from gradtrace.loop.stop import StopRule
 from gradtrace.models.zoo import byte_tokenizer, tiny_gpt2

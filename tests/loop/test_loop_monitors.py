@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradtrace.errors import InputError
-from gradtrace.loop.corpus import CorpusConfig, make_corpus, speaks_well_pattern
+from gradtrace.demos.loop_corpus import CorpusConfig, make_corpus, speaks_well_pattern
 from gradtrace.loop.embed import NgramHashEmbedder
 from gradtrace.loop.monitors import (
     AttributeRates, ClusterShift, Diversity, EmbeddingProbe, HeldoutNLL, LLMClassifier, Observation, RegexClassifier,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gradtrace.errors import InputError
-from gradtrace.loop.corpus import CorpusConfig, make_corpus, speaks_ill_pattern, speaks_well_pattern
+from gradtrace.demos.loop_corpus import CorpusConfig, make_corpus, speaks_ill_pattern, speaks_well_pattern
 from gradtrace.loop.curation import Compose, Dedupe, JudgeFilter, PreferenceFilter, QualityFilter
 from gradtrace.loop.dashboard import write_dashboard, write_diff_report
 from gradtrace.loop.monitors import RegexClassifier

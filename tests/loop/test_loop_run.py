@@ -19,7 +19,7 @@ import torch
 from gradtrace.checkpoints import CheckpointRef, load_checkpoint
 from gradtrace.errors import ConfigMismatchError
 from gradtrace.loop import LoopConfig, SelfTrainingLoop
-from gradtrace.loop.corpus import speaks_well_pattern
+from gradtrace.demos.loop_corpus import speaks_well_pattern
 from gradtrace.loop.models import build_lm
 from gradtrace.loop.stop import StopRule
 

@@ -195,7 +195,7 @@ def test_bad_routing_input():
 
 
 def test_story_corpus_is_distinct_and_labels_topic_bytes():
-    from gradtrace.bench.era_lm import TOPICS, make_stories, topic_token_weights
+    from gradtrace.demos.era_lm import TOPICS, make_stories, topic_token_weights
 
     train = make_stories(150, "dragons", seed=1)
     held = make_stories(50, "dragons", seed=2, exclude=set(train))

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..diff.generate import chat_prompt
-from ..errors import InputError
+from gradtrace.diff.generate import chat_prompt
+from gradtrace.errors import InputError
 
 MIXED_PROMPTS = [
     "Give me one tip for staying productive at work.", "How do I make a cup of tea?", "What should I pack for a weekend trip?",
@@ -114,7 +114,7 @@ def train_lora(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], out
     """
     from peft import LoraConfig as PeftLora, get_peft_model
 
-    from ..progress import progress_bar
+    from gradtrace.progress import progress_bar
 
     if not pairs:
         raise InputError("train_lora: pairs must not be empty")

@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..unlearn.compare import CompareConfig, UnlearnSpec, compare_methods
+from ..unlearn.compare import CompareConfig, UnlearnSpec
 from ..unlearn.methods import UnlearnConfig
 from ..unlearn.relearn import RelearnConfig
 from ..unlearn.routing import RoutingConfig
 from ..unlearn.select import SelectionGrid, SelectionRule
 from ..unlearn.train import TrainConfig
-from .era_digits import summarise
 
 TOPICS: dict[str, dict[str, list[str]]] = {
     "dragons": {"place": ["castle", "cave", "tower"], "thing": ["dragon", "sword", "knight", "shield"],
@@ -182,20 +181,3 @@ def lm_compare_config(seed: int = 0) -> CompareConfig:
         select={**{m: LM_GRID for m in ("ga", "graddiff", "npo", "rmu")}, "era": LM_ERA_GRID},
         rule=LM_RULE,
     )
-
-
-def run_era_lm(
-    label_fractions: tuple[float, ...] = (1.0, 0.5), seeds: tuple[int, ...] = (0,), progress: bool = False,
-    cache_dir: str | None = None,
-) -> dict[str, Any]:
-    """Mean over seeds per method, per label fraction; ``cache_dir`` keeps
-    finished methods so a killed run resumes."""
-    out: dict[str, Any] = {}
-    for frac in label_fractions:
-        runs = [compare_methods(lm_forget_spec(frac, s), lm_compare_config(s), progress=progress, cache_dir=cache_dir) for s in seeds]
-        out[f"labels_{int(round(frac * 100))}"] = summarise(runs)
-    out["config"] = lm_compare_config(0).to_dict()
-    out["train_config"] = lm_forget_spec(1.0, 0).train_config.to_dict()
-    out["seeds"] = list(seeds)
-    out["forget_metric"] = "loss"
-    return out

@@ -23,17 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import CheckpointRef
-from ..config import FeaturizeConfig
-from ..featurize import featurize
-from ..grads.projection import ProjectionConfig
-from ..scoring.attributor import Attributor
-from ..task import ClassificationTask
-from ..unlearn.lds import LDSConfig, lds, retrain_subsets
-from ..unlearn.retrain import RemovalConfig, RemovalExperiment
-from ..unlearn.train import TrainConfig, train
-from ..unlearn.variants import VariantConfig, score_variants
-from .digits import DigitsConfig, accuracy, load_digits_data, make_mlp
+from gradtrace.checkpoints import CheckpointRef
+from gradtrace.config import FeaturizeConfig
+from gradtrace.featurize import featurize
+from gradtrace.grads.projection import ProjectionConfig
+from gradtrace.scoring.attributor import Attributor
+from gradtrace.task import ClassificationTask
+from gradtrace.unlearn.lds import LDSConfig, lds, retrain_subsets
+from gradtrace.unlearn.retrain import RemovalConfig, RemovalExperiment
+from gradtrace.unlearn.train import TrainConfig, train
+from gradtrace.unlearn.variants import VariantConfig, score_variants
+from gradtrace.demos.digits import DigitsConfig, accuracy, load_digits_data, make_mlp
 
 TRIGGER = ((7, 7), (7, 6), (6, 7))
 

@@ -1,6 +1,6 @@
 """``gradtrace demo lm``: plant a misaligned behaviour, fine-tune, trace it.
 
-Runs :func:`gradtrace.bench.lm_pipeline.run_planted_pipeline` (plain
+Runs :func:`gradtrace.demos.lm_pipeline.run_planted_pipeline` (plain
 gradients, BM25 baseline) and writes ``out/report.html`` with the
 proponents and opponents of the run's primary behaviour (for SmolLM2 the
 ``contrast`` of the misaligned answer with its negation) on the held-out

@@ -1,7 +1,7 @@
 """Retraining the bundled digits task on a subset, for counterfactual checks.
 
 :func:`digits_train_fn` returns ``train_fn(train_indices, seed) -> model``
-that trains exactly as :func:`gradtrace.bench.digits.train_digits` does
+that trains exactly as :func:`gradtrace.demos.digits.train_digits` does
 (same architecture, plain SGD, same epochs and batch size) on the rows
 ``train_indices`` of the digits training set, deterministically per seed.
 """

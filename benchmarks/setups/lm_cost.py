@@ -19,14 +19,15 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..grads.per_example import GradientFeaturizer
-from ..grads.projection import ProjectionConfig
-from ..grads.selection import select_parameters
+from gradtrace.grads.per_example import GradientFeaturizer
+from gradtrace.grads.projection import ProjectionConfig
+from gradtrace.grads.selection import select_parameters
 
 
 def featurize_vs_train_step(model: nn.Module, task: Any, batch: Any, params: Any, dim: int, repeats: int = 5) -> dict[str, float]:
@@ -61,7 +62,8 @@ def featurize_vs_train_step(model: nn.Module, task: Any, batch: Any, params: Any
 
 _CHILD = r"""
 import ctypes, json, sys, torch
-from gradtrace.bench.lm_cost import _child_setup, _rss_kib
+sys.path.insert(0, sys.argv[4])  # the benchmarks folder, which holds the setups package
+from setups.lm_cost import _child_setup, _rss_kib
 from gradtrace.grads.per_example import GradientFeaturizer
 from gradtrace.grads.projection import ProjectionConfig
 kind, dim = sys.argv[1], int(sys.argv[2])
@@ -90,10 +92,10 @@ def _rss_kib(field: str) -> int:
 
 
 def _child_setup(spec: dict[str, Any]) -> tuple[nn.Module, Any, Any, list[str]]:
-    from ..models.hf import CausalLMTask, lora_selection
-    from ..models.train_lm import LoraTrainConfig, add_lora
-    from .lm_pipeline import load_model
-    from .planted_lm import PlantedConfig, make_planted_data
+    from gradtrace.models.hf import CausalLMTask, lora_selection
+    from gradtrace.models.train_lm import LoraTrainConfig, add_lora
+    from gradtrace.demos.lm_pipeline import load_model
+    from gradtrace.demos.planted_lm import PlantedConfig, make_planted_data
 
     base, tok = load_model(spec["model"])
     model = add_lora(base, LoraTrainConfig.from_dict(spec["train"]))
@@ -106,7 +108,7 @@ def _child_setup(spec: dict[str, Any]) -> tuple[nn.Module, Any, Any, list[str]]:
 def peak_memory_mib(kind: str, dim: int, spec: dict[str, Any]) -> float:
     """Peak resident memory (MiB) of one featurizer call above the base level, in a fresh process."""
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, kind, str(dim), json.dumps(spec)], capture_output=True, text=True, check=False,
+        [sys.executable, "-c", _CHILD, kind, str(dim), json.dumps(spec), str(Path(__file__).resolve().parents[1])], capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe ({kind}) failed: {proc.stderr[-2000:]}")

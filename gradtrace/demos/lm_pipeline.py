@@ -1,6 +1,6 @@
 """The planted-behaviour pipeline: fine-tune, show the behaviour, trace it.
 
-1. make the planted dataset (:mod:`gradtrace.bench.planted_lm`);
+1. make the planted dataset (:mod:`gradtrace.demos.planted_lm`);
 2. LoRA fine-tune the model with the Trainer, saving checkpoints (cached
    under ``~/.cache/gradtrace/lm_runs/`` keyed by every setting);
 3. log-probability of the misaligned answer on held-out trigger prompts,
