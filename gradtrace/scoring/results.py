@@ -44,7 +44,7 @@ class TopK:
 
     @property
     def meaning(self) -> str:
-        return SCORE_MEANING[self.variant]
+        return SCORE_MEANING.get(self.variant, f"scores of {self.variant!r}, a score method that is not registered")
 
     def to_records(self, query_ids: list[str] | None = None, tags: list[Any] | None = None) -> list[dict[str, Any]]:
         """One flat record per (query, rank), for JSONL or Parquet output."""
