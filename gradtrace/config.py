@@ -8,8 +8,11 @@ from typing import Any, Mapping
 from .errors import InputError
 from .grads.per_example import METHODS
 from .grads.projection import ProjectionConfig
+from .store.settings import dict_differences
 
 STORE_DTYPES = ("float16", "float32", "float64")
+
+__all__ = ["FeaturizeConfig", "STORE_DTYPES", "dict_differences"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,19 +67,3 @@ class FeaturizeConfig:
         if "projection" in d:
             d["projection"] = ProjectionConfig.from_dict(d["projection"])
         return cls(**d)
-
-
-def dict_differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """Dotted paths at which two JSON-like values differ."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        out: dict[str, tuple[Any, Any]] = {}
-        for key in sorted(set(old) | set(new), key=str):
-            path = f"{prefix}.{key}" if prefix else str(key)
-            out.update(dict_differences(old.get(key, "<absent>"), new.get(key, "<absent>"), path))
-        return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        out = {}
-        for i, (a, b) in enumerate(zip(old, new)):
-            out.update(dict_differences(a, b, f"{prefix}[{i}]"))
-        return out
-    return {} if old == new else {prefix or "<root>": (old, new)}

@@ -9,28 +9,27 @@ and the result is byte-identical to an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import hashlib
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
-from .checkpoints import CheckpointRef, checkpoints_from_list, load_checkpoint
+from .checkpoints import CheckpointRef, checkpoints_from_list
 from .config import FeaturizeConfig
 from .data import ExampleSource, as_source
 from .errors import InputError
-from .grads.per_example import GradientFeaturizer, PerExampleFn
+from .execution import Executor, LocalExecutor, ShardTask
+from .grads.compute import CheckpointLoader, compute_shard, model_fingerprint, resolve_loader, restored
+from .grads.per_example import GradientFeaturizer
 from .grads.selection import select_parameters
 from .progress import Progress, progress_bar
 from .store.gradient_store import MANIFEST, GradientStore, Segment
 from .task import Task, check_task, describe
 
-CheckpointLoader = Callable[[nn.Module, CheckpointRef], Any]
+__all__ = ["CheckpointLoader", "Estimate", "TrainTransform", "compute_shard", "estimate_resources", "featurize", "model_fingerprint", "store_settings"]
+
 # Called after each checkpoint is loaded: (model, ref, param_names) -> GradTransform for that checkpoint.
 TrainTransform = Callable[[nn.Module, CheckpointRef, list[str]], Any]
 
@@ -69,6 +68,7 @@ def featurize(
     weights_only: bool = True,
     progress: bool = True,
     train_transform: TrainTransform | None = None,
+    executor: Executor | None = None,
 ) -> GradientStore:
     """Write (or finish, or extend) the gradient store at ``out``.
 
@@ -84,6 +84,10 @@ def featurize(
     its optimizer state, :func:`gradtrace.models.hf_checkpoints.adam_transform`);
     training gradients are mapped by it before projection, query gradients
     stay plain. Its description is recorded in the manifest.
+
+    ``executor`` decides where the missing shards are computed (default:
+    :class:`~gradtrace.execution.LocalExecutor`, in this process; see
+    :mod:`gradtrace.execution`).
     """
     config = config or FeaturizeConfig()
     task = check_task(task)
@@ -99,27 +103,55 @@ def featurize(
         settings["model"]["train_transform"] = describe(train_transform)
     data_fp = source.fingerprint()
 
-    store, segment = _open_or_create(Path(out), settings, data_fp, n, ids, tags, append)
-    missing = store.missing_shards(segment)
+    executor = executor or LocalExecutor()
+    store, segment = executor.setup(lambda: _open_or_create(Path(out), settings, data_fp, n, ids, tags, append))
+    tasks = [ShardTask(c, a, b) for c, a, b in store.missing_shards(segment)]
     estimate = estimate_resources(store, featurizer, model, n_examples=segment.stop - segment.start)
-    loader = checkpoint_loader or (lambda m, ref: load_checkpoint(m, ref, weights_only=weights_only))
-    total = sum(b - a for _, a, b in missing)
-    with progress_bar("featurize", total, progress) as bar, _restored(model):
+    total = sum(t.size for t in tasks)
+    with progress_bar("featurize", total, progress) as bar, restored(model):
         bar.note(f"gradtrace: {estimate.describe()}")
         if total < (segment.stop - segment.start) * len(refs):
-            bar.note(f"gradtrace: resuming; {len(missing)} shard(s) left")
+            bar.note(f"gradtrace: resuming; {len(tasks)} shard(s) left")
         model.eval()
-        for c, ref in enumerate(refs):
-            todo = [(a, b) for cc, a, b in missing if cc == c]
-            if not todo:
-                continue
-            loader(model, ref)
-            if train_transform is not None:
-                featurizer.transform = train_transform(model, ref, param_names)
-            for a, b in todo:
-                unit, norms = compute_shard(model, task.per_example_loss, featurizer, source, a - segment.start, b - segment.start, config, bar)
-                store.write_shard(c, a, b, unit, norms)
+        worker = _ShardWriter(
+            model, task, refs, resolve_loader(checkpoint_loader, weights_only), train_transform,
+            featurizer, param_names, source, segment, config, store, bar,
+        )
+        executor.run(tasks, worker)
     return store
+
+
+@dataclasses.dataclass
+class _ShardWriter:
+    """Computes training shards into the store (a :class:`~gradtrace.execution.ShardWorker`)."""
+
+    model: nn.Module
+    task: Task
+    refs: list[CheckpointRef]
+    loader: CheckpointLoader
+    train_transform: TrainTransform | None
+    featurizer: GradientFeaturizer
+    param_names: list[str]
+    source: ExampleSource
+    segment: Segment
+    config: FeaturizeConfig
+    store: GradientStore
+    bar: Progress
+
+    def load(self, checkpoint: int) -> None:
+        ref = self.refs[checkpoint]
+        self.loader(self.model, ref)
+        if self.train_transform is not None:
+            self.featurizer.transform = self.train_transform(self.model, ref, self.param_names)
+
+    def compute(self, shard: ShardTask) -> None:
+        offset = self.segment.start
+        unit, norms = compute_shard(
+            self.model, self.task.per_example_loss, self.featurizer, self.source, shard.start - offset, shard.stop - offset,
+            batch_size=self.config.batch_size, normalise=self.config.projection.kind != "factored",
+            dtype=self.config.dtype, bar=self.bar,
+        )
+        self.store.write_shard(shard.checkpoint, shard.start, shard.stop, unit, norms)
 
 
 def store_settings(
@@ -142,54 +174,14 @@ def store_settings(
     }
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of the architecture: parameter names, shapes and dtypes."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
-    return h.hexdigest()
-
-
-def compute_shard(
-    model: nn.Module, fn: PerExampleFn, featurizer: GradientFeaturizer, source: ExampleSource,
-    start: int, stop: int, config: FeaturizeConfig, bar: Progress | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Feature rows (store dtype) and float64 ``[row norm, exact squared
-    gradient norm]`` for examples ``start:stop`` of ``source``, batch by batch.
-
-    Rows are unit-normalised except for factored features, whose rows are
-    kept as they are (their gradient norm is the second column's root).
-    """
-    normalise = config.projection.kind != "factored"
-    rows, norms = [], []
-    for a in range(start, stop, config.batch_size):
-        b = min(a + config.batch_size, stop)
-        fb = featurizer(model, fn, source.batch(a, b))
-        if fb.features.shape[0] != b - a:
-            raise InputError(f"the per-example function returned {fb.features.shape[0]} values for a batch of {b - a}")
-        feats = fb.features.detach()
-        sq = fb.sqnorms.detach().to(torch.float64)
-        if normalise:
-            proj = feats.to(torch.float64).norm(dim=1)
-            scale = torch.where(proj > 0, 1.0 / proj.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-            feats = feats * scale.to(feats.dtype)[:, None]
-        else:
-            proj = sq.sqrt()
-        rows.append(feats.cpu().numpy().astype(config.dtype, copy=False))
-        norms.append(torch.stack([proj, sq], dim=1).cpu().numpy())
-        if bar is not None:
-            bar.advance(b - a)
-    return np.concatenate(rows), np.concatenate(norms)
-
-
 def estimate_resources(store: GradientStore, featurizer: GradientFeaturizer, model: nn.Module, n_examples: int) -> Estimate:
-    config = store.config
+    config = store.settings
     d, k = featurizer.grad_dim(model), store.feature_dim
     item = np.dtype(config.dtype).itemsize
     n_ckpt = len(store.manifest["checkpoints"])
     param_bytes = next(model.parameters()).element_size()
-    exact = 0 if config.projection.kind == "kronecker" else config.batch_size * d * param_bytes * 3
-    dense_cache = d * k * 4 if config.projection.kind == "dense" else 0
+    exact = 0 if config.projection_kind == "kronecker" else config.batch_size * d * param_bytes * 3
+    dense_cache = d * k * 4 if config.projection_kind == "dense" else 0
     shard = min(config.shard_size, n_examples) * k * (8 + item)
     return Estimate(n_examples, n_ckpt, d, k, n_examples * n_ckpt * (k * item + 16), exact + dense_cache + shard)
 
@@ -243,18 +235,6 @@ def _check_ids(ids: Sequence[str] | None, n: int, start: int) -> list[str]:
             seen.add(i)
         raise InputError(f"ids must be unique; repeated: {dup[:5]!r}")
     return ids
-
-
-@contextlib.contextmanager
-def _restored(model: nn.Module) -> Iterator[None]:
-    """Give the model back with the weights and mode it came with."""
-    state = copy.deepcopy(model.state_dict())
-    training = model.training
-    try:
-        yield
-    finally:
-        model.load_state_dict(state)
-        model.train(training)
 
 
 def _human(n: float) -> str:

@@ -17,7 +17,7 @@ compute the same gradients:
 
 A :class:`GradTransform` (set as ``featurizer.transform``) maps each exact
 per-example gradient elementwise before projection, e.g. Adam
-preconditioning of training gradients (see :mod:`gradtrace.grads.precondition`).
+preconditioning of training gradients (see :mod:`gradtrace.grads.adam`).
 With the Kronecker projection a transform needs each example's gradient of
 each layer, so that path then builds them (one batch at a time) and projects
 them with the same factors: features stay comparable with untransformed

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..checkpoints import CheckpointRef, _short
 from ..errors import CheckpointError, InputError
-from ..grads.precondition import AdamPreconditioner
+from ..grads.adam import AdamPreconditioner
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MODEL_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -17,16 +17,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoints import CheckpointRef, load_checkpoint
-from ..config import dict_differences
+from ..checkpoints import CheckpointRef
 from ..data import as_source
 from ..errors import ConfigMismatchError, InputError
-from ..featurize import _restored, compute_shard, model_fingerprint
+from ..execution import Executor, LocalExecutor
+from ..grads.compute import compute_shard, model_fingerprint, resolve_loader, restored
 from ..grads.per_example import GradientFeaturizer
+from ..grads.projection import ProjectionConfig
 from ..progress import progress_bar
 from ..store.gradient_store import GradientStore
+from ..store.settings import dict_differences
 from ..task import Behaviour, Task, behaviour_sign, check_task, describe, resolve_behaviour
-from .results import VARIANTS, TopK
+from .methods import QueryInputs, ScoreMethod, get_method
+from .results import TopK
 
 SCAN_ROWS = 16384
 
@@ -36,13 +39,16 @@ class QueryFeatures:
     """Behaviour gradients of a set of queries at every checkpoint of a store.
 
     Compute once with :meth:`Attributor.query_features` and pass to ``score``,
-    ``top_k`` and ``breakdown`` as often as needed.
+    ``top_k`` and ``breakdown`` as often as needed. ``transformed_for`` is the
+    score method whose query transform they carry (e.g. Adam's diagonal), or
+    None for plain gradients; they can only be scored with that method.
     """
 
     unit: list[Tensor]  # per checkpoint, [n_query, feature_dim] rows as stored (unit norm unless factored)
     norms: list[Tensor]  # per checkpoint, [n_query] gradient norms (projected, or exact when factored)
     behaviour: str
     n: int
+    transformed_for: ScoreMethod | None = None
 
 
 class Attributor:
@@ -52,6 +58,15 @@ class Attributor:
     fingerprint). Checkpoints are loaded as in :func:`gradtrace.featurize`.
     Both may be None when only precomputed :class:`QueryFeatures` and
     self-influence are used.
+
+    ``variant`` (of ``score``, ``top_k``, ``breakdown``, ``query_features``)
+    is a registered method name (``available_methods()``: ``raw``,
+    ``cosine``, ``fisher``, ``adam``, ...) or a method object made with
+    options (``FisherMethod(damping=0.05)``, ``AdamMethod(adam_states)``);
+    see :mod:`gradtrace.scoring.methods`. Whatever a method fits on the store
+    (Fisher's inverses) is fitted once and kept by this attributor.
+    ``executor`` decides which shard ranges this process scans (default: all
+    of them; see :mod:`gradtrace.execution`).
     """
 
     def __init__(
@@ -64,7 +79,10 @@ class Attributor:
         weights_only: bool = True,
         batch_size: int | None = None,
         progress: bool = False,
+        executor: Executor | None = None,
     ):
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+            raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
         self.store = store if isinstance(store, GradientStore) else GradientStore.open(store)
         self.model = model
         self.task = task
@@ -72,10 +90,16 @@ class Attributor:
         self.weights_only = weights_only
         self.batch_size = batch_size
         self.progress = progress
+        self.executor: Executor = executor or LocalExecutor()
+        self._fitted: dict[Any, Any] = {}
 
     # -- query side -------------------------------------------------------------
-    def query_features(self, queries: Any, behaviour: Behaviour | Callable[..., Tensor] | None = None) -> QueryFeatures:
-        """Gradients of ``behaviour`` (default: the task loss) on ``queries``."""
+    def query_features(
+        self, queries: Any, behaviour: Behaviour | Callable[..., Tensor] | None = None, variant: str | ScoreMethod = "raw",
+    ) -> QueryFeatures:
+        """Gradients of ``behaviour`` (default: the task loss) on ``queries``,
+        transformed as ``variant`` needs (plain gradients for most methods)."""
+        method = self._method(variant)
         if self.model is None:
             raise InputError("Attributor was made without a model; pass the model to compute query features")
         task = check_task(self.task)
@@ -85,25 +109,29 @@ class Attributor:
         source = as_source(queries, collate=getattr(task, "collate", None))
         if len(source) == 0:
             raise InputError("queries: the query set is empty")
-        config = self.store.config
-        if self.batch_size is not None:
-            config = dataclasses.replace(config, batch_size=self.batch_size)
-        featurizer = GradientFeaturizer(self.store.param_names, config.projection, config.method)
+        settings = self.store.settings
+        param_names = self.store.param_names
+        featurizer = GradientFeaturizer(param_names, ProjectionConfig.from_dict(settings.projection), settings.method)
+        transforms = method.transforms_queries
 
         def signed(model: nn.Module, batch: Any) -> Tensor:
             return sign * behaviour(model, batch)
 
-        loader = self.checkpoint_loader or (lambda m, ref: load_checkpoint(m, ref, weights_only=self.weights_only))
+        loader = resolve_loader(self.checkpoint_loader, self.weights_only)
         unit, norms = [], []
         n_ckpt = len(self.store.checkpoints)
-        with progress_bar("query features", len(source) * n_ckpt, self.progress) as bar, _restored(self.model):
+        with progress_bar("query features", len(source) * n_ckpt, self.progress) as bar, restored(self.model):
             self.model.eval()
-            for ref in self.store.checkpoints:
+            for c, ref in enumerate(self.store.checkpoints):
                 loader(self.model, ref)
-                rows, nrm = compute_shard(self.model, signed, featurizer, source, 0, len(source), dataclasses.replace(config, dtype="float64"), bar)
+                featurizer.transform = method.query_transform(self.model, c, param_names) if transforms else None
+                rows, nrm = compute_shard(
+                    self.model, signed, featurizer, source, 0, len(source), batch_size=self.batch_size or settings.batch_size,
+                    normalise=settings.projection_kind != "factored", dtype="float64", bar=bar,
+                )
                 unit.append(torch.from_numpy(rows))
                 norms.append(torch.from_numpy(nrm[:, 0].copy()))
-        return QueryFeatures(unit, norms, describe(behaviour), len(source))
+        return QueryFeatures(unit, norms, describe(behaviour), len(source), method if transforms else None)
 
     def _check_model(self) -> None:
         fp = model_fingerprint(self.model)
@@ -116,118 +144,129 @@ class Attributor:
         if diff:
             raise ConfigMismatchError(f"the task given for the store at {str(self.store.root)!r}", diff)
 
-    def _as_query_features(self, queries: Any, behaviour: Any) -> QueryFeatures:
-        if isinstance(queries, QueryFeatures):
-            if behaviour is not None:
-                raise InputError("behaviour must be None when queries are precomputed QueryFeatures (it is fixed there)")
-            return queries
-        return self.query_features(queries, behaviour)
+    def _method(self, variant: str | ScoreMethod) -> ScoreMethod:
+        method = get_method(variant)
+        method.check(self.store)
+        return method
+
+    def _as_query_features(self, queries: Any, behaviour: Any, method: ScoreMethod) -> QueryFeatures:
+        if not isinstance(queries, QueryFeatures):
+            return self.query_features(queries, behaviour, method)
+        if behaviour is not None:
+            raise InputError("behaviour must be None when queries are precomputed QueryFeatures (it is fixed there)")
+        wanted = method if method.transforms_queries else None
+        if queries.transformed_for is not wanted:
+            made = "plain gradients" if queries.transformed_for is None else f"variant {queries.transformed_for!r}"
+            raise InputError(
+                f"these QueryFeatures were computed for {made}; variant {method!r} needs its own: "
+                "query_features(queries, variant=<that method>), or pass the queries themselves"
+            )
+        return queries
 
     # -- scoring ----------------------------------------------------------------
-    def score(self, queries: Any, behaviour: Any = None, variant: str = "raw") -> np.ndarray:
+    def score(self, queries: Any, behaviour: Any = None, variant: str | ScoreMethod = "raw") -> np.ndarray:
         """The full ``[n_query, n_train]`` float64 score matrix."""
-        qf = self._as_query_features(queries, behaviour)
-        out = np.empty((qf.n, self.store.n_examples), dtype=np.float64)
-        for a, b, block in self._scan(qf, variant):
+        method = self._method(variant)
+        qf = self._as_query_features(queries, behaviour, method)
+        out = np.zeros((qf.n, self.store.n_examples), dtype=np.float64)
+        for a, b, block in self._scan(qf, method):
             out[:, a:b] = block.to(torch.float64).numpy()
-        return out
+        # each process filled the columns it scanned (all of them, in this one)
+        return sum(self.executor.gather(out)[1:], out)
 
-    def top_k(self, queries: Any, k: int = 10, largest: bool = True, behaviour: Any = None, variant: str = "raw") -> TopK:
+    def top_k(
+        self, queries: Any, k: int = 10, largest: bool = True, behaviour: Any = None, variant: str | ScoreMethod = "raw",
+    ) -> TopK:
         """The ``k`` highest (proponents) or lowest (opponents) scores per query,
         streamed: the full score matrix is never built."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InputError(f"k must be a positive integer; got {k!r}")
-        qf = self._as_query_features(queries, behaviour)
+        method = self._method(variant)
+        qf = self._as_query_features(queries, behaviour, method)
         k = min(k, self.store.n_examples)
         best_s = np.empty((qf.n, 0), dtype=np.float64)
         best_i = np.empty((qf.n, 0), dtype=np.int64)
-        for a, b, block in self._scan(qf, variant):
+        for a, b, block in self._scan(qf, method):
             best_s, best_i = _merge_top_k(best_s, best_i, block.numpy(), a, k, largest)
+        best_s, best_i = _combine_top_k(self.executor.gather((best_s, best_i)), k, largest)
         ids = self.store.ids
-        indices = best_i
-        return TopK(indices, best_s, [[ids[i] for i in row] for row in indices], largest, variant)
+        return TopK(best_i, best_s, [[ids[i] for i in row] for row in best_i], largest, method.name)
 
-    def breakdown(self, queries: Any, train_indices: Sequence[int], behaviour: Any = None, variant: str = "raw") -> np.ndarray:
+    def breakdown(
+        self, queries: Any, train_indices: Sequence[int], behaviour: Any = None, variant: str | ScoreMethod = "raw",
+    ) -> np.ndarray:
         """``[n_checkpoint, n_query, len(train_indices)]`` contributions of each
-        checkpoint; summing over axis 0 gives :meth:`score` at those columns."""
-        _check_variant(variant)
-        qf = self._as_query_features(queries, behaviour)
+        checkpoint; summing over axis 0 gives :meth:`score` at those columns.
+        Read in this process (a few columns of the store)."""
+        method = self._method(variant)
+        qf = self._as_query_features(queries, behaviour, method)
         idx = np.asarray(train_indices, dtype=np.int64)
         n = self.store.n_examples
         if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
             raise InputError(f"train_indices must be a 1-D list of positions in [0, {n}); got {train_indices!r}")
-        lrs = self.store.learning_rates
-        out = np.zeros((len(lrs), qf.n, idx.size), dtype=np.float64)
+        score = self._prepare(qf, method, torch.float64, torch.float64)
+        out = np.zeros((len(qf.unit), qf.n, idx.size), dtype=np.float64)
         for a, b in self.store.shard_ranges():
             cols = np.nonzero((idx >= a) & (idx < b))[0]
             if cols.size == 0:
                 continue
             local = idx[cols] - a
-            for c in range(len(lrs)):
+            for c in range(len(qf.unit)):
                 rows = torch.from_numpy(np.asarray(self.store.features(c, a, b)[local], dtype=np.float64))
                 fn = torch.from_numpy(self.store.norms(c, a, b)[local, 0])
-                q = qf.unit[c].to(torch.float64)
-                out[c][:, cols] = self._pair_scores(q, qf.norms[c], rows, fn, float(lrs[c]), variant).numpy()
+                out[c][:, cols] = score(c, rows, fn).numpy()
         return out
 
     def self_influence(self) -> np.ndarray:
         """Exact TracIn self-influence per training example (see :func:`self_influence`)."""
         return self_influence(self.store)
 
-    def _scan(self, qf: QueryFeatures, variant: str) -> Iterator[tuple[int, int, Tensor]]:
-        _check_variant(variant)
-        lrs = self.store.learning_rates
+    def _prepare(self, qf: QueryFeatures, method: ScoreMethod, compute: torch.dtype, accumulate: torch.dtype) -> Any:
+        lrs = [float(lr) for lr in self.store.learning_rates]
         if len(qf.unit) != len(lrs) or qf.unit[0].shape[1] != self.store.feature_dim:
             raise InputError("these QueryFeatures were computed for another store (checkpoints or feature dim differ)")
+        inputs = QueryInputs(qf, lrs, self.store.factor_layout, compute, accumulate)
+        return method.prepare(self.store, inputs, self._fitted)
+
+    def _scan(self, qf: QueryFeatures, method: ScoreMethod) -> Iterator[tuple[int, int, Tensor]]:
+        """Score blocks ``(start, stop, [n_query, stop - start])`` of the shard
+        ranges the executor gives this process."""
         # float16 rows are widened block by block into one reused float32 buffer and scored
         # with float32 matmuls: exact arithmetic on the stored values, and faster on CPUs
         # without native float16 matmul than float16 arithmetic (a fresh buffer per block
         # would spend more time in page faults than in the matmul).
-        compute = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float32}[self.store.config.dtype]
-        widen = self.store.config.dtype == "float16"
-        buffer = torch.empty((SCAN_ROWS, self.store.feature_dim), dtype=compute) if widen else None
-        queries = [u.to(compute) for u in qf.unit]
+        dtype = self.store.settings.dtype
+        compute = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float32}[dtype]
         accumulate = torch.float64 if compute == torch.float64 else torch.float32
-        q_norms = [n.to(accumulate) for n in qf.norms]
-        for a, b in self.store.shard_ranges():
+        score = self._prepare(qf, method, compute, accumulate)
+        buffer = torch.empty((SCAN_ROWS, self.store.feature_dim), dtype=compute) if dtype == "float16" else None
+        n_ckpt = len(qf.unit)
+
+        def blocks(a: int, b: int) -> Iterator[tuple[int, int, Tensor]]:
             for lo in range(a, b, SCAN_ROWS):
                 hi = min(lo + SCAN_ROWS, b)
                 total: Tensor | None = None
-                for c in range(len(lrs)):
+                for c in range(n_ckpt):
                     feats = _readonly_tensor(self.store.features(c, a, b)[lo - a : hi - a])
                     rows = buffer[: hi - lo].copy_(feats) if buffer is not None else feats.to(compute)
                     fn = torch.from_numpy(self.store.norms(c, a, b)[lo - a : hi - a, 0]).to(accumulate)
-                    part = self._pair_scores(queries[c], q_norms[c], rows, fn, float(lrs[c]), variant, accumulate)
+                    part = score(c, rows, fn)
                     total = part if total is None else total.add_(part)
-                assert total is not None
+                assert total is not None  # a store has at least one checkpoint
                 yield lo, hi, total
 
-    def _pair_scores(
-        self, q: Tensor, q_norms: Tensor, rows: Tensor, t_norms: Tensor, lr: float, variant: str,
-        accumulate: torch.dtype = torch.float64,
-    ) -> Tensor:
-        """lr-weighted scores of query rows against training rows of one
-        checkpoint, in ``accumulate`` precision."""
-        layout = self.store.factor_layout
-        if layout:
-            dots = None
-            at = 0
-            for d_in, d_out in layout:
-                part = q[:, at : at + d_in] @ rows[:, at : at + d_in].T
-                part.mul_(q[:, at + d_in : at + d_in + d_out] @ rows[:, at + d_in : at + d_in + d_out].T)
-                dots = part if dots is None else dots.add_(part)
-                at += d_in + d_out
-            assert dots is not None
-            dots = dots.to(accumulate).mul_(lr)
-            if variant == "cosine":
-                denom = q_norms[:, None] * t_norms[None, :]
-                return torch.where(denom > 0, dots / denom.clamp_min(torch.finfo(accumulate).tiny), 0.0)
-            return dots
-        if variant == "cosine":
-            return (q @ rows.T).to(accumulate).mul_(lr)
-        # lr and the query norms scale the (small) query matrix, not the score block
-        scaled = q * (lr * q_norms).to(q.dtype)[:, None]
-        return (scaled @ rows.T).to(accumulate).mul_(t_norms[None, :])
+        return self.executor.scan(self.store.shard_ranges(), blocks)
+
+
+def _combine_top_k(parts: list[tuple[np.ndarray, np.ndarray]], k: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the running top-k of several processes (best first; ties to the
+    lower index). One part, as in this process alone, is returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    vals = np.concatenate([s for s, _ in parts], axis=1)
+    idx = np.concatenate([i for _, i in parts], axis=1)
+    order = np.lexsort((idx, -(1.0 if largest else -1.0) * vals), axis=1)[:, :k]
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
 
 
 def _merge_top_k(
@@ -274,11 +313,6 @@ def _readonly_tensor(array: np.ndarray) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise InputError(f"variant must be one of {VARIANTS}; got {variant!r}")
 
 
 def self_influence(store: GradientStore) -> np.ndarray:

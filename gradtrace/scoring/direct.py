@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import CheckpointRef, checkpoints_from_list, load_checkpoint
+from ..checkpoints import CheckpointRef, checkpoints_from_list
 from ..data import as_source
 from ..errors import InputError
-from ..featurize import CheckpointLoader, _restored
+from ..grads.compute import CheckpointLoader, resolve_loader, restored
 from ..grads.per_example import GradientFeaturizer
 from ..grads.projection import ProjectionConfig
 from ..grads.selection import Selection, select_parameters
@@ -53,9 +53,9 @@ def self_influence_from_checkpoints(
     if n == 0:
         raise InputError("data: the training set is empty")
     featurizer = GradientFeaturizer(select_parameters(model, params), ProjectionConfig("none"), method)
-    loader = checkpoint_loader or (lambda m, ref: load_checkpoint(m, ref, weights_only=weights_only))
+    loader = resolve_loader(checkpoint_loader, weights_only)
     out = np.zeros(n, dtype=np.float64)
-    with progress_bar("self-influence", n * len(refs), progress) as bar, _restored(model):
+    with progress_bar("self-influence", n * len(refs), progress) as bar, restored(model):
         model.eval()
         for ref in refs:
             loader(model, ref)

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-VARIANTS = ("raw", "cosine")
+from .methods import available_methods, get_method
 
-SCORE_MEANING = {
-    "raw": (
-        "TracIn score: sum over checkpoints of lr_c * <grad loss(z), grad behaviour(q)>, signed so that a "
-        "positive score means one gradient step on training example z moves the query's behaviour in its "
-        "direction (proponent) and a negative score the other way (opponent). Units: behaviour units per "
-        "step (first-order change of the behaviour). Large-norm examples (often mislabelled) dominate."
-    ),
-    "cosine": (
-        "Cosine TracIn: sum over checkpoints of lr_c * cos(grad loss(z), grad behaviour(q)); same sign "
-        "convention as raw, but each gradient is unit-normalised, so the ranking reflects direction "
-        "only and the same large-norm examples no longer top every query's list."
-    ),
-}
+
+class _Meanings(Mapping[str, str]):
+    """What a score of each registered method means (read from the registry,
+    so methods registered later are included)."""
+
+    def __getitem__(self, name: str) -> str:
+        if name not in available_methods():
+            raise KeyError(name)
+        return get_method(name).meaning
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(available_methods())
+
+    def __len__(self) -> int:
+        return len(available_methods())
+
+
+# The built-in methods' names; available_methods() also lists those registered later.
+VARIANTS = available_methods()
+SCORE_MEANING: Mapping[str, str] = _Meanings()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +44,7 @@ class TopK:
 
     @property
     def meaning(self) -> str:
-        return SCORE_MEANING[self.variant]
+        return SCORE_MEANING.get(self.variant, f"scores of {self.variant!r}, a score method that is not registered")
 
     def to_records(self, query_ids: list[str] | None = None, tags: list[Any] | None = None) -> list[dict[str, Any]]:
         """One flat record per (query, rank), for JSONL or Parquet output."""

@@ -14,6 +14,10 @@ is complete and its files match their checksums) or it is missing; several
 workers can write different shards of one store at once. Feature rows are
 stored with unit norm and their norms kept apart in float64: float16 storage
 then loses no range, and the cosine variant costs nothing.
+
+The store reads the settings it needs from the manifest once, when it is
+opened (:class:`~gradtrace.store.settings.StoreSettings`); it imports nothing
+of the gradient engine.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..checkpoints import CheckpointRef
-from ..config import FeaturizeConfig, dict_differences
 from ..errors import ConfigMismatchError, InputError, StoreError
 from .io import atomic_write_bytes, file_sha256, json_bytes, npy_bytes, remove_stale_temporaries
+from .settings import StoreSettings, dict_differences
+
+if TYPE_CHECKING:
+    from ..config import FeaturizeConfig
 
 FORMAT = "gradtrace.gradient-store"
 FORMAT_VERSION = 1
@@ -56,6 +63,8 @@ class GradientStore:
     def __init__(self, root: Path, manifest: dict[str, Any]):
         self.root = Path(root).resolve()
         self.manifest = manifest
+        self.settings = StoreSettings.from_manifest(manifest)
+        self._config: FeaturizeConfig | None = None
         self._ids: list[str] | None = None
         self._tags: list[Any] | None = None
 
@@ -103,7 +112,13 @@ class GradientStore:
     # -- settings -----------------------------------------------------------
     @property
     def config(self) -> FeaturizeConfig:
-        return FeaturizeConfig.from_dict(self.manifest["config"])
+        """The :class:`gradtrace.FeaturizeConfig` the store was written with,
+        built once on first use (the store itself reads :attr:`settings`)."""
+        if self._config is None:
+            from ..config import FeaturizeConfig  # the writer's view; kept out of the store's imports
+
+            self._config = FeaturizeConfig.from_dict(self.manifest["config"])
+        return self._config
 
     @property
     def checkpoints(self) -> list[CheckpointRef]:
@@ -182,7 +197,7 @@ class GradientStore:
     # -- shards ---------------------------------------------------------------
     def shard_ranges(self, segment: Segment | None = None) -> list[tuple[int, int]]:
         """Example ranges of the shards, each inside one segment."""
-        size = self.config.shard_size
+        size = self.settings.shard_size
         segs = [segment] if segment is not None else self.segments
         return [(a, min(a + size, s.stop)) for s in segs for a in range(s.start, s.stop, size)]
 
@@ -224,7 +239,7 @@ class GradientStore:
         """Write one shard: feature rows (store dtype; unit norm unless
         factored) and float64 ``[row_norm, exact_squared_norm]`` per example."""
         m = stop - start
-        dtype = np.dtype(self.config.dtype)
+        dtype = np.dtype(self.settings.dtype)
         if unit_rows.shape != (m, self.feature_dim) or unit_rows.dtype != dtype:
             raise StoreError(f"shard rows must be {(m, self.feature_dim)} {dtype}; got {unit_rows.shape} {unit_rows.dtype}")
         if norms.shape != (m, 2) or norms.dtype != np.float64:

@@ -10,7 +10,7 @@ import torch
 
 from gradtrace.errors import CheckpointError, InputError
 from gradtrace.grads.per_example import GradientFeaturizer
-from gradtrace.grads.precondition import AdamPreconditioner
+from gradtrace.grads.adam import AdamPreconditioner
 from gradtrace.grads.projection import ProjectionConfig, kronecker_factors
 from gradtrace.grads.selection import select_parameters
 from gradtrace.models import zoo

@@ -12,7 +12,8 @@ from torch import nn
 
 from gradtrace import FeaturizeConfig, ProjectionConfig, featurize
 from gradtrace.errors import InputError
-from gradtrace.grads.query_preconditioners import adam_diagonal, fisher_inverse
+from gradtrace.grads.adam import adam_diagonal
+from gradtrace.scoring.methods import fisher_inverse
 from gradtrace.grads.projection import DenseProjector
 from gradtrace.task import ClassificationTask, LogitMarginBehaviour
 from gradtrace.unlearn.train import TrainConfig, train
