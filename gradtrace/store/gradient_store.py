@@ -83,6 +83,7 @@ class GradientStore:
         with manifest_lock(root):
             _require_new_directory(root)
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings, "segments": []}
+            manifest = json.loads(json_bytes(manifest))  # in memory exactly as on disk (lists, not tuples)
             check_manifest(root / MANIFEST, manifest, FORMAT, FORMAT_VERSION)
             store = cls(root, manifest)
             store._write_manifest()
@@ -322,7 +323,7 @@ class GradientStore:
                 stem = self._stem(c, a, b)
                 for suffix, cols, dtype in ((".features.npy", self.feature_dim, self.config.dtype), (".norms.npy", 2, "float64")):
                     name = stem.name + suffix
-                    integrity.open_npy(stem.with_name(name), (b - a, cols), np.dtype(dtype), digests[name], mmap=False)
+                    integrity.open_npy(stem.with_name(name), (b - a, cols), np.dtype(dtype), digests[name], mmap=True)
             except StoreError as exc:
                 bad.append((c, a, b, integrity.describe(exc)))
         return bad

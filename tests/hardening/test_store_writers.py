@@ -297,3 +297,13 @@ def test_checkpoints_a_custom_loader_names_are_not_checked(tmp_path):
     store = make_store(tmp_path / "store", paths)
     assert store.checkpoint_fingerprints == [None, None]
     store.check_checkpoints()
+
+
+def test_settings_with_tuples_are_kept_as_on_disk(tmp_path):
+    """A store made from settings holding tuples compares equal to its own
+    manifest when a manifest change reads it back from disk."""
+    given = settings(write_checkpoint_files(tmp_path / "ckpts"))
+    given["model"]["param_names"] = ("w",)
+    store = GradientStore.create(tmp_path / "store", given)
+    store.add_segment("data-0", ["a"], None)
+    assert GradientStore.open(store.root).segments == store.segments
