@@ -38,9 +38,11 @@ checkpoint fingerprints, repairs and cleans; the others find it, check it
 and join as shared writers. Each rank then computes
 ``store.missing_shards(segment)[rank::world_size]`` (the list is the same on
 every rank once the store exists) and calls ``write_shard`` for those; a
-rank restarted alone recomputes only its own missing shards. On file
-systems without working ``flock`` (some network mounts), pass
-``lock=False`` and let rank 0 alone open the store before the others.
+rank restarted alone recomputes only its own missing shards. Linux NFS
+clients emulate ``flock`` with byte-range locks, which cannot lock a
+directory: the manifest lock then falls back to its lock file. Where locks
+do not reach across machines at all, have rank 0 open the store and the
+others open it after a barrier.
 
 Windows has no ``fcntl``: there the locks are no-ops and a one-line warning
 says that concurrent writers to one store are not detected.
