@@ -8,9 +8,8 @@ from typing import Any, Mapping
 from .errors import InputError
 from .grads.per_example import METHODS
 from .grads.projection import ProjectionConfig
-from .store.settings import dict_differences
+from .store.settings import STORE_DTYPES, dict_differences
 
-STORE_DTYPES = ("float16", "float32", "float64")
 
 __all__ = ["FeaturizeConfig", "STORE_DTYPES", "dict_differences"]
 

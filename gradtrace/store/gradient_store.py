@@ -24,15 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..checkpoints import CheckpointRef
-from ..errors import ConfigMismatchError, InputError, StoreError
-from .io import atomic_write_bytes, file_sha256, json_bytes, npy_bytes, remove_stale_temporaries
+from ..errors import CheckpointError, ConfigMismatchError, InputError, StoreError
+from ..fingerprint import checkpoint_fingerprint, fingerprint_change
+from . import integrity
+from .io import atomic_write_bytes, file_sha256, json_bytes, npy_bytes, remove_stale_temporaries, write_temporary
+from .lock import LOCK_FILES, manifest_lock, other_writers_active
 from .settings import StoreSettings, dict_differences
+from .validate import check_manifest, check_unique_ids, read_ids_file
 
 if TYPE_CHECKING:
     from ..config import FeaturizeConfig
@@ -60,46 +66,45 @@ class GradientStore:
     """A store directory (see the module docstring). Open with :meth:`open`
     or make with :meth:`create`; :func:`gradtrace.featurize` does both."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]):
+    def __init__(self, root: Path, manifest: dict[str, Any], verify: bool = True):
         self.root = Path(root).resolve()
         self.manifest = manifest
         self.settings = StoreSettings.from_manifest(manifest)
         self._config: FeaturizeConfig | None = None
+        #: check every shard file read against its record's sha256 (once per process per file version)
+        self.verify_reads = verify
         self._ids: list[str] | None = None
         self._tags: list[Any] | None = None
 
     # -- opening ------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | Path) -> "GradientStore":
-        root = Path(root)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise StoreError(f"{str(root)!r} is not a gradient store: {MANIFEST} is missing")
-        try:
-            manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{str(path)!r} is not valid JSON: {exc}") from exc
-        if manifest.get("format") != FORMAT:
-            raise StoreError(f"{str(path)!r} is not a gradtrace gradient store manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise StoreError(
-                f"{str(path)!r} has format_version {manifest.get('format_version')!r}; "
-                f"this gradtrace reads version {FORMAT_VERSION}"
-            )
-        return cls(root, manifest)
+    def open(cls, root: str | Path, verify: bool = True) -> "GradientStore":
+        """Open the store at ``root``; its manifest is checked field by field.
+        ``verify`` (default on; also the attribute ``store.verify_reads``) checks
+        each shard file read against its recorded sha256."""
+        return cls(root, read_manifest(root), verify=verify)
 
     @classmethod
     def create(cls, root: str | Path, settings: Mapping[str, Any]) -> "GradientStore":
         root = Path(root)
-        if (root / MANIFEST).exists():
-            raise StoreError(f"a store already exists at {str(root)!r}")
-        if root.exists() and any(root.iterdir()):
-            raise InputError(f"out: {str(root)!r} exists and is not empty; choose a new directory for the store")
+        _require_new_directory(root)
         root.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings, "segments": []}
-        store = cls(root, manifest)
-        store._write_manifest()
+        with manifest_lock(root):
+            _require_new_directory(root)
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings, "segments": []}
+            manifest = json.loads(json_bytes(manifest))  # in memory exactly as on disk (lists, not tuples)
+            check_manifest(root / MANIFEST, manifest, FORMAT, FORMAT_VERSION)
+            store = cls(root, manifest)
+            store._write_manifest()
         return store
+
+    @classmethod
+    def writer(cls, root: str | Path, settings: Mapping[str, Any], **kwargs: Any) -> Any:
+        """Open, create or check the store at ``root`` for writing, under its
+        locks; see :func:`gradtrace.store.writer.open_for_writing`."""
+        from .writer import open_for_writing
+
+        return open_for_writing(root, settings, **kwargs)
 
     def check_compatible(self, settings: Mapping[str, Any]) -> None:
         """Raise :class:`ConfigMismatchError` showing each differing setting."""
@@ -167,29 +172,49 @@ class GradientStore:
     def _load_ids(self) -> None:
         ids: list[str] = []
         tags: list[Any] = []
+        seen: set[str] = set()
         for seg in self.segments:
-            data = json.loads((self.root / seg.ids_file).read_text())
-            ids.extend(data["ids"])
-            tags.extend(data["tags"] if data.get("tags") is not None else [None] * (seg.stop - seg.start))
+            path = self.root / seg.ids_file
+            seg_ids, seg_tags = read_ids_file(path, seg.stop - seg.start)
+            check_unique_ids(path, seg_ids, seen)
+            ids.extend(seg_ids)
+            tags.extend(seg_tags)
         self._ids, self._tags = ids, tags
 
     # -- segments -------------------------------------------------------------
     def add_segment(self, fingerprint: str, ids: Sequence[str], tags: Sequence[Any] | None) -> Segment:
-        """Register ``len(ids)`` new examples after the existing ones."""
-        existing = set(self.ids)
-        clash = [i for i in ids if i in existing]
-        if clash:
-            raise InputError(f"ids already in the store at {str(self.root)!r}: {clash[:5]!r}")
-        start = self.n_examples
-        index = len(self.segments)
-        ids_file = f"ids/segment_{index:03d}.json"
-        (self.root / "ids").mkdir(exist_ok=True)
-        atomic_write_bytes(self.root / ids_file, json_bytes({"ids": list(ids), "tags": None if tags is None else list(tags)}))
-        seg = Segment(start, start + len(ids), fingerprint, ids_file)
-        self.manifest["segments"].append(seg.to_dict())
-        self._write_manifest()
-        self._ids = self._tags = None
+        """Register ``len(ids)`` new examples after the existing ones (under
+        the manifest lock, after reading the manifest again from disk)."""
+        with manifest_lock(self.root):
+            self.reload()
+            existing = set(self.ids)
+            clash = [i for i in ids if i in existing]
+            if clash:
+                raise InputError(f"ids already in the store at {str(self.root)!r}: {clash[:5]!r}")
+            start = self.n_examples
+            index = len(self.segments)
+            ids_file = f"ids/segment_{index:03d}.json"
+            (self.root / "ids").mkdir(exist_ok=True)
+            atomic_write_bytes(self.root / ids_file, json_bytes({"ids": list(ids), "tags": None if tags is None else list(tags)}))
+            seg = Segment(start, start + len(ids), fingerprint, ids_file)
+            self.manifest["segments"].append(seg.to_dict())
+            self._write_manifest()
+            self._ids = self._tags = None
         return seg
+
+    def reload(self) -> None:
+        """Read the manifest again from disk (checked). Raises
+        :class:`StoreError` if another process replaced the store with one of
+        other settings meanwhile."""
+        fresh = read_manifest(self.root)
+        changed = [k for k in COMPATIBILITY_KEYS if fresh.get(k) != self.manifest.get(k)]
+        if changed:
+            raise StoreError(
+                f"the store at {str(self.root)!r} was replaced by another process with other settings "
+                f"(fields {changed} differ); open it again"
+            )
+        self.manifest = fresh
+        self._ids = self._tags = None
 
     def _write_manifest(self) -> None:
         atomic_write_bytes(self.root / MANIFEST, json_bytes(self.manifest))
@@ -220,16 +245,21 @@ class GradientStore:
         return any(self.root.glob("ckpt_*/rows_*.json"))
 
     def discard_unwritten(self) -> None:
-        """Remove a store that holds no shard yet (its manifest and ids only)."""
-        if self.has_any_shard():
-            raise StoreError(f"store {str(self.root)!r} holds shards; refusing to discard it")
-        for seg in self.segments:
-            (self.root / seg.ids_file).unlink(missing_ok=True)
-        (self.root / MANIFEST).unlink()
-        self.clean_temporaries()
-        for d in sorted(self.root.rglob("*"), reverse=True):
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+        """Remove a store that holds no shard yet (its manifest and ids only).
+        Refused while another writing session is open on it."""
+        with manifest_lock(self.root):
+            if self.has_any_shard():
+                raise StoreError(f"store {str(self.root)!r} holds shards; refusing to discard it")
+            if other_writers_active(self.root):
+                raise StoreError(f"store {str(self.root)!r} is being written by another process; refusing to discard it")
+            self.manifest = read_manifest(self.root)
+            for seg in self.segments:
+                (self.root / seg.ids_file).unlink(missing_ok=True)
+            (self.root / MANIFEST).unlink()
+            self.clean_temporaries()
+            for d in sorted(self.root.rglob("*"), reverse=True):
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
 
     @property
     def complete(self) -> bool:
@@ -246,11 +276,24 @@ class GradientStore:
             raise StoreError(f"shard norms must be {(m, 2)} float64; got {norms.shape} {norms.dtype}")
         stem = self._stem(ckpt, start, stop)
         stem.parent.mkdir(parents=True, exist_ok=True)
+        # Files go to temporaries first; they are published, record last, under the
+        # manifest lock and only if no other writer published this shard meanwhile.
+        temporaries: dict[Path, Path] = {}
         files = {}
-        for suffix, array in ((".features.npy", unit_rows), (".norms.npy", norms)):
-            files[stem.name + suffix] = atomic_write_bytes(stem.with_name(stem.name + suffix), npy_bytes(array))
-        record = {"checkpoint": ckpt, "start": start, "stop": stop, "sha256": files}
-        atomic_write_bytes(stem.with_suffix(".json"), json_bytes(record))
+        try:
+            for suffix, array in ((".features.npy", unit_rows), (".norms.npy", norms)):
+                path = stem.with_name(stem.name + suffix)
+                temporaries[path], files[path.name] = write_temporary(path, npy_bytes(array))
+            record = {"checkpoint": ckpt, "start": start, "stop": stop, "sha256": files}
+            with manifest_lock(self.root):
+                if self.has_shard(ckpt, start, stop):
+                    return
+                for path, tmp in temporaries.items():
+                    os.replace(tmp, path)
+                atomic_write_bytes(stem.with_suffix(".json"), json_bytes(record))
+        finally:
+            for tmp in temporaries.values():
+                tmp.unlink(missing_ok=True)
 
     def _require(self, ckpt: int, start: int, stop: int) -> Path:
         if not self.has_shard(ckpt, start, stop):
@@ -261,14 +304,54 @@ class GradientStore:
         return self._stem(ckpt, start, stop)
 
     def features(self, ckpt: int, start: int, stop: int) -> np.ndarray:
-        """Unit-norm feature rows of one shard, memory-mapped."""
-        stem = self._require(ckpt, start, stop)
-        return np.load(stem.with_name(stem.name + ".features.npy"), mmap_mode="r")
+        """Unit-norm feature rows of one shard, memory-mapped (checked: see
+        :mod:`gradtrace.store.integrity`)."""
+        return self._read(ckpt, start, stop, ".features.npy", self.feature_dim, np.dtype(self.settings.dtype), mmap=True)
 
     def norms(self, ckpt: int, start: int, stop: int) -> np.ndarray:
         """``[projected_norm, exact_squared_norm]`` per example of one shard."""
+        return self._read(ckpt, start, stop, ".norms.npy", 2, np.dtype(np.float64), mmap=False)
+
+    def _read(self, ckpt: int, start: int, stop: int, suffix: str, cols: int, dtype: np.dtype, mmap: bool) -> np.ndarray:
         stem = self._require(ckpt, start, stop)
-        return np.load(stem.with_name(stem.name + ".norms.npy"))
+        path = stem.with_name(stem.name + suffix)
+        digest = self._record(ckpt, start, stop)[path.name] if self.verify_reads else None
+        where = f" (checkpoint {ckpt}, rows {start}-{stop})"
+        return integrity.open_npy(path, (stop - start, cols), dtype, digest, mmap=mmap, where=where)
+
+    def _record(self, ckpt: int, start: int, stop: int) -> dict[str, str]:
+        """The checked ``{file name: sha256}`` of a shard's record."""
+        stem = self._stem(ckpt, start, stop)
+        names = (stem.name + ".features.npy", stem.name + ".norms.npy")
+        return integrity.read_shard_record(stem.with_suffix(".json"), ckpt, start, stop, names)
+
+    def invalid_shards(self) -> list[tuple[int, int, int, str]]:
+        """``(checkpoint, start, stop, problem)`` of every written shard whose
+        record is malformed or whose files are missing, of the wrong shape or
+        dtype, or fail their checksum (each file hashed once per process)."""
+        bad = []
+        for c, a, b in self.iter_shards():
+            if not self.has_shard(c, a, b):
+                continue
+            try:
+                digests = self._record(c, a, b)
+                stem = self._stem(c, a, b)
+                for suffix, cols, dtype in ((".features.npy", self.feature_dim, self.settings.dtype), (".norms.npy", 2, "float64")):
+                    name = stem.name + suffix
+                    integrity.open_npy(stem.with_name(name), (b - a, cols), np.dtype(dtype), digests[name], mmap=True)
+            except StoreError as exc:
+                bad.append((c, a, b, integrity.describe(exc)))
+        return bad
+
+    def repair(self) -> list[tuple[int, int, int, str]]:
+        """Delete the record of every shard :meth:`invalid_shards` lists (under
+        the manifest lock), so :meth:`missing_shards` lists it again and a
+        resumed featurize rewrites it. Returns what was found."""
+        with manifest_lock(self.root):
+            bad = self.invalid_shards()
+            for c, a, b, _ in bad:
+                self._stem(c, a, b).with_suffix(".json").unlink(missing_ok=True)
+        return bad
 
     def iter_shards(self) -> Iterator[tuple[int, int, int]]:
         for a, b in self.shard_ranges():
@@ -283,8 +366,12 @@ class GradientStore:
                 problems.append(f"missing shard checkpoint {c} rows {a}-{b}")
                 continue
             stem = self._stem(c, a, b)
-            record = json.loads(stem.with_suffix(".json").read_text())
-            for name, digest in record["sha256"].items():
+            try:
+                record = self._record(c, a, b)
+            except StoreError as exc:
+                problems.append(integrity.describe(exc))
+                continue
+            for name, digest in record.items():
                 path = stem.with_name(name)
                 if not path.is_file():
                     problems.append(f"{name}: file missing")
@@ -293,7 +380,68 @@ class GradientStore:
         return problems
 
     def clean_temporaries(self) -> int:
+        """Delete temporaries of interrupted writers. Only call with no writer
+        running (featurize does it when it holds the store alone)."""
         return remove_stale_temporaries(self.root)
+
+    # -- checkpoint fingerprints -------------------------------------------------
+    @property
+    def checkpoint_fingerprints(self) -> list[dict[str, Any] | None] | None:
+        """Per checkpoint, its files' fingerprint when the store was made
+        (None for a path that was not a local file or folder); None for a
+        store written before gradtrace recorded them."""
+        return self.manifest.get("checkpoint_fingerprints")
+
+    def record_checkpoint_fingerprints(self) -> None:
+        """Fingerprint every checkpoint now (hashing its files) and save that
+        in the manifest (under the manifest lock)."""
+        with manifest_lock(self.root):
+            self.reload()
+            self.manifest["checkpoint_fingerprints"] = [checkpoint_fingerprint(c["path"]) for c in self.manifest["checkpoints"]]
+            self._write_manifest()
+
+    def check_checkpoints(self, indices: Sequence[int] | None = None) -> None:
+        """Raise :class:`CheckpointError` if a checkpoint file differs from its
+        recorded fingerprint (a file whose size and mtime are unchanged is
+        trusted; others are hashed). A store without fingerprints passes
+        with a one-line warning."""
+        fps = self.checkpoint_fingerprints
+        if fps is None:
+            warnings.warn(
+                f"gradtrace: the store at {str(self.root)!r} was written before checkpoint fingerprints were "
+                "recorded; its checkpoint files cannot be checked for changes", UserWarning, stacklevel=2,
+            )
+            return
+        for c in range(len(fps)) if indices is None else indices:
+            path = self.manifest["checkpoints"][c]["path"]
+            change = None if fps[c] is None else fingerprint_change(path, fps[c])
+            if change is not None:
+                raise CheckpointError(
+                    f"checkpoint {c} ({path!r}) changed since the store at {str(self.root)!r} was made: {change}. "
+                    "Its stored gradients belong to the old weights: restore the original file, "
+                    "or featurize into a new directory"
+                )
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest of the store at ``root``, parsed and checked field by field."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise StoreError(f"{str(root)!r} is not a gradient store: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    check_manifest(path, manifest, FORMAT, FORMAT_VERSION)
+    return manifest
+
+
+def _require_new_directory(root: Path) -> None:
+    if (root / MANIFEST).exists():
+        raise StoreError(f"a store already exists at {str(root)!r}")
+    if root.exists() and any(p.name not in LOCK_FILES for p in root.iterdir()):
+        raise InputError(f"out: {str(root)!r} exists and is not empty; choose a new directory for the store")

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 from ..errors import StoreError
 
+STORE_DTYPES = ("float16", "float32", "float64")
+
 
 @dataclasses.dataclass(frozen=True)
 class StoreSettings:
