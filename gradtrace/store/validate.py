@@ -15,7 +15,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import InputError, StoreError
+from ..errors import StoreError
 from .settings import STORE_DTYPES
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
