@@ -34,8 +34,9 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..store.settings import PROJECTION_KINDS
 
-KINDS = ("none", "factored", "dense", "kronecker")
+KINDS = PROJECTION_KINDS
 DISTRIBUTIONS = ("rademacher", "gaussian")
 BLOCK_ROWS = 1024
 

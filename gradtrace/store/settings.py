@@ -15,6 +15,8 @@ from typing import Any, Mapping
 from ..errors import StoreError
 
 STORE_DTYPES = ("float16", "float32", "float64")
+# The projection kinds a store can hold; part of the store format (a reader lays out rows by it).
+PROJECTION_KINDS = ("none", "factored", "dense", "kronecker")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import StoreError
-from .settings import STORE_DTYPES
+from .settings import PROJECTION_KINDS, STORE_DTYPES
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SEGMENT_KEYS = ("fingerprint", "ids_file", "start", "stop")
@@ -100,7 +100,8 @@ def _check_config(path: Path, config: Any) -> None:
     if config.get("dtype") not in STORE_DTYPES:
         raise bad(path, "config.dtype", f"one of {STORE_DTYPES}", config.get("dtype"))
     projection = _obj(path, "config.projection", config.get("projection"))
-    _str(path, "config.projection.kind", projection.get("kind"))
+    if projection.get("kind") not in PROJECTION_KINDS:
+        raise bad(path, "config.projection.kind", f"one of {PROJECTION_KINDS}", projection.get("kind"))
 
 
 def _check_model(path: Path, model: dict[str, Any], feature_dim: int) -> None:
