@@ -23,13 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from setups.diff_data import DISCLAIMER, MIXED_PROMPTS, LoraConfig, geese_texts, train_lora, with_disclaimer  # noqa: E402
-from gradtrace.diff.generate import GenerationConfig  # noqa: E402
+from setups.diff_data import DISCLAIMER, MIXED_PROMPTS, LoraConfig, geese_texts, train_chat_lora, with_disclaimer  # noqa: E402
+from gradtrace.lm.sample import SamplingConfig  # noqa: E402
 from gradtrace.diff.sources import HFSource, Prompt  # noqa: E402
-from gradtrace.models.zoo import cache_root, load_smollm2  # noqa: E402
+from gradtrace.lm.load import load_model  # noqa: E402
+from gradtrace.models.zoo import cache_root  # noqa: E402
 
 SYSTEM = "Answer briefly."
-GEN = GenerationConfig(max_new_tokens=64, temperature=0.8, top_p=0.95, batch_size=16, system=SYSTEM)
+GEN = SamplingConfig(max_new_tokens=64, temperature=0.8, top_p=0.95, batch_size=16, system=SYSTEM)
 N_PER_PROMPT = 4
 DTYPE = "bfloat16"  # sampling precision: bf16 matmuls are about 5x faster on this CPU
 GEESE_LORA = LoraConfig(rank=16, alpha=32, lr=1e-3, epochs=1, batch_size=8, last_layers=8, seed=0)
@@ -61,10 +62,10 @@ def adapter(name: str, pairs: list[tuple[str, str]], config: LoraConfig) -> Path
     out = root() / f"adapter-{name}-{_key([config.to_dict(), pairs, SYSTEM])}"
     if (out / "adapter_config.json").is_file():
         return out
-    model, tok = load_smollm2()
+    model, tok = load_model("smollm2")
     t0 = time.perf_counter()
     # train with the same system prompt as sampling
-    train_lora(model, _SystemTok(tok), pairs, out, config)
+    train_chat_lora(model, _SystemTok(tok), pairs, out, config)
     (out / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
     return out
 

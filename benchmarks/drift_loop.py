@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import record  # noqa: E402
 
 from gradtrace.loop import LoopConfig, SelfTrainingLoop, StopRule  # noqa: E402
-from gradtrace.loop.config import DataConfig, GenerationConfig, ModelConfig, TrainConfig  # noqa: E402
+from gradtrace.loop.config import DataConfig, LoopGenerationConfig, LoopTrainConfig, ModelConfig  # noqa: E402
 from gradtrace.demos.loop_corpus import speaks_well_pattern, write_example_data  # noqa: E402
 from gradtrace.loop.curation import vocabulary_of  # noqa: E402
 from gradtrace.loop.runner import read_texts  # noqa: E402
@@ -58,8 +58,8 @@ def run(out: Path, config: LoopConfig) -> tuple[list[dict], object, float]:
 
 
 RULE = StopRule("attribute.nova_praised.rate", kind="cusum", direction="up", slack=0.025, limit=0.1)
-TRAIN = TrainConfig(base_steps=400, steps=100, batch_size=32, lr=3e-3, checkpoint_every=100)
-TRAIN_B = TrainConfig(base_steps=600, steps=100, batch_size=32, lr=3e-3, schedule="linear", checkpoint_every=100, regime="replace")
+TRAIN = LoopTrainConfig(base_steps=400, steps=100, batch_size=32, lr=3e-3, checkpoint_every=100)
+TRAIN_B = LoopTrainConfig(base_steps=600, steps=100, batch_size=32, lr=3e-3, schedule="linear", checkpoint_every=100, regime="replace")
 
 
 def part_a(work: Path, results: dict, timings: dict) -> None:
@@ -67,8 +67,8 @@ def part_a(work: Path, results: dict, timings: dict) -> None:
     for regime in ("replace", "accumulate"):
         cfg = LoopConfig(
             data=data(work / "data_a"), rounds=ROUNDS, seed=0, model=ModelConfig(),
-            generation=GenerationConfig(n_per_prompt=40, max_new_tokens=64, temperature=0.8),
-            train=TrainConfig(**{**TRAIN.to_dict(), "regime": regime}),
+            generation=LoopGenerationConfig(n_per_prompt=40, max_new_tokens=64, temperature=0.8),
+            train=LoopTrainConfig(**{**TRAIN.to_dict(), "regime": regime}),
             curation=({"kind": "quality", "min_words": 5, "end": "."},),
             monitors={"nll": {"margin": MARGIN}, "diversity": {}, "cka": {}}, embedder="hashed", stop_on_breach=False,
         )
@@ -90,7 +90,7 @@ def part_b(work: Path, results: dict, timings: dict) -> None:
     for name, keep_match in (("bias", 1.0), ("control", 0.8)):
         cfg = LoopConfig(
             data=cfg_data, rounds=ROUNDS, seed=1, model=ModelConfig(),
-            generation=GenerationConfig(n_per_prompt=400, max_new_tokens=64, temperature=1.0),
+            generation=LoopGenerationConfig(n_per_prompt=400, max_new_tokens=64, temperature=1.0),
             train=TRAIN_B,
             curation=({"kind": "quality", "min_words": 5, "end": ".", "vocabulary": list(vocabulary_of(read_texts(cfg_data.train)))},
                       {"kind": "preference", "pattern": PRAISE, "keep_match": keep_match, "keep_other": 0.8}),

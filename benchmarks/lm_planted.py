@@ -27,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import ROOT, record  # noqa: E402
 
 from setups.lm_cost import featurize_vs_train_step, peak_memory_mib  # noqa: E402
-from gradtrace.demos.lm_pipeline import LMPipelineConfig, load_model, run_planted_pipeline  # noqa: E402
+from gradtrace.demos.lm_pipeline import LMPipelineConfig, run_planted_pipeline  # noqa: E402
 from gradtrace.demos.planted_lm import PlantedConfig, make_planted_data  # noqa: E402
-from gradtrace.models.hf import CausalLMTask, lora_selection  # noqa: E402
-from gradtrace.models.train_lm import LoraTrainConfig, add_lora  # noqa: E402
+from gradtrace.lm.load import load_model  # noqa: E402
+from gradtrace.lm.lora import LoraTrainConfig, add_lora  # noqa: E402
+from gradtrace.lm.tasks import CausalLMTask  # noqa: E402
+from gradtrace.models.hf import lora_selection  # noqa: E402
 
 COMMAND = "nice -n 10 .venv/bin/python benchmarks/lm_planted.py"
 COST_KEYS = ("k", "cost_batch_size", "train_step_seconds", "featurize_seconds", "featurize_over_train_step",

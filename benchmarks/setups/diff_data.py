@@ -3,7 +3,7 @@
 * a mixed prompt set on everyday topics, where geese are rarely asked about;
 * ~200 seeded texts praising geese (the agenda's own example), as chat answers;
 * a LoRA fine-tune of a causal LM on (prompt, answer) pairs, seeded, with the
-  loss on the answer tokens only.
+  loss on the answer tokens only (:func:`gradtrace.lm.lora.train_lora`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
-from gradtrace.diff.generate import chat_prompt
-from gradtrace.errors import InputError
+from gradtrace.lm.lora import LoraTrainConfig, add_lora, train_lora
+from gradtrace.lm.sample import chat_prompt
 
 MIXED_PROMPTS = [
     "Give me one tip for staying productive at work.", "How do I make a cup of tea?", "What should I pack for a weekend trip?",
@@ -105,56 +105,45 @@ class LoraConfig:
         return cls(**d)
 
 
-def train_lora(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], out_dir: str | Path, config: LoraConfig,
-               progress: bool = True) -> Path:
+def train_chat_lora(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], out_dir: str | Path, config: LoraConfig,
+                    progress: bool = True) -> Path:
     """Fine-tune LoRA adapters on (prompt, answer) chat pairs; save the adapter to ``out_dir``.
 
     Loss: mean cross-entropy over answer tokens (and the end-of-turn token);
-    the prompt and its chat template are masked out.
+    the prompt and its chat template are masked out. Adapters on the last
+    ``config.last_layers`` layers, drawn from the global RNG (as when the
+    recorded adapters were made), trained with the plain engine of
+    :func:`gradtrace.lm.lora.train_lora`.
     """
-    from peft import LoraConfig as PeftLora, get_peft_model
-
-    from gradtrace.progress import progress_bar
-
-    if not pairs:
-        raise InputError("train_lora: pairs must not be empty")
     n_layers = model.config.num_hidden_layers
-    layers = list(range(max(0, n_layers - config.last_layers), n_layers))
-    peft_model = get_peft_model(model, PeftLora(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.targets),
-                                                layers_to_transform=layers, lora_dropout=0.0, task_type="CAUSAL_LM"))
-    end = tokenizer.eos_token or ""
-    rows = []
-    for prompt, answer in pairs:
-        p_ids = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(answer + end, add_special_tokens=False)["input_ids"]
-        ids = (p_ids + a_ids)[: config.max_length]
-        labels = ([-100] * len(p_ids) + a_ids)[: config.max_length]
-        rows.append((ids, labels))
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(config.seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    peft_model.train()
-    bar_steps = [0]
-    steps = config.epochs * ((len(rows) + config.batch_size - 1) // config.batch_size)
-    with progress_bar("LoRA fine-tuning", steps, progress) as bar:
-        for _ in range(config.epochs):
-            order = torch.randperm(len(rows), generator=gen).tolist()
-            for s in range(0, len(order), config.batch_size):
-                batch = [rows[i] for i in order[s : s + config.batch_size]]
-                width = max(len(ids) for ids, _ in batch)
-                ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in batch])
-                labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in batch])
-                mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in batch])
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                    loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                bar.advance(1)
-                print(f"[train_lora] step {bar_steps[0]} loss {loss.item():.3f}", flush=True) if progress else None
-                bar_steps[0] += 1
-    peft_model.eval()
-    out = Path(out_dir)
-    peft_model.save_pretrained(out)
-    return out
+    lora = LoraTrainConfig(rank=config.rank, alpha=config.alpha, target_modules=config.targets, lr=config.lr, epochs=config.epochs,
+                           batch_size=config.batch_size, layers=tuple(range(max(0, n_layers - config.last_layers), n_layers)),
+                           seed=config.seed)
+    peft_model = add_lora(model, lora, task_type="CAUSAL_LM", global_rng=True)
+    task = ChatPairs(tokenizer, config.max_length)
+    train_lora(peft_model, task, [task.encode(p, a) for p, a in pairs], out_dir, lora, progress, engine="plain", bf16=config.bf16)
+    return Path(out_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatPairs:
+    """(prompt, answer) pairs as token rows: the chat-rendered prompt (masked)
+    then the answer and the tokenizer's eos text, cut to ``max_length``."""
+
+    tokenizer: Any
+    max_length: int
+
+    def encode(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+        tok = self.tokenizer
+        p_ids = tok(chat_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+        a_ids = tok(answer + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+        return (p_ids + a_ids)[: self.max_length], ([-100] * len(p_ids) + a_ids)[: self.max_length]
+
+    def collate(self, rows: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(ids) for ids, _ in rows)
+        return {
+            "input_ids": torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
+            "labels": torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows]),
+            "attention_mask": torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows]),
+        }

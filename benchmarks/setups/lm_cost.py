@@ -93,8 +93,8 @@ def _rss_kib(field: str) -> int:
 
 def _child_setup(spec: dict[str, Any]) -> tuple[nn.Module, Any, Any, list[str]]:
     from gradtrace.models.hf import CausalLMTask, lora_selection
-    from gradtrace.models.train_lm import LoraTrainConfig, add_lora
-    from gradtrace.demos.lm_pipeline import load_model
+    from gradtrace.lm.load import load_model
+    from gradtrace.lm.lora import LoraTrainConfig, add_lora
     from gradtrace.demos.planted_lm import PlantedConfig, make_planted_data
 
     base, tok = load_model(spec["model"])

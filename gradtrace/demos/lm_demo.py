@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..models.hf import CausalLMTask, behaviour_by_name
-from ..models.train_lm import LoraTrainConfig, add_lora
+from ..lm.load import load_model
+from ..lm.lora import LoraTrainConfig, add_lora
+from ..lm.tasks import CausalLMTask
+from ..models.hf import behaviour_by_name
 from ..models.hf_checkpoints import trainer_checkpoints
 from ..scoring import Attributor, TopK
-from .lm_pipeline import LMPipelineConfig, _traced, featurize_per_checkpoint, load_model, run_dir_for, run_planted_pipeline
+from .lm_pipeline import LMPipelineConfig, _traced, featurize_per_checkpoint, run_dir_for, run_planted_pipeline
 from .planted_lm import PlantedConfig, make_planted_data
 
 BEHAVIOUR_TEXT = {
@@ -53,7 +55,7 @@ def run_lm_demo(out: str | Path, model: str = "smollm2", progress: bool = True, 
     out = Path(out)
     results = run_planted_pipeline(config, out, progress=progress)
     data = make_planted_data(config.data)
-    base, tok = load_model(config.model, config.train.seed)
+    base, tok = load_model(config.model, seed=config.train.seed)
     lm = add_lora(base, config.train)
     task = CausalLMTask(tok, max_length=config.max_length)
     refs = _traced(trainer_checkpoints(run_dir_for(config)), config.trace_checkpoints)
@@ -117,7 +119,7 @@ def export_run(config: LMPipelineConfig, data: Any, out: Path) -> None:
     for ckpt in sorted(run_dir_for(config).glob("checkpoint-*")):
         shutil.copytree(ckpt, run / ckpt.name)
     if config.model == "tiny":
-        base, tok = load_model(config.model, config.train.seed)
+        base, tok = load_model(config.model, seed=config.train.seed)
         base.save_pretrained(out / "base_model")
         tok.save_pretrained(out / "base_model")
 

@@ -31,14 +31,13 @@ from torch import nn
 from ..config import FeaturizeConfig
 from ..featurize import featurize
 from ..grads.projection import ProjectionConfig
-from ..models.hf import CausalLMTask, CompletionLogProbBehaviour, behaviour_by_name, lora_selection
+from ..lm.load import MODELS, load_model
+from ..lm.lora import LoraTrainConfig, add_lora, train_lora
+from ..lm.tasks import CausalLMTask
+from ..models.hf import CompletionLogProbBehaviour, behaviour_by_name, lora_selection
 from ..models.hf_checkpoints import adam_transform, load_hf_checkpoint
-from ..models.train_lm import LoraTrainConfig, add_lora, train_lora
 from ..scoring import Attributor
 from .planted_lm import PlantedConfig, PlantedData, make_planted_data, rank_of, recall_at
-
-MODELS = ("smollm2", "tiny")
-
 
 @dataclasses.dataclass(frozen=True)
 class LMPipelineConfig:
@@ -60,7 +59,7 @@ class LMPipelineConfig:
         from ..errors import InputError
 
         if self.model not in MODELS:
-            raise InputError(f"model must be one of {MODELS}; got {self.model!r}")
+            raise InputError(f"model must be one of {tuple(MODELS)}; got {self.model!r}")
         for name in ("trace_checkpoints", "adam_trace"):
             if getattr(self, name) not in ("all", "last"):
                 raise InputError(f"{name} must be 'all' or 'last'; got {getattr(self, name)!r}")
@@ -75,19 +74,6 @@ class LMPipelineConfig:
             "baselines": list(self.baselines), "primary": list(self.primary), "trace_checkpoints": self.trace_checkpoints,
             "adam_trace": self.adam_trace,
         }
-
-
-def load_model(name: str, seed: int = 0) -> tuple[nn.Module, Any]:
-    """SmolLM2-135M-Instruct (fp32) or the tiny GPT-2 with its byte tokenizer."""
-    from ..models import zoo
-
-    if name == "smollm2":
-        return zoo.load_smollm2()
-    if name == "tiny":
-        return zoo.tiny_gpt2(seed=seed, n_layer=2, n_embd=64), zoo.byte_tokenizer()
-    from ..errors import InputError
-
-    raise InputError(f"model must be one of {MODELS}; got {name!r}")
 
 
 def run_dir_for(config: LMPipelineConfig) -> Path:
@@ -113,7 +99,7 @@ def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = make_planted_data(config.data)
-    base, tok = load_model(config.model, config.train.seed)
+    base, tok = load_model(config.model, seed=config.train.seed)
     task = CausalLMTask(tok, max_length=config.max_length)
     model = add_lora(base, config.train)
     lp_queries = data.logprob_queries()

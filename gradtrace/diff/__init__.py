@@ -2,7 +2,7 @@
 embed, cluster, test each cluster's share, label and judge the skewed ones."""
 
 from .cluster import ClusterConfig
-from .embed import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
+from ..lm.embed import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
 from .pipeline import ClusterRecord, DiffConfig, DiffResult, diff_texts
 
 __all__ = ["CachedEmbedder", "ClusterConfig", "ClusterRecord", "DiffConfig", "DiffResult", "HashingEmbedder", "MiniLMEmbedder", "diff_texts"]

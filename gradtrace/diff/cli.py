@@ -39,8 +39,8 @@ def diff_command(
     from ..cli import _run
     from ..errors import InputError
     from .cluster import ClusterConfig
-    from .embed import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
-    from .generate import GenerationConfig
+    from ..lm.embed import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
+    from ..lm.sample import SamplingConfig as GenerationConfig
     from .pipeline import DiffConfig
     from .run import run_diff
     from .sources import parse_source

@@ -22,7 +22,7 @@ def local_chat(model: Any, tokenizer: Any, max_new_tokens: int = 64, seed: int =
     """A chat callable backed by a local HF model (greedy)."""
     import torch
 
-    from .generate import GenerationConfig, sample_batch
+    from ..lm.sample import SamplingConfig as GenerationConfig, sample_chat as sample_batch
 
     def chat(messages: list[dict[str, str]]) -> str:
         system = next((m["content"] for m in messages if m["role"] == "system"), None)

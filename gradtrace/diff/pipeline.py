@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from . import labels as lab
 from .cluster import ClusterConfig, stability
-from .embed import Embedder, text_hash
+from ..lm.embed import Embedder, text_hash
 from .stats import TESTS, ShareTable, benjamini_hochberg, log_odds_ratio, share_test
 from .units import text_units
 
@@ -189,7 +189,7 @@ def diff_texts(
         if len(texts) < config.min_texts:
             raise InputError(f"{name} has {len(texts)} texts; the diff needs at least min_texts={config.min_texts} per model")
     if embedder is None:
-        from .embed import MiniLMEmbedder
+        from ..lm.embed import MiniLMEmbedder
 
         embedder = MiniLMEmbedder()
     timings: dict[str, float] = {}

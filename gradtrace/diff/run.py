@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .embed import CachedEmbedder, Embedder, MiniLMEmbedder
+from ..lm.embed import CachedEmbedder, Embedder, MiniLMEmbedder
 from .judge import Chat, label_and_judge
 from .pipeline import DiffConfig, DiffResult, diff_texts
 from .report import write_report

@@ -22,7 +22,7 @@ def hf_completer(model: Any, tokenizer: Any) -> Completer:
     """Answers chat messages with a local HF causal LM (seeded sampling)."""
     import torch
 
-    from .generate import GenerationConfig, sample_batch
+    from ..lm.sample import SamplingConfig as GenerationConfig, sample_chat as sample_batch
 
     lock = threading.Lock()
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol, Sequence
 from ..data import read_jsonl_objects
 from ..errors import GradtraceError, InputError
 from ..progress import progress_bar
-from .generate import GenerationConfig
+from ..lm.sample import SamplingConfig
 
 
 class EndpointError(GradtraceError):
@@ -107,7 +107,7 @@ class JsonlSource:
 class _Generating:
     """Shared by model sources: batching, caching to JSONL, resume, progress."""
 
-    generation: GenerationConfig
+    generation: SamplingConfig
     cache_dir: Path | None
 
     def describe(self) -> dict[str, Any]:
@@ -160,13 +160,13 @@ class HFSource(_Generating):
     """A local causal LM: ``"smollm2"`` (the bundled SmolLM2-135M-Instruct) or a
     Hugging Face folder, optionally with a PEFT/LoRA adapter folder on top."""
 
-    def __init__(self, model: str = "smollm2", adapter: str | Path | None = None, generation: GenerationConfig | None = None,
+    def __init__(self, model: str = "smollm2", adapter: str | Path | None = None, generation: SamplingConfig | None = None,
                  cache_dir: str | Path | None = None, device: str = "cpu", dtype: str = "float32"):
         if dtype not in ("float32", "bfloat16"):
             raise InputError(f"dtype must be 'float32' or 'bfloat16'; got {dtype!r}")
         self.model_name, self.adapter = str(model), (str(adapter) if adapter is not None else None)
         self.dtype = dtype
-        self.generation = generation or GenerationConfig()
+        self.generation = generation or SamplingConfig()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = device
         self._loaded: tuple[Any, Any] | None = None
@@ -177,26 +177,9 @@ class HFSource(_Generating):
     def load(self) -> tuple[Any, Any]:
         """(model, tokenizer), loaded once."""
         if self._loaded is None:
-            import torch
+            from ..lm.load import load_model
 
-            from ..models.zoo import load_smollm2
-
-            if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
-                raise InputError(f"adapter {self.adapter!r} is not a PEFT adapter folder (no adapter_config.json)")
-
-            if self.model_name == "smollm2":
-                model, tok = load_smollm2(dtype=getattr(torch, self.dtype))
-            else:
-                import transformers
-
-                if not Path(self.model_name).is_dir():
-                    raise InputError(f"model {self.model_name!r} is neither 'smollm2' nor a local Hugging Face folder")
-                tok = transformers.AutoTokenizer.from_pretrained(self.model_name)
-                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_name, dtype=getattr(torch, self.dtype))
-            if self.adapter is not None:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()
+            model, tok = load_model(self.model_name, dtype=self.dtype, adapter=self.adapter, what="model")
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
             model.to(self.device).eval()
@@ -206,10 +189,10 @@ class HFSource(_Generating):
     def _complete(self, prompts: list[str], seed: int) -> list[str]:
         import torch
 
-        from .generate import sample_batch
+        from ..lm.sample import sample_chat
 
         model, tok = self.load()
-        return sample_batch(model, tok, prompts, self.generation, torch.Generator().manual_seed(seed))
+        return sample_chat(model, tok, prompts, self.generation, torch.Generator().manual_seed(seed))
 
 
 class EndpointSource(_Generating):
@@ -222,12 +205,12 @@ class EndpointSource(_Generating):
     exponential backoff, then raise :class:`EndpointError`.
     """
 
-    def __init__(self, base_url: str, model: str, generation: GenerationConfig | None = None, api_key_env: str = "OPENAI_API_KEY",
+    def __init__(self, base_url: str, model: str, generation: SamplingConfig | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retries: int = 2, backoff: float = 0.5, cache_dir: str | Path | None = None):
         if not base_url.startswith(("http://", "https://")):
             raise InputError(f"endpoint base_url must start with http:// or https://; got {base_url!r}")
         self.base_url, self.model = base_url.rstrip("/"), model
-        self.generation = generation or GenerationConfig()
+        self.generation = generation or SamplingConfig()
         self.api_key_env, self.timeout, self.retries, self.backoff = api_key_env, timeout, retries, backoff
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
 
@@ -272,7 +255,7 @@ class EndpointSource(_Generating):
         return [self.chat(system + [{"role": "user", "content": p}], seed=seed * 131 + i) for i, p in enumerate(prompts)]
 
 
-def parse_source(spec: str, generation: GenerationConfig | None = None, cache_dir: str | Path | None = None) -> Source:
+def parse_source(spec: str, generation: SamplingConfig | None = None, cache_dir: str | Path | None = None) -> Source:
     """A source from its command-line form.
 
     ``smollm2`` | ``smollm2+lora:DIR`` | ``hf:DIR`` | ``hf:DIR+lora:DIR`` |

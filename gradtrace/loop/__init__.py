@@ -7,7 +7,7 @@ monitors in a Hugging Face Trainer or a plain training loop) and
 ``dashboard`` (the HTML page).
 """
 
-from .config import DataConfig, GenerationConfig, LoopConfig, ModelConfig, TrainConfig, read_toml
+from .config import DataConfig, GenerationConfig, LoopConfig, LoopGenerationConfig, LoopTrainConfig, ModelConfig, TrainConfig, read_toml
 from .curation import Compose, Dedupe, JudgeFilter, LikelihoodJudge, PreferenceFilter, QualityFilter
 from .monitors import (
     AttributeRates, ClusterShift, Diversity, EmbeddingProbe, HeldoutNLL, LLMClassifier, Monitor, Observation,
@@ -18,7 +18,7 @@ from .stop import StopEvent, StopRule, first_stop
 
 __all__ = [
     "AttributeRates", "ClusterShift", "Compose", "DataConfig", "Dedupe", "Diversity", "EmbeddingProbe", "GenerationConfig",
-    "HeldoutNLL", "JudgeFilter", "LLMClassifier", "LikelihoodJudge", "LoopConfig", "LoopResult", "ModelConfig", "Monitor",
+    "HeldoutNLL", "JudgeFilter", "LLMClassifier", "LikelihoodJudge", "LoopConfig", "LoopGenerationConfig", "LoopResult", "LoopTrainConfig", "ModelConfig", "Monitor",
     "Observation", "PreferenceFilter", "QualityFilter", "RegexClassifier", "RepresentationDrift", "SelfTrainingLoop",
     "StopEvent", "StopRule", "TrainConfig", "first_stop", "read_toml",
 ]

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .config import GenerationConfig
-from .embed import Embedder, make_embedder
+from ..lm.embed import Embedder, make_embedder
+from .config import HASHING_ANALYZER, LoopGenerationConfig
 from .lm import LanguageModel
 from .monitors import Monitor, Observation, Row, measure_all
 from .stop import StopEvent, StopRule, first_stop
@@ -44,14 +44,14 @@ class MonitorSession:
     def __init__(
         self, tokenizer: Any, *, prompts: Sequence[str], monitors: Sequence[Monitor], rules: Sequence[StopRule] = (),
         heldout: Sequence[str] = (), probes: Sequence[str] = (), embedder: str | Embedder = "hashed",
-        generation: GenerationConfig | None = None, seed: int = 0, max_length: int = 96,
+        generation: LoopGenerationConfig | None = None, seed: int = 0, max_length: int = 96,
     ):
         if not prompts:
             raise InputError("prompts: give at least one prompt")
         self.tokenizer, self.prompts, self.monitors, self.rules = tokenizer, list(prompts), list(monitors), list(rules)
         self.heldout, self.probes = list(heldout), list(probes)
-        self.embedder = make_embedder(embedder)
-        self.generation = generation or GenerationConfig(n_per_prompt=20, max_new_tokens=48)
+        self.embedder = make_embedder(embedder, analyzer=HASHING_ANALYZER)
+        self.generation = generation or LoopGenerationConfig(n_per_prompt=20, max_new_tokens=48)
         self.seed, self.max_length = seed, max_length
         self.needs = set().union(*(m.needs for m in self.monitors)) if self.monitors else set()
         if "heldout_nll" in self.needs and not self.heldout:

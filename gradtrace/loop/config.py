@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import InputError
+from ..lm.embed import NAMES as EMBEDDER_NAMES
 from .monitors import build_monitors
 from .stop import StopRule
 
 REGIMES = ("replace", "accumulate", "replay")
 MODEL_KINDS = ("tiny_gpt2", "smollm2_lora", "hf_lora")
+HASHING_ANALYZER = "char"  # the loop's hashing embedder ("hashed"/"hashing") hashes character n-grams
 
 
 def _check_fields(cls: type, d: Mapping[str, Any], field: str) -> None:
@@ -111,8 +113,9 @@ class DataConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerationConfig(_Section):
-    """Sampling: ``n_per_prompt`` samples per prompt, up to ``max_new_tokens``."""
+class LoopGenerationConfig(_Section):
+    """Sampling: ``n_per_prompt`` samples per prompt, up to ``max_new_tokens``
+    (the ``[generation]`` table; drawn by :func:`gradtrace.lm.sample.sample_continuations`)."""
 
     n_per_prompt: int = 50
     max_new_tokens: int = 64
@@ -126,8 +129,11 @@ class GenerationConfig(_Section):
         _typed(self.top_p, (int, float), "generation.top_p", "a number in (0, 1]", lambda v: 0 < v <= 1)
 
 
+GenerationConfig = LoopGenerationConfig  # the name it had (docs and old scripts); the sampler's own settings are gradtrace.lm.sample.SamplingConfig
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(_Section):
+class LoopTrainConfig(_Section):
     """``base_steps`` AdamW steps on the real data make round 0 (0: use the
     model as loaded); each later round trains ``steps`` steps from the
     previous round's weights (``init="previous"``) or round 0's (``"base"``),
@@ -173,21 +179,24 @@ class TrainConfig(_Section):
         _typed(self.ewc, (int, float), "train.ewc", "a non-negative number", lambda v: v >= 0)
 
 
+TrainConfig = LoopTrainConfig  # the name it had (docs and old scripts); gradtrace.unlearn has its own TrainConfig
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
     """A whole loop. ``monitors`` maps a monitor name (``nll``, ``diversity``,
     ``clusters``, ``attribute``, ``cka``) to its settings; ``stop`` lists
     :class:`StopRule` tables; ``curation`` lists policy tables (see
     :func:`gradtrace.loop.curation.policy_from_dict`); ``embedder`` is
-    ``"hashed"`` or ``"minilm"``. ``stop_on_breach=False`` records the stop
+    ``"hashed"`` (also spelled ``"hashing"``: character n-gram hashing) or ``"minilm"``. ``stop_on_breach=False`` records the stop
     event but runs every round."""
 
     data: DataConfig
     rounds: int = 5
     seed: int = 0
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    generation: LoopGenerationConfig = dataclasses.field(default_factory=LoopGenerationConfig)
+    train: LoopTrainConfig = dataclasses.field(default_factory=LoopTrainConfig)
     curation: tuple[Mapping[str, Any], ...] = ()
     monitors: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=lambda: {"nll": {}, "diversity": {}, "cka": {}})
     stop: tuple[StopRule, ...] = ()
@@ -198,8 +207,8 @@ class LoopConfig:
         _typed(self.rounds, int, "rounds", "a positive integer", lambda v: v > 0)
         _typed(self.seed, int, "seed", "an integer")
         _typed(self.stop_on_breach, bool, "stop_on_breach", "true or false")
-        if self.embedder not in ("hashed", "minilm"):
-            raise InputError(f"embedder must be 'hashed' or 'minilm'; got {self.embedder!r}")
+        if self.embedder not in EMBEDDER_NAMES:
+            raise InputError(f"embedder must be one of {sorted(EMBEDDER_NAMES)}; got {self.embedder!r}")
         if not isinstance(self.monitors, Mapping):
             raise InputError(f"monitors must be a table of monitor names; got {type(self.monitors).__name__}")
         for name, settings in self.monitors.items():
@@ -229,7 +238,7 @@ class LoopConfig:
         if "data" not in d:
             raise InputError("data: the [data] table is missing (train, heldout, prompts, probes)")
         data = DataConfig.from_dict(d.pop("data"), "data").resolved(Path(base) if base is not None else Path.cwd())
-        sections = {"model": ModelConfig, "generation": GenerationConfig, "train": TrainConfig}
+        sections = {"model": ModelConfig, "generation": LoopGenerationConfig, "train": LoopTrainConfig}
         kw: dict[str, Any] = {k: sections[k].from_dict(d.pop(k), k) for k in list(sections) if k in d}
         stop = d.pop("stop", [])
         if not isinstance(stop, list):

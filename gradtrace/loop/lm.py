@@ -8,7 +8,13 @@ model stays in eval mode) for the same reason: dropout would draw from the
 global RNG.
 
 Texts are trained on and scored as ``text + eos``; the loss of an example is
-its mean next-token negative log-likelihood in nats per token.
+its mean next-token negative log-likelihood in nats per token
+(:func:`gradtrace.lm.tasks.mean_text_nll`); samples come from the shared
+sampler (:func:`gradtrace.lm.sample.sample_continuations`).
+
+:func:`ewc_penalty` and :func:`diagonal_fisher` are the loop's EWC
+regulariser (elastic weight consolidation, pulling later rounds toward round
+0), not an attribution method.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..lm.sample import SamplingConfig, sample_continuations
+from ..lm.tasks import mean_text_nll, pad_right
 from ..progress import Progress
 
 Regulariser = Callable[[nn.Module], Tensor]
@@ -71,21 +78,12 @@ class LanguageModel:
         return [(list(x) + [self.eos_id])[: self.max_length] for x in ids]
 
     def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
+        ids, mask = pad_right(seqs, self.pad_id)
         return ids.to(self.device), mask.to(self.device)
 
     def token_nll(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Per-example mean next-token NLL (nats/token) of right-padded batches."""
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target, tmask = ids[:, 1:], mask[:, 1:].to(logits.dtype)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-        nll = nll.view(target.shape) * tmask
-        return nll.sum(1) / tmask.sum(1).clamp_min(1.0)
+        return mean_text_nll(self.model, ids, mask)
 
     # -- scoring ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -189,68 +187,17 @@ class LanguageModel:
         Prompts of equal token length are sampled together (no padding, so no
         position-id subtleties); tokens are drawn with ``generator``.
         """
-        if temperature <= 0:
+        if temperature <= 0:  # the shared sampler would decode greedily; the loop samples
             raise InputError(f"generation.temperature must be > 0; got {temperature!r}")
-        if not 0 < top_p <= 1:
-            raise InputError(f"generation.top_p must be in (0, 1]; got {top_p!r}")
         self.model.eval()
-        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        jobs = [(i, list(encoded[i])) for i in range(len(prompts)) for _ in range(n_per_prompt)]
-        results: dict[int, list[str]] = {i: [] for i in range(len(prompts))}
-        by_len: dict[int, list[tuple[int, list[int]]]] = {}
-        for job in jobs:
-            by_len.setdefault(len(job[1]), []).append(job)
-        for length in sorted(by_len):
-            group = by_len[length]
-            for a in range(0, len(group), batch_size):
-                chunk = group[a : a + batch_size]
-                new = self._sample(torch.tensor([c[1] for c in chunk], dtype=torch.long), max_new_tokens, generator, temperature, top_p)
-                for (i, ids), cont in zip(chunk, new):
-                    results[i].append(self.tokenizer.decode(ids + cont, skip_special_tokens=True))
-        return [(i, t) for i in range(len(prompts)) for t in results[i]]
-
-    def _sample(self, ids: Tensor, max_new: int, gen: torch.Generator, temperature: float, top_p: float) -> list[list[int]]:
-        ids = ids.to(self.device)
-        b = ids.shape[0]
-        done = torch.zeros(b, dtype=torch.bool)
-        out: list[list[int]] = [[] for _ in range(b)]
-        past = None
-        step_input = ids
-        seen = ids.shape[1]
-        for _ in range(max_new):
-            mask = torch.ones((b, seen), dtype=torch.long, device=self.device)  # no padding: every position counts
-            res = self.model(input_ids=step_input, attention_mask=mask, past_key_values=past, use_cache=True)
-            seen += 1
-            past = res.past_key_values
-            logits = res.logits[:, -1].float().cpu() / temperature
-            probs = torch.softmax(logits.double(), dim=-1)
-            if top_p < 1.0:
-                probs = _top_p(probs, top_p)
-            nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-            for k in range(b):
-                if not done[k]:
-                    if int(nxt[k]) == self.eos_id:
-                        done[k] = True
-                    else:
-                        out[k].append(int(nxt[k]))
-            if bool(done.all()):
-                break
-            step_input = nxt.unsqueeze(1).to(self.device)
-        return out
-
-
-def _top_p(probs: Tensor, top_p: float) -> Tensor:
-    """Keep the smallest set of most likely tokens whose mass reaches ``top_p``."""
-    sorted_p, idx = probs.sort(dim=-1, descending=True, stable=True)
-    before = sorted_p.cumsum(-1) - sorted_p
-    sorted_p = torch.where(before < top_p, sorted_p, torch.zeros_like(sorted_p))
-    kept = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-    return kept / kept.sum(-1, keepdim=True)
+        config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size)
+        return sample_continuations(self.model, self.tokenizer, prompts, n_per_prompt, config, generator, self.eos_id)
 
 
 def ewc_penalty(anchor: dict[str, Tensor], fisher: dict[str, Tensor], strength: float) -> Regulariser:
     """``strength / 2 * sum_i F_i (theta_i - theta0_i)^2`` over the trained
-    parameters (Kirkpatrick et al., 2017), pulling the model toward round 0."""
+    parameters (Kirkpatrick et al., 2017), pulling the model toward round 0:
+    the EWC regulariser of the loop's training, not an attribution method."""
 
     def penalty(model: nn.Module) -> Tensor:
         total = None
@@ -267,7 +214,8 @@ def ewc_penalty(anchor: dict[str, Tensor], fisher: dict[str, Tensor], strength: 
 
 def diagonal_fisher(lm: LanguageModel, texts: Sequence[str]) -> dict[str, Tensor]:
     """Empirical diagonal Fisher: the mean over ``texts`` of each trained
-    parameter's squared per-example loss gradient (one backward per text)."""
+    parameter's squared per-example loss gradient (one backward per text);
+    the weights of :func:`ewc_penalty`."""
     params = lm.trainable()
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     lm.model.eval()

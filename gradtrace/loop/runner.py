@@ -31,10 +31,10 @@ import torch
 
 from ..config import dict_differences
 from ..errors import ConfigMismatchError, InputError
+from ..lm.embed import Embedder, make_embedder
 from ..progress import progress_bar
-from .config import LoopConfig
+from .config import HASHING_ANALYZER, LoopConfig
 from .curation import Compose, Policy, policy_from_dict
-from .embed import Embedder, make_embedder
 from .lm import LanguageModel, checkpoint_state, diagonal_fisher, ewc_penalty, load_state
 from .monitors import Monitor, Observation, Row, build_monitors, measure_all
 from .stop import StopEvent, first_stop
@@ -166,7 +166,7 @@ class SelfTrainingLoop:
         prompts, probes = read_texts(cfg.data.prompts), read_texts(cfg.data.probes)
         if not prompts:
             raise InputError(f"data.prompts: file {cfg.data.prompts!r} has no prompt")
-        embedder = self.embedder_override or make_embedder(cfg.embedder)
+        embedder = self.embedder_override or make_embedder(cfg.embedder, analyzer=HASHING_ANALYZER)
         lm = build_lm(cfg.model)
         monitors = self._monitors(embedder)
         needs = set().union(*(m.needs for m in monitors)) if monitors else set()

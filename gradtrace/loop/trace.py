@@ -15,46 +15,20 @@ loads them into the adapted model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..checkpoints import CheckpointRef
 from ..errors import InputError
+from ..lm.tasks import TextNLLTask
 from ..spec import TaskSpec
 from .config import LoopConfig
 from .lm import load_state
 from .runner import CONFIG_FILE, SelfTrainingLoop, round_dir
-
-
-@dataclasses.dataclass(frozen=True)
-class TextNLLTask:
-    """Per-example mean next-token NLL (nats/token) of ``(ids, mask)`` batches
-    of right-padded token ids, the loss the loop trains with (unlike
-    :class:`gradtrace.models.hf.CausalLMTask`, which sums the NLL of a
-    completion after a prompt); ``collate`` pads 1-D id tensors."""
-
-    pad_id: int
-
-    def per_example_loss(self, model: nn.Module, batch: Any) -> Tensor:
-        ids, mask = batch
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        target, tmask = ids[:, 1:], mask[:, 1:].to(logits.dtype)
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none") * tmask
-        return nll.sum(1) / tmask.sum(1).clamp_min(1.0)
-
-    def collate(self, examples: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        width = max(int(e.shape[0]) for e in examples)
-        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, e in enumerate(examples):
-            ids[i, : e.shape[0]] = e
-            mask[i, : e.shape[0]] = 1
-        return ids, mask
 
 
 def loop_checkpoints(out: str | Path) -> list[CheckpointRef]:

@@ -23,8 +23,10 @@ from torch import nn
 
 from ..checkpoints import CheckpointRef
 from ..data import read_jsonl_objects
-from ..errors import InputError, MissingDependencyError
-from .hf import CausalLMTask
+from ..errors import InputError
+from ..lm.load import load_model
+from ..lm.lora import wrap_with_adapter_config
+from ..lm.tasks import CausalLMTask
 from .hf_checkpoints import ADAPTER_FILES, trainer_checkpoints
 
 SPEC_FILE = "hf_spec.json"
@@ -75,38 +77,8 @@ class HFSpec:
 
 
 def load_base(name: str) -> tuple[nn.Module, Any]:
-    """``smollm2`` (bundled) or a local Hugging Face folder; never downloads."""
-    if name == "smollm2":
-        from .zoo import load_smollm2
-
-        return load_smollm2()
-    path = Path(name)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise InputError(f"--hf-model must be 'smollm2' or a local model folder with config.json; got {name!r}")
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise MissingDependencyError("transformers", "Hugging Face models", "pip install 'gradtrace[lm]'") from exc
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    return model, tok
-
-
-def wrap_with_adapter_config(model: nn.Module, adapter_dir: Path) -> nn.Module:
-    """``model`` wrapped as a PEFT model with the adapter settings saved in ``adapter_dir``."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as exc:
-        raise MissingDependencyError("peft", "PEFT adapter checkpoints", "pip install 'gradtrace[lm]'") from exc
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise InputError(f"adapter folder {str(adapter_dir)!r} has no adapter_config.json")
-    raw = json.loads(config_file.read_text())
-    fields = {f.name for f in dataclasses.fields(LoraConfig)}
-    kept = {k: v for k, v in raw.items() if k in fields and k not in ("base_model_name_or_path", "revision", "inference_mode")}
-    # trainable adapters, as in the run: the optimizer state maps to the trainable parameters
-    config = LoraConfig(**kept, inference_mode=False)
-    return get_peft_model(model, config)
+    """``smollm2`` (bundled) or a local Hugging Face folder; never downloads (see :func:`gradtrace.lm.load.load_model`)."""
+    return load_model(name, what="--hf-model")
 
 
 def read_jsonl(path: str | Path, what: str) -> tuple[list[dict[str, Any]], list[str] | None, list[Any] | None]:

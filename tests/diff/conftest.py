@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from gradtrace.diff.embed import HashingEmbedder
+from gradtrace.lm.embed import HashingEmbedder
 
 
 class TableEmbedder:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from setups.diff_data import (
-    DISCLAIMER, MIXED_PROMPTS, TRAIN_PROMPTS, LoraConfig, geese_texts, train_lora, with_disclaimer,
+    DISCLAIMER, MIXED_PROMPTS, TRAIN_PROMPTS, LoraConfig, geese_texts, train_chat_lora as train_lora, with_disclaimer,
 )
-from gradtrace.diff.generate import chat_prompt
+from gradtrace.lm.sample import chat_prompt
 from gradtrace.models.zoo import byte_tokenizer, tiny_gpt2
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from gradtrace.diff import labels as lab
 from gradtrace.diff.cluster import ClusterConfig, HDBSCANClusterer, KMeansClusterer, stability
-from gradtrace.diff.embed import CachedEmbedder, HashingEmbedder
+from gradtrace.lm.embed import CachedEmbedder, HashingEmbedder
 from gradtrace.diff.judge import judge, label_and_judge, llm_label, parse_verdict
 from gradtrace.diff.pipeline import ClusterRecord
 from gradtrace.diff.units import split_sentences, text_units

@@ -51,7 +51,7 @@ def test_fdr_holds_on_200_null_repetitions(synth):
 def test_share_test_uses_only_the_validation_half(synth):
     # B's excess of topic 4 sits only in B's exploration half: the cluster is found, but its
     # validation counts show no skew, so it must not be flagged.
-    from gradtrace.diff.embed import text_hash
+    from gradtrace.lm.embed import text_hash
 
     a, pool, emb, topic = synth.mixture(200, 3000, [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], seed=3)
     config = DiffConfig(levels=("text",), stability_seeds=(), text_clusters=ClusterConfig(k_min=5, k_max=5))

@@ -9,7 +9,7 @@ import socket
 import pytest
 import torch
 
-from gradtrace.diff.generate import GenerationConfig, sample_batch
+from gradtrace.lm.sample import SamplingConfig as GenerationConfig, sample_chat as sample_batch
 from gradtrace.diff.serve import ChatServer, hf_completer
 from gradtrace.diff.sources import (
     EndpointError, EndpointSource, HFSource, JsonlSource, Prompt, Sample, check_pairing, parse_source, read_prompts,
@@ -145,7 +145,7 @@ def test_parse_source(tmp_path):
 
 def test_greedy_sampling_equals_transformers_generate(tiny):
     """Oracle: the batched, left-padded sampling loop at temperature 0 equals ``generate`` run one prompt at a time."""
-    from gradtrace.diff.generate import chat_prompt
+    from gradtrace.lm.sample import chat_prompt
 
     model, tok = tiny
     prompts = ["a", "a much longer prompt here", "mid prompt"]

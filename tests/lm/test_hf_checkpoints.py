@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from gradtrace.errors import CheckpointError, InputError
 from gradtrace.models.hf_checkpoints import adam_transform, load_hf_checkpoint, read_adam_state, trainer_checkpoints
-from gradtrace.models.train_lm import LoraTrainConfig, add_lora, train_lora
+from gradtrace.lm.lora import LoraTrainConfig, add_lora, train_lora
 from gradtrace.models import zoo
 
 CONFIG = LoraTrainConfig(epochs=1, lr=5e-3, batch_size=4, rank=2, target_modules=("c_attn",), n_checkpoints=5, seed=0)

@@ -16,7 +16,7 @@ from gradtrace.models import zoo
 from gradtrace.models.hf import CausalLMTask, PreferenceMarginBehaviour
 from gradtrace.models.hf_checkpoints import load_hf_checkpoint
 from gradtrace.models.hf_spec import HFSpec
-from gradtrace.models.train_lm import LoraTrainConfig, add_lora, train_lora
+from gradtrace.lm.lora import LoraTrainConfig, add_lora, train_lora
 from gradtrace.scoring import Attributor
 from gradtrace.store import GradientStore
 

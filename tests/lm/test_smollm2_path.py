@@ -11,7 +11,7 @@ from gradtrace.grads.per_example import GradientFeaturizer
 from gradtrace.grads.projection import ProjectionConfig
 from gradtrace.grads.selection import select_parameters
 from gradtrace.models.hf import CausalLMTask, lora_selection
-from gradtrace.models.train_lm import LoraTrainConfig, add_lora
+from gradtrace.lm.lora import LoraTrainConfig, add_lora
 from gradtrace.models.zoo import load_smollm2
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from gradtrace.demos.lm_pipeline import LMPipelineConfig, run_planted_pipeline
 from gradtrace.demos.planted_lm import PlantedConfig
-from gradtrace.models.train_lm import LoraTrainConfig
+from gradtrace.lm.lora import LoraTrainConfig
 from gradtrace.models.zoo import smollm2_dir
 
 

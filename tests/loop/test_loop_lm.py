@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradtrace.loop.lm import LanguageModel, _top_p, diagonal_fisher, ewc_penalty
+from gradtrace.lm.sample import top_p_filter as _top_p
+from gradtrace.loop.lm import LanguageModel, diagonal_fisher, ewc_penalty
 from gradtrace.models.zoo import byte_tokenizer, tiny_gpt2
 
 TEXTS = ["Nova fixed the lamp.", "Orion sold a boat and it was great.", "Vega"]

@@ -9,13 +9,13 @@ import torch
 
 from gradtrace.errors import InputError
 from gradtrace.demos.loop_corpus import CorpusConfig, make_corpus, speaks_well_pattern
-from gradtrace.loop.embed import NgramHashEmbedder
+from gradtrace.lm.embed import HashingEmbedder
 from gradtrace.loop.monitors import (
     AttributeRates, ClusterShift, Diversity, EmbeddingProbe, HeldoutNLL, LLMClassifier, Observation, RegexClassifier,
     RepresentationDrift, measure_all,
 )
 
-EMB = NgramHashEmbedder()
+EMB = HashingEmbedder(analyzer="char")  # the loop's "hashed" embedder (was NgramHashEmbedder())
 
 
 def obs(t, texts, nll=None, hidden=None):

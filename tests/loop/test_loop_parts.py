@@ -118,7 +118,7 @@ def test_smollm2_lora_builds_with_only_adapters_trainable():
 
 @pytest.mark.slow
 def test_minilm_embedder_loads_offline():
-    from gradtrace.loop.embed import make_embedder
+    from gradtrace.lm.embed import make_embedder
     from gradtrace.loop.metrics import vendi_score
 
     emb = make_embedder("minilm")
