@@ -33,6 +33,22 @@ def local_chat(model: Any, tokenizer: Any, max_new_tokens: int = 64, seed: int =
     return chat
 
 
+def chat_for(spec: str, option: str = "--judge") -> Chat:
+    """A chat callable for a model spec: an endpoint (``http(s)://URL/v1#MODEL``,
+    temperature 0) or a local model (``smollm2``, ``hf:DIR``, greedy);
+    ``option`` names the argument in errors."""
+    from ..errors import InputError
+    from .sources import EndpointSource, HFSource, parse_source
+
+    src = parse_source(spec)
+    if isinstance(src, EndpointSource):
+        return lambda messages: src.chat(messages, temperature=0.0, max_tokens=96)
+    if isinstance(src, HFSource):
+        model, tok = src.load()
+        return local_chat(model, tok, max_new_tokens=64)
+    raise InputError(f"{option} must be a model or an endpoint, not {spec!r}")
+
+
 def _bullets(texts: Sequence[str], n: int) -> str:
     return "\n".join(f"- {t[:300]}" for t in texts[:n])
 

@@ -38,7 +38,7 @@ from ..data import as_source
 from ..errors import InputError
 from ..progress import progress_bar
 from .methods import METHODS as FINETUNE_METHODS
-from .methods import UnlearnConfig, Unlearner, _gather
+from .methods import UnlearnConfig, Unlearner
 from .relearn import RelearnConfig, relearn
 from .cache import ResultCache, fingerprint
 from .routing import Router, RoutingConfig, ablate, expand
@@ -132,6 +132,33 @@ class CompareConfig:
         return self.unlearn[method] if method in self.unlearn else UnlearnConfig(method=method)
 
 
+#: ``--spec`` names of the built-in unlearning set-ups (in gradtrace.demos).
+BUILTIN_SPECS = ("digits", "tiny-lm")
+
+
+def load_unlearn_spec(name: str, labelled: float = 1.0, seed: int = 0, option: str = "spec") -> tuple[UnlearnSpec, CompareConfig]:
+    """``(UnlearnSpec, CompareConfig)`` of a built-in set-up (:data:`BUILTIN_SPECS`:
+    ``labelled`` share of the forget examples labelled, ``seed``) or of
+    ``path/to/file.py:fn`` whose ``fn()`` returns that pair; ``option``
+    names the argument in errors."""
+    from ..spec import import_target
+
+    if name == "digits":
+        from ..demos.era_digits import digits_compare_config, digits_forget_spec
+
+        return digits_forget_spec(labelled, seed), digits_compare_config(seed)
+    if name == "tiny-lm":
+        from ..demos.era_lm import lm_compare_config, lm_forget_spec
+
+        return lm_forget_spec(labelled, seed), lm_compare_config(seed)
+    if not isinstance(name, str) or ":" not in name:
+        raise InputError(f"{option} must be one of {BUILTIN_SPECS} or path/to/file.py:fn; got {name!r}")
+    made = import_target(name, option)()
+    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], CompareConfig)):
+        raise InputError(f"{option} {name} must return (UnlearnSpec, CompareConfig); got {type(made).__name__}")
+    return made
+
+
 @dataclasses.dataclass
 class MethodResult:
     """One method's metrics, attack and (if selected) the selection record.
@@ -188,7 +215,7 @@ def split_by_weights(spec: UnlearnSpec) -> tuple[Any, Any, Tensor]:
         raise InputError("forget_weights: no training example is labelled forget (all weights are 0)")
     if not r_idx:
         raise InputError("forget_weights: every training example is labelled forget; nothing is left to retain")
-    return _gather(source, f_idx), _gather(source, r_idx), labelled
+    return source.gather(f_idx), source.gather(r_idx), labelled
 
 
 def compare_methods(

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import ExampleSource, _hash_into, as_source
+from ..data import ExampleSource, as_source, hash_into
 from ..errors import InputError
 from ..progress import progress_bar
 
@@ -240,18 +240,7 @@ def sample_batch(source: ExampleSource, size: int, gen: torch.Generator) -> Any:
     """A batch of ``size`` examples drawn without replacement (all of them if fewer)."""
     n = len(source)
     idx = torch.randperm(n, generator=gen)[: min(size, n)].sort().values.tolist()
-    return _gather(source, idx)
-
-
-def _gather(source: ExampleSource, idx: list[int]) -> Any:
-    from ..data import SequenceSource, TensorSource
-
-    if isinstance(source, TensorSource):
-        parts = tuple(t[idx] for t in source.tensors)
-        return parts[0] if source.single else parts
-    if isinstance(source, SequenceSource):
-        return source.collate([source.examples[i] for i in idx])
-    raise InputError(f"unsupported data source {type(source).__name__}")
+    return source.gather(idx)
 
 
 def check_forget_retain(forget: Any, retain: Any, collate: Any = None) -> tuple[ExampleSource, ExampleSource]:
@@ -274,5 +263,5 @@ def check_forget_retain(forget: Any, retain: Any, collate: Any = None) -> tuple[
 
 def _key(example: Any) -> str:
     h = hashlib.sha256()
-    _hash_into(h, example)
+    hash_into(h, example)
     return h.hexdigest()

@@ -21,7 +21,6 @@ from torch import nn
 
 from ..data import as_source
 from ..errors import InputError
-from .methods import _gather
 from .train import OPTIMIZERS, TrainConfig, train
 
 
@@ -103,7 +102,7 @@ def relearn(
     best_step: dict[int, int] = {}
     pick = max if config.attacker_maximises else min
     for k in config.ks:
-        data = _gather(source, sorted(order[:k]))
+        data = source.gather(sorted(order[:k]))
         curves[k] = {}
         for lr in config.lrs:
             attacked = copy.deepcopy(model)

@@ -20,7 +20,6 @@ from ..checkpoints import CheckpointRef
 from ..data import as_source
 from ..errors import InputError
 from ..progress import progress_bar
-from .methods import _gather
 from .routing import Router
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -115,7 +114,7 @@ def train(
             if len(order) < min(config.batch_size, n):
                 order += torch.randperm(n, generator=gen).tolist()
             idx, order = sorted(order[: config.batch_size]), order[config.batch_size :]
-            batch = _gather(source, idx)
+            batch = source.gather(idx)
             if router is not None:
                 assert forget_weights is not None
                 with router.route(forget_weights[idx]):
