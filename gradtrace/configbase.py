@@ -16,7 +16,8 @@ scikit-learn's ``_parameter_constraints``)::
 and gets:
 
 * list values of tuple-typed fields turned into tuples (configs read from
-  JSON or TOML compare and hash like those built in Python);
+  JSON or TOML compare and hash like those built in Python), and a lone
+  string into a tuple of one;
 * each ``_checks`` rule applied in order, then ``_check()``; a broken rule
   raises :class:`~gradtrace.errors.InputError` naming the field (with
   ``_prefix``, e.g. ``"cluster."``), the rule and the value;
@@ -125,11 +126,15 @@ class ConfigBase:
         hints = _hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            if isinstance(value, list) and typing.get_origin(_unwrap_optional(hints.get(f.name))) is tuple:
-                object.__setattr__(self, f.name, tuple(value))
+            if isinstance(value, (list, str)) and typing.get_origin(_unwrap_optional(hints.get(f.name))) is tuple:
+                object.__setattr__(self, f.name, (value,) if isinstance(value, str) else tuple(value))
         for name, check in self._checks.items():
-            check(getattr(self, name), self._prefix + name)
+            check(getattr(self, name), self._field_name(name))
         self._check()
+
+    def _field_name(self, name: str) -> str:
+        """How messages name field ``name`` (default: ``_prefix + name``)."""
+        return self._prefix + name
 
     def _check(self) -> None:
         """Rules involving several fields; runs after ``_checks``."""
@@ -140,13 +145,19 @@ class ConfigBase:
                 if f.name not in self._not_saved}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], **extra: Any) -> Any:
-        """The config whose :meth:`to_dict` is ``d``; ``extra``: more
+    def saved_fields(cls) -> list[str]:
+        """The fields :meth:`to_dict` writes and :meth:`from_dict` reads."""
+        return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in cls._not_saved]  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str | None = None, **extra: Any) -> Any:
+        """The config whose :meth:`to_dict` is ``d``; ``where`` names it in
+        errors (default: ``_prefix`` or the class name); ``extra``: more
         constructor arguments (not read from ``d``)."""
+        where = where or cls._prefix.rstrip(".") or cls.__name__
         if not isinstance(d, Mapping):
-            raise InputError(f"{cls.__name__}: settings must be a mapping of field names to values; got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in cls._not_saved}  # type: ignore[arg-type]
-        check_unknown_keys(d, known, cls._prefix.rstrip(".") or cls.__name__)
+            raise InputError(f"{where}: settings must be a mapping of field names to values; got {type(d).__name__}")
+        check_unknown_keys(d, cls.saved_fields(), where)
         hints = _hints(cls)
         return cls(**{k: from_plain(hints.get(k), v) for k, v in d.items()}, **extra)
 
@@ -192,11 +203,19 @@ _HINTS: dict[type, dict[str, Any]] = {}
 
 
 def _hints(cls: type) -> dict[str, Any]:
+    """Field name -> resolved annotation; a field whose annotation cannot be
+    resolved at run time is left out (its values are taken as they come)."""
     if cls not in _HINTS:
-        try:
-            _HINTS[cls] = typing.get_type_hints(cls)
-        except Exception:  # an annotation that cannot be resolved at run time: no coercion for that class
-            _HINTS[cls] = {}
+        import sys
+
+        namespace = {**vars(sys.modules.get(cls.__module__, typing)), cls.__name__: cls}
+        hints = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            try:
+                hints[f.name] = eval(f.type, namespace) if isinstance(f.type, str) else f.type  # noqa: S307 - annotations
+            except Exception:
+                continue
+        _HINTS[cls] = hints
     return _HINTS[cls]
 
 

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..configbase import ConfigBase
 from ..data import as_source
 from ..errors import InputError
 from ..progress import progress_bar
@@ -81,7 +82,7 @@ class UnlearnSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(ConfigBase):
     """Settings of every method, recorded in the result."""
 
     methods: tuple[str, ...] = ALL_METHODS
@@ -93,9 +94,7 @@ class CompareConfig:
     select: dict[str, SelectionGrid] = dataclasses.field(default_factory=dict)
     rule: SelectionRule = SelectionRule()
 
-    def __post_init__(self) -> None:
-        if isinstance(self.methods, (list, str)):
-            object.__setattr__(self, "methods", (self.methods,) if isinstance(self.methods, str) else tuple(self.methods))
+    def _check(self) -> None:
         bad = [m for m in self.methods if m not in ALL_METHODS]
         if bad or not self.methods:
             raise InputError(f"methods must be a non-empty subset of {ALL_METHODS}; got {list(self.methods)!r}")
@@ -110,23 +109,10 @@ class CompareConfig:
                 raise InputError(f"select[{m!r}] needs at least one learning rate; got none")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "methods": list(self.methods),
-            "unlearn": {m: self.unlearn_config(m).to_dict() for m in self.methods if m in FINETUNE_METHODS},
-            "routing": self.routing.to_dict() if self.routing else None,
-            "coherence": self.coherence.to_dict(), "relearn": self.relearn.to_dict(), "seed": self.seed,
-            "select": {m: g.to_dict() for m, g in self.select.items()}, "rule": self.rule.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CompareConfig":
-        return cls(
-            methods=tuple(d["methods"]), unlearn={m: UnlearnConfig.from_dict(c) for m, c in d.get("unlearn", {}).items()},
-            routing=RoutingConfig.from_dict(d["routing"]) if d.get("routing") else None,
-            coherence=TrainConfig.from_dict(d["coherence"]), relearn=RelearnConfig.from_dict(d["relearn"]), seed=d.get("seed", 0),
-            select={m: SelectionGrid.from_dict(g) for m, g in d.get("select", {}).items()},
-            rule=SelectionRule.from_dict(d["rule"]) if "rule" in d else SelectionRule(),
-        )
+        """Every field; ``unlearn`` holds the settings each chosen fine-tuning method runs with (defaults filled in)."""
+        d = super().to_dict()
+        d["unlearn"] = {m: self.unlearn_config(m).to_dict() for m in self.methods if m in FINETUNE_METHODS}
+        return d
 
     def unlearn_config(self, method: str) -> UnlearnConfig:
         return self.unlearn[method] if method in self.unlearn else UnlearnConfig(method=method)
