@@ -277,9 +277,5 @@ def _register_all() -> None:
 _register_all()
 
 
-def main() -> None:  # pragma: no cover
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

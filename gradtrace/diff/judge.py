@@ -80,7 +80,7 @@ def judge(chat: Chat, cluster: ClusterRecord, intended: str) -> tuple[str, str]:
 
 def parse_verdict(reply: str) -> tuple[str, str]:
     """The first verdict word in ``reply`` and the rest as the reason; ``("unparsed", reply)`` if none."""
-    m = re.search(r"\b(expected|unexpected|concerning)\b", reply, flags=re.I)
+    m = re.search(r"\b(" + "|".join(VERDICTS) + r")\b", reply, flags=re.I)
     if not m:
         return "unparsed", reply.strip()[:300]
     reason = reply[m.end():].lstrip(" :.-").strip() or reply.strip()

@@ -249,7 +249,3 @@ def adam_transform(model: nn.Module, ref: CheckpointRef, param_names: list[str])
     if lacking:
         raise InputError(f"Adam preconditioning: the optimizer did not train these selected parameters: {lacking[:6]!r}")
     return pre
-
-
-def describe_checkpoints(refs: list[CheckpointRef]) -> str:
-    return ", ".join(f"step {r.step} (lr {r.lr:.3g})" for r in refs)
