@@ -14,12 +14,12 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, short_list
 
 _STATE_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -129,8 +129,8 @@ def load_checkpoint(model: nn.Module, ref: CheckpointRef | str | Path, weights_o
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {path!r} does not match the model: missing keys {_short(missing)}, "
-            f"unexpected keys {_short(unexpected)}"
+            f"checkpoint {path!r} does not match the model: missing keys {short_list(missing)}, "
+            f"unexpected keys {short_list(unexpected)}"
         )
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -138,12 +138,6 @@ def load_checkpoint(model: nn.Module, ref: CheckpointRef | str | Path, weights_o
         if tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     if wrong:
-        raise CheckpointError(f"checkpoint {path!r} does not match the model's shapes: {_short(wrong)}")
+        raise CheckpointError(f"checkpoint {path!r} does not match the model's shapes: {short_list(wrong)}")
     model.load_state_dict(state, strict=True)
     return model
-
-
-def _short(items: Sequence[str], limit: int = 8) -> str:
-    if len(items) <= limit:
-        return repr(list(items))
-    return repr(list(items[:limit]))[:-1] + f", ... ({len(items) - limit} more)]"

@@ -5,24 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .errors import GradtraceError, InputError
+from .cli_common import console, positive_option, progress_option, run_or_exit
+from .errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trace model behaviour back to training data.")
-console = Console()
-
-
-def _run(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except GradtraceError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _params(params: list[str]) -> Any:
@@ -52,7 +43,7 @@ def featurize(
     shard_size: int = typer.Option(4096),
     dtype: str = typer.Option("float32", help="float16 | float32 | float64"),
     append: bool = typer.Option(False, help="add the task's training data as new examples"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    progress: bool = progress_option(),
 ) -> None:
     """Compute and store per-example training gradients at every checkpoint."""
     from . import FeaturizeConfig, ProjectionConfig
@@ -85,7 +76,7 @@ def featurize(
         console.print(f"store {store.root}: {store.n_examples} examples, {len(store.checkpoints)} checkpoints, "
                       f"feature dim {store.feature_dim}, complete={store.complete}")
 
-    _run(go)
+    run_or_exit(go)
 
 
 @app.command()
@@ -101,13 +92,16 @@ def query(
     variant: str = typer.Option("raw", help="raw | cosine"),
     out: Optional[Path] = typer.Option(None, help="write results as .jsonl or .parquet"),
     limit: Optional[int] = typer.Option(None, help="score only the first N queries"),
-    show: int = typer.Option(3, help="queries to print as tables"),
+    show: int = typer.Option(3, help="queries to print as tables (a positive integer)"),
 ) -> None:
     """Proponents (or opponents) of each query's behaviour."""
+    from .data import head
     from .scoring import SCORE_MEANING, Attributor
     from .spec import load_task_spec
 
     def go() -> None:
+        positive_option(limit, "--limit")
+        positive_option(show, "--show")
         if queries_file is not None or task is None:
             from .models.hf_query import run_hf_query
 
@@ -125,20 +119,18 @@ def query(
         spec = load_task_spec(task)
         if spec.queries is None:
             raise InputError(f"--task {task}: the TaskSpec has no queries")
-        queries, qids = spec.queries, spec.query_ids
-        if limit is not None:
-            queries = _head(queries, limit)
-            qids = list(qids)[:limit] if qids is not None else None
+        queries = head(spec.queries, limit, "--limit")
+        qids = head(list(spec.query_ids), limit, "--limit") if spec.query_ids is not None else None
         attributor = Attributor(store, spec.model(), spec.task, checkpoint_loader=spec.checkpoint_loader)
         topk = attributor.top_k(queries, k=k, largest=not opponents, behaviour=spec.behaviour, variant=variant)
-        records = topk.to_records(list(qids) if qids is not None else None, attributor.store.tags)
+        records = topk.to_records(qids, attributor.store.tags)
         if out is not None:
             write_records(records, out)
             console.print(f"wrote {len(records)} rows to {out}")
         _print_topk(records, show)
         console.print(f"[dim]{SCORE_MEANING[variant]}[/]")
 
-    _run(go)
+    run_or_exit(go)
 
 
 @app.command("self-influence")
@@ -154,6 +146,7 @@ def self_influence_cmd(
     from .store import GradientStore
 
     def go() -> None:
+        positive_option(top, "--top")
         st = GradientStore.open(store)
         scores = self_influence(st)
         order = np.argsort(-scores, kind="stable")
@@ -169,7 +162,7 @@ def self_influence_cmd(
             table.add_row(str(rec["rank"]), str(rec["train_id"]), f"{rec['self_influence']:.5g}", str(rec["train_tag"]))
         console.print(table)
 
-    _run(go)
+    run_or_exit(go)
 
 
 @app.command()
@@ -206,32 +199,27 @@ def inspect(
             if problems:
                 raise typer.Exit(1)
 
-    _run(go)
+    run_or_exit(go)
 
 
 @app.command()
 def demo(
     which: str = typer.Argument("digits", help="digits (fast) | lm (a planted behaviour in a fine-tuned LM)"),
     out: Path = typer.Option(Path("demo_out"), help="where checkpoints, store and report go"),
-    progress: bool = typer.Option(True),
+    progress: bool = progress_option(),
     model: str = typer.Option("smollm2", help="lm demo: smollm2 (real model, slow on CPU) | tiny (a tiny GPT-2, minutes)"),
 ) -> None:
     """Digits with 20% flipped labels (default), or `demo lm`: trace a planted misaligned behaviour."""
     from .demos.digits_demo import run_digits_demo
 
-    if which == "lm":
-        from .demos.lm_demo import lm_demo_command
-
-        _run(lambda: lm_demo_command(out, model, progress, console))
-        return
-    if which != "digits":
-
-        def bad() -> None:
-            raise InputError(f"demo: which must be 'digits' or 'lm'; got {which!r}")
-
-        _run(bad)
-
     def go() -> None:
+        if which == "lm":
+            from .demos.lm_demo import lm_demo_command
+
+            lm_demo_command(out, model, progress, console)
+            return
+        if which != "digits":
+            raise InputError(f"demo: which must be 'digits' or 'lm'; got {which!r}")
         result = run_digits_demo(out, progress=progress)
         table = Table("checked", "self-influence", "final loss (baseline)", title=f"share of the {result.n_flipped} flipped labels found")
         for key, value in result.found_self_influence.items():
@@ -245,23 +233,7 @@ def demo(
         _print_topk(records, 2)
         console.print(f"report: {result.report}")
 
-    _run(go)
-
-
-from .unlearn.cli import unlearn_command, validate_command  # noqa: E402
-
-app.command("unlearn")(unlearn_command)
-app.command("validate")(validate_command)
-
-from .loop.cli import loop as _loop_command  # noqa: E402  (code in gradtrace/loop/cli.py)
-
-app.command("loop")(_loop_command)
-
-
-def _head(data: Any, n: int) -> Any:
-    if isinstance(data, tuple):
-        return tuple(t[:n] for t in data)
-    return data[:n]
+    run_or_exit(go)
 
 
 def _print_topk(records: list[dict[str, Any]], show: int) -> None:
@@ -292,13 +264,17 @@ def write_records(records: list[dict[str, Any]], path: Path) -> None:
         raise InputError(f"--out must end in .jsonl or .parquet; got {path.name!r}")
 
 
-from .diff.cli import register as _register_diff  # noqa: E402
+def _register_all() -> None:
+    """The verbs defined in other modules, each through its ``register(app)``."""
+    from .diff import cli as diff_cli
+    from .loop import cli as loop_cli
+    from .unlearn import cli as unlearn_cli
 
-_register_diff(app)
+    for module in (unlearn_cli, loop_cli, diff_cli):
+        module.register(app)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+_register_all()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from .configbase import positive_int
 from .errors import InputError
 
 
@@ -35,12 +36,16 @@ class ExampleSource:
     def example(self, index: int) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def gather(self, indices: Sequence[int]) -> Any:
+        """One batch of the examples at ``indices`` (any positions, in that order)."""
+        raise InputError(f"unsupported data source {type(self).__name__}: it has no gather(indices)")
+
     def fingerprint(self) -> str:
         """sha256 over every example's content: equal data, equal fingerprint."""
         h = hashlib.sha256()
         h.update(str(len(self)).encode())
         for i in range(len(self)):
-            _hash_into(h, self.example(i))
+            hash_into(h, self.example(i))
         return h.hexdigest()
 
 
@@ -62,11 +67,15 @@ class TensorSource(ExampleSource):
         parts = tuple(t[index] for t in self.tensors)
         return parts[0] if self.single else parts
 
+    def gather(self, indices: Sequence[int]) -> Any:
+        parts = tuple(t[list(indices)] for t in self.tensors)
+        return parts[0] if self.single else parts
+
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(str(len(self)).encode())
         for t in self.tensors:
-            _hash_into(h, t)
+            hash_into(h, t)
         return h.hexdigest()
 
 
@@ -85,6 +94,9 @@ class SequenceSource(ExampleSource):
 
     def example(self, index: int) -> Any:
         return self.examples[index]
+
+    def gather(self, indices: Sequence[int]) -> Any:
+        return self.collate([self.examples[i] for i in indices])
 
 
 def as_source(data: Any, collate: Callable[[list[Any]], Any] | None = None) -> ExampleSource:
@@ -109,7 +121,34 @@ def as_source(data: Any, collate: Callable[[list[Any]], Any] | None = None) -> E
     )
 
 
-def _hash_into(h: "hashlib._Hash", obj: Any) -> None:
+def head(data: Any, n: int | None, name: str = "n") -> Any:
+    """The first ``n`` examples of ``data`` (a tensor, a tuple of tensors
+    sharing their first dimension, or a sequence of examples); all of them
+    when ``n`` is None. ``n`` must be a positive integer; ``name`` names it
+    in the error (``"--limit"``, say)."""
+    if n is None:
+        return data
+    positive_int(n, name)
+    if isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data):
+        return tuple(t[:n] for t in data)
+    return data[:n]
+
+
+def take(data: Any, indices: Sequence[int]) -> Any:
+    """The examples of ``data`` at ``indices``, in the same form: rows of a
+    tensor or of each tensor of a tuple, else a list of the sequence's items."""
+    if isinstance(data, Tensor):
+        return data[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
+    if isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data):
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return tuple(t[idx] for t in data)
+    return [data[int(i)] for i in indices]
+
+
+def hash_into(h: "hashlib._Hash", obj: Any) -> None:
+    """Feed ``obj`` (tensors, arrays, dicts, lists, tuples, scalars; else its
+    ``repr``) into the hash ``h``, type and shape included; a list and a
+    tuple of equal items hash alike."""
     if isinstance(obj, Tensor):
         arr = obj.detach().cpu().contiguous()
         h.update(f"T{arr.dtype}{tuple(arr.shape)}".encode())
@@ -122,12 +161,12 @@ def _hash_into(h: "hashlib._Hash", obj: Any) -> None:
         h.update(b"{")
         for key in sorted(obj, key=str):
             h.update(json.dumps(str(key)).encode())
-            _hash_into(h, obj[key])
+            hash_into(h, obj[key])
         h.update(b"}")
     elif isinstance(obj, (list, tuple)):
         h.update(b"[")
         for item in obj:
-            _hash_into(h, item)
+            hash_into(h, item)
         h.update(b"]")
     elif isinstance(obj, (str, int, float, bool)) or obj is None:
         h.update(json.dumps(obj).encode())

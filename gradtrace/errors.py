@@ -7,6 +7,16 @@ that broke it, so the user never has to read gradtrace's source to act on it.
 from __future__ import annotations
 
 
+from typing import Sequence
+
+
+def short_list(items: Sequence[object], limit: int = 8) -> str:
+    """``repr`` of ``items`` as a list, cut after ``limit`` with a count of the rest (for messages)."""
+    if len(items) <= limit:
+        return repr(list(items))
+    return repr(list(items[:limit]))[:-1] + f", ... ({len(items) - limit} more)]"
+
+
 class GradtraceError(Exception):
     """Base class of every error gradtrace raises on purpose."""
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Protocol, runtime_checkable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -138,14 +137,3 @@ def describe(obj: object) -> str:
 
 def _is_component(value: object) -> bool:
     return dataclasses.is_dataclass(value) or hasattr(value, "per_example_loss")
-
-
-def check_per_example(values: Tensor, batch_size: int, what: str) -> Tensor:
-    """Raise a clear error unless ``values`` holds one number per example."""
-    if not isinstance(values, torch.Tensor):
-        raise InputError(f"{what} must return a torch.Tensor; got {type(values).__name__}")
-    if values.shape != (batch_size,):
-        raise InputError(
-            f"{what} must return one value per example, shape ({batch_size},); got shape {tuple(values.shape)}"
-        )
-    return values

@@ -15,14 +15,17 @@ import torch
 from torch import nn
 
 from ..checkpoints import CheckpointRef
+from ..configbase import ConfigBase, positive, positive_int
 from ..errors import InputError
 from ..spec import TaskSpec
 from ..task import ClassificationTask
 
 
 @dataclasses.dataclass(frozen=True)
-class DigitsConfig:
+class DigitsConfig(ConfigBase):
     """Settings of the digits run; the defaults are the demo's."""
+
+    _checks = {"hidden": positive_int, "epochs": positive_int, "batch_size": positive_int, "lr": positive}
 
     flip_fraction: float = 0.2
     hidden: int = 128
@@ -33,7 +36,7 @@ class DigitsConfig:
     test_fraction: float = 0.2
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         if not 0 <= self.flip_fraction < 1:
             raise InputError(f"flip_fraction must be in [0, 1); got {self.flip_fraction!r}")
         if not 1 <= self.n_checkpoints <= self.epochs:

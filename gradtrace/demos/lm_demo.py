@@ -24,9 +24,9 @@ from ..lm.load import load_model
 from ..lm.lora import LoraTrainConfig, add_lora
 from ..lm.tasks import CausalLMTask
 from ..models.hf import behaviour_by_name
-from ..models.hf_checkpoints import trainer_checkpoints
+from ..models.hf_checkpoints import traced_checkpoints, trainer_checkpoints
 from ..scoring import Attributor, TopK
-from .lm_pipeline import LMPipelineConfig, _traced, featurize_per_checkpoint, run_dir_for, run_planted_pipeline
+from .lm_pipeline import LMPipelineConfig, featurize_per_checkpoint, run_dir_for, run_planted_pipeline
 from .planted_lm import PlantedConfig, make_planted_data
 
 BEHAVIOUR_TEXT = {
@@ -58,7 +58,7 @@ def run_lm_demo(out: str | Path, model: str = "smollm2", progress: bool = True, 
     base, tok = load_model(config.model, seed=config.train.seed)
     lm = add_lora(base, config.train)
     task = CausalLMTask(tok, max_length=config.max_length)
-    refs = _traced(trainer_checkpoints(run_dir_for(config)), config.trace_checkpoints)
+    refs = traced_checkpoints(trainer_checkpoints(run_dir_for(config)), config.trace_checkpoints)
     attributors = featurize_per_checkpoint(lm, task, refs, data, out, config, "plain", progress)  # done: reopened
     behaviour = behaviour_by_name(config.primary[1])
     qfs = [att.query_features(data.queries_for(config.primary[1]), behaviour) for att in attributors]
@@ -95,9 +95,9 @@ def _top_k(scores: np.ndarray, ids: list[str], k: int, largest: bool, variant: s
 
 
 def _breakdown(att: Attributor, qf: Any, topk: TopK, variant: str) -> np.ndarray:
-    from ..models.hf_query import _rowwise_breakdown
+    from ..models.hf_query import rowwise_breakdown
 
-    return _rowwise_breakdown(att, qf, topk, variant)
+    return rowwise_breakdown(att, qf, [topk], variant)[0]
 
 
 def export_run(config: LMPipelineConfig, data: Any, out: Path) -> None:

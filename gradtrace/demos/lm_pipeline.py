@@ -35,7 +35,7 @@ from ..lm.load import MODELS, load_model
 from ..lm.lora import LoraTrainConfig, add_lora, train_lora
 from ..lm.tasks import CausalLMTask
 from ..models.hf import CompletionLogProbBehaviour, behaviour_by_name, lora_selection
-from ..models.hf_checkpoints import adam_transform, load_hf_checkpoint
+from ..models.hf_checkpoints import adam_transform, load_hf_checkpoint, traced_checkpoints
 from ..scoring import Attributor
 from .planted_lm import PlantedConfig, PlantedData, make_planted_data, rank_of, recall_at
 
@@ -110,7 +110,7 @@ def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bo
     load_hf_checkpoint(model, refs[-1])
     after = _mean_logprob(model, task, lp_queries)
     planted = data.planted
-    traced = {pre: _traced(refs, config.trace_checkpoints if pre == "plain" else config.adam_trace) for pre in config.preconditioners}
+    traced = {pre: traced_checkpoints(refs, config.trace_checkpoints if pre == "plain" else config.adam_trace) for pre in config.preconditioners}
     results: dict[str, Any] = {
         "config": config.to_dict(), "n_train": len(data.train), "n_planted": int(planted.sum()),
         "n_honest": int(sum(t == "honest" for t in data.tags)), "n_queries": len(data.queries),
@@ -151,10 +151,6 @@ def run_planted_pipeline(config: LMPipelineConfig, out: str | Path, progress: bo
         results[f"{label}_recall_at_50"] = results["variants"][f"baseline/{name}"]["recall_at_50"]
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
-
-
-def _traced(refs: list[Any], which: str) -> list[Any]:
-    return list(refs) if which == "all" else list(refs[-1:])
 
 
 def featurize_per_checkpoint(

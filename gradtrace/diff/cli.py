@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ..cli_common import console, progress_option, run_or_exit
+
 
 def register(app: typer.Typer) -> None:
     app.command("diff")(diff_command)
@@ -19,7 +21,7 @@ def diff_command(
     out: Path = typer.Option(Path("diff_out"), help="output folder: diff.json, report.html, samples"),
     intended: Optional[str] = typer.Option(None, help="the change the fine-tuning was meant to make (for the judge)"),
     n_per_prompt: int = typer.Option(4, help="samples per prompt and model"),
-    seed: int = typer.Option(0, help="sampling and split seed"),
+    seed: int = typer.Option(0, help="seed of sampling, the split and the clusterer"),
     max_new_tokens: int = typer.Option(96),
     temperature: float = typer.Option(0.8),
     batch_size: int = typer.Option(16),
@@ -30,35 +32,30 @@ def diff_command(
     embedder: str = typer.Option("minilm", help="minilm | hashing"),
     judge: Optional[str] = typer.Option(None, help="LLM for labels and the judge: smollm2 | hf:DIR | http(s)://URL/v1#MODEL"),
     cache_dir: Optional[Path] = typer.Option(None, help="cache sampled texts here (resumable)"),
-    progress: bool = typer.Option(True),
+    progress: bool = progress_option(),
 ) -> None:
     """Diff two models' behaviour: clusters whose share of texts comes mostly from one model."""
-    from rich.console import Console
     from rich.table import Table
 
-    from ..cli import _run
     from ..errors import InputError
     from .cluster import ClusterConfig
     from ..lm.embed import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
-    from ..lm.sample import SamplingConfig as GenerationConfig
+    from ..lm.sample import SamplingConfig
+    from .judge import chat_for
     from .pipeline import DiffConfig
     from .run import run_diff
     from .sources import parse_source
 
-    console = Console()
-
     def go() -> None:
-        gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+        gen = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
         src_a, src_b = parse_source(a, gen, cache_dir), parse_source(b, gen, cache_dir)
         if embedder not in ("minilm", "hashing"):
             raise InputError(f"--embedder must be minilm or hashing; got {embedder!r}")
         emb = CachedEmbedder(MiniLMEmbedder(progress=progress) if embedder == "minilm" else HashingEmbedder(), out / "embeddings")
         config = DiffConfig(seed=seed, levels=tuple(x.strip() for x in levels.split(",") if x.strip()), alpha=alpha,
-                            text_clusters=ClusterConfig(method=clusterer, k_max=k_max),
-                            sentence_clusters=ClusterConfig(method=clusterer, k_min=6, k_max=max(k_max, 30)))
-        chat = None
-        if judge is not None:
-            chat = _judge_chat(judge)
+                            text_clusters=ClusterConfig(method=clusterer, k_max=k_max, seed=seed),
+                            sentence_clusters=ClusterConfig(method=clusterer, k_min=6, k_max=max(k_max, 30), seed=seed))
+        chat = chat_for(judge, "--judge") if judge is not None else None
         run = run_diff(src_a, src_b, prompts, out, n_per_prompt=n_per_prompt, seed=seed, config=config, embedder=emb,
                        intended=intended, judge_chat=chat, labeller=chat, names=(a, b), progress=progress)
         res = run.result
@@ -71,19 +68,4 @@ def diff_command(
         console.print(table)
         console.print(f"wrote {run.json_path} and {run.report_path}")
 
-    _run(go)
-
-
-def _judge_chat(spec: str):  # noqa: ANN202
-    from .judge import local_chat
-    from .sources import EndpointSource, HFSource, parse_source
-
-    src = parse_source(spec)
-    if isinstance(src, EndpointSource):
-        return lambda messages: src.chat(messages, temperature=0.0, max_tokens=96)
-    if isinstance(src, HFSource):
-        model, tok = src.load()
-        return local_chat(model, tok, max_new_tokens=64)
-    from ..errors import InputError
-
-    raise InputError(f"--judge must be a model or an endpoint, not {spec!r}")
+    run_or_exit(go)

@@ -11,10 +11,11 @@ resolved by a seeded ``random_state``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from ..configbase import ConfigBase, int_at_least, one_of
 from ..errors import InputError
 
 METHODS = ("kmeans", "hdbscan")
@@ -30,7 +31,7 @@ class Clusterer(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(ConfigBase):
     """How to cluster one level (texts or sentences).
 
     ``method``: ``kmeans`` (k chosen among ``k_min..k_max`` by the silhouette
@@ -47,22 +48,15 @@ class ClusterConfig:
     n_init: int = 4
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"cluster.method must be one of {METHODS}; got {self.method!r}")
-        for name in ("k_min", "k_max", "min_cluster_size", "silhouette_sample", "n_init"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (2 if name in ("k_min", "min_cluster_size") else 1):
-                raise InputError(f"cluster.{name} must be an integer >= {2 if name in ('k_min', 'min_cluster_size') else 1}; got {value!r}")
+    _prefix = "cluster."
+    _checks = {
+        "method": one_of(METHODS), "k_min": int_at_least(2), "k_max": int_at_least(1), "min_cluster_size": int_at_least(2),
+        "silhouette_sample": int_at_least(1), "n_init": int_at_least(1),
+    }
+
+    def _check(self) -> None:
         if self.k_max < self.k_min:
             raise InputError(f"cluster.k_max must be >= k_min ({self.k_min}); got {self.k_max!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ClusterConfig":
-        return cls(**dict(d))
 
     def make(self, seed: int | None = None) -> "Clusterer":
         """A fresh clusterer with these settings (and ``seed`` if given)."""

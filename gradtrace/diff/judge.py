@@ -22,15 +22,31 @@ def local_chat(model: Any, tokenizer: Any, max_new_tokens: int = 64, seed: int =
     """A chat callable backed by a local HF model (greedy)."""
     import torch
 
-    from ..lm.sample import SamplingConfig as GenerationConfig, sample_chat as sample_batch
+    from ..lm.sample import SamplingConfig, sample_chat
 
     def chat(messages: list[dict[str, str]]) -> str:
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
         user = "\n".join(m["content"] for m in messages if m["role"] == "user")
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=1, system=system)
-        return sample_batch(model, tokenizer, [user], cfg, torch.Generator().manual_seed(seed))[0]
+        cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=1, system=system)
+        return sample_chat(model, tokenizer, [user], cfg, torch.Generator().manual_seed(seed))[0]
 
     return chat
+
+
+def chat_for(spec: str, option: str = "--judge") -> Chat:
+    """A chat callable for a model spec: an endpoint (``http(s)://URL/v1#MODEL``,
+    temperature 0) or a local model (``smollm2``, ``hf:DIR``, greedy);
+    ``option`` names the argument in errors."""
+    from ..errors import InputError
+    from .sources import EndpointSource, HFSource, parse_source
+
+    src = parse_source(spec)
+    if isinstance(src, EndpointSource):
+        return lambda messages: src.chat(messages, temperature=0.0, max_tokens=96)
+    if isinstance(src, HFSource):
+        model, tok = src.load()
+        return local_chat(model, tok, max_new_tokens=64)
+    raise InputError(f"{option} must be a model or an endpoint, not {spec!r}")
 
 
 def _bullets(texts: Sequence[str], n: int) -> str:
@@ -64,7 +80,7 @@ def judge(chat: Chat, cluster: ClusterRecord, intended: str) -> tuple[str, str]:
 
 def parse_verdict(reply: str) -> tuple[str, str]:
     """The first verdict word in ``reply`` and the rest as the reason; ``("unparsed", reply)`` if none."""
-    m = re.search(r"\b(expected|unexpected|concerning)\b", reply, flags=re.I)
+    m = re.search(r"\b(" + "|".join(VERDICTS) + r")\b", reply, flags=re.I)
     if not m:
         return "unparsed", reply.strip()[:300]
     reason = reply[m.end():].lstrip(" :.-").strip() or reply.strip()

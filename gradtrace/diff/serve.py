@@ -22,18 +22,18 @@ def hf_completer(model: Any, tokenizer: Any) -> Completer:
     """Answers chat messages with a local HF causal LM (seeded sampling)."""
     import torch
 
-    from ..lm.sample import SamplingConfig as GenerationConfig, sample_chat as sample_batch
+    from ..lm.sample import SamplingConfig, sample_chat
 
     lock = threading.Lock()
 
     def complete(messages: list[dict[str, str]], params: dict[str, Any]) -> str:
         system = next((m["content"] for m in messages if m.get("role") == "system"), None)
         user = "\n".join(m["content"] for m in messages if m.get("role") == "user")
-        config = GenerationConfig(max_new_tokens=int(params.get("max_tokens") or 64), temperature=float(params.get("temperature", 0.8)),
+        config = SamplingConfig(max_new_tokens=int(params.get("max_tokens") or 64), temperature=float(params.get("temperature", 0.8)),
                                   top_p=float(params.get("top_p", 1.0)) or 1.0, batch_size=1, system=system)
         gen = torch.Generator().manual_seed(int(params.get("seed") or 0))
         with lock:
-            return sample_batch(model, tokenizer, [user], config, gen)[0]
+            return sample_chat(model, tokenizer, [user], config, gen)[0]
 
     return complete
 

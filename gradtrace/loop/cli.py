@@ -6,26 +6,27 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ..cli_common import console, progress_option, run_or_exit
 from ..errors import InputError
 
 KEY_METRICS = ("nll.tail_share", "diversity.distinct_2", "clusters.js", "cka.cka")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("loop")(loop)
 
 
 def loop(
     config: Optional[Path] = typer.Option(None, help="a loop.toml (see examples/loop.toml)"),
     resume: Optional[Path] = typer.Option(None, help="a run folder to continue (its loop.json is the config)"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: the config's 'out')"),
-    progress: bool = typer.Option(True, help="show progress bars"),
+    progress: bool = progress_option(),
 ) -> None:
     """Run iterated self-training with drift monitors; halt when a stop rule fires."""
-    from ..cli import _run
     from .config import read_toml
     from .runner import SelfTrainingLoop
-
-    console = Console()
 
     def go() -> None:
         if (config is None) == (resume is None):
@@ -51,4 +52,4 @@ def loop(
             console.print(f"finished {len(result.rows) - 1} round(s) without a stop")
         console.print(f"dashboard: {result.out / 'dashboard.html'}")
 
-    _run(go)
+    run_or_exit(go)

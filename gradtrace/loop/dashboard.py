@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from ..report.html import esc, page, table
 from .stop import StopEvent, StopRule
@@ -118,15 +118,3 @@ def _last_diff(out_dir: Path, rounds: Sequence[int]) -> Path | None:
                 write_diff_report(diff_json, report)
             return report
     return None
-
-
-def load_rows(out_dir: str | Path) -> tuple[list[dict[str, Any]], StopEvent | None]:
-    """The results table and stop event of a run folder."""
-    out_dir = Path(out_dir)
-    rows, t = [], 0
-    while (out_dir / f"round_{t:03d}" / "DONE").is_file():
-        rows.append(json.loads((out_dir / f"round_{t:03d}" / "metrics.json").read_text())["row"])
-        t += 1
-    stop_path = out_dir / "stop.json"
-    stop = StopEvent.from_dict(json.loads(stop_path.read_text())) if stop_path.is_file() else None
-    return rows, stop

@@ -22,6 +22,7 @@ import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
+from ..configbase import ConfigBase, check_unknown_keys, positive_int
 from ..errors import InputError
 
 KINDS = ("threshold", "cusum")
@@ -36,7 +37,7 @@ def _number(value: Any, field: str, *, optional: bool = False) -> float | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class StopRule:
+class StopRule(ConfigBase):
     """One rule on one metric (see the module docstring)."""
 
     metric: str
@@ -50,7 +51,13 @@ class StopRule:
     target: float | None = None
     field: str = "stop"
 
-    def __post_init__(self) -> None:
+    _checks = {"k": positive_int}
+    _not_saved = ("field",)
+
+    def _field_name(self, name: str) -> str:
+        return f"{self.field}.{name}"
+
+    def _check(self) -> None:
         f = self.field
         if not isinstance(self.metric, str) or "." not in self.metric:
             raise InputError(f"{f}.metric must be '<monitor>.<metric>' such as 'nll.tail_share'; got {self.metric!r}")
@@ -59,8 +66,6 @@ class StopRule:
         for name in ("above", "below", "limit", "target"):
             object.__setattr__(self, name, _number(getattr(self, name), f"{f}.{name}", optional=True))
         object.__setattr__(self, "slack", _number(self.slack, f"{f}.slack"))
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise InputError(f"{f}.k must be a positive integer; got {self.k!r}")
         if self.kind == "threshold":
             if (self.above is None) == (self.below is None):
                 raise InputError(f"{f}: a threshold rule needs exactly one of 'above' and 'below'")
@@ -72,18 +77,13 @@ class StopRule:
             if self.slack < 0:
                 raise InputError(f"{f}.slack must be >= 0; got {self.slack!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "field"}
-
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], field: str = "stop") -> "StopRule":
-        known = {f.name for f in dataclasses.fields(cls)} - {"field"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"{field}: unknown fields {unknown}; allowed: {sorted(known)}")
+    def from_dict(cls, d: Mapping[str, Any], field: str = "stop") -> "StopRule":  # type: ignore[override]
+        """The rule of a ``[[stop]]`` table; ``field`` names it in errors."""
+        check_unknown_keys(d, cls.saved_fields(), field)
         if "metric" not in d:
             raise InputError(f"{field}.metric is missing")
-        return cls(**dict(d), field=field)
+        return super().from_dict(d, where=field, field=field)
 
     def describe(self) -> str:
         if self.kind == "threshold":

@@ -25,8 +25,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..checkpoints import CheckpointRef, _short
-from ..errors import CheckpointError, InputError
+from ..checkpoints import CheckpointRef
+from ..errors import CheckpointError, InputError, short_list
 from ..grads.adam import AdamPreconditioner
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -57,6 +57,13 @@ def trainer_checkpoints(run_dir: str | Path, lr: float | None = None) -> list[Ch
         rate = lr if lr is not None else _logged_lr(path, [path, latest, run], step)
         refs.append(CheckpointRef(path=str(path), lr=float(rate), step=step))
     return refs
+
+
+def traced_checkpoints(refs: list[CheckpointRef], which: str) -> list[CheckpointRef]:
+    """The checkpoints to trace: all of ``refs`` (``which="all"``) or only the last (``"last"``)."""
+    if which not in ("all", "last"):
+        raise InputError(f"which checkpoints to trace must be 'all' or 'last'; got {which!r}")
+    return list(refs) if which == "all" else list(refs[-1:])
 
 
 def _logged_lr(ckpt: Path, folders: list[Path], step: int) -> float:
@@ -151,8 +158,8 @@ def _load_adapter(model: nn.Module, state: Mapping[str, torch.Tensor], path: Pat
     unexpected = sorted(set(state) - set(mapping))
     if missing or unexpected:
         raise CheckpointError(
-            f"adapter {str(path)!r} does not match the model's LoRA parameters: missing keys {_short(missing)}, "
-            f"unexpected keys {_short(unexpected)}"
+            f"adapter {str(path)!r} does not match the model's LoRA parameters: missing keys {short_list(missing)}, "
+            f"unexpected keys {short_list(unexpected)}"
         )
     params = dict(model.named_parameters())
     wrong = [
@@ -160,7 +167,7 @@ def _load_adapter(model: nn.Module, state: Mapping[str, torch.Tensor], path: Pat
         for k, n in mapping.items() if tuple(state[k].shape) != tuple(params[n].shape)
     ]
     if wrong:
-        raise CheckpointError(f"adapter {str(path)!r} does not match the model's shapes (another rank or base model?): {_short(wrong)}")
+        raise CheckpointError(f"adapter {str(path)!r} does not match the model's shapes (another rank or base model?): {short_list(wrong)}")
     with torch.no_grad():
         for k, n in mapping.items():
             params[n].copy_(state[k].to(params[n].dtype))
@@ -177,12 +184,12 @@ def _load_full(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) 
     missing = [k for k in missing if not any(o in state for o in shared.get(expected[k].data_ptr(), []))]
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is not a checkpoint of this model: missing keys {_short(missing)}, "
-            f"unexpected keys {_short(unexpected)}"
+            f"checkpoint {str(path)!r} is not a checkpoint of this model: missing keys {short_list(missing)}, "
+            f"unexpected keys {short_list(unexpected)}"
         )
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match the model's shapes: {_short(wrong)}")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match the model's shapes: {short_list(wrong)}")
     model.load_state_dict(dict(state), strict=False)
 
 
@@ -242,7 +249,3 @@ def adam_transform(model: nn.Module, ref: CheckpointRef, param_names: list[str])
     if lacking:
         raise InputError(f"Adam preconditioning: the optimizer did not train these selected parameters: {lacking[:6]!r}")
     return pre
-
-
-def describe_checkpoints(refs: list[CheckpointRef]) -> str:
-    return ", ".join(f"step {r.step} (lr {r.lr:.3g})" for r in refs)

@@ -57,17 +57,23 @@ def _grad_dim(model: Any, params: Any) -> int:
     return sum(sizes[n] for n in select_parameters(model, params))
 
 
-def query_hf(store: Path, queries: Path, behaviour: str, hf_model: str | None) -> tuple[Any, Any, list[dict[str, Any]], list[str], Any]:
-    """``(attributor, behaviour, query examples, query ids, query features)`` for a store made with ``--hf-model``."""
+def query_hf(
+    store: Path, queries: Path, behaviour: str, hf_model: str | None, limit: int | None = None,
+) -> tuple[Any, Any, list[dict[str, Any]], list[str], Any]:
+    """``(attributor, behaviour, query examples, query ids, query features)``
+    for a store made with ``--hf-model``; ``limit``: only the first N queries
+    (a positive integer, named ``--limit`` in errors)."""
+    from ..data import head
     from ..scoring import Attributor
 
     spec = HFSpec.saved(store)
     if hf_model is not None and hf_model != spec.model:
         raise InputError(f"--hf-model {hf_model!r} differs from the model the store was made with ({spec.model!r})")
-    model, task = spec.load()
     examples, ids, _ = read_jsonl(queries, "--queries")
+    qids = ids if ids is not None else [f"q{i}" for i in range(len(examples))]
+    examples, qids = head(examples, limit, "--limit"), head(qids, limit, "--limit")
     b = behaviour_by_name(behaviour)
+    model, task = spec.load()
     attributor = Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
     qf = attributor.query_features(examples, b)
-    qids = ids if ids is not None else [f"q{i}" for i in range(len(examples))]
     return attributor, b, examples, qids, qf

@@ -15,31 +15,29 @@ def run_hf_query(
     store: Path, queries: Path, behaviour: str, hf_model: str | None, k: int, opponents: bool, variant: str,
     limit: int | None, report: Path | None,
 ) -> list[dict[str, Any]]:
-    """Score the queries against a store made with ``--hf-model``; returns one record per (query, rank)."""
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be a positive integer; got {limit!r}")
-    attributor, b, examples, qids, qf = query_hf(store, queries, behaviour, hf_model)
-    if limit is not None:
-        import dataclasses
-
-        qf = dataclasses.replace(qf, unit=[u[:limit] for u in qf.unit], norms=[n[:limit] for n in qf.norms], n=min(limit, qf.n))
-        examples, qids = examples[:limit], qids[:limit]
-    st = attributor.store
+    """Score the first ``limit`` queries (all when None) against a store made
+    with ``--hf-model``; returns one record per (query, rank). With
+    ``report``, also writes the HTML report (its proponents or opponents are
+    the ones of the records, not computed again)."""
+    attributor, b, examples, qids, qf = query_hf(store, queries, behaviour, hf_model, limit)
     topk = attributor.top_k(qf, k=k, largest=not opponents, variant=variant)
-    records = topk.to_records(list(qids), st.tags)
+    records = topk.to_records(list(qids), attributor.store.tags)
     if report is not None:
-        write_report(report, attributor, qf, examples, qids, k, variant, behaviour)
+        other = attributor.top_k(qf, k=k, largest=opponents, variant=variant)
+        pro, opp = (other, topk) if opponents else (topk, other)
+        write_report(report, attributor, qf, examples, qids, pro, opp, variant, behaviour)
     return records
 
 
-def write_report(report: Path, attributor: Any, qf: Any, examples: list, qids: list[str], k: int, variant: str, behaviour: str) -> None:
-    """Proponents and opponents of each query with their per-checkpoint contributions, as HTML."""
+def write_report(
+    report: Path, attributor: Any, qf: Any, examples: list, qids: list[str], pro: Any, opp: Any, variant: str, behaviour: str,
+) -> None:
+    """The proponents ``pro`` and opponents ``opp`` (:class:`~gradtrace.scoring.TopK`)
+    of each query with their per-checkpoint contributions, as HTML."""
     from ..report.lm_report import lm_report
 
     st = attributor.store
-    pro = attributor.top_k(qf, k=k, largest=True, variant=variant)
-    opp = attributor.top_k(qf, k=k, largest=False, variant=variant)
-    bpro, bopp = _rowwise_breakdown(attributor, qf, pro, variant), _rowwise_breakdown(attributor, qf, opp, variant)
+    bpro, bopp = rowwise_breakdown(attributor, qf, [pro, opp], variant)
     data_path = HFSpec.saved(st.root).data
     if data_path is not None and Path(data_path).is_file():
         train = read_jsonl(data_path, "--data")[0]
@@ -55,18 +53,21 @@ def write_report(report: Path, attributor: Any, qf: Any, examples: list, qids: l
     Path(report).write_text(html_text, encoding="utf-8")
 
 
-def _rowwise_breakdown(attributor: Any, qf: Any, topk: Any, variant: str) -> Any:
-    """``[n_checkpoint, n_query, k]``: each query's own listed examples."""
+def rowwise_breakdown(attributor: Any, qf: Any, topks: list[Any], variant: str) -> list[Any]:
+    """For each :class:`~gradtrace.scoring.TopK` of ``topks``, the
+    ``[n_checkpoint, n_query, k]`` per-checkpoint contributions to each
+    query's own listed examples; one :meth:`Attributor.breakdown` pass over
+    the examples listed anywhere."""
     import numpy as np
 
-    flat = sorted({int(i) for i in topk.indices.ravel()})
+    flat = sorted({int(i) for t in topks for i in t.indices.ravel()})
     col = {i: j for j, i in enumerate(flat)}
     full = attributor.breakdown(qf, flat, variant=variant)
-    out = np.zeros((full.shape[0], topk.indices.shape[0], topk.indices.shape[1]))
-    for q in range(topk.indices.shape[0]):
-        for r in range(topk.indices.shape[1]):
-            out[:, q, r] = full[:, q, col[int(topk.indices[q, r])]]
+    out = []
+    for topk in topks:
+        cols = np.array([[col[int(i)] for i in row] for row in topk.indices], dtype=np.int64).reshape(topk.indices.shape)
+        out.append(full[:, np.arange(cols.shape[0])[:, None], cols])
     return out
 
 
-__all__ = ["run_hf_query", "write_report", "HFSpec"]
+__all__ = ["run_hf_query", "write_report", "rowwise_breakdown", "HFSpec"]

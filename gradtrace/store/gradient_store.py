@@ -87,10 +87,10 @@ class GradientStore:
     @classmethod
     def create(cls, root: str | Path, settings: Mapping[str, Any]) -> "GradientStore":
         root = Path(root)
-        _require_new_directory(root)
+        require_new_directory(root)
         root.mkdir(parents=True, exist_ok=True)
         with manifest_lock(root):
-            _require_new_directory(root)
+            require_new_directory(root)
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings, "segments": []}
             manifest = json.loads(json_bytes(manifest))  # in memory exactly as on disk (lists, not tuples)
             check_manifest(root / MANIFEST, manifest, FORMAT, FORMAT_VERSION)
@@ -440,7 +440,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _require_new_directory(root: Path) -> None:
+def require_new_directory(root: Path) -> None:
     if (root / MANIFEST).exists():
         raise StoreError(f"a store already exists at {str(root)!r}")
     if root.exists() and any(p.name not in LOCK_FILES for p in root.iterdir()):

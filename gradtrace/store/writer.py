@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import ConfigMismatchError
 from ..fingerprint import checkpoint_fingerprint
-from .gradient_store import MANIFEST, GradientStore, _require_new_directory
+from .gradient_store import MANIFEST, GradientStore, require_new_directory
 from .lock import DEFAULT_TIMEOUT, WritersLock, manifest_lock
 
 
@@ -69,7 +69,7 @@ def open_for_writing(
     """
     root = Path(root)
     if not (root / MANIFEST).exists():
-        _require_new_directory(root)  # before making any file in a directory that is not ours
+        require_new_directory(root)  # before making any file in a directory that is not ours
     root.mkdir(parents=True, exist_ok=True)
     with manifest_lock(root, timeout):
         lock = WritersLock(root)

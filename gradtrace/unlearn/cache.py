@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import _hash_into
+from ..data import hash_into
 
 
 def fingerprint(*parts: Any) -> str:
     """A hex digest of JSON-able settings and tensors/arrays (by content)."""
     h = hashlib.sha256()
     for part in parts:
-        _hash_into(h, part)
+        hash_into(h, part)
     return h.hexdigest()[:20]
 
 

@@ -34,11 +34,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..configbase import ConfigBase
 from ..data import as_source
 from ..errors import InputError
 from ..progress import progress_bar
 from .methods import METHODS as FINETUNE_METHODS
-from .methods import UnlearnConfig, Unlearner, _gather
+from .methods import UnlearnConfig, Unlearner
 from .relearn import RelearnConfig, relearn
 from .cache import ResultCache, fingerprint
 from .routing import Router, RoutingConfig, ablate, expand
@@ -81,7 +82,7 @@ class UnlearnSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(ConfigBase):
     """Settings of every method, recorded in the result."""
 
     methods: tuple[str, ...] = ALL_METHODS
@@ -93,9 +94,7 @@ class CompareConfig:
     select: dict[str, SelectionGrid] = dataclasses.field(default_factory=dict)
     rule: SelectionRule = SelectionRule()
 
-    def __post_init__(self) -> None:
-        if isinstance(self.methods, (list, str)):
-            object.__setattr__(self, "methods", (self.methods,) if isinstance(self.methods, str) else tuple(self.methods))
+    def _check(self) -> None:
         bad = [m for m in self.methods if m not in ALL_METHODS]
         if bad or not self.methods:
             raise InputError(f"methods must be a non-empty subset of {ALL_METHODS}; got {list(self.methods)!r}")
@@ -110,26 +109,40 @@ class CompareConfig:
                 raise InputError(f"select[{m!r}] needs at least one learning rate; got none")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "methods": list(self.methods),
-            "unlearn": {m: self.unlearn_config(m).to_dict() for m in self.methods if m in FINETUNE_METHODS},
-            "routing": self.routing.to_dict() if self.routing else None,
-            "coherence": self.coherence.to_dict(), "relearn": self.relearn.to_dict(), "seed": self.seed,
-            "select": {m: g.to_dict() for m, g in self.select.items()}, "rule": self.rule.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CompareConfig":
-        return cls(
-            methods=tuple(d["methods"]), unlearn={m: UnlearnConfig.from_dict(c) for m, c in d.get("unlearn", {}).items()},
-            routing=RoutingConfig.from_dict(d["routing"]) if d.get("routing") else None,
-            coherence=TrainConfig.from_dict(d["coherence"]), relearn=RelearnConfig.from_dict(d["relearn"]), seed=d.get("seed", 0),
-            select={m: SelectionGrid.from_dict(g) for m, g in d.get("select", {}).items()},
-            rule=SelectionRule.from_dict(d["rule"]) if "rule" in d else SelectionRule(),
-        )
+        """Every field; ``unlearn`` holds the settings each chosen fine-tuning method runs with (defaults filled in)."""
+        d = super().to_dict()
+        d["unlearn"] = {m: self.unlearn_config(m).to_dict() for m in self.methods if m in FINETUNE_METHODS}
+        return d
 
     def unlearn_config(self, method: str) -> UnlearnConfig:
         return self.unlearn[method] if method in self.unlearn else UnlearnConfig(method=method)
+
+
+#: ``--spec`` names of the built-in unlearning set-ups (in gradtrace.demos).
+BUILTIN_SPECS = ("digits", "tiny-lm")
+
+
+def load_unlearn_spec(name: str, labelled: float = 1.0, seed: int = 0, option: str = "spec") -> tuple[UnlearnSpec, CompareConfig]:
+    """``(UnlearnSpec, CompareConfig)`` of a built-in set-up (:data:`BUILTIN_SPECS`:
+    ``labelled`` share of the forget examples labelled, ``seed``) or of
+    ``path/to/file.py:fn`` whose ``fn()`` returns that pair; ``option``
+    names the argument in errors."""
+    from ..spec import import_target
+
+    if name == "digits":
+        from ..demos.era_digits import digits_compare_config, digits_forget_spec
+
+        return digits_forget_spec(labelled, seed), digits_compare_config(seed)
+    if name == "tiny-lm":
+        from ..demos.era_lm import lm_compare_config, lm_forget_spec
+
+        return lm_forget_spec(labelled, seed), lm_compare_config(seed)
+    if not isinstance(name, str) or ":" not in name:
+        raise InputError(f"{option} must be one of {BUILTIN_SPECS} or path/to/file.py:fn; got {name!r}")
+    made = import_target(name, option)()
+    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], CompareConfig)):
+        raise InputError(f"{option} {name} must return (UnlearnSpec, CompareConfig); got {type(made).__name__}")
+    return made
 
 
 @dataclasses.dataclass
@@ -188,7 +201,7 @@ def split_by_weights(spec: UnlearnSpec) -> tuple[Any, Any, Tensor]:
         raise InputError("forget_weights: no training example is labelled forget (all weights are 0)")
     if not r_idx:
         raise InputError("forget_weights: every training example is labelled forget; nothing is left to retain")
-    return _gather(source, f_idx), _gather(source, r_idx), labelled
+    return source.gather(f_idx), source.gather(r_idx), labelled
 
 
 def compare_methods(

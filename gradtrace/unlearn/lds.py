@@ -13,12 +13,13 @@ averaged over queries.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..configbase import ConfigBase, int_at_least
 from ..errors import InputError
 from ..progress import progress_bar
 from .retrain import TrainFn
@@ -28,7 +29,7 @@ Evaluate = Callable[[nn.Module], Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
-class LDSConfig:
+class LDSConfig(ConfigBase):
     """``n_subsets`` random subsets, each ``alpha`` of the training set, drawn
     with ``seed``; subset ``j`` is trained with training seed ``train_seed + j``
     when ``vary_train_seed``, else with ``train_seed`` every time."""
@@ -39,18 +40,11 @@ class LDSConfig:
     train_seed: int = 0
     vary_train_seed: bool = False
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.n_subsets, int) or isinstance(self.n_subsets, bool) or self.n_subsets < 3:
-            raise InputError(f"n_subsets must be an integer >= 3 (a rank correlation needs several points); got {self.n_subsets!r}")
+    _checks = {"n_subsets": int_at_least(3, "a rank correlation needs several points")}
+
+    def _check(self) -> None:
         if not 0 < self.alpha < 1:
             raise InputError(f"alpha must be in (0, 1); got {self.alpha!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LDSConfig":
-        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +99,7 @@ def lds_per_query(scores: np.ndarray, subsets: SubsetOutputs, direction: str = "
     if direction not in ("increase", "decrease"):
         raise InputError(f"direction must be 'increase' or 'decrease'; got {direction!r}")
     scores = np.asarray(scores, dtype=np.float64)
-    n_sub, n_train = subsets.masks.shape
+    n_train = subsets.masks.shape[1]
     if scores.ndim != 2 or scores.shape != (subsets.outputs.shape[1], n_train):
         raise InputError(f"scores must have shape (n_query={subsets.outputs.shape[1]}, n_train={n_train}); got {scores.shape}")
     sign = 1.0 if direction == "decrease" else -1.0
@@ -125,7 +119,7 @@ def _rank(v: np.ndarray) -> np.ndarray:
     order = np.argsort(v, kind="stable")
     ranks = np.empty(len(v), dtype=np.float64)
     ranks[order] = np.arange(len(v), dtype=np.float64)
-    uniq, inverse = np.unique(v, return_inverse=True)
+    _, inverse = np.unique(v, return_inverse=True)
     sums = np.bincount(inverse, weights=ranks)
     counts = np.bincount(inverse)
     return (sums / counts)[inverse]

@@ -28,13 +28,14 @@ import copy
 import dataclasses
 import fnmatch
 import hashlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import ExampleSource, _hash_into, as_source
+from ..configbase import ConfigBase, non_negative, one_of, positive, positive_int
+from ..data import ExampleSource, as_source, hash_into
 from ..errors import InputError
 from ..progress import progress_bar
 
@@ -42,7 +43,7 @@ METHODS = ("ga", "graddiff", "npo", "rmu")
 
 
 @dataclasses.dataclass(frozen=True)
-class UnlearnConfig:
+class UnlearnConfig(ConfigBase):
     """Settings of one unlearning run; recorded in every result.
 
     ``lr``/``steps``/``batch_size``: AdamW fine-tuning on batches drawn with
@@ -68,32 +69,14 @@ class UnlearnConfig:
     rmu_steering: float = 6.5
     rmu_alpha: float = 1200.0
 
-    def __post_init__(self) -> None:
-        if isinstance(self.rmu_params, (list, str)):
-            object.__setattr__(self, "rmu_params", (self.rmu_params,) if isinstance(self.rmu_params, str) else tuple(self.rmu_params))
-        if self.method not in METHODS:
-            raise InputError(f"method must be one of {METHODS}; got {self.method!r}")
-        for name in ("steps", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{name} must be a positive integer; got {v!r}")
-        for name in ("lr", "npo_beta"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"{name} must be positive; got {getattr(self, name)!r}")
-        for name in ("retain_weight", "rmu_alpha", "weight_decay"):
-            if not getattr(self, name) >= 0:
-                raise InputError(f"{name} must be non-negative; got {getattr(self, name)!r}")
+    _checks = {
+        "method": one_of(METHODS), "steps": positive_int, "batch_size": positive_int, "lr": positive, "npo_beta": positive,
+        "retain_weight": non_negative, "rmu_alpha": non_negative, "weight_decay": non_negative,
+    }
+
+    def _check(self) -> None:
         if self.method == "rmu" and not self.rmu_layer:
             raise InputError("rmu_layer must name the module whose output RMU steers (method='rmu'); got None")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["rmu_params"] = list(self.rmu_params)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "UnlearnConfig":
-        return cls(**{**d, "rmu_params": tuple(d.get("rmu_params", ()))})
 
 
 @dataclasses.dataclass
@@ -240,18 +223,7 @@ def sample_batch(source: ExampleSource, size: int, gen: torch.Generator) -> Any:
     """A batch of ``size`` examples drawn without replacement (all of them if fewer)."""
     n = len(source)
     idx = torch.randperm(n, generator=gen)[: min(size, n)].sort().values.tolist()
-    return _gather(source, idx)
-
-
-def _gather(source: ExampleSource, idx: list[int]) -> Any:
-    from ..data import SequenceSource, TensorSource
-
-    if isinstance(source, TensorSource):
-        parts = tuple(t[idx] for t in source.tensors)
-        return parts[0] if source.single else parts
-    if isinstance(source, SequenceSource):
-        return source.collate([source.examples[i] for i in idx])
-    raise InputError(f"unsupported data source {type(source).__name__}")
+    return source.gather(idx)
 
 
 def check_forget_retain(forget: Any, retain: Any, collate: Any = None) -> tuple[ExampleSource, ExampleSource]:
@@ -274,5 +246,5 @@ def check_forget_retain(forget: Any, retain: Any, collate: Any = None) -> tuple[
 
 def _key(example: Any) -> str:
     h = hashlib.sha256()
-    _hash_into(h, example)
+    hash_into(h, example)
     return h.hexdigest()

@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ..configbase import ConfigBase, one_of, positive_int, positive_ints
 from ..data import as_source
 from ..errors import InputError
-from .methods import _gather
 from .train import OPTIMIZERS, TrainConfig, train
 
 
+def _learning_rates(value: Any, name: str) -> None:
+    if not value or any(not lr > 0 for lr in value):
+        raise InputError(f"{name} must be a non-empty tuple of positive learning rates; got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
-class RelearnConfig:
+class RelearnConfig(ConfigBase):
     ks: tuple[int, ...] = (4, 16, 64)
     lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     steps: int = 50
@@ -36,30 +41,10 @@ class RelearnConfig:
     seed: int = 0
     attacker_maximises: bool = True
 
-    def __post_init__(self) -> None:
-        for name in ("ks", "lrs"):
-            v = getattr(self, name)
-            if isinstance(v, list):
-                object.__setattr__(self, name, tuple(v))
-        if not self.ks or any(not isinstance(k, int) or k < 1 for k in self.ks):
-            raise InputError(f"ks must be a non-empty tuple of positive integers; got {self.ks!r}")
-        if not self.lrs or any(not lr > 0 for lr in self.lrs):
-            raise InputError(f"lrs must be a non-empty tuple of positive learning rates; got {self.lrs!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
-        for name in ("steps", "batch_size", "eval_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{name} must be a positive integer; got {v!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["ks"], d["lrs"] = list(self.ks), list(self.lrs)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RelearnConfig":
-        return cls(**{**d, "ks": tuple(d["ks"]), "lrs": tuple(d["lrs"])})
+    _checks = {
+        "ks": positive_ints, "lrs": _learning_rates, "optimizer": one_of(OPTIMIZERS), "steps": positive_int,
+        "batch_size": positive_int, "eval_every": positive_int,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +88,7 @@ def relearn(
     best_step: dict[int, int] = {}
     pick = max if config.attacker_maximises else min
     for k in config.ks:
-        data = _gather(source, sorted(order[:k]))
+        data = source.gather(sorted(order[:k]))
         curves[k] = {}
         for lr in config.lrs:
             attacked = copy.deepcopy(model)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..configbase import ConfigBase, integers, non_negative_int, positive_int
 from ..errors import InputError
 from ..progress import progress_bar
 from .cache import ResultCache, fingerprint
@@ -40,7 +41,7 @@ Attribute = Callable[[nn.Module, np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
-class RemovalConfig:
+class RemovalConfig(ConfigBase):
     """Settings of a removal experiment.
 
     ``k``: examples removed; ``seeds``: training seeds (one retrain per seed
@@ -54,28 +55,11 @@ class RemovalConfig:
     random_seed: int = 0
     iterative_rounds: int = 0
 
-    def __post_init__(self) -> None:
-        if isinstance(self.seeds, list):
-            object.__setattr__(self, "seeds", tuple(self.seeds))
-        _positive_int("k", self.k)
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
-            raise InputError(f"seeds must be a non-empty tuple of integers; got {self.seeds!r}")
-        if not isinstance(self.iterative_rounds, int) or self.iterative_rounds < 0:
-            raise InputError(f"iterative_rounds must be a non-negative integer; got {self.iterative_rounds!r}")
+    _checks = {"k": positive_int, "seeds": integers, "iterative_rounds": non_negative_int}
+
+    def _check(self) -> None:
         if self.iterative_rounds > self.k:
             raise InputError(f"iterative_rounds must be at most k={self.k}; got {self.iterative_rounds!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["seeds"] = list(self.seeds)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RemovalConfig":
-        d = dict(d)
-        if "seeds" in d:
-            d["seeds"] = tuple(d["seeds"])
-        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,20 +89,6 @@ class RemovalResult:
         d["config"] = self.config.to_dict()
         d["summary"] = self.summary()
         return d
-
-
-def check_indices(indices: Sequence[int] | np.ndarray, n: int, field: str) -> np.ndarray:
-    """``indices`` as a sorted int64 array of distinct positions in ``[0, n)``."""
-    idx = np.asarray(indices)
-    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-        raise InputError(f"{field} must be a 1-D list of integer positions; got array of shape {idx.shape} and dtype {idx.dtype}")
-    idx = idx.astype(np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        bad = idx[(idx < 0) | (idx >= n)][:5].tolist()
-        raise InputError(f"{field} must be positions in [0, {n}); got out-of-range values {bad}")
-    if np.unique(idx).size != idx.size:
-        raise InputError(f"{field} must not repeat a position; got {idx.size - np.unique(idx).size} repeats")
-    return np.sort(idx)
 
 
 def top_k_positions(scores: np.ndarray, k: int) -> np.ndarray:
@@ -156,7 +126,7 @@ class RemovalExperiment:
             raise InputError(f"train_fn must be callable as train_fn(train_indices, seed) -> model; got {type(train_fn).__name__}")
         if not callable(measure):
             raise InputError(f"measure must be callable as measure(model) -> float; got {type(measure).__name__}")
-        _positive_int("n_train", n_train)
+        positive_int(n_train, "n_train")
         config = config or RemovalConfig()
         if config.k >= n_train:
             raise InputError(f"k must be smaller than n_train={n_train}; got {config.k}")
@@ -241,11 +211,6 @@ def parameters_equal(a: nn.Module, b: nn.Module) -> bool:
     """True when two models have exactly the same parameter values."""
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InputError(f"{name} must be a positive integer; got {value!r}")
 
 
 def _mean(values: list[float]) -> float:

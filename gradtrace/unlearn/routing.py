@@ -33,17 +33,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from ..configbase import ConfigBase, non_negative, positive_int
 from ..errors import InputError
 from .methods import get_module
 
 
+def _layer_pairs(value: Any, name: str) -> None:
+    if not value:
+        raise InputError(f"{name} must name at least one 'up:down' pair of modules; got none")
+    for pair in value:
+        if not isinstance(pair, str) or pair.count(":") != 1 or "" in pair.split(":"):
+            raise InputError(f"{name} entries must look like 'up_module:down_module'; got {pair!r}")
+
+
 @dataclasses.dataclass(frozen=True)
-class RoutingConfig:
+class RoutingConfig(ConfigBase):
     """``layers``: ``"up:down"`` module-name pairs; ``expand``: new hidden
     units per pair; mask weights as in the module docstring; ``l1_coef``:
     weight of the mean absolute activation of the new units; ``seed``: init
@@ -58,30 +67,10 @@ class RoutingConfig:
     l1_coef: float = 1e-3
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, (list, str)):
-            object.__setattr__(self, "layers", (self.layers,) if isinstance(self.layers, str) else tuple(self.layers))
-        if not self.layers:
-            raise InputError("layers must name at least one 'up:down' pair of modules; got none")
-        for pair in self.layers:
-            if not isinstance(pair, str) or pair.count(":") != 1 or "" in pair.split(":"):
-                raise InputError(f"layers entries must look like 'up_module:down_module'; got {pair!r}")
-        if not isinstance(self.expand, int) or isinstance(self.expand, bool) or self.expand < 1:
-            raise InputError(f"expand must be a positive integer; got {self.expand!r}")
-        if not self.l1_coef >= 0:
-            raise InputError(f"l1_coef must be non-negative; got {self.l1_coef!r}")
+    _checks = {"layers": _layer_pairs, "expand": positive_int, "l1_coef": non_negative}
 
     def pairs(self) -> list[tuple[str, str]]:
         return [tuple(p.split(":")) for p in self.layers]  # type: ignore[misc]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["layers"] = list(self.layers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RoutingConfig":
-        return cls(**{**d, "layers": tuple(d["layers"])})
 
 
 def _is_conv1d(m: nn.Module) -> bool:

@@ -16,13 +16,14 @@ point with the best retain metric is taken and the selection records
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
+from ..configbase import ConfigBase, non_negative, positive_ints
 from ..errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
-class SelectionRule:
+class SelectionRule(ConfigBase):
     """``retain_tolerance``: how far the retain metric may fall behind the
     base model's: an absolute difference (``relative=False``, e.g. 0.02 =
     2 accuracy points) or a fraction of the base value (``relative=True``,
@@ -33,9 +34,7 @@ class SelectionRule:
     relative: bool = False
     retain_higher_is_better: bool = True
 
-    def __post_init__(self) -> None:
-        if not self.retain_tolerance >= 0:
-            raise InputError(f"retain_tolerance must be non-negative; got {self.retain_tolerance!r}")
+    _checks = {"retain_tolerance": non_negative}
 
     def limit(self, base_retain: float) -> float:
         """The worst admissible retain metric."""
@@ -46,16 +45,9 @@ class SelectionRule:
         limit = self.limit(base_retain)
         return retain >= limit if self.retain_higher_is_better else retain <= limit
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SelectionRule":
-        return cls(**d)
-
 
 @dataclasses.dataclass(frozen=True)
-class SelectionGrid:
+class SelectionGrid(ConfigBase):
     """``lrs`` x ``steps`` for the fine-tuning baselines (the steps are read
     off one run per learning rate, which equals separate shorter runs: same
     seed, same batches, no schedule); ``steps`` alone for ERA, where it is
@@ -64,22 +56,12 @@ class SelectionGrid:
     lrs: tuple[float, ...] = ()
     steps: tuple[int, ...] = ()
 
-    def __post_init__(self) -> None:
-        for name in ("lrs", "steps"):
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
-        if not self.steps or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in self.steps):
-            raise InputError(f"steps must be a non-empty tuple of positive integers; got {self.steps!r}")
+    _checks = {"steps": positive_ints}
+
+    def _check(self) -> None:
         if any(not lr > 0 for lr in self.lrs):
             raise InputError(f"lrs must be positive learning rates; got {self.lrs!r}")
         object.__setattr__(self, "steps", tuple(sorted(set(self.steps))))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"lrs": list(self.lrs), "steps": list(self.steps)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SelectionGrid":
-        return cls(lrs=tuple(d.get("lrs", ())), steps=tuple(d["steps"]))
 
 
 def choose(points: list[dict[str, Any]], rule: SelectionRule, base_retain: float, attacker_maximises: bool) -> dict[str, Any]:

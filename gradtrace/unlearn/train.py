@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..checkpoints import CheckpointRef
+from ..configbase import ConfigBase, one_of, positive, positive_int
 from ..data import as_source
 from ..errors import InputError
 from ..progress import progress_bar
-from .methods import _gather
 from .routing import Router
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """``steps`` optimizer steps on batches of ``batch_size`` (epochs of a
     seeded permutation, cycled). ``n_checkpoints`` > 0 saves that many
     checkpoints (weights and optimizer state) at evenly spaced steps."""
@@ -40,24 +40,11 @@ class TrainConfig:
     seed: int = 0
     n_checkpoints: int = 0
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{name} must be a positive integer; got {v!r}")
-        if not self.lr > 0:
-            raise InputError(f"lr must be positive; got {self.lr!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
+    _checks = {"steps": positive_int, "batch_size": positive_int, "lr": positive, "optimizer": one_of(OPTIMIZERS)}
+
+    def _check(self) -> None:
         if not isinstance(self.n_checkpoints, int) or not 0 <= self.n_checkpoints <= self.steps:
             raise InputError(f"n_checkpoints must be an integer in [0, steps={self.steps}]; got {self.n_checkpoints!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        return cls(**d)
 
 
 @dataclasses.dataclass
@@ -115,7 +102,7 @@ def train(
             if len(order) < min(config.batch_size, n):
                 order += torch.randperm(n, generator=gen).tolist()
             idx, order = sorted(order[: config.batch_size]), order[config.batch_size :]
-            batch = _gather(source, idx)
+            batch = source.gather(idx)
             if router is not None:
                 assert forget_weights is not None
                 with router.route(forget_weights[idx]):

@@ -93,3 +93,25 @@ def test_cli_diff_with_an_endpoint_judge(tmp_path):
     assert "Adds a safety disclaimer" in (tmp_path / "out" / "report.html").read_text()
     unflagged = [c for c in data["clusters"] if c["q_value"] > 0.05]
     assert all(c["judgement"] is None for c in unflagged)
+
+
+def test_cli_diff_seed_reaches_the_clusterer(tmp_path, monkeypatch):
+    from gradtrace.diff import cluster
+
+    seeds = []
+    original = cluster.ClusterConfig.make
+
+    def make(self, seed=None):
+        made = original(self, seed)
+        seeds.append(getattr(made, "seed", None))
+        return made
+
+    monkeypatch.setattr(cluster.ClusterConfig, "make", make)
+    prompts = _samples(tmp_path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["diff", "--a", f"jsonl:{tmp_path / 'a.jsonl'}", "--b", f"jsonl:{tmp_path / 'b.jsonl'}",
+                                   "--prompts", str(prompts), "--out", str(out), "--embedder", "hashing", "--levels", "text",
+                                   "--seed", "7", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert seeds and seeds[0] == 7
+    assert json.loads((out / "diff.json").read_text())["config"]["text_clusters"]["seed"] == 7

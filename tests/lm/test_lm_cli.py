@@ -28,6 +28,11 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def featurize_hf(root, model_dir, data, store, *flags):
+    return invoke("featurize", "--hf-model", model_dir, "--checkpoints", root / "run", "--data", data, "--out", store,
+                  "--projection", "kronecker", "--dim", 16, "--max-length", 48, "--no-progress", *flags)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, lm):
     root = tmp_path_factory.mktemp("cli")
@@ -53,8 +58,7 @@ def setup(tmp_path_factory, lm):
 def test_featurize_and_query_a_hugging_face_run(setup, lm) -> None:
     root, model_dir, data, queries, refs, task = setup
     store = root / "store"
-    r = invoke("featurize", "--hf-model", model_dir, "--checkpoints", root / "run", "--data", data, "--out", store,
-               "--projection", "kronecker", "--dim", 16, "--max-length", 48, "--no-progress")
+    r = featurize_hf(root, model_dir, data, store)
     assert r.exit_code == 0, r.output
     assert "16 examples, 3 checkpoints" in r.output
     st = GradientStore.open(store)
@@ -85,8 +89,7 @@ def test_featurize_and_query_a_hugging_face_run(setup, lm) -> None:
 def test_adam_preconditioned_store_records_the_transform(setup) -> None:
     root, model_dir, data, queries, refs, task = setup
     store = root / "store_adam"
-    r = invoke("featurize", "--hf-model", model_dir, "--checkpoints", root / "run", "--data", data, "--out", store,
-               "--projection", "kronecker", "--dim", 16, "--max-length", 48, "--adam", "--no-progress")
+    r = featurize_hf(root, model_dir, data, store, "--adam")
     assert r.exit_code == 0, r.output
     assert "adam_transform" in GradientStore.open(store).manifest["model"]["train_transform"]
     r = invoke("query", store, "--queries", queries, "--behaviour", "margin", "--k", 2)
@@ -132,3 +135,27 @@ def test_per_checkpoint_stores_add_up_to_one_store_over_all_checkpoints(setup, t
         part = featurize(model, task, [ref], train, tmp_path / f"c{i}", config, checkpoint_loader=load_hf_checkpoint, progress=False)
         got = got + Attributor(part, model, task, checkpoint_loader=load_hf_checkpoint).score(qs, PreferenceMarginBehaviour())
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
+def test_report_reuses_the_listed_examples_and_one_breakdown(setup, monkeypatch) -> None:
+    root, model_dir, data, queries, refs, task = setup
+    store = root / "store_report"
+    r = featurize_hf(root, model_dir, data, store)
+    assert r.exit_code == 0, r.output
+    calls = {"top_k": 0, "breakdown": 0}
+    for name in calls:
+        original = getattr(Attributor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Attributor, name, counted)
+    for flags in ([], ["--opponents"]):
+        calls.update(top_k=0, breakdown=0)
+        report = root / f"report{len(flags)}.html"
+        r = invoke("query", store, "--queries", queries, "--behaviour", "margin", "--k", 2, "--report", report, "--limit", 1, *flags)
+        assert r.exit_code == 0, r.output
+        assert calls == {"top_k": 2, "breakdown": 1}  # proponents and opponents once each; one breakdown pass
+        html_text = report.read_text()
+        assert "q-even" in html_text and "q-odd" not in html_text  # --limit 1: the first query only

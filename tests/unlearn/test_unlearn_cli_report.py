@@ -148,3 +148,31 @@ def test_reports_escape_every_text():
     val = {"summary": {"base": 1.0, "after_topk": 2.0, "after_random": 1.0}, "config": {"seeds": [0], "k": 1, evil: 1},
            "base": [1.0], "after_topk": [2.0], "after_random": [1.0], "removed_topk": [0], "removed_ids": [evil], "behaviour": evil}
     assert "<script>" not in validation_html(val, evil)
+
+
+def test_validate_behaviour_names_logit_margin_and_the_deprecated_margin(tmp_path):
+    import torch
+
+    from gradtrace.errors import InputError
+    from gradtrace.spec import TaskSpec
+    from gradtrace.task import ClassificationTask, LogitMarginBehaviour, LossBehaviour
+    from gradtrace.unlearn.validate import behaviour_named
+
+    spec = TaskSpec(model=lambda: torch.nn.Linear(2, 2), task=ClassificationTask(), checkpoints=[], train=None)
+    assert behaviour_named("logit-margin", spec) == LogitMarginBehaviour()
+    assert behaviour_named("margin", spec) == LogitMarginBehaviour()  # deprecated alias
+    assert behaviour_named("loss", spec) == LossBehaviour(ClassificationTask())
+    try:
+        behaviour_named("preference", spec)
+    except InputError as exc:
+        assert "--behaviour must be one of ('loss', 'logit-margin')" in str(exc) and "'preference'" in str(exc)
+    else:
+        raise AssertionError("an unknown behaviour name was accepted")
+    # the CLI says once that the old name is deprecated (then fails here on the missing task file, not on the name)
+    res = CliRunner().invoke(app, ["validate", "--store", str(tmp_path / "s"), "--task", f"{tmp_path / 'task.py'}:make",
+                                   "--train-fn", "x.py:f", "--behaviour", "margin", "--out", str(tmp_path / "o")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "--behaviour margin is deprecated; use --behaviour logit-margin" in text and "does not exist" in text
+    res = CliRunner().invoke(app, ["validate", "--store", str(tmp_path / "s"), "--task", f"{tmp_path / 'task.py'}:make",
+                                   "--train-fn", "x.py:f", "--behaviour", "logit-margin", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "deprecated" not in res.output

@@ -204,7 +204,7 @@ def test_default_iterative_attribution_is_tracin_at_the_retrained_model():
     from gradtrace.config import FeaturizeConfig
     from gradtrace.spec import TaskSpec
     from gradtrace.task import ClassificationTask, resolve_behaviour
-    from gradtrace.unlearn.cli import retrained_tracin
+    from gradtrace.unlearn.validate import retrained_tracin
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(30, 3, generator=gen, dtype=torch.float64)
