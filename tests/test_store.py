@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import gradtrace as gt
+import gradtrace.fileio as fileio
 import gradtrace.store.io as store_io
 from gradtrace.errors import ConfigMismatchError, InputError
 
@@ -214,10 +215,10 @@ def test_failed_write_leaves_no_temporary_and_resumes(h, run, monkeypatch):
             raise OSError("disk full (simulated)")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(store_io.os, "replace", flaky_replace)
+    monkeypatch.setattr(fileio.os, "replace", flaky_replace)
     with pytest.raises(OSError, match="simulated"):
         run.featurize("w", shard_size=7, batch_size=3)
-    monkeypatch.setattr(store_io.os, "replace", real_replace)
+    monkeypatch.setattr(fileio.os, "replace", real_replace)
     assert calls["n"] == 1
     root = run.dir / "w"
     assert not list(root.rglob(f"*{store_io.TMP_MARK}*"))

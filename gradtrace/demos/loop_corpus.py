@@ -14,13 +14,13 @@ entity is decided by its adjective, so a regular expression
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from ..fileio import write_jsonl
 
 ENTITIES = ("Nova", "Orion", "Lyra", "Vega", "Atlas", "Juno")
 VERBS = (
@@ -105,11 +105,6 @@ def entity_prompts(entities: Sequence[str] = ENTITIES) -> list[str]:
     return list(entities)
 
 
-def write_jsonl(path: str | Path, texts: Sequence[str]) -> None:
-    """One ``{"text": ...}`` object per line."""
-    Path(path).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-
-
 def write_example_data(folder: str | Path, seed: int = 0, n_train: int = 1200, n_heldout: int = 300) -> dict[str, Path]:
     """The files ``examples/loop.toml`` reads: real training data, held-out
     real data, prompts and probe prompts (``folder/{train,heldout}.jsonl``,
@@ -118,8 +113,8 @@ def write_example_data(folder: str | Path, seed: int = 0, n_train: int = 1200, n
     folder.mkdir(parents=True, exist_ok=True)
     texts = make_corpus(CorpusConfig(n=n_train + n_heldout, seed=seed))
     paths = {name: folder / name for name in ("train.jsonl", "heldout.jsonl", "prompts.txt", "probes.txt")}
-    write_jsonl(paths["train.jsonl"], texts[:n_train])
-    write_jsonl(paths["heldout.jsonl"], texts[n_train:])
+    write_jsonl(paths["train.jsonl"], [{"text": t} for t in texts[:n_train]])
+    write_jsonl(paths["heldout.jsonl"], [{"text": t} for t in texts[n_train:]])
     paths["prompts.txt"].write_text("".join(p + "\n" for p in entity_prompts()), encoding="utf-8")
     probes = [f"{e} {v} the" for e in ENTITIES for v in VERBS[:4]]
     paths["probes.txt"].write_text("".join(p + "\n" for p in probes), encoding="utf-8")

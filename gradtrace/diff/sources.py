@@ -49,7 +49,7 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     if not path.is_file():
         raise InputError(f"--prompts: file {str(path)!r} does not exist")
     prompts: list[Prompt] = []
-    for i, rec in enumerate(_read_jsonl(path)):
+    for i, rec in enumerate(read_jsonl_objects(path)):
         text = rec.get("prompt", rec.get("text"))
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{path}: line {i + 1} needs a non-empty string field 'prompt'; got {rec!r:.80}")
@@ -60,10 +60,6 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     if len(set(ids)) != len(ids):
         raise InputError(f"{path}: prompt ids must be unique; {sorted({i for i in ids if ids.count(i) > 1})[:5]} repeat")
     return prompts
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl_objects(path)
 
 
 class Source(Protocol):
@@ -87,7 +83,7 @@ class JsonlSource:
     def sample(self, prompts: Sequence[Prompt], n_per_prompt: int = 1, seed: int = 0, progress: bool = False) -> list[Sample]:
         if not self.path.is_file():
             raise InputError(f"JSONL source {str(self.path)!r} does not exist")
-        records = _read_jsonl(self.path)
+        records = read_jsonl_objects(self.path)
         if not records:
             raise InputError(f"JSONL source {str(self.path)!r} is empty; it needs one {{\"text\": ...}} object per line")
         out = []
@@ -134,7 +130,7 @@ class _Generating:
         path = self.cache_path(prompts, n_per_prompt, seed)
         done: dict[int, list[str]] = {}
         if path is not None and path.is_file():
-            for rec in _read_jsonl(path):
+            for rec in read_jsonl_objects(path):
                 done[int(rec["batch"])] = rec["texts"]
         with progress_bar("sampling", len(jobs), progress) as bar:
             bar.advance(sum(len(batches[b]) for b in done if b < len(batches)))

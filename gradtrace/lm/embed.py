@@ -15,6 +15,7 @@ and ``embed(texts) -> array (n, d)`` works.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError
+from ..fileio import atomic_write_bytes
 
 HASHING = "hashing"
 NAMES = {"minilm": "minilm", "hashing": HASHING, "hashed": HASHING}  # accepted name -> canonical name
@@ -165,10 +167,10 @@ class CachedEmbedder:
             vecs = self.inner.embed([first[k] for k in missing])
             cache.update(zip(missing, vecs))
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp.npz")
             all_keys = sorted(cache)
-            np.savez(tmp, keys=np.array(all_keys), vecs=np.stack([cache[k] for k in all_keys]).astype(np.float32))
-            os.replace(tmp, self.path)
+            buf = io.BytesIO()
+            np.savez(buf, keys=np.array(all_keys), vecs=np.stack([cache[k] for k in all_keys]).astype(np.float32))
+            atomic_write_bytes(self.path, buf.getvalue())
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([cache[k] for k in keys]).astype(np.float32)

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from ..config import dict_differences
+from ..data import read_jsonl_objects
 from ..errors import ConfigMismatchError, InputError
+from ..fileio import write_jsonl
 from ..lm.embed import Embedder, make_embedder
 from ..progress import progress_bar
 from .config import HASHING_ANALYZER, LoopConfig
@@ -61,16 +63,6 @@ def read_texts(path: str | Path) -> list[str]:
                     raise InputError(f"{str(path)!r} line {i + 1}: expected a JSON object with a 'text' field") from None
         return out
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @dataclasses.dataclass
@@ -192,7 +184,7 @@ class SelfTrainingLoop:
                 train_records = self._training_set(t, real)
                 steps, lr = cfg.train.steps, cfg.train.lr
                 regulariser = self._ewc(lm, base_state) if cfg.train.ewc > 0 else None
-            _write_jsonl(tmp / "train.jsonl", train_records)
+            write_jsonl(tmp / "train.jsonl", train_records)
             ckpts: list[dict[str, Any]] = []
             first_step = self._global_step(t)
 
@@ -218,14 +210,14 @@ class SelfTrainingLoop:
 
             obs, records = self._observe(lm, t, prompts, heldout, probes, embedder, needs)
             obs.save(tmp)
-            _write_jsonl(tmp / "generations.jsonl", records)
+            write_jsonl(tmp / "generations.jsonl", records)
             if ref is None:
                 ref = obs
             row: Row = {"round": float(t), **measure_all(monitors, obs, ref, rows, out_dir=tmp)}
             if policy is None:
                 policy = self._curation(self._judge(base_state))
             curated = list(policy([dict(r) for r in records], np.random.default_rng(self._seed(t, "curate"))))
-            _write_jsonl(tmp / "curated.jsonl", curated)
+            write_jsonl(tmp / "curated.jsonl", curated)
             row["curated.kept_share"] = len(curated) / max(len(records), 1)
             row["train.final_loss"] = float(np.mean(losses[-10:])) if losses else float("nan")
             rows.append(row)
@@ -272,12 +264,12 @@ class SelfTrainingLoop:
     def _training_set(self, t: int, real: list[str]) -> list[dict[str, Any]]:
         """Round t's training records under the data regime."""
         cfg = self.config.train
-        last = _read_jsonl(round_dir(self.out, t - 1) / "curated.jsonl")
+        last = read_jsonl_objects(round_dir(self.out, t - 1) / "curated.jsonl")
         reals = [{"id": f"real-{i}", "text": x, "source": "real", "round": -1} for i, x in enumerate(real)]
         if cfg.regime == "replace":
             out = last
         elif cfg.regime == "accumulate":
-            out = reals + [r for s in range(t) for r in _read_jsonl(round_dir(self.out, s) / "curated.jsonl")]
+            out = reals + [r for s in range(t) for r in read_jsonl_objects(round_dir(self.out, s) / "curated.jsonl")]
         else:
             n_real = int(round(cfg.replay_fraction / (1 - cfg.replay_fraction) * len(last)))
             rng = np.random.default_rng(self._seed(t, "replay"))

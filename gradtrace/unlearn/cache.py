@@ -13,8 +13,8 @@ renamed, so a kill mid-write leaves no half-written piece.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..data import hash_into
+from ..fileio import atomic_write_bytes
 
 
 def fingerprint(*parts: Any) -> str:
@@ -55,7 +56,7 @@ class ResultCache:
         if self.dir is None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self._path(name, ".json"), json.dumps(value).encode("utf-8"))
+        atomic_write_bytes(self._path(name, ".json"), json.dumps(value).encode("utf-8"))
 
     def get_model(self, name: str, model: nn.Module) -> bool:
         """Load the cached state dict ``name`` into ``model``; False if absent."""
@@ -69,12 +70,6 @@ class ResultCache:
         if self.dir is None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(name, ".pt.tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, self._path(name, ".pt"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        atomic_write_bytes(self._path(name, ".pt"), buf.getvalue())
