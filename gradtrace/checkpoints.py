@@ -120,24 +120,28 @@ def read_state_dict(path: str | Path, weights_only: bool = True) -> dict[str, to
     return dict(obj)
 
 
+def check_state_matches(state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], what: str, target: str,
+                        hint: str = "") -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly the keys of
+    ``shapes`` with those shapes; the message lists what is missing, what is
+    unexpected, and what has another shape. ``what`` names the file, ``target``
+    what it is loaded into; ``hint`` is added to a shape mismatch."""
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted(set(state) - set(shapes))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what} does not match {target}: missing keys {short_list(missing)}, unexpected keys {short_list(unexpected)}"
+        )
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {shape}" for k, shape in shapes.items() if tuple(state[k].shape) != shape]
+    if wrong:
+        raise CheckpointError(f"{what} does not match the model's shapes{hint}: {short_list(wrong)}")
+
+
 def load_checkpoint(model: nn.Module, ref: CheckpointRef | str | Path, weights_only: bool = True) -> nn.Module:
     """Load a checkpoint into ``model`` in place, checking every key and shape."""
     path = ref.path if isinstance(ref, CheckpointRef) else str(ref)
     state = read_state_dict(path, weights_only=weights_only)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {path!r} does not match the model: missing keys {short_list(missing)}, "
-            f"unexpected keys {short_list(unexpected)}"
-        )
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise CheckpointError(f"checkpoint {path!r} does not match the model's shapes: {short_list(wrong)}")
+    check_state_matches(state, {k: tuple(v.shape) for k, v in expected.items()}, f"checkpoint {path!r}", "the model")
     model.load_state_dict(state, strict=True)
     return model

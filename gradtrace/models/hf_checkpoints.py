@@ -25,7 +25,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..checkpoints import CheckpointRef
+from ..checkpoints import CheckpointRef, check_state_matches
 from ..errors import CheckpointError, InputError, short_list
 from ..grads.adam import AdamPreconditioner
 
@@ -154,20 +154,9 @@ def _load_adapter(model: nn.Module, state: Mapping[str, torch.Tensor], path: Pat
     mapping = adapter_key_map(model)
     if not mapping:
         raise CheckpointError(f"checkpoint {str(path)!r} is a PEFT adapter but the model has no LoRA parameters (load it as a PeftModel)")
-    missing = sorted(set(mapping) - set(state))
-    unexpected = sorted(set(state) - set(mapping))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"adapter {str(path)!r} does not match the model's LoRA parameters: missing keys {short_list(missing)}, "
-            f"unexpected keys {short_list(unexpected)}"
-        )
     params = dict(model.named_parameters())
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(params[n].shape)}"
-        for k, n in mapping.items() if tuple(state[k].shape) != tuple(params[n].shape)
-    ]
-    if wrong:
-        raise CheckpointError(f"adapter {str(path)!r} does not match the model's shapes (another rank or base model?): {short_list(wrong)}")
+    check_state_matches(state, {k: tuple(params[n].shape) for k, n in mapping.items()}, f"adapter {str(path)!r}",
+                        "the model's LoRA parameters", " (another rank or base model?)")
     with torch.no_grad():
         for k, n in mapping.items():
             params[n].copy_(state[k].to(params[n].dtype))
