@@ -25,7 +25,7 @@ from .grads.compute import CheckpointLoader, compute_shard, model_fingerprint, r
 from .grads.per_example import GradientFeaturizer
 from .grads.selection import select_parameters
 from .progress import Progress, progress_bar
-from .store.gradient_store import MANIFEST, GradientStore, Segment
+from .store.gradient_store import GradientStore, Segment
 from .task import Task, check_task, describe
 
 __all__ = ["CheckpointLoader", "Estimate", "TrainTransform", "compute_shard", "estimate_resources", "featurize", "model_fingerprint", "store_settings"]
@@ -79,6 +79,14 @@ def featurize(
     resumes it (same data) or, with ``append=True``, adds ``data`` as new
     examples. Other settings raise :class:`~gradtrace.errors.ConfigMismatchError`.
 
+    The store is written in a session under its locks
+    (:func:`gradtrace.store.writer.open_for_writing`): a second run with
+    other settings is refused while this one writes, one with the same
+    settings joins it. The checkpoint files are fingerprinted when the store
+    is made and checked before each is loaded (a file changed since is a
+    :class:`~gradtrace.errors.CheckpointError` naming it); on resume, shards
+    that fail their checksum are written again.
+
     ``train_transform(model, ref, param_names)``, if given, returns the
     gradient transform for checkpoint ``ref`` (e.g. Adam preconditioning from
     its optimizer state, :func:`gradtrace.models.hf_checkpoints.adam_transform`);
@@ -103,21 +111,30 @@ def featurize(
         settings["model"]["train_transform"] = describe(train_transform)
     data_fp = source.fingerprint()
 
+    if tags is not None and len(tags) != n:
+        raise InputError(f"tags: need one tag per example ({n}); got {len(tags)}")
+    checked_ids = _check_ids(ids, n, 0) if ids is not None else None
+    prepare = _segment_finder(Path(out), data_fp, n, checked_ids, tags, append)
+
     executor = executor or LocalExecutor()
-    store, segment = executor.setup(lambda: _open_or_create(Path(out), settings, data_fp, n, ids, tags, append))
-    tasks = [ShardTask(c, a, b) for c, a, b in store.missing_shards(segment)]
-    estimate = estimate_resources(store, featurizer, model, n_examples=segment.stop - segment.start)
-    total = sum(t.size for t in tasks)
-    with progress_bar("featurize", total, progress) as bar, restored(model):
-        bar.note(f"gradtrace: {estimate.describe()}")
-        if total < (segment.stop - segment.start) * len(refs):
-            bar.note(f"gradtrace: resuming; {len(tasks)} shard(s) left")
-        model.eval()
-        worker = _ShardWriter(
-            model, task, refs, resolve_loader(checkpoint_loader, weights_only), train_transform,
-            featurizer, param_names, source, segment, config, store, bar,
-        )
-        executor.run(tasks, worker)
+    session = executor.setup(lambda: GradientStore.writer(out, settings, prepare=prepare))
+    with session:
+        store, segment = session.store, session.prepared
+        tasks = [ShardTask(c, a, b) for c, a, b in store.missing_shards(segment)]
+        estimate = estimate_resources(store, featurizer, model, n_examples=segment.stop - segment.start)
+        total = sum(t.size for t in tasks)
+        with progress_bar("featurize", total, progress) as bar, restored(model):
+            bar.note(f"gradtrace: {estimate.describe()}")
+            for c, a, b, problem in session.repaired:
+                bar.note(f"gradtrace: shard checkpoint {c} rows {a}-{b} failed its check ({problem}); rewriting it")
+            if total < (segment.stop - segment.start) * len(refs):
+                bar.note(f"gradtrace: resuming; {len(tasks)} shard(s) left")
+            model.eval()
+            worker = _ShardWriter(
+                model, task, refs, resolve_loader(checkpoint_loader, weights_only), train_transform,
+                featurizer, param_names, source, segment, config, store, bar,
+            )
+            executor.run(tasks, worker)
     return store
 
 
@@ -140,6 +157,7 @@ class _ShardWriter:
 
     def load(self, checkpoint: int) -> None:
         ref = self.refs[checkpoint]
+        self.store.check_checkpoints([checkpoint])  # unchanged since the store was made (or this run began)
         self.loader(self.model, ref)
         if self.train_transform is not None:
             self.featurizer.transform = self.train_transform(self.model, ref, self.param_names)
@@ -186,39 +204,31 @@ def estimate_resources(store: GradientStore, featurizer: GradientFeaturizer, mod
     return Estimate(n_examples, n_ckpt, d, k, n_examples * n_ckpt * (k * item + 16), exact + dense_cache + shard)
 
 
-def _open_or_create(
-    root: Path, settings: dict[str, Any], data_fp: str, n: int,
-    ids: Sequence[str] | None, tags: Sequence[Any] | None, append: bool,
-) -> tuple[GradientStore, Segment]:
-    if tags is not None and len(tags) != n:
-        raise InputError(f"tags: need one tag per example ({n}); got {len(tags)}")
-    checked_ids = _check_ids(ids, n, 0) if ids is not None else None
-    if (root / MANIFEST).exists():
-        store = GradientStore.open(root)
-        if not store.has_any_shard():
-            # Nothing was computed yet (an earlier call failed before its first shard): start afresh.
-            store.discard_unwritten()
-            return _open_or_create(root, settings, data_fp, n, ids, tags, append)
-        store.check_compatible(settings)
-        store.clean_temporaries()
+def _segment_finder(
+    root: Path, data_fp: str, n: int, ids: list[str] | None, tags: Sequence[Any] | None, append: bool,
+) -> Callable[[GradientStore], Segment]:
+    """The ``prepare`` step of :func:`gradtrace.store.writer.open_for_writing`
+    (run under the manifest lock): the segment already holding this data
+    (same fingerprint and ids), or a new one for it when the store is new or
+    ``append`` is set."""
+
+    def prepare(store: GradientStore) -> Segment:
         for seg in store.segments:
             if seg.fingerprint == data_fp:
-                if checked_ids is not None and store.ids[seg.start : seg.stop] != checked_ids:
+                if ids is not None and store.ids[seg.start : seg.stop] != ids:
                     raise InputError(
                         f"ids differ from those stored for this data in {str(root)!r}; "
                         "resume with the same ids, or featurize into a new directory"
                     )
-                return store, seg
-        if not append:
+                return seg
+        if store.segments and not append:
             raise InputError(
                 f"the store at {str(root)!r} holds other training data (data fingerprints differ); "
                 "pass append=True (CLI: --append) to add these examples, or choose a new directory"
             )
-        start = store.n_examples
-    else:
-        store = GradientStore.create(root, settings)
-        start = 0
-    return store, store.add_segment(data_fp, checked_ids or _check_ids(None, n, start), tags)
+        return store.add_segment(data_fp, ids or _check_ids(None, n, store.n_examples), tags)
+
+    return prepare
 
 
 def _check_ids(ids: Sequence[str] | None, n: int, start: int) -> list[str]:

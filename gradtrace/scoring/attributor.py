@@ -67,6 +67,13 @@ class Attributor:
     (Fisher's inverses) is fitted once and kept by this attributor.
     ``executor`` decides which shard ranges this process scans (default: all
     of them; see :mod:`gradtrace.execution`).
+
+    ``verify`` sets ``store.verify_reads``: each shard file read is checked
+    against its recorded sha256, once per process per file (on by default for
+    a store opened from a path; None keeps a given store's own setting).
+    Before query features are computed, every checkpoint file is checked
+    against the fingerprint recorded when the store was made
+    (:class:`~gradtrace.errors.CheckpointError` naming the one that changed).
     """
 
     def __init__(
@@ -80,10 +87,13 @@ class Attributor:
         batch_size: int | None = None,
         progress: bool = False,
         executor: Executor | None = None,
+        verify: bool | None = None,
     ):
         if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
         self.store = store if isinstance(store, GradientStore) else GradientStore.open(store)
+        if verify is not None:
+            self.store.verify_reads = bool(verify)
         self.model = model
         self.task = task
         self.checkpoint_loader = checkpoint_loader
@@ -104,6 +114,7 @@ class Attributor:
             raise InputError("Attributor was made without a model; pass the model to compute query features")
         task = check_task(self.task)
         self._check_model()
+        self.store.check_checkpoints()  # the weights the store's gradients were taken at
         behaviour = resolve_behaviour(behaviour, task)
         sign = behaviour_sign(behaviour)
         source = as_source(queries, collate=getattr(task, "collate", None))
