@@ -30,6 +30,8 @@ from .task import Task, check_task, describe
 
 __all__ = ["CheckpointLoader", "Estimate", "TrainTransform", "compute_shard", "estimate_resources", "featurize", "model_fingerprint", "store_settings"]
 
+NONFINITE_CHOICES = ("raise", "skip")
+
 # Called after each checkpoint is loaded: (model, ref, param_names) -> GradTransform for that checkpoint.
 TrainTransform = Callable[[nn.Module, CheckpointRef, list[str]], Any]
 
@@ -69,6 +71,7 @@ def featurize(
     progress: bool = True,
     train_transform: TrainTransform | None = None,
     executor: Executor | None = None,
+    on_nonfinite: str = "raise",
 ) -> GradientStore:
     """Write (or finish, or extend) the gradient store at ``out``.
 
@@ -93,10 +96,19 @@ def featurize(
     training gradients are mapped by it before projection, query gradients
     stay plain. Its description is recorded in the manifest.
 
+    ``on_nonfinite``: what to do with a training example whose loss or
+    gradient is not finite (NaN or inf) at a checkpoint. ``"raise"`` (the
+    default) stops at the first one with an :class:`~gradtrace.errors.InputError`
+    naming its id, its index and the checkpoint; ``"skip"`` writes its rows
+    and norms as zeros, records it in the shard's record and goes on: it is
+    listed in ``store.skipped_examples`` and every score of it reads as 0.
+
     ``executor`` decides where the missing shards are computed (default:
     :class:`~gradtrace.execution.LocalExecutor`, in this process; see
     :mod:`gradtrace.execution`).
     """
+    if on_nonfinite not in NONFINITE_CHOICES:
+        raise InputError(f"on_nonfinite must be one of {NONFINITE_CHOICES}; got {on_nonfinite!r}")
     config = config or FeaturizeConfig()
     task = check_task(task)
     refs = checkpoints_from_list(checkpoints)
@@ -132,7 +144,7 @@ def featurize(
             model.eval()
             worker = _ShardWriter(
                 model, task, refs, resolve_loader(checkpoint_loader, weights_only), train_transform,
-                featurizer, param_names, source, segment, config, store, bar,
+                featurizer, param_names, source, segment, config, store, bar, on_nonfinite,
             )
             executor.run(tasks, worker)
     return store
@@ -154,6 +166,7 @@ class _ShardWriter:
     config: FeaturizeConfig
     store: GradientStore
     bar: Progress
+    on_nonfinite: str
 
     def load(self, checkpoint: int) -> None:
         ref = self.refs[checkpoint]
@@ -164,12 +177,32 @@ class _ShardWriter:
 
     def compute(self, shard: ShardTask) -> None:
         offset = self.segment.start
+        skipped: list[tuple[int, str]] = []
+
+        def nonfinite(index: int, problem: str) -> None:
+            ref = self.refs[shard.checkpoint]
+            where = (
+                f"training example {index} of data (id {self.store.ids[offset + index]!r}) has a {problem} "
+                f"at checkpoint {shard.checkpoint} ({ref.path!r})"
+            )
+            if self.on_nonfinite == "raise":
+                raise InputError(
+                    f"data: {where}. Fix the example or the checkpoint and featurize into a new directory, or pass "
+                    "on_nonfinite='skip' to leave such examples out (they then score 0 and are listed in "
+                    "store.skipped_examples); a run with 'skip' finishes this store"
+                )
+            skipped.append((offset + index, problem))
+            if len(skipped) <= 3:
+                self.bar.note(f"gradtrace: skipped {where}")
+
         unit, norms = compute_shard(
             self.model, self.task.per_example_loss, self.featurizer, self.source, shard.start - offset, shard.stop - offset,
             batch_size=self.config.batch_size, normalise=self.config.projection.kind != "factored",
-            dtype=self.config.dtype, bar=self.bar,
+            dtype=self.config.dtype, bar=self.bar, on_nonfinite=nonfinite, what="data",
         )
-        self.store.write_shard(shard.checkpoint, shard.start, shard.stop, unit, norms)
+        if len(skipped) > 3:
+            self.bar.note(f"gradtrace: skipped {len(skipped) - 3} more examples of rows {shard.start}-{shard.stop} at checkpoint {shard.checkpoint}")
+        self.store.write_shard(shard.checkpoint, shard.start, shard.stop, unit, norms, skipped)
 
 
 def store_settings(
