@@ -29,6 +29,7 @@ from ..checkpoints import CheckpointRef, load_checkpoint
 from ..data import ExampleSource
 from ..errors import InputError
 from ..progress import Progress
+from ..task import ExampleError
 from .per_example import FeatureBatch, GradientFeaturizer, PerExampleFn
 
 CheckpointLoader = Callable[[nn.Module, CheckpointRef], Any]
@@ -103,12 +104,8 @@ def compute_shard(
     for a in range(start, stop, batch_size):
         b = min(a + batch_size, stop)
         batch = source.batch(a, b)
-        try:
+        with input_errors(what, a, b, batch, model, first=a == start):
             fb = featurizer(model, fn, batch)
-        except RuntimeError as exc:
-            if a != start or isinstance(exc, torch.cuda.OutOfMemoryError):
-                raise
-            raise InputError(_model_failure(what, a, b, batch, model, exc)) from exc
         if fb.features.shape[0] != b - a:
             raise InputError(f"the per-example function returned {fb.features.shape[0]} values for a batch of {b - a}")
         feats = fb.features.detach()
@@ -152,6 +149,23 @@ def _finite_or_handled(
         else:
             handler(offset + i, f"non-finite gradient (squared norm {float(sq[i])})")
     return finite
+
+
+@contextlib.contextmanager
+def input_errors(what: str, a: int, b: int, batch: Any, model: nn.Module, *, first: bool) -> Iterator[None]:
+    """Errors of computing on examples ``a:b`` of ``what`` in the user's terms:
+    an :class:`~gradtrace.task.ExampleError` names the example's position in
+    ``what``; a ``RuntimeError`` of the model on the ``first`` batch (a shape
+    or dtype it cannot take) becomes an :class:`InputError` naming the
+    examples and torch's message (later ones, and out-of-memory, pass through)."""
+    try:
+        yield
+    except ExampleError as exc:
+        raise InputError(f"{what}: example {a + exc.index} {exc.problem}") from None
+    except RuntimeError as exc:
+        if not first or isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise
+        raise InputError(_model_failure(what, a, b, batch, model, exc)) from exc
 
 
 def _model_failure(what: str, a: int, b: int, batch: Any, model: nn.Module, exc: RuntimeError) -> str:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import InputError
+from ..task import ExampleError
 from .linear_capture import LinearCapture, LinearSite, as_tokens, augmented_input, linear_sites
 from .projection import DenseProjector, KroneckerFactors, ProjectionConfig, kronecker_factors
 
@@ -428,7 +429,10 @@ def _loop_grads(model: nn.Module, fn: PerExampleFn, batch: Any, names: list[str]
     rows, values = [], []
     for i in range(b):
         single = tree_map(lambda t: t[i : i + 1] if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == b else t, batch)
-        value = fn(model, single)
+        try:
+            value = fn(model, single)
+        except ExampleError as exc:  # about example 0 of the one-example batch: say which of this batch
+            raise ExampleError(i + exc.index, exc.problem) from None
         _check_values(value, 1, "the per-example function")
         grads = torch.autograd.grad(value[0], selected, allow_unused=True)
         values.append(value[0].detach())

@@ -9,6 +9,7 @@ together, so ``top_k`` never holds more than ``n_query x shard_size`` scores.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -117,7 +118,7 @@ class Attributor:
         self.store.check_checkpoints()  # the weights the store's gradients were taken at
         behaviour = resolve_behaviour(behaviour, task)
         sign = behaviour_sign(behaviour)
-        source = as_source(queries, collate=getattr(task, "collate", None))
+        source = as_source(queries, collate=getattr(task, "collate", None), what="queries")
         if len(source) == 0:
             raise InputError("queries: the query set is empty")
         settings = self.store.settings
@@ -204,8 +205,9 @@ class Attributor:
     ) -> TopK:
         """The ``k`` highest (proponents) or lowest (opponents) scores per query,
         streamed: the full score matrix is never built."""
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InputError(f"k must be a positive integer; got {k!r}")
+        if not isinstance(k, numbers.Integral) or isinstance(k, (bool, np.bool_)) or k < 1:
+            raise InputError(f"k must be a positive integer; got {k!r} ({type(k).__name__})")
+        k = int(k)
         method = self._method(variant)
         qf = self._as_query_features(queries, behaviour, method)
         k = min(k, self.store.n_examples)

@@ -21,7 +21,7 @@ from torch import nn
 from ..checkpoints import CheckpointRef, checkpoints_from_list
 from ..data import as_source
 from ..errors import InputError
-from ..grads.compute import CheckpointLoader, resolve_loader, restored
+from ..grads.compute import CheckpointLoader, input_errors, resolve_loader, restored
 from ..grads.per_example import GradientFeaturizer
 from ..grads.projection import ProjectionConfig
 from ..grads.selection import Selection, select_parameters
@@ -70,7 +70,9 @@ def self_influence_from_checkpoints(
             loader(model, ref)
             for a in range(0, n, batch_size):
                 b = min(a + batch_size, n)
-                sq = featurizer.sqnorms(model, task.per_example_loss, source.batch(a, b))
+                batch = source.batch(a, b)
+                with input_errors("data", a, b, batch, model, first=a == 0):
+                    sq = featurizer.sqnorms(model, task.per_example_loss, batch)
                 if sq.shape != (b - a,):
                     raise InputError(f"the per-example loss returned shape {tuple(sq.shape)} for a batch of {b - a}")
                 values = sq.to(torch.float64).cpu().numpy()

@@ -17,22 +17,6 @@ from gradtrace.errors import CheckpointError, StoreError
 from gradtrace.store import GradientStore
 
 
-@pytest.fixture
-def run(h, tmp_path):
-    class Run:
-        model = h.make_mlp(seed=0)
-        task = gt.ClassificationTask()
-        ckpts = h.write_checkpoints(lambda s: h.make_mlp(seed=s), tmp_path / "ckpts", [0.3, 0.1])
-        train = h.classification_data(9, seed=1)
-        queries = h.classification_data(3, seed=2)
-
-        def featurize(self, out="store", **kwargs):
-            config = gt.FeaturizeConfig(dtype="float64", shard_size=4, batch_size=3)
-            return gt.featurize(self.model, self.task, self.ckpts, self.train, tmp_path / out, config, progress=False, **kwargs)
-
-    return Run()
-
-
 def _overwrite(path: str, model: torch.nn.Module) -> None:
     before = os.stat(path)
     torch.save(model.state_dict(), path)
@@ -83,14 +67,13 @@ def test_a_checkpoint_rewritten_during_featurize_is_refused_before_it_is_loaded(
 
 
 def test_a_damaged_shard_is_rewritten_on_resume_and_said(run, h, tmp_path, capsys):
-    fresh = run.featurize("fresh")
-    store = run.featurize("store")
+    fresh = run.featurize(out="fresh")
+    store = run.featurize(out="store")
     path = store.root / "ckpt_001" / "rows_000000004_000000008.features.npy"
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
-    config = gt.FeaturizeConfig(dtype="float64", shard_size=4, batch_size=3)
-    gt.featurize(run.model, run.task, run.ckpts, run.train, tmp_path / "store", config, progress=True)
+    gt.featurize(run.model, run.task, run.ckpts, run.train, tmp_path / "store", run.config(), progress=True, ids=store.ids)
     err = capsys.readouterr().err
     assert "checkpoint 1 rows 4-8 failed its check" in err and "rewriting it" in err
     assert h.store_files(store.root) == h.store_files(fresh.root)

@@ -29,29 +29,10 @@ LRS = [0.3, 0.1]
 BAD = 3  # the example made non-finite
 
 
-@pytest.fixture
-def run(h, tmp_path):
-    class Run:
-        model = h.make_mlp(seed=0)
-        task = gt.ClassificationTask()
-        ckpts = h.write_checkpoints(lambda s: h.make_mlp(seed=s), tmp_path / "ckpts", LRS)
-        train = h.classification_data(10, seed=1)
-        queries = h.classification_data(3, seed=2)
-        dir = tmp_path
-
-        def poisoned(self):
-            x, y = self.train[0].clone(), self.train[1]
-            x[BAD, 2] = float("nan")
-            return x, y
-
-        def featurize(self, out="store", data=None, task=None, ckpts=None, config=None, **kwargs):
-            config = config or gt.FeaturizeConfig(dtype="float64", shard_size=4, batch_size=3)
-            return gt.featurize(
-                self.model, task or self.task, ckpts or self.ckpts, self.train if data is None else data,
-                tmp_path / out, config, progress=False, ids=[f"ex{i}" for i in range(10)], **kwargs,
-            )
-
-    return Run()
+def _poisoned(run):
+    x, y = run.train[0].clone(), run.train[1]
+    x[BAD, 2] = float("nan")
+    return x, y
 
 
 CONFIGS = {
@@ -66,9 +47,9 @@ CONFIGS = {
 
 @pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
 def test_a_nan_input_stops_featurize_naming_the_example_and_checkpoint(run, config):
-    cfg = gt.FeaturizeConfig(dtype="float64", shard_size=4, batch_size=3, **CONFIGS[config])
+    cfg = run.config(**CONFIGS[config])
     with pytest.raises(InputError) as err:
-        run.featurize(data=run.poisoned(), config=cfg)
+        run.featurize(data=_poisoned(run), config=cfg)
     msg = str(err.value)
     assert f"training example {BAD} of data (id 'ex{BAD}')" in msg
     assert "non-finite loss (nan)" in msg
@@ -103,7 +84,7 @@ def test_an_infinite_loss_with_a_finite_gradient_is_refused(run):
 
 
 def test_skip_leaves_the_example_out_recorded_and_scoring_zero(run, h):
-    store = run.featurize(data=run.poisoned(), on_nonfinite="skip")
+    store = run.featurize(data=_poisoned(run), on_nonfinite="skip")
     assert store.complete and store.verify() == [] and store.invalid_shards() == []
     skipped = store.skipped_examples
     assert [(s.index, s.id, s.checkpoint, s.checkpoint_path) for s in skipped] == [
@@ -129,8 +110,7 @@ def test_skip_leaves_the_example_out_recorded_and_scoring_zero(run, h):
     keep = [i for i in range(10) if i != BAD]
     x, y = run.train
     clean = gt.featurize(
-        run.model, run.task, run.ckpts, (x[keep], y[keep]), run.dir / "clean",
-        gt.FeaturizeConfig(dtype="float64", shard_size=4, batch_size=3), progress=False,
+        run.model, run.task, run.ckpts, (x[keep], y[keep]), run.dir / "clean", run.config(), progress=False,
     )
     clean_attr = gt.Attributor(clean, run.model, run.task)
     np.testing.assert_allclose(scores[:, keep], clean_attr.score(run.queries), rtol=1e-10, atol=1e-12)
@@ -152,18 +132,18 @@ def test_a_nan_checkpoint_skipped_only_where_it_is_nan(run, h):
 
 
 def test_stores_without_nonfinite_values_are_byte_identical_in_both_modes(run, h):
-    a = run.featurize("a")
-    b = run.featurize("b", on_nonfinite="skip")
+    a = run.featurize(out="a")
+    b = run.featurize(out="b", on_nonfinite="skip")
     assert h.store_files(a.root) == h.store_files(b.root)
     assert all("skipped" not in json.loads(p.read_text()) for p in a.root.glob("ckpt_*/rows_*.json"))
     assert a.skipped_examples == [] and a.skipped_indices.size == 0
 
 
 def test_a_run_stopped_by_a_nan_can_be_finished_with_skip(run):
-    data = run.poisoned()
+    data = _poisoned(run)
     with pytest.raises(InputError, match="non-finite"):
-        run.featurize(data=data, config=gt.FeaturizeConfig(dtype="float64", shard_size=2, batch_size=1))
-    store = run.featurize(data=data, config=gt.FeaturizeConfig(dtype="float64", shard_size=2, batch_size=1), on_nonfinite="skip")
+        run.featurize(data=data, config=run.config(shard_size=2, batch_size=1))
+    store = run.featurize(data=data, config=run.config(shard_size=2, batch_size=1), on_nonfinite="skip")
     assert store.complete and store.skipped_indices.tolist() == [BAD]
 
 
@@ -206,7 +186,7 @@ def _write_nan_like_an_old_gradtrace(store: GradientStore, c: int, a: int, b: in
 
 
 def test_a_store_holding_nan_from_older_code_is_refused_on_read_and_rewritten(run, h):
-    fresh = run.featurize("fresh")
+    fresh = run.featurize(out="fresh")
     store = run.featurize()
     _write_nan_like_an_old_gradtrace(store, 1, 4, 8, 6)
     store = GradientStore.open(store.root)
@@ -221,7 +201,7 @@ def test_a_store_holding_nan_from_older_code_is_refused_on_read_and_rewritten(ru
 
 
 def test_direct_self_influence_refuses_or_skips_nan(run):
-    data = run.poisoned()
+    data = _poisoned(run)
     with pytest.raises(InputError, match=rf"example {BAD} of data has a non-finite gradient .* at checkpoint 0"):
         gt.self_influence_from_checkpoints(run.model, run.task, run.ckpts, data, progress=False)
     with pytest.warns(RuntimeWarning, match=r"1 example\(s\) left out"):
