@@ -117,7 +117,7 @@ class ClassificationTask:
         logits = model(inputs)
         if isinstance(labels, Tensor) and labels.is_floating_point() and labels.shape == logits.shape:
             return F.cross_entropy(logits, labels, reduction="none")
-        n_classes = int(logits.shape[-1])
+        n_classes = int(logits.shape[1])  # cross_entropy's class dimension
         labels = check_labels(labels, n_classes)
         if not _inside_transform():
             return F.cross_entropy(logits, labels, reduction="none")
