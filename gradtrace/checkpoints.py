@@ -62,30 +62,63 @@ def checkpoints_from_list(items: Iterable[tuple[str | Path, float] | CheckpointR
     return refs
 
 
+# A number in a file name: digits, with a fraction or an exponent when it is a float ("0.5", "1e-3").
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_STEP_WORDS = ("step", "iter", "checkpoint", "ckpt", "epoch")
+
+
+def step_from_name(stem: str) -> int | None:
+    """The training step a checkpoint's file name (without suffix) states, or None.
+
+    The rule: the integer right after the word ``step``, else ``iter``, else
+    ``checkpoint``, else ``ckpt``, else ``epoch`` (the first of these words
+    the name holds, in any case, optionally plural and followed by ``-``,
+    ``_`` or ``=``); a name with none of them gives its last integer. A
+    number written as a float (``loss0.5``, ``lr1e-3``) is never a step. So
+    ``run3-epoch_2-loss0.5`` is step 2, ``run7_step20`` step 20 and
+    ``model_0042`` step 42.
+    """
+    integers = [(m.start(), int(m.group())) for m in _NUMBER.finditer(stem) if m.group().isdigit()]
+    lower = stem.lower()
+    for word in _STEP_WORDS:
+        after = [
+            m.end() for m in re.finditer(rf"(?<![a-z]){word}s?[-_=]?", lower)
+        ]
+        found = [value for start, value in integers if start in after]
+        if found:
+            return found[-1]
+    return integers[-1][1] if integers else None
+
+
 def checkpoints_from_dir(
     directory: str | Path,
     lr: float | Mapping[int, float] | Callable[[int], float],
     pattern: str = "*.pt",
 ) -> list[CheckpointRef]:
     """Every state-dict file in ``directory`` matching ``pattern``, ordered by
-    the step number in its name (the last run of digits).
+    the step number in its name (see :func:`step_from_name` for the rule).
+    Two files naming the same step are refused, naming both.
 
     ``lr`` is a constant, a ``{step: lr}`` mapping or a schedule ``f(step)``.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"checkpoint directory {str(directory)!r} does not exist or is not a directory")
-    found = []
-    for path in directory.glob(pattern):
-        digits = re.findall(r"\d+", path.stem)
-        if not digits:
+    found: dict[int, Path] = {}
+    for path in sorted(directory.glob(pattern)):
+        step = step_from_name(path.stem)
+        if step is None:
             raise InputError(f"checkpoint file {path.name!r} has no step number in its name (pattern {pattern!r})")
-        found.append((int(digits[-1]), path))
+        if step in found:
+            raise InputError(
+                f"checkpoint files {found[step].name!r} and {path.name!r} both name step {step} "
+                f"(rule: gradtrace.checkpoints.step_from_name); keep one, or narrow the pattern (now {pattern!r})"
+            )
+        found[step] = path
     if not found:
         raise InputError(f"no checkpoint files matching {pattern!r} in {str(directory)!r}")
-    found.sort()
     refs = []
-    for step, path in found:
+    for step, path in sorted(found.items()):
         if callable(lr):
             rate = lr(step)
         elif isinstance(lr, Mapping):

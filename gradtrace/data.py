@@ -99,26 +99,66 @@ class SequenceSource(ExampleSource):
         return self.collate([self.examples[i] for i in indices])
 
 
-def as_source(data: Any, collate: Callable[[list[Any]], Any] | None = None) -> ExampleSource:
-    """Wrap user data in an :class:`ExampleSource` (see the module docstring)."""
+def as_source(data: Any, collate: Callable[[list[Any]], Any] | None = None, what: str = "data") -> ExampleSource:
+    """Wrap user data in an :class:`ExampleSource` (see the module docstring).
+
+    A tuple is a set of columns sharing their first dimension (the examples),
+    e.g. ``(X, y)``; its members may be tensors or numpy arrays (converted,
+    dtype kept). Any other sequence (a list, a Dataset) holds one example per
+    item. ``what`` names the data in errors ("data", "queries")."""
     if isinstance(data, ExampleSource):
         return data
+    if isinstance(data, (Tensor, np.ndarray)) and data.ndim == 0:
+        raise InputError(f"{what}: got a 0-d {type(data).__name__} (a single value); pass a batch whose first dimension counts the examples")
     if isinstance(data, Tensor):
         return TensorSource((data,), single=True)
-    if isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data):
-        lengths = {int(t.shape[0]) for t in data}
-        if len(lengths) != 1:
-            raise InputError(
-                f"data: the tensors of a tuple must share their first dimension; got lengths "
-                f"{[int(t.shape[0]) for t in data]}"
-            )
-        return TensorSource(tuple(data), single=False)
+    if isinstance(data, tuple) and data and all(isinstance(t, (Tensor, np.ndarray)) for t in data):
+        return TensorSource(_columns(data, what), single=False)
+    if isinstance(data, list) and collate is None:
+        _check_default_collatable(data, what)
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         return SequenceSource(data, collate or default_collate)
     raise InputError(
-        "data must be a Tensor, a tuple of Tensors, or a sequence/Dataset of examples; "
+        f"{what} must be a Tensor, a tuple of Tensors, or a sequence/Dataset of examples; "
         f"got {type(data).__name__}"
     )
+
+
+def _columns(data: tuple[Any, ...], what: str) -> tuple[Tensor, ...]:
+    """The tuple's members as tensors (numpy arrays converted), checked to be
+    batches: at least 1-d, all of one length."""
+    columns = []
+    for i, column in enumerate(data):
+        if column.ndim == 0:
+            raise InputError(
+                f"{what}: member {i} of the tuple is 0-d; a tuple (inputs, labels, ...) is a batch whose first "
+                "dimension counts the examples: for one example pass (x[0:1], y[0:1]) rather than (x[0], y[0])"
+            )
+        if isinstance(column, np.ndarray):
+            try:
+                column = torch.as_tensor(column)
+            except (TypeError, RuntimeError) as exc:
+                raise InputError(f"{what}: member {i} of the tuple, a numpy array of dtype {column.dtype}, cannot be a tensor ({exc})") from None
+        columns.append(column)
+    lengths = [int(t.shape[0]) for t in columns]
+    if len(set(lengths)) != 1:
+        raise InputError(f"{what}: the tensors of a tuple must share their first dimension; got lengths {lengths}")
+    return tuple(columns)
+
+
+def _check_default_collatable(items: list[Any], what: str) -> None:
+    """A list of arrays is a list of examples; refuse one whose examples differ
+    in shape (default collation cannot batch them: usually ``[X, y]`` meant as
+    the columns ``(X, y)``)."""
+    if not items or not all(isinstance(t, (Tensor, np.ndarray)) for t in items):
+        return
+    shapes = sorted({tuple(t.shape) for t in items})
+    if len(shapes) > 1:
+        raise InputError(
+            f"{what}: a list is read as a sequence of examples, one per item, but its {len(items)} arrays have "
+            f"different shapes {shapes[:4]} and cannot be batched; for columns such as inputs and labels "
+            "pass a tuple, (X, y), or give a collate function"
+        )
 
 
 def head(data: Any, n: int | None, name: str = "n") -> Any:

@@ -25,10 +25,12 @@ from .grads.compute import CheckpointLoader, compute_shard, model_fingerprint, r
 from .grads.per_example import GradientFeaturizer
 from .grads.selection import select_parameters
 from .progress import Progress, progress_bar
-from .store.gradient_store import MANIFEST, GradientStore, Segment
+from .store.gradient_store import GradientStore, Segment
 from .task import Task, check_task, describe
 
 __all__ = ["CheckpointLoader", "Estimate", "TrainTransform", "compute_shard", "estimate_resources", "featurize", "model_fingerprint", "store_settings"]
+
+NONFINITE_CHOICES = ("raise", "skip")
 
 # Called after each checkpoint is loaded: (model, ref, param_names) -> GradTransform for that checkpoint.
 TrainTransform = Callable[[nn.Module, CheckpointRef, list[str]], Any]
@@ -69,6 +71,7 @@ def featurize(
     progress: bool = True,
     train_transform: TrainTransform | None = None,
     executor: Executor | None = None,
+    on_nonfinite: str = "raise",
 ) -> GradientStore:
     """Write (or finish, or extend) the gradient store at ``out``.
 
@@ -79,16 +82,33 @@ def featurize(
     resumes it (same data) or, with ``append=True``, adds ``data`` as new
     examples. Other settings raise :class:`~gradtrace.errors.ConfigMismatchError`.
 
+    The store is written in a session under its locks
+    (:func:`gradtrace.store.writer.open_for_writing`): a second run with
+    other settings is refused while this one writes, one with the same
+    settings joins it. The checkpoint files are fingerprinted when the store
+    is made and checked before each is loaded (a file changed since is a
+    :class:`~gradtrace.errors.CheckpointError` naming it); on resume, shards
+    that fail their checksum are written again.
+
     ``train_transform(model, ref, param_names)``, if given, returns the
     gradient transform for checkpoint ``ref`` (e.g. Adam preconditioning from
     its optimizer state, :func:`gradtrace.models.hf_checkpoints.adam_transform`);
     training gradients are mapped by it before projection, query gradients
     stay plain. Its description is recorded in the manifest.
 
+    ``on_nonfinite``: what to do with a training example whose loss or
+    gradient is not finite (NaN or inf) at a checkpoint. ``"raise"`` (the
+    default) stops at the first one with an :class:`~gradtrace.errors.InputError`
+    naming its id, its index and the checkpoint; ``"skip"`` writes its rows
+    and norms as zeros, records it in the shard's record and goes on: it is
+    listed in ``store.skipped_examples`` and every score of it reads as 0.
+
     ``executor`` decides where the missing shards are computed (default:
     :class:`~gradtrace.execution.LocalExecutor`, in this process; see
     :mod:`gradtrace.execution`).
     """
+    if on_nonfinite not in NONFINITE_CHOICES:
+        raise InputError(f"on_nonfinite must be one of {NONFINITE_CHOICES}; got {on_nonfinite!r}")
     config = config or FeaturizeConfig()
     task = check_task(task)
     refs = checkpoints_from_list(checkpoints)
@@ -103,21 +123,30 @@ def featurize(
         settings["model"]["train_transform"] = describe(train_transform)
     data_fp = source.fingerprint()
 
+    if tags is not None and len(tags) != n:
+        raise InputError(f"tags: need one tag per example ({n}); got {len(tags)}")
+    checked_ids = _check_ids(ids, n, 0) if ids is not None else None
+    prepare = _segment_finder(Path(out), data_fp, n, checked_ids, tags, append)
+
     executor = executor or LocalExecutor()
-    store, segment = executor.setup(lambda: _open_or_create(Path(out), settings, data_fp, n, ids, tags, append))
-    tasks = [ShardTask(c, a, b) for c, a, b in store.missing_shards(segment)]
-    estimate = estimate_resources(store, featurizer, model, n_examples=segment.stop - segment.start)
-    total = sum(t.size for t in tasks)
-    with progress_bar("featurize", total, progress) as bar, restored(model):
-        bar.note(f"gradtrace: {estimate.describe()}")
-        if total < (segment.stop - segment.start) * len(refs):
-            bar.note(f"gradtrace: resuming; {len(tasks)} shard(s) left")
-        model.eval()
-        worker = _ShardWriter(
-            model, task, refs, resolve_loader(checkpoint_loader, weights_only), train_transform,
-            featurizer, param_names, source, segment, config, store, bar,
-        )
-        executor.run(tasks, worker)
+    session = executor.setup(lambda: GradientStore.writer(out, settings, prepare=prepare))
+    with session:
+        store, segment = session.store, session.prepared
+        tasks = [ShardTask(c, a, b) for c, a, b in store.missing_shards(segment)]
+        estimate = estimate_resources(store, featurizer, model, n_examples=segment.stop - segment.start)
+        total = sum(t.size for t in tasks)
+        with progress_bar("featurize", total, progress) as bar, restored(model):
+            bar.note(f"gradtrace: {estimate.describe()}")
+            for c, a, b, problem in session.repaired:
+                bar.note(f"gradtrace: shard checkpoint {c} rows {a}-{b} failed its check ({problem}); rewriting it")
+            if total < (segment.stop - segment.start) * len(refs):
+                bar.note(f"gradtrace: resuming; {len(tasks)} shard(s) left")
+            model.eval()
+            worker = _ShardWriter(
+                model, task, refs, resolve_loader(checkpoint_loader, weights_only), train_transform,
+                featurizer, param_names, source, segment, config, store, bar, on_nonfinite,
+            )
+            executor.run(tasks, worker)
     return store
 
 
@@ -137,21 +166,43 @@ class _ShardWriter:
     config: FeaturizeConfig
     store: GradientStore
     bar: Progress
+    on_nonfinite: str
 
     def load(self, checkpoint: int) -> None:
         ref = self.refs[checkpoint]
+        self.store.check_checkpoints([checkpoint])  # unchanged since the store was made (or this run began)
         self.loader(self.model, ref)
         if self.train_transform is not None:
             self.featurizer.transform = self.train_transform(self.model, ref, self.param_names)
 
     def compute(self, shard: ShardTask) -> None:
         offset = self.segment.start
+        skipped: list[tuple[int, str]] = []
+
+        def nonfinite(index: int, problem: str) -> None:
+            ref = self.refs[shard.checkpoint]
+            where = (
+                f"training example {index} of data (id {self.store.ids[offset + index]!r}) has a {problem} "
+                f"at checkpoint {shard.checkpoint} ({ref.path!r})"
+            )
+            if self.on_nonfinite == "raise":
+                raise InputError(
+                    f"data: {where}. Fix the example or the checkpoint and featurize into a new directory, or pass "
+                    "on_nonfinite='skip' to leave such examples out (they then score 0 and are listed in "
+                    "store.skipped_examples); a run with 'skip' finishes this store"
+                )
+            skipped.append((offset + index, problem))
+            if len(skipped) <= 3:
+                self.bar.note(f"gradtrace: skipped {where}")
+
         unit, norms = compute_shard(
             self.model, self.task.per_example_loss, self.featurizer, self.source, shard.start - offset, shard.stop - offset,
             batch_size=self.config.batch_size, normalise=self.config.projection.kind != "factored",
-            dtype=self.config.dtype, bar=self.bar,
+            dtype=self.config.dtype, bar=self.bar, on_nonfinite=nonfinite, what="data",
         )
-        self.store.write_shard(shard.checkpoint, shard.start, shard.stop, unit, norms)
+        if len(skipped) > 3:
+            self.bar.note(f"gradtrace: skipped {len(skipped) - 3} more examples of rows {shard.start}-{shard.stop} at checkpoint {shard.checkpoint}")
+        self.store.write_shard(shard.checkpoint, shard.start, shard.stop, unit, norms, skipped)
 
 
 def store_settings(
@@ -186,39 +237,31 @@ def estimate_resources(store: GradientStore, featurizer: GradientFeaturizer, mod
     return Estimate(n_examples, n_ckpt, d, k, n_examples * n_ckpt * (k * item + 16), exact + dense_cache + shard)
 
 
-def _open_or_create(
-    root: Path, settings: dict[str, Any], data_fp: str, n: int,
-    ids: Sequence[str] | None, tags: Sequence[Any] | None, append: bool,
-) -> tuple[GradientStore, Segment]:
-    if tags is not None and len(tags) != n:
-        raise InputError(f"tags: need one tag per example ({n}); got {len(tags)}")
-    checked_ids = _check_ids(ids, n, 0) if ids is not None else None
-    if (root / MANIFEST).exists():
-        store = GradientStore.open(root)
-        if not store.has_any_shard():
-            # Nothing was computed yet (an earlier call failed before its first shard): start afresh.
-            store.discard_unwritten()
-            return _open_or_create(root, settings, data_fp, n, ids, tags, append)
-        store.check_compatible(settings)
-        store.clean_temporaries()
+def _segment_finder(
+    root: Path, data_fp: str, n: int, ids: list[str] | None, tags: Sequence[Any] | None, append: bool,
+) -> Callable[[GradientStore], Segment]:
+    """The ``prepare`` step of :func:`gradtrace.store.writer.open_for_writing`
+    (run under the manifest lock): the segment already holding this data
+    (same fingerprint and ids), or a new one for it when the store is new or
+    ``append`` is set."""
+
+    def prepare(store: GradientStore) -> Segment:
         for seg in store.segments:
             if seg.fingerprint == data_fp:
-                if checked_ids is not None and store.ids[seg.start : seg.stop] != checked_ids:
+                if ids is not None and store.ids[seg.start : seg.stop] != ids:
                     raise InputError(
                         f"ids differ from those stored for this data in {str(root)!r}; "
                         "resume with the same ids, or featurize into a new directory"
                     )
-                return store, seg
-        if not append:
+                return seg
+        if store.segments and not append:
             raise InputError(
                 f"the store at {str(root)!r} holds other training data (data fingerprints differ); "
                 "pass append=True (CLI: --append) to add these examples, or choose a new directory"
             )
-        start = store.n_examples
-    else:
-        store = GradientStore.create(root, settings)
-        start = 0
-    return store, store.add_segment(data_fp, checked_ids or _check_ids(None, n, start), tags)
+        return store.add_segment(data_fp, ids or _check_ids(None, n, store.n_examples), tags)
+
+    return prepare
 
 
 def _check_ids(ids: Sequence[str] | None, n: int, start: int) -> list[str]:

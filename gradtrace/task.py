@@ -51,14 +51,78 @@ class Behaviour(Protocol):
     def __call__(self, model: nn.Module, batch: Any) -> Tensor: ...
 
 
+class ExampleError(InputError):
+    """One example of a batch breaks a rule. ``index`` is its position in the
+    batch; gradtrace re-raises it naming the example's position in the data."""
+
+    def __init__(self, index: int, problem: str):
+        self.index = index
+        self.problem = problem
+        super().__init__(f"example {index} of the batch {problem}")
+
+
+def check_labels(labels: Any, n_classes: int) -> Tensor:
+    """Class-index labels, checked to lie in ``[0, n_classes)``.
+
+    Raises :class:`ExampleError` naming the first example whose label is
+    outside (``-100`` included: gradtrace does not mask labels). Inside a
+    ``torch.func`` transform (the ``vmap`` method) values cannot be looked at;
+    the caller then poisons such examples (see :class:`ClassificationTask`).
+    """
+    if not isinstance(labels, Tensor) or labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        what = type(labels).__name__ if not isinstance(labels, Tensor) else f"a {labels.dtype} tensor"
+        raise InputError(f"labels: classification labels must be an integer tensor of class indices; got {what}")
+    if not _inside_transform():
+        bad = ((labels < 0) | (labels >= n_classes)).reshape(-1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            value = int(labels.reshape(-1)[i])
+            raise ExampleError(
+                i, f"has label {value}, outside the class indices [0, {n_classes}) of this {n_classes}-class model"
+                + (" (-100 masks a label in cross_entropy, which would give the example a loss and gradient of 0; "
+                   "gradtrace does not mask classification labels: leave the example out or give it its class)"
+                   if value == -100 else ""),
+            )
+    return labels
+
+
+def _inside_transform() -> bool:
+    """Whether a torch.func transform (vmap, grad) is running, where tensors' values cannot be read."""
+    functorch = getattr(torch._C, "_functorch", None)
+    peek = getattr(functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassificationTask:
     """Cross-entropy of a classifier ``model(inputs) -> logits`` on
-    ``(inputs, labels)`` batches."""
+    ``(inputs, labels)`` batches.
+
+    Labels are class indices in ``[0, n_classes)``; any other value is an
+    :class:`~gradtrace.errors.InputError` naming the example, the value and
+    the range. That includes ``-100``: ``cross_entropy`` would silently mask
+    such an example (loss, gradient and self-influence 0), so a masked label
+    is refused rather than scored as "no influence". (Language-model tasks
+    mask prompt tokens with ``-100`` on purpose; that is theirs, not this
+    task's.) Under the ``vmap`` method labels cannot be read while the
+    gradient is traced: an invalid label then makes that example's loss NaN,
+    which featurize refuses (or skips) as a non-finite loss naming it.
+    Soft labels (float class probabilities shaped like the logits) are
+    passed to ``cross_entropy`` unchecked.
+    """
 
     def per_example_loss(self, model: nn.Module, batch: Any) -> Tensor:
         inputs, labels = batch[0], batch[1]
-        return F.cross_entropy(model(inputs), labels, reduction="none")
+        logits = model(inputs)
+        if isinstance(labels, Tensor) and labels.is_floating_point() and labels.shape == logits.shape:
+            return F.cross_entropy(logits, labels, reduction="none")
+        n_classes = int(logits.shape[1])  # cross_entropy's class dimension
+        labels = check_labels(labels, n_classes)
+        if not _inside_transform():
+            return F.cross_entropy(logits, labels, reduction="none")
+        valid = (labels >= 0) & (labels < n_classes)
+        loss = F.cross_entropy(logits, labels.clamp(0, n_classes - 1), reduction="none")
+        return torch.where(valid, loss, torch.full_like(loss, float("nan")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +149,7 @@ class LogitMarginBehaviour:
     def __call__(self, model: nn.Module, batch: Any) -> Tensor:
         inputs, labels = batch[0], batch[1]
         logits = model(inputs)
+        labels = check_labels(labels, int(logits.shape[1]))
         own = logits.gather(1, labels[:, None]).squeeze(1)
         others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
         return own - others.max(dim=1).values

@@ -118,9 +118,14 @@ def brute_force_scores(
 
 
 def store_files(root: Path) -> dict[str, bytes]:
-    """Every file of a store directory, by relative path, with its bytes."""
+    """Every file of a store directory, by relative path, with its bytes
+    (lock files, which hold no data, left out)."""
+    from gradtrace.store.lock import LOCK_FILES
+
     root = Path(root)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name not in LOCK_FILES
+    }
 
 
 @pytest.fixture(scope="session")

@@ -23,12 +23,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from ..checkpoints import CheckpointRef, load_checkpoint
 from ..data import ExampleSource
 from ..errors import InputError
 from ..progress import Progress
-from .per_example import GradientFeaturizer, PerExampleFn
+from ..task import ExampleError
+from .per_example import FeatureBatch, GradientFeaturizer, PerExampleFn
 
 CheckpointLoader = Callable[[nn.Module, CheckpointRef], Any]
 
@@ -69,10 +71,18 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+NonFiniteHandler = Callable[[int, str], None]
+"""Called as ``handler(index, problem)`` for an example whose value or gradient
+is not finite (``index``: its position in the source; ``problem``: what is not
+finite, e.g. ``"non-finite loss (nan)"``). It raises to stop; if it returns,
+the example's feature row and norms are written as zeros."""
+
+
 def compute_shard(
     model: nn.Module, fn: PerExampleFn, featurizer: GradientFeaturizer, source: ExampleSource,
     start: int, stop: int, *, batch_size: int, normalise: bool, dtype: str | np.dtype,
-    bar: Progress | None = None,
+    bar: Progress | None = None, on_nonfinite: NonFiniteHandler | None = None,
+    what: str = "data", value_name: str = "loss",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows (``dtype``) and float64 ``[row norm, exact squared
     gradient norm]`` for examples ``start:stop`` of ``source``, ``batch_size``
@@ -81,15 +91,29 @@ def compute_shard(
     With ``normalise`` rows are scaled to unit norm and the first norm column
     is the projected norm; without (factored features) rows are kept as they
     are and the first column is the exact gradient norm.
+
+    Every example's value of ``fn`` (its ``value_name``) and gradient are
+    checked to be finite; ``on_nonfinite`` decides what happens to one that
+    is not (default: an :class:`InputError` naming ``what`` and the index).
+    A ``RuntimeError`` of the model on the first batch (a shape or dtype the
+    model cannot take) is an :class:`InputError` naming ``what``, the
+    examples and torch's message.
     """
+    handler = on_nonfinite or _refuse_nonfinite(what)
     rows, norms = [], []
     for a in range(start, stop, batch_size):
         b = min(a + batch_size, stop)
-        fb = featurizer(model, fn, source.batch(a, b))
+        batch = source.batch(a, b)
+        with input_errors(what, a, b, batch, model, first=a == start):
+            fb = featurizer(model, fn, batch)
         if fb.features.shape[0] != b - a:
             raise InputError(f"the per-example function returned {fb.features.shape[0]} values for a batch of {b - a}")
         feats = fb.features.detach()
         sq = fb.sqnorms.detach().to(torch.float64)
+        keep = _finite_or_handled(fb, feats, sq, a, handler, value_name)
+        if keep is not None:
+            feats = torch.where(keep[:, None], feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
+            sq = torch.where(keep, sq, torch.zeros((), dtype=sq.dtype, device=sq.device))
         if normalise:
             proj = feats.to(torch.float64).norm(dim=1)
             scale = torch.where(proj > 0, 1.0 / proj.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
@@ -101,3 +125,61 @@ def compute_shard(
         if bar is not None:
             bar.advance(b - a)
     return np.concatenate(rows), np.concatenate(norms)
+
+
+def _refuse_nonfinite(what: str) -> NonFiniteHandler:
+    def refuse(index: int, problem: str) -> None:
+        raise InputError(f"{what}: example {index} has a {problem}; gradtrace refuses non-finite values")
+
+    return refuse
+
+
+def _finite_or_handled(
+    fb: FeatureBatch, feats: torch.Tensor, sq: torch.Tensor, offset: int, handler: NonFiniteHandler, value_name: str,
+) -> torch.Tensor | None:
+    """None when every example of the batch is finite; else hands each one
+    that is not to ``handler`` and returns the mask of the examples to keep."""
+    finite_value = torch.isfinite(fb.values.detach()) if fb.values is not None else torch.ones_like(sq, dtype=torch.bool)
+    finite = finite_value & torch.isfinite(sq) & torch.isfinite(feats).all(dim=1)
+    if bool(finite.all()):
+        return None
+    for i in (~finite).nonzero().flatten().tolist():
+        if not finite_value[i]:
+            handler(offset + i, f"non-finite {value_name} ({float(fb.values[i])})")  # type: ignore[index]
+        else:
+            handler(offset + i, f"non-finite gradient (squared norm {float(sq[i])})")
+    return finite
+
+
+@contextlib.contextmanager
+def input_errors(what: str, a: int, b: int, batch: Any, model: nn.Module, *, first: bool) -> Iterator[None]:
+    """Errors of computing on examples ``a:b`` of ``what`` in the user's terms:
+    an :class:`~gradtrace.task.ExampleError` names the example's position in
+    ``what``; a ``RuntimeError`` of the model on the ``first`` batch (a shape
+    or dtype it cannot take) becomes an :class:`InputError` naming the
+    examples and torch's message (later ones, and out-of-memory, pass through)."""
+    try:
+        yield
+    except ExampleError as exc:
+        raise InputError(f"{what}: example {a + exc.index} {exc.problem}") from None
+    except RuntimeError as exc:
+        if not first or isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise
+        raise InputError(_model_failure(what, a, b, batch, model, exc)) from exc
+
+
+def _model_failure(what: str, a: int, b: int, batch: Any, model: nn.Module, exc: RuntimeError) -> str:
+    """Why the model could not take a batch, in the user's terms."""
+    param_dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    inputs = {t.dtype for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    other = sorted(str(d) for d in inputs - param_dtypes)
+    if other and len(param_dtypes) == 1:
+        want = str(next(iter(param_dtypes)))
+        return (
+            f"{what}: examples {a}-{b - 1} hold {', '.join(other)} tensors but the model's parameters are {want}; "
+            f"convert the data (e.g. x.to({want})) or the model (torch: {exc})"
+        )
+    return (
+        f"{what}: the model failed on examples {a}-{b - 1} ({type(exc).__name__}: {exc}); "
+        "check that the examples have the shape and dtype the model expects"
+    )

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import InputError
+from ..task import ExampleError
 from .linear_capture import LinearCapture, LinearSite, as_tokens, augmented_input, linear_sites
 from .projection import DenseProjector, KroneckerFactors, ProjectionConfig, kronecker_factors
 
@@ -57,6 +58,7 @@ class FeatureBatch:
 
     features: Tensor  # [b, feature_dim]
     sqnorms: Tensor  # [b], squared norm of the unprojected gradient
+    values: Tensor | None = None  # [b], the per-example function's values (detached)
 
 
 class GradientFeaturizer:
@@ -157,10 +159,11 @@ class GradientFeaturizer:
                     raise InputError("projection.kind='factored' keeps gradients as two factors and cannot apply a gradient transform; use 'kronecker', 'dense' or 'none'")
                 if self.projection.kind == "factored":
                     return self._factored(model, fn, batch)
-                grads = self._hooks_exact(model, fn, batch)
+                pieces, values = self._exact_pieces(model, fn, batch)
+                grads = torch.cat([pieces[n] for n in self.param_names], dim=1)
             elif self._resolved == "vmap":
                 try:
-                    grads = _vmap_grads(model, fn, batch, self.param_names)
+                    grads, values = _vmap_grads(model, fn, batch, self.param_names)
                 except InputError:
                     raise
                 except Exception as exc:  # vmap raises many types for untraceable models
@@ -174,15 +177,15 @@ class GradientFeaturizer:
                         )
                         self._warned = True
                     self._resolved = "loop"
-                    grads = _loop_grads(model, fn, batch, self.param_names)
+                    grads, values = _loop_grads(model, fn, batch, self.param_names)
             else:
-                grads = _loop_grads(model, fn, batch, self.param_names)
+                grads, values = _loop_grads(model, fn, batch, self.param_names)
         if self.transform is not None:
             grads = self._apply_transform(model, grads)
         sqnorms = grads.pow(2).sum(dim=1)
         if self._dense is not None:
-            return FeatureBatch(self._dense.project(grads), sqnorms)
-        return FeatureBatch(grads, sqnorms)
+            return FeatureBatch(self._dense.project(grads), sqnorms, values)
+        return FeatureBatch(grads, sqnorms, values)
 
     def sqnorms(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> Tensor:
         """Exact squared norm of each example's full gradient, without its features.
@@ -195,7 +198,7 @@ class GradientFeaturizer:
         if self._resolved != "hooks":
             return self(model, fn, batch).sqnorms
         with _only_selected_require_grad(model, self.param_names), torch.enable_grad():
-            b, cap, out_grads = self._forward_capture(model, fn, batch)
+            b, cap, out_grads, _ = self._forward_capture(model, fn, batch)
             assert self._sites is not None
             sq: Tensor | None = None
             for i, site in enumerate(self._sites):
@@ -216,13 +219,16 @@ class GradientFeaturizer:
                 raise InputError("no selected linear layer was called during the forward pass")
             return sq.detach()
 
-    def _forward_capture(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> tuple[int, LinearCapture, list[list[Tensor]]]:
+    def _forward_capture(
+        self, model: nn.Module, fn: PerExampleFn, batch: Any,
+    ) -> tuple[int, LinearCapture, list[list[Tensor]], Tensor]:
+        """Batch size, captured layer inputs, output gradients and the function's (detached) values."""
         assert self._sites is not None
         with LinearCapture(self._sites) as cap:
             values = fn(model, batch)
         b = _check_values(values, None, "the per-example function")
         out_grads = cap.output_grads(values.sum())
-        return b, cap, out_grads
+        return b, cap, out_grads, values.detach()
 
     def _apply_transform(self, model: nn.Module, grads: Tensor) -> Tensor:
         assert self.transform is not None
@@ -236,14 +242,10 @@ class GradientFeaturizer:
             at += n
         return torch.cat(out, dim=1)
 
-    def _hooks_exact(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> Tensor:
-        pieces = self._exact_pieces(model, fn, batch)
-        return torch.cat([pieces[n] for n in self.param_names], dim=1)
-
     def _kronecker_transformed(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
         """Kronecker features of transformed exact gradients: ``P_out^T T(G) P_in``."""
         assert self._sites is not None and self.transform is not None
-        pieces = self._exact_pieces(model, fn, batch)
+        pieces, values = self._exact_pieces(model, fn, batch)
         feats, sq = [], None
         for site in self._sites:
             w = site.module.weight
@@ -258,11 +260,11 @@ class GradientFeaturizer:
             feats.append(proj.reshape(b, -1))
             site_sq = g.pow(2).sum(dim=(1, 2))
             sq = site_sq if sq is None else sq + site_sq
-        return FeatureBatch(torch.cat(feats, dim=1), sq)
+        return FeatureBatch(torch.cat(feats, dim=1), sq, values)
 
-    def _exact_pieces(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> dict[str, Tensor]:
-        """Each selected parameter's per-example gradient, ``[b, numel]``."""
-        b, cap, out_grads = self._forward_capture(model, fn, batch)
+    def _exact_pieces(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> tuple[dict[str, Tensor], Tensor]:
+        """Each selected parameter's per-example gradient, ``[b, numel]``, and the function's values."""
+        b, cap, out_grads, values = self._forward_capture(model, fn, batch)
         assert self._sites is not None
         pieces: dict[str, Tensor] = {}
         for i, site in enumerate(self._sites):
@@ -280,10 +282,10 @@ class GradientFeaturizer:
                 pieces[site.weight_name] = w.reshape(b, -1) if w is not None else _zeros(b, site.module.weight)
             if site.bias_name:
                 pieces[site.bias_name] = bias if bias is not None else _zeros(b, site.module.bias)
-        return pieces
+        return pieces, values
 
     def _kronecker(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
-        b, cap, out_grads = self._forward_capture(model, fn, batch)
+        b, cap, out_grads, values = self._forward_capture(model, fn, batch)
         assert self._sites is not None
         feats, sq = [], None
         for i, site in enumerate(self._sites):
@@ -300,10 +302,10 @@ class GradientFeaturizer:
             feats.append(feat.reshape(b, -1))
             site_sq = _exact_sqnorm(xs, gs, b, dtype, device)
             sq = site_sq if sq is None else sq + site_sq
-        return FeatureBatch(torch.cat(feats, dim=1), sq)
+        return FeatureBatch(torch.cat(feats, dim=1), sq, values)
 
     def _factored(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
-        b, cap, out_grads = self._forward_capture(model, fn, batch)
+        b, cap, out_grads, values = self._forward_capture(model, fn, batch)
         assert self._sites is not None
         parts, sq = [], None
         for i, site in enumerate(self._sites):
@@ -321,7 +323,7 @@ class GradientFeaturizer:
             parts += [xa, g]
             site_sq = xa.pow(2).sum(1) * g.pow(2).sum(1)
             sq = site_sq if sq is None else sq + site_sq
-        return FeatureBatch(torch.cat(parts, dim=1), sq)
+        return FeatureBatch(torch.cat(parts, dim=1), sq, values)
 
     def _factors_for(self, site: LinearSite, dtype: torch.dtype, device: torch.device) -> KroneckerFactors:
         key = (site.module_name, dtype, device)
@@ -399,7 +401,8 @@ class _Bound(nn.Module):
         return self.fn(self.model, batch)
 
 
-def _vmap_grads(model: nn.Module, fn: PerExampleFn, batch: Any, names: list[str]) -> Tensor:
+def _vmap_grads(model: nn.Module, fn: PerExampleFn, batch: Any, names: list[str]) -> tuple[Tensor, Tensor]:
+    """Per-example gradients ``[b, grad_dim]`` and the function's values ``[b]``."""
     from torch.func import functional_call, grad, vmap
 
     b = _batch_size(batch)
@@ -407,26 +410,31 @@ def _vmap_grads(model: nn.Module, fn: PerExampleFn, batch: Any, names: list[str]
     bound = _Bound(model, fn)
     params = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
 
-    def one(ps: dict[str, Tensor], example: Any) -> Tensor:
+    def one(ps: dict[str, Tensor], example: Any) -> tuple[Tensor, Tensor]:
         single = tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, example)
         out = functional_call(bound, {f"model.{k}": v for k, v in ps.items()}, (single,))
         _check_values(out, 1, "the per-example function")
-        return out[0]
+        return out[0], out[0].detach()
 
     in_dims_batch = in_dims if isinstance(in_dims, (tuple, list, dict)) else in_dims
-    grads = vmap(grad(one), in_dims=(None, in_dims_batch))(params, batch)
-    return torch.cat([grads[n].reshape(b, -1) for n in names], dim=1)
+    grads, values = vmap(grad(one, has_aux=True), in_dims=(None, in_dims_batch))(params, batch)
+    return torch.cat([grads[n].reshape(b, -1) for n in names], dim=1), values
 
 
-def _loop_grads(model: nn.Module, fn: PerExampleFn, batch: Any, names: list[str]) -> Tensor:
+def _loop_grads(model: nn.Module, fn: PerExampleFn, batch: Any, names: list[str]) -> tuple[Tensor, Tensor]:
+    """Per-example gradients ``[b, grad_dim]`` and the function's values ``[b]``, one backward pass each."""
     b = _batch_size(batch)
     params = dict(model.named_parameters())
     selected = [params[n] for n in names]
-    rows = []
+    rows, values = [], []
     for i in range(b):
         single = tree_map(lambda t: t[i : i + 1] if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == b else t, batch)
-        value = fn(model, single)
+        try:
+            value = fn(model, single)
+        except ExampleError as exc:  # about example 0 of the one-example batch: say which of this batch
+            raise ExampleError(i + exc.index, exc.problem) from None
         _check_values(value, 1, "the per-example function")
         grads = torch.autograd.grad(value[0], selected, allow_unused=True)
+        values.append(value[0].detach())
         rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, selected)]))
-    return torch.stack(rows)
+    return torch.stack(rows), torch.stack(values)

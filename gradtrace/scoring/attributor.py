@@ -9,6 +9,7 @@ together, so ``top_k`` never holds more than ``n_query x shard_size`` scores.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -67,6 +68,13 @@ class Attributor:
     (Fisher's inverses) is fitted once and kept by this attributor.
     ``executor`` decides which shard ranges this process scans (default: all
     of them; see :mod:`gradtrace.execution`).
+
+    ``verify`` sets ``store.verify_reads``: each shard file read is checked
+    against its recorded sha256, once per process per file (on by default for
+    a store opened from a path; None keeps a given store's own setting).
+    Before query features are computed, every checkpoint file is checked
+    against the fingerprint recorded when the store was made
+    (:class:`~gradtrace.errors.CheckpointError` naming the one that changed).
     """
 
     def __init__(
@@ -80,10 +88,13 @@ class Attributor:
         batch_size: int | None = None,
         progress: bool = False,
         executor: Executor | None = None,
+        verify: bool | None = None,
     ):
         if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
         self.store = store if isinstance(store, GradientStore) else GradientStore.open(store)
+        if verify is not None:
+            self.store.verify_reads = bool(verify)
         self.model = model
         self.task = task
         self.checkpoint_loader = checkpoint_loader
@@ -104,9 +115,10 @@ class Attributor:
             raise InputError("Attributor was made without a model; pass the model to compute query features")
         task = check_task(self.task)
         self._check_model()
+        self.store.check_checkpoints()  # the weights the store's gradients were taken at
         behaviour = resolve_behaviour(behaviour, task)
         sign = behaviour_sign(behaviour)
-        source = as_source(queries, collate=getattr(task, "collate", None))
+        source = as_source(queries, collate=getattr(task, "collate", None), what="queries")
         if len(source) == 0:
             raise InputError("queries: the query set is empty")
         settings = self.store.settings
@@ -128,10 +140,23 @@ class Attributor:
                 rows, nrm = compute_shard(
                     self.model, signed, featurizer, source, 0, len(source), batch_size=self.batch_size or settings.batch_size,
                     normalise=settings.projection_kind != "factored", dtype="float64", bar=bar,
+                    on_nonfinite=_refuse_query(c, ref), what="queries", value_name="behaviour value",
                 )
                 unit.append(torch.from_numpy(rows))
                 norms.append(torch.from_numpy(nrm[:, 0].copy()))
         return QueryFeatures(unit, norms, describe(behaviour), len(source), method if transforms else None)
+
+    @staticmethod
+    def _check_finite(qf: QueryFeatures) -> None:
+        """Refuse precomputed query features holding NaN or inf, naming the query."""
+        for c, (unit, norms) in enumerate(zip(qf.unit, qf.norms)):
+            finite = torch.isfinite(unit).all(dim=1) & torch.isfinite(norms)
+            if not bool(finite.all()):
+                q = int((~finite).nonzero()[0, 0])
+                raise InputError(
+                    f"queries: query {q} of these QueryFeatures has non-finite features or norm at checkpoint {c}; "
+                    "gradtrace refuses non-finite query values"
+                )
 
     def _check_model(self) -> None:
         fp = model_fingerprint(self.model)
@@ -161,6 +186,7 @@ class Attributor:
                 f"these QueryFeatures were computed for {made}; variant {method!r} needs its own: "
                 "query_features(queries, variant=<that method>), or pass the queries themselves"
             )
+        self._check_finite(queries)
         return queries
 
     # -- scoring ----------------------------------------------------------------
@@ -179,8 +205,9 @@ class Attributor:
     ) -> TopK:
         """The ``k`` highest (proponents) or lowest (opponents) scores per query,
         streamed: the full score matrix is never built."""
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InputError(f"k must be a positive integer; got {k!r}")
+        if not isinstance(k, numbers.Integral) or isinstance(k, (bool, np.bool_)) or k < 1:
+            raise InputError(f"k must be a positive integer; got {k!r} ({type(k).__name__})")
+        k = int(k)
         method = self._method(variant)
         qf = self._as_query_features(queries, behaviour, method)
         k = min(k, self.store.n_examples)
@@ -215,6 +242,7 @@ class Attributor:
                 rows = torch.from_numpy(np.asarray(self.store.features(c, a, b)[local], dtype=np.float64))
                 fn = torch.from_numpy(self.store.norms(c, a, b)[local, 0])
                 out[c][:, cols] = score(c, rows, fn).numpy()
+        out[:, :, np.isin(idx, self.store.skipped_indices)] = 0.0  # examples left out score 0
         return out
 
     def self_influence(self) -> np.ndarray:
@@ -241,6 +269,7 @@ class Attributor:
         score = self._prepare(qf, method, compute, accumulate)
         buffer = torch.empty((SCAN_ROWS, self.store.feature_dim), dtype=compute) if dtype == "float16" else None
         n_ckpt = len(qf.unit)
+        skipped = self.store.skipped_indices  # examples left out score 0 (usually none)
 
         def blocks(a: int, b: int) -> Iterator[tuple[int, int, Tensor]]:
             for lo in range(a, b, SCAN_ROWS):
@@ -253,9 +282,22 @@ class Attributor:
                     part = score(c, rows, fn)
                     total = part if total is None else total.add_(part)
                 assert total is not None  # a store has at least one checkpoint
+                if skipped.size:
+                    here = skipped[np.searchsorted(skipped, lo) : np.searchsorted(skipped, hi)]
+                    total[:, torch.from_numpy(here - lo)] = 0
                 yield lo, hi, total
 
         return self.executor.scan(self.store.shard_ranges(), blocks)
+
+
+def _refuse_query(checkpoint: int, ref: CheckpointRef) -> Callable[[int, str], None]:
+    def refuse(index: int, problem: str) -> None:
+        raise InputError(
+            f"queries: query {index} has a {problem} at checkpoint {checkpoint} ({ref.path!r}); "
+            "gradtrace refuses non-finite query values"
+        )
+
+    return refuse
 
 
 def _combine_top_k(parts: list[tuple[np.ndarray, np.ndarray]], k: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -319,10 +361,12 @@ def self_influence(store: GradientStore) -> np.ndarray:
     """``sum_c lr_c * |g_c(z)|^2`` per training example, from the exact
     (unprojected) squared gradient norms kept in the store: exact even when
     the features are projected. High values flag mislabelled, poisoned or
-    atypical examples."""
+    atypical examples. Examples left out for non-finite values
+    (``store.skipped_examples``) read 0."""
     lrs = store.learning_rates
     out = np.zeros(store.n_examples, dtype=np.float64)
     for a, b in store.shard_ranges():
         for c, lr in enumerate(lrs):
             out[a:b] += lr * store.norms(c, a, b)[:, 1]
+    out[store.skipped_indices] = 0.0
     return out

@@ -62,6 +62,22 @@ class Segment:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class SkippedExample:
+    """A training example left out by ``featurize(..., on_nonfinite="skip")``:
+    its loss or gradient was not finite at ``checkpoint``. Its rows and norms
+    there are zeros, and every score of it (all checkpoints) reads as 0."""
+
+    index: int  # position in the store
+    id: str
+    checkpoint: int
+    checkpoint_path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 class GradientStore:
     """A store directory (see the module docstring). Open with :meth:`open`
     or make with :meth:`create`; :func:`gradtrace.featurize` does both."""
@@ -75,6 +91,7 @@ class GradientStore:
         self.verify_reads = verify
         self._ids: list[str] | None = None
         self._tags: list[Any] | None = None
+        self._skipped: list[tuple[int, int, str]] | None = None
 
     # -- opening ------------------------------------------------------------
     @classmethod
@@ -215,6 +232,7 @@ class GradientStore:
             )
         self.manifest = fresh
         self._ids = self._tags = None
+        self._skipped = None
 
     def _write_manifest(self) -> None:
         atomic_write_bytes(self.root / MANIFEST, json_bytes(self.manifest))
@@ -265,15 +283,25 @@ class GradientStore:
     def complete(self) -> bool:
         return bool(self.segments) and not self.missing_shards()
 
-    def write_shard(self, ckpt: int, start: int, stop: int, unit_rows: np.ndarray, norms: np.ndarray) -> None:
+    def write_shard(
+        self, ckpt: int, start: int, stop: int, unit_rows: np.ndarray, norms: np.ndarray,
+        skipped: Sequence[tuple[int, str]] = (),
+    ) -> None:
         """Write one shard: feature rows (store dtype; unit norm unless
-        factored) and float64 ``[row_norm, exact_squared_norm]`` per example."""
+        factored) and float64 ``[row_norm, exact_squared_norm]`` per example.
+        ``skipped``: ``(store index, reason)`` of examples left out (their rows
+        and norms must be zeros), kept in the shard's record; the record of a
+        shard without any is as it always was."""
         m = stop - start
         dtype = np.dtype(self.settings.dtype)
         if unit_rows.shape != (m, self.feature_dim) or unit_rows.dtype != dtype:
             raise StoreError(f"shard rows must be {(m, self.feature_dim)} {dtype}; got {unit_rows.shape} {unit_rows.dtype}")
         if norms.shape != (m, 2) or norms.dtype != np.float64:
             raise StoreError(f"shard norms must be {(m, 2)} float64; got {norms.shape} {norms.dtype}")
+        integrity.check_finite_norms(self._stem(ckpt, start, stop).with_suffix(".norms.npy"), norms, start)
+        for index, _ in skipped:
+            if not start <= index < stop or norms[index - start].any() or unit_rows[index - start].any():
+                raise StoreError(f"skipped example {index} must be a row of shard {start}-{stop} written as zeros")
         stem = self._stem(ckpt, start, stop)
         stem.parent.mkdir(parents=True, exist_ok=True)
         # Files go to temporaries first; they are published, record last, under the
@@ -284,13 +312,16 @@ class GradientStore:
             for suffix, array in ((".features.npy", unit_rows), (".norms.npy", norms)):
                 path = stem.with_name(stem.name + suffix)
                 temporaries[path], files[path.name] = write_temporary(path, npy_bytes(array))
-            record = {"checkpoint": ckpt, "start": start, "stop": stop, "sha256": files}
+            record: dict[str, Any] = {"checkpoint": ckpt, "start": start, "stop": stop, "sha256": files}
+            if skipped:
+                record["skipped"] = [{"index": int(i), "reason": str(r)} for i, r in sorted(skipped)]
             with manifest_lock(self.root):
                 if self.has_shard(ckpt, start, stop):
                     return
                 for path, tmp in temporaries.items():
                     os.replace(tmp, path)
                 atomic_write_bytes(stem.with_suffix(".json"), json_bytes(record))
+                self._skipped = None
         finally:
             for tmp in temporaries.values():
                 tmp.unlink(missing_ok=True)
@@ -309,8 +340,12 @@ class GradientStore:
         return self._read(ckpt, start, stop, ".features.npy", self.feature_dim, np.dtype(self.settings.dtype), mmap=True)
 
     def norms(self, ckpt: int, start: int, stop: int) -> np.ndarray:
-        """``[projected_norm, exact_squared_norm]`` per example of one shard."""
-        return self._read(ckpt, start, stop, ".norms.npy", 2, np.dtype(np.float64), mmap=False)
+        """``[projected_norm, exact_squared_norm]`` per example of one shard
+        (checked to be finite, besides the checks of every read)."""
+        norms = self._read(ckpt, start, stop, ".norms.npy", 2, np.dtype(np.float64), mmap=False)
+        stem = self._stem(ckpt, start, stop)
+        integrity.check_finite_norms(stem.with_name(stem.name + ".norms.npy"), norms, start, f" (checkpoint {ckpt}, rows {start}-{stop})")
+        return norms
 
     def _read(self, ckpt: int, start: int, stop: int, suffix: str, cols: int, dtype: np.dtype, mmap: bool) -> np.ndarray:
         stem = self._require(ckpt, start, stop)
@@ -322,13 +357,41 @@ class GradientStore:
     def _record(self, ckpt: int, start: int, stop: int) -> dict[str, str]:
         """The checked ``{file name: sha256}`` of a shard's record."""
         stem = self._stem(ckpt, start, stop)
-        names = (stem.name + ".features.npy", stem.name + ".norms.npy")
-        return integrity.read_shard_record(stem.with_suffix(".json"), ckpt, start, stop, names)
+        return integrity.read_shard_record(stem.with_suffix(".json"), ckpt, start, stop, _shard_files(stem))
+
+    # -- examples left out ------------------------------------------------------
+    def _skipped_entries(self) -> list[tuple[int, int, str]]:
+        """``(index, checkpoint, reason)`` from every written shard's record, sorted (read once, then kept)."""
+        if self._skipped is None:
+            entries = []
+            for c, a, b in self.iter_shards():
+                if self.has_shard(c, a, b):
+                    stem = self._stem(c, a, b)
+                    skipped = integrity.read_shard_skipped(stem.with_suffix(".json"), c, a, b, _shard_files(stem))
+                    entries += [(i, c, reason) for i, reason in skipped]
+            self._skipped = sorted(entries)
+        return self._skipped
+
+    @property
+    def skipped_examples(self) -> list[SkippedExample]:
+        """Examples left out because a loss or gradient was not finite
+        (``featurize(..., on_nonfinite="skip")``), one entry per example and
+        checkpoint at which it was, by index. Every score of such an example
+        reads as 0 (:attr:`skipped_indices`)."""
+        ids, paths = self.ids, [c["path"] for c in self.manifest["checkpoints"]]
+        return [SkippedExample(i, ids[i], c, paths[c], reason) for i, c, reason in self._skipped_entries()]
+
+    @property
+    def skipped_indices(self) -> np.ndarray:
+        """Sorted store indices of the examples in :attr:`skipped_examples` (int64)."""
+        return np.unique(np.array([i for i, _, _ in self._skipped_entries()], dtype=np.int64))
 
     def invalid_shards(self) -> list[tuple[int, int, int, str]]:
         """``(checkpoint, start, stop, problem)`` of every written shard whose
         record is malformed or whose files are missing, of the wrong shape or
-        dtype, or fail their checksum (each file hashed once per process)."""
+        dtype, or fail their checksum (each file hashed once per process),
+        and of those whose norms are not all finite (written before gradtrace
+        refused non-finite values)."""
         bad = []
         for c, a, b in self.iter_shards():
             if not self.has_shard(c, a, b):
@@ -338,7 +401,8 @@ class GradientStore:
                 stem = self._stem(c, a, b)
                 for suffix, cols, dtype in ((".features.npy", self.feature_dim, self.settings.dtype), (".norms.npy", 2, "float64")):
                     name = stem.name + suffix
-                    integrity.open_npy(stem.with_name(name), (b - a, cols), np.dtype(dtype), digests[name], mmap=True)
+                    array = integrity.open_npy(stem.with_name(name), (b - a, cols), np.dtype(dtype), digests[name], mmap=True)
+                integrity.check_finite_norms(stem.with_name(name), np.asarray(array), a)
             except StoreError as exc:
                 bad.append((c, a, b, integrity.describe(exc)))
         return bad
@@ -351,6 +415,7 @@ class GradientStore:
             bad = self.invalid_shards()
             for c, a, b, _ in bad:
                 self._stem(c, a, b).with_suffix(".json").unlink(missing_ok=True)
+            self._skipped = None
         return bad
 
     def iter_shards(self) -> Iterator[tuple[int, int, int]]:
@@ -377,6 +442,11 @@ class GradientStore:
                     problems.append(f"{name}: file missing")
                 elif file_sha256(path) != digest:
                     problems.append(f"{name}: checksum mismatch")
+                elif name.endswith(".norms.npy"):
+                    try:
+                        self.norms(c, a, b)
+                    except StoreError as exc:
+                        problems.append(integrity.describe(exc))
         return problems
 
     def clean_temporaries(self) -> int:
@@ -424,6 +494,10 @@ class GradientStore:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+
+def _shard_files(stem: Path) -> tuple[str, str]:
+    return (stem.name + ".features.npy", stem.name + ".norms.npy")
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:

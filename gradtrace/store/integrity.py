@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import StoreError
 from ..fingerprint import cached_sha256
 
-REPAIR_HINT = "re-run featurize with the same arguments: it rewrites shards that fail their checksum"
+REPAIR_HINT = "re-run featurize with the same arguments: it rewrites shards that fail their checks"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -37,6 +37,17 @@ class ShardFileError(StoreError):
 def read_shard_record(path: Path, ckpt: int, start: int, stop: int, names: tuple[str, str]) -> dict[str, str]:
     """The ``{file name: sha256}`` of a shard record, checked: a JSON object
     naming this checkpoint and row range and a sha256 for each of ``names``."""
+    return _load_record(path, ckpt, start, stop, names)["sha256"]
+
+
+def read_shard_skipped(path: Path, ckpt: int, start: int, stop: int, names: tuple[str, str]) -> list[tuple[int, str]]:
+    """``(example index, problem)`` of the examples a shard record lists as
+    skipped (non-finite; their rows and norms are zeros); none in records
+    that have no ``skipped`` field (every store written before it existed)."""
+    return [(int(e["index"]), str(e["reason"])) for e in _load_record(path, ckpt, start, stop, names).get("skipped", [])]
+
+
+def _load_record(path: Path, ckpt: int, start: int, stop: int, names: tuple[str, str]) -> dict:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
@@ -55,7 +66,33 @@ def read_shard_record(path: Path, ckpt: int, start: int, stop: int, names: tuple
     for name, digest in digests.items():
         if not isinstance(digest, str) or not _SHA256.match(digest):
             raise ShardFileError(path, f"field 'sha256.{name}' must be 64 lowercase hex digits; got {digest!r}")
-    return digests
+    skipped = record.get("skipped", [])
+    seen: set[int] = set()
+    for i, entry in enumerate(skipped if isinstance(skipped, list) else [None]):
+        index = entry.get("index") if isinstance(entry, dict) else None
+        if (
+            not isinstance(entry, dict) or sorted(entry) != ["index", "reason"] or not isinstance(entry["reason"], str)
+            or not isinstance(index, int) or isinstance(index, bool) or not start <= index < stop or index in seen
+        ):
+            raise ShardFileError(
+                path, f"field 'skipped[{i}]' must be {{'index': a new row in [{start}, {stop}), 'reason': a string}}; got {entry!r}"
+            )
+        seen.add(index)
+    return record
+
+
+def check_finite_norms(path: Path, norms: np.ndarray, start: int, where: str = "") -> None:
+    """Raise :class:`ShardFileError` unless every norm of a shard is finite
+    (a store written before gradtrace refused non-finite gradients may hold NaN)."""
+    finite = np.isfinite(norms)
+    if not finite.all():
+        row = int(np.nonzero(~finite.all(axis=1))[0][0])
+        raise ShardFileError(
+            path,
+            f"holds a non-finite gradient norm for example {start + row} ({norms[row].tolist()}): it was written by a "
+            "gradtrace that did not check for non-finite values, and every score involving it is NaN",
+            where,
+        )
 
 
 def open_npy(

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..errors import ConfigMismatchError
+from ..errors import ConfigMismatchError, InputError, StoreError
 from ..fingerprint import checkpoint_fingerprint
 from .gradient_store import MANIFEST, GradientStore, require_new_directory
 from .lock import DEFAULT_TIMEOUT, WritersLock, manifest_lock
@@ -69,7 +69,7 @@ def open_for_writing(
     """
     root = Path(root)
     if not (root / MANIFEST).exists():
-        require_new_directory(root)  # before making any file in a directory that is not ours
+        _require_new_directory_or_store(root, timeout)  # before making any file in a directory that is not ours
     root.mkdir(parents=True, exist_ok=True)
     with manifest_lock(root, timeout):
         lock = WritersLock(root)
@@ -90,6 +90,18 @@ def open_for_writing(
             lock.release()
             raise
     return WriterSession(store, prepared, created, repaired, lock)
+
+
+def _require_new_directory_or_store(root: Path, timeout: float | None) -> None:
+    """Refuse a non-empty directory that holds no store. A store that another
+    writer is creating right now (its files appear before its manifest, all
+    under the manifest lock) is no reason to refuse: look again holding that lock."""
+    try:
+        require_new_directory(root)
+    except (InputError, StoreError):
+        with manifest_lock(root, timeout):  # a directory lock: no file is made (except on NFS)
+            if not (root / MANIFEST).exists():
+                raise
 
 
 def _existing(
