@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import CheckpointRef, checkpoints_from_list
+from ..configbase import positive_int
 from ..data import as_source
 from ..errors import InputError
 from ..grads.compute import CheckpointLoader, resolve_loader, restored
@@ -44,8 +45,7 @@ def self_influence_from_checkpoints(
     """Exact TracIn self-influence of every example of ``data`` (float64),
     equal to ``self_influence(featurize(...))`` with the same parameters but
     without writing a store. ``model``'s own weights are restored afterwards."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     task = check_task(task)
     refs = checkpoints_from_list(checkpoints)
     source = as_source(data, collate=getattr(task, "collate", None))
