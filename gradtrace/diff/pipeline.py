@@ -34,7 +34,9 @@ LEVELS = ("text", "sentence")
 
 @dataclasses.dataclass(frozen=True)
 class DiffConfig(ConfigBase):
-    """Settings of a diff. ``alpha`` is the FDR level of :meth:`DiffResult.significant`."""
+    """Settings of a diff. ``alpha`` is the FDR level of :meth:`DiffResult.significant`.
+    ``seed`` seeds the split and the clusterers: a cluster config's own
+    ``seed`` is used instead when it is not 0 (the default)."""
 
     seed: int = 0
     validation_fraction: float = 0.5
@@ -186,6 +188,7 @@ def diff_texts(
     rng = np.random.default_rng(seed + 7)
     for level in config.levels:
         ccfg = config.text_clusters if level == "text" else config.sentence_clusters
+        ccfg = dataclasses.replace(ccfg, seed=ccfg.seed or seed)  # the diff's seed unless the level sets its own
         if level == "text":
             rows_e, owner_e = explore, np.arange(len(explore))
             rows_v, owner_v = valid, np.arange(len(valid))
