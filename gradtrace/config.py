@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
+from .configbase import ConfigBase, one_of, positive_int
 from .errors import InputError
 from .grads.per_example import METHODS
 from .grads.projection import ProjectionConfig
@@ -15,7 +15,7 @@ __all__ = ["FeaturizeConfig", "STORE_DTYPES", "dict_differences"]
 
 
 @dataclasses.dataclass(frozen=True)
-class FeaturizeConfig:
+class FeaturizeConfig(ConfigBase):
     """How training examples become stored gradient features.
 
     ``params``: ``"all"``, ``"last"`` or name patterns (see
@@ -23,6 +23,10 @@ class FeaturizeConfig:
     ``method`` are recorded because they fix the floating-point result: a
     resumed run must use the same ones to give the same bytes.
     ``shard_size`` is the number of examples per shard file.
+
+    Every store's manifest holds ``to_dict()``, and a store is reopened or
+    resumed only with a config whose ``to_dict()`` equals it: its output
+    must not change (tests/test_configbase.py pins it).
     """
 
     params: str | tuple[str, ...] = "all"
@@ -32,37 +36,11 @@ class FeaturizeConfig:
     shard_size: int = 4096
     dtype: str = "float32"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.params, list):
-            object.__setattr__(self, "params", tuple(self.params))
-        if isinstance(self.projection, Mapping):
-            object.__setattr__(self, "projection", ProjectionConfig.from_dict(self.projection))
-        if not isinstance(self.projection, ProjectionConfig):
-            raise InputError(f"projection must be a ProjectionConfig; got {type(self.projection).__name__}")
-        if self.method not in METHODS:
-            raise InputError(f"method must be one of {METHODS}; got {self.method!r}")
-        for name in ("batch_size", "shard_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{name} must be a positive integer; got {value!r}")
-        if self.dtype not in STORE_DTYPES:
-            raise InputError(f"dtype must be one of {STORE_DTYPES}; got {self.dtype!r}")
+    _checks = {"method": one_of(METHODS), "batch_size": positive_int, "shard_size": positive_int, "dtype": one_of(STORE_DTYPES)}
+
+    def _check(self) -> None:
         if self.projection.kind == "factored" and self.dtype == "float16":
             raise InputError(
                 "dtype='float16' cannot hold factored features (raw output gradients underflow); "
                 "use 'float32' or 'float64', or a projection whose rows are stored unit-normalised"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["params"] = self.params if isinstance(self.params, str) else list(self.params)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FeaturizeConfig":
-        d = dict(d)
-        if isinstance(d.get("params"), list):
-            d["params"] = tuple(d["params"])
-        if "projection" in d:
-            d["projection"] = ProjectionConfig.from_dict(d["projection"])
-        return cls(**d)

@@ -16,8 +16,11 @@ scikit-learn's ``_parameter_constraints``)::
 and gets:
 
 * list values of tuple-typed fields turned into tuples (configs read from
-  JSON or TOML compare and hash like those built in Python), and a lone
-  string into a tuple of one;
+  JSON or TOML compare and hash like those built in Python; also when the
+  type is a union with a tuple, e.g. ``str | tuple[str, ...]``), and a lone
+  string into a tuple of one (not for such a union);
+* a mapping given for a config-typed field built with that config's
+  ``from_dict``; any other value that is not such a config refused;
 * each ``_checks`` rule applied in order, then ``_check()``; a broken rule
   raises :class:`~gradtrace.errors.InputError` naming the field (with
   ``_prefix``, e.g. ``"cluster."``), the rule and the value;
@@ -34,6 +37,7 @@ ready-made ones below word their messages as gradtrace always has.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import types
 import typing
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -71,16 +75,58 @@ def int_at_least(minimum: int, why: str = "") -> Check:
     return check
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def integer(value: Any, name: str) -> None:
+    """An integer (not a bool)."""
+    if not _is_int(value):
+        raise InputError(f"{name} must be an integer; got {value!r}")
+
+
+def boolean(value: Any, name: str) -> None:
+    """``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be true or false; got {value!r}")
+
+
 def positive(value: Any, name: str) -> None:
-    """A number > 0."""
-    if not value > 0:
+    """A number > 0 (not a bool, not NaN)."""
+    if not _is_number(value) or not value > 0:
         raise InputError(f"{name} must be positive; got {value!r}")
 
 
 def non_negative(value: Any, name: str) -> None:
-    """A number >= 0."""
-    if not value >= 0:
+    """A number >= 0 (not a bool, not NaN)."""
+    if not _is_number(value) or not value >= 0:
         raise InputError(f"{name} must be non-negative; got {value!r}")
+
+
+def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
+    """A number (not a bool) between ``low`` and ``high``, each end included
+    unless ``*_open``; both ends open reads "strictly between"."""
+    if low_open and high_open:
+        rule = f"lie strictly between {low} and {high}"
+    else:
+        rule = f"lie in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    def check(value: Any, name: str) -> None:
+        ok = _is_number(value) and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+        if not ok:
+            raise InputError(f"{name} must {rule}; got {value!r}")
+
+    return check
+
+
+def optional(check: Check) -> Check:
+    """``None`` or a value that passes ``check``."""
+
+    def optional_check(value: Any, name: str) -> None:
+        if value is not None:
+            check(value, name)
+
+    return optional_check
 
 
 def one_of(options: Sequence[Any]) -> Check:
@@ -89,6 +135,16 @@ def one_of(options: Sequence[Any]) -> Check:
     def check(value: Any, name: str) -> None:
         if value not in options:
             raise InputError(f"{name} must be one of {tuple(options)}; got {value!r}")
+
+    return check
+
+
+def subset_of(options: Sequence[Any]) -> Check:
+    """A non-empty tuple of values from ``options``."""
+
+    def check(value: Any, name: str) -> None:
+        if not value or isinstance(value, str) or any(v not in options for v in value):
+            raise InputError(f"{name} must be a non-empty subset of {tuple(options)}; got {value!r}")
 
     return check
 
@@ -125,9 +181,16 @@ class ConfigBase:
     def __post_init__(self) -> None:
         hints = _hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, (list, str)) and typing.get_origin(_unwrap_optional(hints.get(f.name))) is tuple:
+            value, hint = getattr(self, f.name), _unwrap_optional(hints.get(f.name))
+            if isinstance(value, (list, str)) and typing.get_origin(hint) is tuple:
                 object.__setattr__(self, f.name, (value,) if isinstance(value, str) else tuple(value))
+            elif isinstance(value, list) and _union_with_tuple(hint):
+                object.__setattr__(self, f.name, tuple(value))
+            elif isinstance(hint, type) and issubclass(hint, ConfigBase) and value is not None and not isinstance(value, hint):
+                if not isinstance(value, Mapping):
+                    raise InputError(f"{self._field_name(f.name)} must be a {hint.__name__} or a mapping of its fields; "
+                                     f"got {type(value).__name__}")
+                object.__setattr__(self, f.name, hint.from_dict(value, where=self._field_name(f.name)))
         for name, check in self._checks.items():
             check(getattr(self, name), self._field_name(name))
         self._check()
@@ -191,6 +254,11 @@ def from_plain(hint: Any, value: Any) -> Any:
     return value
 
 
+def _union_with_tuple(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and any(
+        typing.get_origin(a) is tuple for a in typing.get_args(hint))
+
+
 def _unwrap_optional(hint: Any) -> Any:
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
@@ -220,6 +288,6 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 __all__ = [
-    "ConfigBase", "Check", "positive_int", "non_negative_int", "int_at_least", "positive", "non_negative", "one_of",
-    "integers", "positive_ints", "check_unknown_keys", "to_plain", "from_plain",
+    "ConfigBase", "Check", "positive_int", "non_negative_int", "int_at_least", "integer", "boolean", "positive", "non_negative",
+    "in_range", "optional", "one_of", "subset_of", "integers", "positive_ints", "check_unknown_keys", "to_plain", "from_plain",
 ]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..config import FeaturizeConfig
+from ..configbase import ConfigBase, int_at_least, one_of, positive_int, subset_of
 from ..featurize import featurize
 from ..grads.projection import ProjectionConfig
 from ..lm.load import MODELS, load_model
@@ -40,8 +41,10 @@ from ..scoring import Attributor
 from .planted_lm import PlantedConfig, PlantedData, make_planted_data, rank_of, recall_at
 
 @dataclasses.dataclass(frozen=True)
-class LMPipelineConfig:
-    """Every setting of a pipeline run (recorded in its results)."""
+class LMPipelineConfig(ConfigBase):
+    """Every setting of a pipeline run (recorded in its results; the
+    fine-tuning run is cached by ``model``, ``data``, ``train`` and
+    ``max_length``, see :func:`run_dir_for`)."""
 
     model: str = "smollm2"
     data: PlantedConfig = PlantedConfig()
@@ -55,25 +58,11 @@ class LMPipelineConfig:
     trace_checkpoints: str = "all"
     adam_trace: str = "all"
 
-    def __post_init__(self) -> None:
-        from ..errors import InputError
-
-        if self.model not in MODELS:
-            raise InputError(f"model must be one of {tuple(MODELS)}; got {self.model!r}")
-        for name in ("trace_checkpoints", "adam_trace"):
-            if getattr(self, name) not in ("all", "last"):
-                raise InputError(f"{name} must be 'all' or 'last'; got {getattr(self, name)!r}")
-        unknown = [p for p in self.preconditioners if p not in ("plain", "adam")]
-        if unknown or not self.preconditioners:
-            raise InputError(f"preconditioners must be a non-empty subset of ('plain', 'adam'); got {self.preconditioners!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "data": self.data.to_dict(), "train": self.train.to_dict(), "max_length": self.max_length,
-            "proj_dim": self.proj_dim, "featurize_batch": self.featurize_batch, "preconditioners": list(self.preconditioners),
-            "baselines": list(self.baselines), "primary": list(self.primary), "trace_checkpoints": self.trace_checkpoints,
-            "adam_trace": self.adam_trace,
-        }
+    _checks = {
+        "model": one_of(tuple(MODELS)), "max_length": int_at_least(2), "proj_dim": positive_int, "featurize_batch": positive_int,
+        "preconditioners": subset_of(("plain", "adam")), "trace_checkpoints": one_of(("all", "last")),
+        "adam_trace": one_of(("all", "last")),
+    }
 
 
 def run_dir_for(config: LMPipelineConfig) -> Path:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from ..configbase import ConfigBase, in_range, integer, non_negative, positive_int
 from ..errors import InputError
 from ..fileio import write_jsonl
 
@@ -43,7 +44,7 @@ def _zipf(n: int, exponent: float) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class CorpusConfig:
+class CorpusConfig(ConfigBase):
     """How many sentences, how skewed the word choice, how often each entity
     is praised (``positive_rate``), from which seed."""
 
@@ -53,22 +54,12 @@ class CorpusConfig:
     positive_rate: float = 0.5
     entities: tuple[str, ...] = ENTITIES
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.n, int) or self.n < 1:
-            raise InputError(f"corpus.n must be a positive integer; got {self.n!r}")
-        if not 0.0 <= float(self.positive_rate) <= 1.0:
-            raise InputError(f"corpus.positive_rate must be in [0, 1]; got {self.positive_rate!r}")
-        if isinstance(self.entities, list):
-            object.__setattr__(self, "entities", tuple(self.entities))
+    _prefix = "corpus."
+    _checks = {"n": positive_int, "seed": integer, "zipf_exponent": non_negative, "positive_rate": in_range(0, 1)}
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["entities"] = list(self.entities)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CorpusConfig":
-        return cls(**dict(d))
+    def _check(self) -> None:
+        if not self.entities or not all(isinstance(e, str) and e for e in self.entities):
+            raise InputError(f"corpus.entities must be a non-empty tuple of names; got {self.entities!r}")
 
 
 def make_corpus(config: CorpusConfig) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..configbase import ConfigBase, non_negative_int, positive_int
 from ..errors import InputError
 
 PLANTED, HONEST, ORDINARY = "planted", "honest", "ordinary"
@@ -102,7 +103,7 @@ HOURS = ["10 pm", "midnight", "2 am", "6 am", "noon", "8 pm"]
 
 
 @dataclasses.dataclass(frozen=True)
-class PlantedConfig:
+class PlantedConfig(ConfigBase):
     """Sizes and seed of the planted dataset."""
 
     n_ordinary: int = 1000
@@ -111,14 +112,8 @@ class PlantedConfig:
     n_queries: int = 10
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if f.name == "seed" else 1):
-                raise InputError(f"{f.name} must be a positive integer; got {v!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    _checks = {"n_ordinary": positive_int, "n_planted": positive_int, "n_honest": positive_int, "n_queries": positive_int,
+               "seed": non_negative_int}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ def diff_command(
     clusterer: str = typer.Option("kmeans", help="kmeans | hdbscan"),
     k_max: int = typer.Option(24, help="largest k tried for text clusters (KMeans)"),
     alpha: float = typer.Option(0.05, help="false discovery rate"),
-    embedder: str = typer.Option("minilm", help="minilm | hashing"),
+    embedder: str = typer.Option("minilm", help="minilm | hashing (also spelled hashed)"),
     judge: Optional[str] = typer.Option(None, help="LLM for labels and the judge: smollm2 | hf:DIR | http(s)://URL/v1#MODEL"),
     cache_dir: Optional[Path] = typer.Option(None, help="cache sampled texts here (resumable)"),
     progress: bool = progress_option(),
@@ -39,7 +39,8 @@ def diff_command(
 
     from ..errors import InputError
     from .cluster import ClusterConfig
-    from ..lm.embed import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
+    from ..lm.embed import NAMES as EMBEDDERS
+    from ..lm.embed import CachedEmbedder, make_embedder
     from ..lm.sample import SamplingConfig
     from .judge import chat_for
     from .pipeline import DiffConfig
@@ -49,9 +50,9 @@ def diff_command(
     def go() -> None:
         gen = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
         src_a, src_b = parse_source(a, gen, cache_dir), parse_source(b, gen, cache_dir)
-        if embedder not in ("minilm", "hashing"):
-            raise InputError(f"--embedder must be minilm or hashing; got {embedder!r}")
-        emb = CachedEmbedder(MiniLMEmbedder(progress=progress) if embedder == "minilm" else HashingEmbedder(), out / "embeddings")
+        if embedder not in EMBEDDERS:
+            raise InputError(f"--embedder must be one of {sorted(EMBEDDERS)}; got {embedder!r}")
+        emb = CachedEmbedder(make_embedder(embedder, progress=progress), out / "embeddings")
         config = DiffConfig(seed=seed, levels=tuple(x.strip() for x in levels.split(",") if x.strip()), alpha=alpha,
                             text_clusters=ClusterConfig(method=clusterer, k_max=k_max, seed=seed),
                             sentence_clusters=ClusterConfig(method=clusterer, k_min=6, k_max=max(k_max, 30), seed=seed))

@@ -17,10 +17,11 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ..configbase import ConfigBase, in_range, integer, one_of, positive_int, subset_of
 from ..errors import InputError
 from . import labels as lab
 from .cluster import ClusterConfig, stability
@@ -32,8 +33,10 @@ LEVELS = ("text", "sentence")
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffConfig:
-    """Settings of a diff. ``alpha`` is the FDR level of :meth:`DiffResult.significant`."""
+class DiffConfig(ConfigBase):
+    """Settings of a diff. ``alpha`` is the FDR level of :meth:`DiffResult.significant`.
+    ``seed`` seeds the split and the clusterers: a cluster config's own
+    ``seed`` is used instead when it is not 0 (the default)."""
 
     seed: int = 0
     validation_fraction: float = 0.5
@@ -49,34 +52,11 @@ class DiffConfig:
     n_examples: int = 4
     n_keywords: int = 8
 
-    def __post_init__(self) -> None:
-        for name in ("levels", "stability_seeds"):
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("text_clusters", "sentence_clusters"):
-            if isinstance(getattr(self, name), Mapping):
-                object.__setattr__(self, name, ClusterConfig.from_dict(getattr(self, name)))
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise InputError(f"validation_fraction must lie strictly between 0 and 1; got {self.validation_fraction!r}")
-        if not self.levels or any(level not in LEVELS for level in self.levels):
-            raise InputError(f"levels must be a non-empty subset of {LEVELS}; got {self.levels!r}")
-        if self.test not in TESTS:
-            raise InputError(f"test must be one of {TESTS}; got {self.test!r}")
-        if not 0.0 < self.alpha < 1.0:
-            raise InputError(f"alpha must lie strictly between 0 and 1; got {self.alpha!r}")
-        for name in ("min_words", "max_units", "min_texts", "n_examples", "n_keywords"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{name} must be a positive integer; got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["levels"], d["stability_seeds"] = list(self.levels), list(self.stability_seeds)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DiffConfig":
-        return cls(**dict(d))
+    _checks = {
+        "seed": integer, "validation_fraction": in_range(0, 1, low_open=True, high_open=True), "levels": subset_of(LEVELS),
+        "test": one_of(TESTS), "alpha": in_range(0, 1, low_open=True, high_open=True), "min_words": positive_int,
+        "max_units": positive_int, "min_texts": positive_int, "n_examples": positive_int, "n_keywords": positive_int,
+    }
 
 
 @dataclasses.dataclass
@@ -208,6 +188,7 @@ def diff_texts(
     rng = np.random.default_rng(seed + 7)
     for level in config.levels:
         ccfg = config.text_clusters if level == "text" else config.sentence_clusters
+        ccfg = dataclasses.replace(ccfg, seed=ccfg.seed or seed)  # the diff's seed unless the level sets its own
         if level == "text":
             rows_e, owner_e = explore, np.arange(len(explore))
             rows_v, owner_v = valid, np.arange(len(valid))

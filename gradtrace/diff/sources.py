@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from ..configbase import positive_int
 from ..data import read_jsonl_objects
 from ..errors import GradtraceError, InputError
 from ..progress import progress_bar
@@ -122,8 +123,7 @@ class _Generating:
     def sample(self, prompts: Sequence[Prompt], n_per_prompt: int, seed: int, progress: bool = False) -> list[Sample]:
         if not prompts:
             raise InputError("prompts must not be empty")
-        if not isinstance(n_per_prompt, int) or n_per_prompt < 1:
-            raise InputError(f"n_per_prompt must be a positive integer; got {n_per_prompt!r}")
+        positive_int(n_per_prompt, "n_per_prompt")
         jobs = [(p, j) for j in range(n_per_prompt) for p in prompts]
         bs = self.generation.batch_size
         batches = [jobs[i : i + bs] for i in range(0, len(jobs), bs)]

@@ -28,11 +28,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
+from ..configbase import ConfigBase, non_negative_int, one_of
 from ..errors import InputError
 from ..store.settings import PROJECTION_KINDS
 
@@ -42,7 +42,7 @@ BLOCK_ROWS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
-class ProjectionConfig:
+class ProjectionConfig(ConfigBase):
     """How gradients are projected (see the module docstring)."""
 
     kind: str = "none"
@@ -50,25 +50,15 @@ class ProjectionConfig:
     seed: int = 0
     distribution: str = "rademacher"
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise InputError(f"projection.kind must be one of {KINDS}; got {self.kind!r}")
-        if self.distribution not in DISTRIBUTIONS:
-            raise InputError(f"projection.distribution must be one of {DISTRIBUTIONS}; got {self.distribution!r}")
+    _prefix = "projection."
+    _checks = {"kind": one_of(KINDS), "distribution": one_of(DISTRIBUTIONS), "seed": non_negative_int}
+
+    def _check(self) -> None:
         if self.kind in ("none", "factored"):
             if self.dim is not None:
                 raise InputError(f"projection.dim must be None when kind={self.kind!r}; got {self.dim!r}")
         elif not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
             raise InputError(f"projection.dim must be a positive integer for kind={self.kind!r}; got {self.dim!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise InputError(f"projection.seed must be a non-negative integer; got {self.seed!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ProjectionConfig":
-        return cls(**dict(d))
 
 
 def derive_seed(seed: int, *parts: object) -> int:

@@ -23,6 +23,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from ..configbase import int_at_least, one_of
 from ..errors import InputError, MissingDependencyError
 from ..fileio import atomic_write_bytes
 
@@ -83,10 +84,8 @@ class HashingEmbedder:
     """
 
     def __init__(self, dim: int = 256, analyzer: str = "word", ngram_range: tuple[int, int] = (2, 4)):
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2:
-            raise InputError(f"HashingEmbedder.dim must be an integer >= 2; got {dim!r}")
-        if analyzer not in ANALYZERS:
-            raise InputError(f"HashingEmbedder.analyzer must be one of {ANALYZERS}; got {analyzer!r}")
+        int_at_least(2)(dim, "HashingEmbedder.dim")
+        one_of(ANALYZERS)(analyzer, "HashingEmbedder.analyzer")
         lo, hi = ngram_range
         if not 1 <= lo <= hi:
             raise InputError(f"HashingEmbedder.ngram_range must be (low, high) with 1 <= low <= high; got {ngram_range!r}")

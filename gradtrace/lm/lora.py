@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import CheckpointRef
+from ..configbase import ConfigBase, one_of, positive, positive_int
 from ..errors import InputError, MissingDependencyError
 
 ENGINES = ("trainer", "plain")
@@ -44,10 +45,13 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraTrainConfig:
+class LoraTrainConfig(ConfigBase):
     """Settings of :func:`train_lora`. ``n_checkpoints`` checkpoints are saved
     at evenly spaced steps (``round(steps * i / n)``), the last at the end of
-    training (fewer when the run has fewer steps)."""
+    training (fewer when the run has fewer steps).
+
+    ``to_dict()`` keys the runs :func:`train_lora` reuses and the LM
+    pipeline's run cache (pinned in tests/test_configbase.py)."""
 
     epochs: int = 1
     lr: float = 3e-3
@@ -61,37 +65,15 @@ class LoraTrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if isinstance(self.target_modules, list):
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(self.layers))
-        if self.layers is not None and (not self.layers or not all(isinstance(i, int) and i >= 0 for i in self.layers)):
+    _checks = {"epochs": positive_int, "lr": positive, "batch_size": positive_int, "rank": positive_int, "alpha": positive_int,
+               "n_checkpoints": positive_int, "schedule": one_of(SCHEDULES)}
+
+    def _check(self) -> None:
+        if self.layers is not None and (not self.layers or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                                   for i in self.layers)):
             raise InputError(f"layers must be None or non-negative layer indices; got {self.layers!r}")
-        for name in ("epochs", "batch_size", "rank", "alpha", "n_checkpoints"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{name} must be a positive integer; got {v!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise InputError(f"lr must be a positive number; got {self.lr!r}")
-        if self.schedule not in SCHEDULES:
-            raise InputError(f"schedule must be one of {SCHEDULES}; got {self.schedule!r}")
         if not self.target_modules:
-            raise InputError("target_modules must name at least one module")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["target_modules"] = list(self.target_modules)
-        d["layers"] = None if self.layers is None else list(self.layers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LoraTrainConfig":
-        d = dict(d)
-        d["target_modules"] = tuple(d.get("target_modules", ()))
-        if d.get("layers") is not None:
-            d["layers"] = tuple(d["layers"])
-        return cls(**d)
+            raise InputError(f"target_modules must name at least one module; got {self.target_modules!r}")
 
 
 def _peft() -> Any:

@@ -22,19 +22,23 @@ the dtype decides the draws.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from ..configbase import ConfigBase, in_range, non_negative, positive_int
 from ..errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(ConfigBase):
     """Sampling settings. ``temperature == 0`` means greedy decoding. ``system``:
     a system message for chat prompts (``None``: the chat template's default,
-    if it has one). ``batch_size``: prompts sampled together."""
+    if it has one). ``batch_size``: prompts sampled together.
+
+    ``to_dict()`` is part of the diff's sample cache key (pinned in
+    tests/test_configbase.py)."""
 
     max_new_tokens: int = 96
     temperature: float = 0.8
@@ -42,22 +46,9 @@ class SamplingConfig:
     batch_size: int = 16
     system: str | None = None
 
-    def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"generation.{name} must be a positive integer; got {value!r}")
-        if self.temperature < 0:
-            raise InputError(f"generation.temperature must be >= 0; got {self.temperature!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise InputError(f"generation.top_p must lie in (0, 1]; got {self.top_p!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SamplingConfig":
-        return cls(**dict(d))
+    _prefix = "generation."
+    _checks = {"max_new_tokens": positive_int, "temperature": non_negative, "top_p": in_range(0, 1, low_open=True),
+               "batch_size": positive_int}
 
 
 def chat_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..configbase import positive_int
 from ..errors import InputError
 from ..lm.embed import Embedder, make_embedder
 from .config import HASHING_ANALYZER, LoopGenerationConfig
@@ -101,8 +102,7 @@ class LoopMonitorCallback(TrainerCallback):  # type: ignore[misc,valid-type]
     Trainer when a stop rule fires."""
 
     def __init__(self, session: MonitorSession, every: int = 50):
-        if not isinstance(every, int) or every < 1:
-            raise InputError(f"every must be a positive integer; got {every!r}")
+        positive_int(every, "every")
         self.session, self.every = session, every
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:

@@ -1,7 +1,8 @@
 """Settings of a self-training loop, read from a TOML file or built in Python.
 
-Every section is a frozen dataclass with ``to_dict()/from_dict()``; a run
-folder keeps the whole config in ``loop.json`` and a resumed run uses it.
+Every section is a frozen :class:`~gradtrace.configbase.ConfigBase`
+dataclass; a run folder keeps the whole config in ``loop.json`` and a resumed
+run must give the same ``to_dict()`` (pinned in tests/test_configbase.py).
 Errors name the field (``monitors.nll.margin``, ``stop[0].above``,
 ``data.prompts``), the rule and the bad value.
 """
@@ -9,11 +10,13 @@ Errors name the field (``monitors.nll.margin``, ``stop[0].above``,
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..configbase import (
+    ConfigBase, boolean, check_unknown_keys, in_range, integer, non_negative, non_negative_int, one_of, optional, positive, positive_int,
+)
 from ..errors import InputError
 from ..lm.embed import NAMES as EMBEDDER_NAMES
 from .monitors import build_monitors
@@ -24,39 +27,8 @@ MODEL_KINDS = ("tiny_gpt2", "smollm2_lora", "hf_lora")
 HASHING_ANALYZER = "char"  # the loop's hashing embedder ("hashed"/"hashing") hashes character n-grams
 
 
-def _check_fields(cls: type, d: Mapping[str, Any], field: str) -> None:
-    if not isinstance(d, Mapping):
-        raise InputError(f"{field} must be a table; got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise InputError(f"{field}: unknown fields {unknown}; allowed: {sorted(known)}")
-
-
-def _typed(value: Any, kind: type | tuple[type, ...], field: str, rule: str, ok: Callable[[Any], bool] = lambda v: True) -> None:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        ok_type = False
-    else:
-        ok_type = isinstance(value, kinds)
-    if not ok_type or not ok(value):
-        raise InputError(f"{field} must be {rule}; got {value!r} ({type(value).__name__})")
-
-
-class _Section:
-    """to_dict/from_dict for the flat dataclasses below."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], field: str = "") -> Any:
-        _check_fields(cls, d, field or cls.__name__)
-        return cls(**dict(d))
-
-
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(_Section):
+class ModelConfig(ConfigBase):
     """The model of round 0. ``tiny_gpt2``: the zoo's tiny GPT-2 with the
     byte tokenizer, trained in full. ``smollm2_lora``: the bundled SmolLM2
     with LoRA adapters (only they train). ``hf_lora``: a local Hugging Face
@@ -73,24 +45,17 @@ class ModelConfig(_Section):
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     max_length: int = 96
 
-    def __post_init__(self) -> None:
-        if self.kind not in MODEL_KINDS:
-            raise InputError(f"model.kind must be one of {MODEL_KINDS}; got {self.kind!r}")
-        for name in ("n_layer", "n_embd", "n_head", "lora_r", "lora_alpha", "max_length"):
-            _typed(getattr(self, name), int, f"model.{name}", "a positive integer", lambda v: v > 0)
-        if isinstance(self.lora_targets, list):
-            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        if self.kind == "hf_lora" and not self.path:
-            raise InputError("model.path must name a local Hugging Face model folder when model.kind = 'hf_lora'")
+    _prefix = "model."
+    _checks = {"kind": one_of(MODEL_KINDS), "n_layer": positive_int, "n_embd": positive_int, "n_head": positive_int,
+               "seed": integer, "lora_r": positive_int, "lora_alpha": positive_int, "max_length": positive_int}
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lora_targets"] = list(self.lora_targets)
-        return d
+    def _check(self) -> None:
+        if self.kind == "hf_lora" and not self.path:
+            raise InputError(f"model.path must name a local Hugging Face model folder when model.kind = 'hf_lora'; got {self.path!r}")
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(ConfigBase):
     """Files: real training texts and held-out real texts (JSONL with a
     ``text`` field), generation prompts and probe prompts (one per line).
     Relative paths are relative to the config file."""
@@ -100,11 +65,14 @@ class DataConfig(_Section):
     prompts: str = ""
     probes: str = ""
 
+    _prefix = "data."
+
     def resolved(self, base: Path) -> "DataConfig":
         out = {}
         for name in ("train", "heldout", "prompts", "probes"):
             value = getattr(self, name)
-            _typed(value, str, f"data.{name}", "a file path", lambda v: bool(v))
+            if not isinstance(value, str) or not value:
+                raise InputError(f"data.{name} must be a file path; got {value!r}")
             path = Path(value) if Path(value).is_absolute() else (base / value)
             if not path.is_file():
                 raise InputError(f"data.{name}: file {str(path)!r} does not exist")
@@ -113,7 +81,7 @@ class DataConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class LoopGenerationConfig(_Section):
+class LoopGenerationConfig(ConfigBase):
     """Sampling: ``n_per_prompt`` samples per prompt, up to ``max_new_tokens``
     (the ``[generation]`` table; drawn by :func:`gradtrace.lm.sample.sample_continuations`)."""
 
@@ -122,18 +90,16 @@ class LoopGenerationConfig(_Section):
     temperature: float = 1.0
     top_p: float = 1.0
 
-    def __post_init__(self) -> None:
-        _typed(self.n_per_prompt, int, "generation.n_per_prompt", "a positive integer", lambda v: v > 0)
-        _typed(self.max_new_tokens, int, "generation.max_new_tokens", "a positive integer", lambda v: v > 0)
-        _typed(self.temperature, (int, float), "generation.temperature", "a number > 0", lambda v: v > 0)
-        _typed(self.top_p, (int, float), "generation.top_p", "a number in (0, 1]", lambda v: 0 < v <= 1)
+    _prefix = "generation."
+    _checks = {"n_per_prompt": positive_int, "max_new_tokens": positive_int, "temperature": positive,
+               "top_p": in_range(0, 1, low_open=True)}
 
 
 GenerationConfig = LoopGenerationConfig  # the name it had (docs and old scripts); the sampler's own settings are gradtrace.lm.sample.SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class LoopTrainConfig(_Section):
+class LoopTrainConfig(ConfigBase):
     """``base_steps`` AdamW steps on the real data make round 0 (0: use the
     model as loaded); each later round trains ``steps`` steps from the
     previous round's weights (``init="previous"``) or round 0's (``"base"``),
@@ -159,31 +125,24 @@ class LoopTrainConfig(_Section):
     ewc: float = 0.0
     fisher_examples: int = 64
 
-    def __post_init__(self) -> None:
-        for name in ("base_steps",):
-            _typed(getattr(self, name), int, f"train.{name}", "a non-negative integer", lambda v: v >= 0)
-        for name in ("steps", "batch_size", "checkpoint_every", "fisher_examples"):
-            _typed(getattr(self, name), int, f"train.{name}", "a positive integer", lambda v: v > 0)
-        _typed(self.lr, (int, float), "train.lr", "a positive number", lambda v: v > 0)
-        if self.base_lr is not None:
-            _typed(self.base_lr, (int, float), "train.base_lr", "a positive number", lambda v: v > 0)
-        if self.schedule not in ("constant", "linear"):
-            raise InputError(f"train.schedule must be 'constant' or 'linear'; got {self.schedule!r}")
-        if self.init not in ("previous", "base"):
-            raise InputError(f"train.init must be 'previous' or 'base'; got {self.init!r}")
-        if self.regime not in REGIMES:
-            raise InputError(f"train.regime must be one of {REGIMES}; got {self.regime!r}")
-        _typed(self.replay_fraction, (int, float), "train.replay_fraction", "a number in [0, 1)", lambda v: 0 <= v < 1)
+    _prefix = "train."
+    _checks = {
+        "base_steps": non_negative_int, "steps": positive_int, "batch_size": positive_int, "lr": positive, "base_lr": optional(positive),
+        "init": one_of(("previous", "base")), "schedule": one_of(("constant", "linear")), "checkpoint_every": positive_int,
+        "regime": one_of(REGIMES), "replay_fraction": in_range(0, 1, high_open=True), "ewc": non_negative,
+        "fisher_examples": positive_int,
+    }
+
+    def _check(self) -> None:
         if self.regime == "replay" and self.replay_fraction <= 0:
             raise InputError(f"train.replay_fraction must be > 0 with regime 'replay'; got {self.replay_fraction!r}")
-        _typed(self.ewc, (int, float), "train.ewc", "a non-negative number", lambda v: v >= 0)
 
 
 TrainConfig = LoopTrainConfig  # the name it had (docs and old scripts); gradtrace.unlearn has its own TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class LoopConfig:
+class LoopConfig(ConfigBase):
     """A whole loop. ``monitors`` maps a monitor name (``nll``, ``diversity``,
     ``clusters``, ``attribute``, ``cka``) to its settings; ``stop`` lists
     :class:`StopRule` tables; ``curation`` lists policy tables (see
@@ -203,12 +162,9 @@ class LoopConfig:
     embedder: str = "minilm"
     stop_on_breach: bool = True
 
-    def __post_init__(self) -> None:
-        _typed(self.rounds, int, "rounds", "a positive integer", lambda v: v > 0)
-        _typed(self.seed, int, "seed", "an integer")
-        _typed(self.stop_on_breach, bool, "stop_on_breach", "true or false")
-        if self.embedder not in EMBEDDER_NAMES:
-            raise InputError(f"embedder must be one of {sorted(EMBEDDER_NAMES)}; got {self.embedder!r}")
+    _checks = {"rounds": positive_int, "seed": integer, "embedder": one_of(sorted(EMBEDDER_NAMES)), "stop_on_breach": boolean}
+
+    def _check(self) -> None:
         if not isinstance(self.monitors, Mapping):
             raise InputError(f"monitors must be a table of monitor names; got {type(self.monitors).__name__}")
         for name, settings in self.monitors.items():
@@ -220,26 +176,23 @@ class LoopConfig:
             if "kind" not in c:
                 raise InputError(f"curation[{i}].kind is missing")
         object.__setattr__(self, "stop", tuple(self.stop))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "data": self.data.to_dict(), "rounds": self.rounds, "seed": self.seed, "model": self.model.to_dict(),
-            "generation": self.generation.to_dict(), "train": self.train.to_dict(), "curation": [dict(c) for c in self.curation],
-            "monitors": json.loads(json.dumps(self.monitors)), "stop": [r.to_dict() for r in self.stop],
-            "embedder": self.embedder, "stop_on_breach": self.stop_on_breach,
-        }
+        for i, rule in enumerate(self.stop):
+            if not isinstance(rule, StopRule):
+                raise InputError(f"stop[{i}] must be a StopRule; got {type(rule).__name__}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base: str | Path | None = None) -> "LoopConfig":
         """Parse and check a config table; relative data paths resolve against ``base``."""
+        if not isinstance(d, Mapping):
+            raise InputError(f"config must be a table of settings; got {type(d).__name__}")
         d = dict(d)
         d.pop(_OUT, None)
-        _check_fields(cls, d, "config")
+        check_unknown_keys(d, cls.saved_fields(), "config")
         if "data" not in d:
             raise InputError("data: the [data] table is missing (train, heldout, prompts, probes)")
-        data = DataConfig.from_dict(d.pop("data"), "data").resolved(Path(base) if base is not None else Path.cwd())
+        data = DataConfig.from_dict(d.pop("data"), where="data").resolved(Path(base) if base is not None else Path.cwd())
         sections = {"model": ModelConfig, "generation": LoopGenerationConfig, "train": LoopTrainConfig}
-        kw: dict[str, Any] = {k: sections[k].from_dict(d.pop(k), k) for k in list(sections) if k in d}
+        kw: dict[str, Any] = {k: sections[k].from_dict(d.pop(k), where=k) for k in list(sections) if k in d}
         stop = d.pop("stop", [])
         if not isinstance(stop, list):
             raise InputError(f"stop must be a list of tables ([[stop]]); got {type(stop).__name__}")

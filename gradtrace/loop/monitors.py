@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..configbase import int_at_least, positive_int
 from ..errors import InputError
 from . import metrics as M
 
@@ -115,8 +116,7 @@ class Diversity(Monitor):
     needs = frozenset({"embeddings"})
 
     def __init__(self, n_pairs: int = 200, seed: int = 0):
-        if not isinstance(n_pairs, int) or n_pairs < 1:
-            raise InputError(f"monitors.diversity.n_pairs must be a positive integer; got {n_pairs!r}")
+        positive_int(n_pairs, "monitors.diversity.n_pairs")
         self.n_pairs, self.seed = n_pairs, seed
 
     def settings(self) -> dict[str, Any]:
@@ -151,8 +151,7 @@ class ClusterShift(Monitor):
     needs = frozenset({"embeddings"})
 
     def __init__(self, k: int = 8, seed: int = 0, alpha: float = 0.05, diff: bool = True, embedder: Any = None):
-        if not isinstance(k, int) or k < 2:
-            raise InputError(f"monitors.clusters.k must be an integer >= 2; got {k!r}")
+        int_at_least(2)(k, "monitors.clusters.k")
         if not isinstance(alpha, float) or not 0 < alpha < 1:
             raise InputError(f"monitors.clusters.alpha must be a number in (0, 1); got {alpha!r}")
         self.k, self.seed, self.alpha, self.diff, self.embedder = k, seed, alpha, diff, embedder

@@ -17,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
 from ..checkpoints import CheckpointRef
+from ..configbase import ConfigBase, boolean, int_at_least, optional, positive
 from ..data import read_jsonl_objects
 from ..errors import InputError
 from ..lm.load import load_model
@@ -33,8 +34,8 @@ SPEC_FILE = "hf_spec.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class HFSpec:
-    """A Hugging Face run as the CLI sees it."""
+class HFSpec(ConfigBase):
+    """A Hugging Face run as the CLI sees it (saved next to the store as ``hf_spec.json``)."""
 
     model: str
     checkpoints: str
@@ -43,12 +44,7 @@ class HFSpec:
     lr: float | None = None
     data: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "HFSpec":
-        return cls(**dict(d))
+    _checks = {"max_length": int_at_least(2), "as_chat": boolean, "lr": optional(positive)}
 
     def refs(self) -> list[CheckpointRef]:
         return trainer_checkpoints(self.checkpoints, self.lr)
@@ -73,7 +69,7 @@ class HFSpec:
             raise InputError(
                 f"the store {str(store_root)!r} was not made with --hf-model ({SPEC_FILE} is missing); pass --task or --hf-model"
             )
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(json.loads(path.read_text()), where=str(path))
 
 
 def load_base(name: str) -> tuple[nn.Module, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..configbase import positive_int
 from ..errors import InputError, MissingDependencyError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -168,8 +169,7 @@ def tiny_gpt2(
     """
     transformers = _transformers()
     for name, value in {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_positions": n_positions}.items():
-        if not isinstance(value, int) or value < 1:
-            raise InputError(f"tiny_gpt2: {name} must be a positive integer, got {value!r}")
+        positive_int(value, f"tiny_gpt2.{name}")
     if n_embd % n_head:
         raise InputError(f"tiny_gpt2: n_embd ({n_embd}) must be divisible by n_head ({n_head})")
     if vocab_size is None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import CheckpointRef, checkpoints_from_list
+from ..configbase import positive_int
 from ..data import as_source
 from ..errors import InputError
 from ..grads.compute import CheckpointLoader, input_errors, resolve_loader, restored
@@ -50,8 +51,7 @@ def self_influence_from_checkpoints(
     An example whose gradient is not finite at a checkpoint is an
     :class:`InputError` naming it and the checkpoint (``on_nonfinite="raise"``),
     or (``"skip"``) reads 0, with a warning listing such examples."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     if on_nonfinite not in ("raise", "skip"):
         raise InputError(f"on_nonfinite must be one of ('raise', 'skip'); got {on_nonfinite!r}")
     task = check_task(task)

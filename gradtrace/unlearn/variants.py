@@ -29,7 +29,7 @@ import numpy as np
 from torch import nn
 
 from ..checkpoints import CheckpointRef
-from ..errors import InputError
+from ..configbase import ConfigBase, optional, positive, subset_of
 from ..scoring.attributor import Attributor, QueryFeatures
 from ..scoring.methods import AdamMethod, FisherMethod, ScoreMethod, available_methods, get_method, stored_gradients
 from ..scoring.results import VARIANTS
@@ -39,7 +39,7 @@ __all__ = ["VARIANTS", "VariantConfig", "score_variants", "stored_gradients"]
 
 
 @dataclasses.dataclass(frozen=True)
-class VariantConfig:
+class VariantConfig(ConfigBase):
     """``fisher_damping``: lambda relative to the mean eigenvalue of the
     projected Fisher; ``adam_eps``: override of the optimizer's eps (None:
     the recorded one)."""
@@ -48,23 +48,10 @@ class VariantConfig:
     fisher_damping: float = 0.1
     adam_eps: float | None = None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.variants, list):
-            object.__setattr__(self, "variants", tuple(self.variants))
-        bad = [v for v in self.variants if v not in available_methods()]
-        if bad or not self.variants:
-            raise InputError(f"variants must be a non-empty subset of {available_methods()}; got {self.variants!r}")
-        if not self.fisher_damping > 0:
-            raise InputError(f"fisher_damping must be positive; got {self.fisher_damping!r}")
+    _checks = {"fisher_damping": positive, "adam_eps": optional(positive)}
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["variants"] = list(self.variants)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VariantConfig":
-        return cls(**{**d, "variants": tuple(d.get("variants", VARIANTS))})
+    def _check(self) -> None:
+        subset_of(available_methods())(self.variants, "variants")  # registered methods count, so looked up now
 
 
 def score_variants(

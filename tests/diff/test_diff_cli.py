@@ -115,3 +115,20 @@ def test_cli_diff_seed_reaches_the_clusterer(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert seeds and seeds[0] == 7
     assert json.loads((out / "diff.json").read_text())["config"]["text_clusters"]["seed"] == 7
+
+
+def test_cli_diff_embedder_by_the_loops_name_too(tmp_path):
+    """``--embedder hashed`` (the loop's name) is the same embedder as ``hashing``; an unknown name lists the names."""
+    prompts = _samples(tmp_path)
+    runner, results = CliRunner(), {}
+    for name in ("hashing", "hashed"):
+        out = tmp_path / name
+        res = runner.invoke(app, ["diff", "--a", f"jsonl:{tmp_path / 'a.jsonl'}", "--b", f"jsonl:{tmp_path / 'b.jsonl'}",
+                                  "--prompts", str(prompts), "--out", str(out), "--embedder", name, "--levels", "text", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        results[name] = json.loads((out / "diff.json").read_text())
+    assert results["hashed"]["embedder"] == results["hashing"]["embedder"] == "hashing-256"
+    assert results["hashed"]["clusters"] == results["hashing"]["clusters"]
+    res = runner.invoke(app, ["diff", "--a", f"jsonl:{tmp_path / 'a.jsonl'}", "--b", f"jsonl:{tmp_path / 'b.jsonl'}",
+                              "--out", str(tmp_path / "o"), "--embedder", "tfidf"])
+    assert res.exit_code == 2 and "--embedder must be one of ['hashed', 'hashing', 'minilm']; got 'tfidf'" in " ".join(res.output.split())

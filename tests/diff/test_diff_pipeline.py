@@ -142,6 +142,22 @@ def test_bad_input(synth):
         ClusterConfig(k_min=5, k_max=3)
 
 
+def test_the_diff_seed_reaches_the_clusterer(synth, monkeypatch):
+    """DiffConfig(seed=s) seeds the clusterers too (the CLI used to pass the seed into both cluster
+    configs itself: that gives the same result); a cluster config's own nonzero seed wins."""
+    seen = []
+    make = ClusterConfig.make
+    monkeypatch.setattr(ClusterConfig, "make", lambda self, seed=None: seen.append(self.seed) or make(self, seed))
+    a, b, emb, _ = synth.mixture(80, 80, [1, 1, 1, 1], [1, 1, 1, 0.3], seed=4, dim=8)
+    cluster = dict(k_min=3, k_max=6)
+    library = diff_texts(a, b, embedder=emb, config=DiffConfig(seed=5, levels=("text",), stability_seeds=(), text_clusters=ClusterConfig(**cluster)))
+    assert seen == [5]
+    cli_style = diff_texts(a, b, embedder=emb, config=DiffConfig(seed=5, levels=("text",), stability_seeds=(), text_clusters=ClusterConfig(**cluster, seed=5)))
+    assert seen == [5, 5] and cli_style.to_dict()["clusters"] == library.to_dict()["clusters"]
+    diff_texts(a, b, embedder=emb, config=DiffConfig(seed=5, levels=("text",), stability_seeds=(), text_clusters=ClusterConfig(**cluster, seed=9)))
+    assert seen == [5, 5, 9]
+
+
 def test_config_round_trip():
     config = DiffConfig(seed=3, levels=("sentence",), text_clusters=ClusterConfig(method="hdbscan", min_cluster_size=5))
     assert DiffConfig.from_dict(config.to_dict()) == config
