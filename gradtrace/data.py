@@ -219,12 +219,27 @@ def hash_into(h: "hashlib._Hash", obj: Any) -> None:
 def read_jsonl_objects(path: str | Path, label: str | None = None) -> list[dict[str, Any]]:
     """Every non-blank line of a JSONL file, each a JSON object. Errors name
     ``label`` (default: the path) and the line number."""
+    return [rec for _, rec in numbered_jsonl_objects(path, label)]
+
+
+def numbered_jsonl_objects(path: str | Path, label: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """:func:`read_jsonl_objects` with each object's 1-based line number.
+
+    Lines end at ``\\n`` only (a JSON string may hold U+2028); a UTF-8 byte
+    order mark is allowed on the first line; a line that is not UTF-8 is an
+    error naming the line, the column and the byte."""
     path = Path(path)
     label = label or str(path)
     if not path.is_file():
         raise InputError(f"{label}: file {str(path)!r} does not exist")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{label}: line {n} is not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); save the file as UTF-8"
+            ) from None
         if not line.strip():
             continue
         try:
@@ -233,5 +248,5 @@ def read_jsonl_objects(path: str | Path, label: str | None = None) -> list[dict[
             raise InputError(f"{label}: line {n} is not valid JSON ({exc.msg})") from None
         if not isinstance(rec, dict):
             raise InputError(f"{label}: line {n} must be a JSON object; got {type(rec).__name__}")
-        out.append(rec)
+        out.append((n, rec))
     return out

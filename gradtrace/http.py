@@ -145,3 +145,21 @@ def post_json(
     raise EndpointError(
         f"endpoint {url} failed after {attempts} attempt(s) in {time.monotonic() - start:.1f} s: {last}"
     )
+
+
+def timeouts_from_options(
+    timeout: str, deadline: float, timeout_option: str = "--endpoint-timeout", deadline_option: str = "--endpoint-deadline",
+) -> Timeouts:
+    """:class:`Timeouts` from the command line: ``timeout`` is ``CONNECT,READ``
+    (or one number for both) in seconds, ``deadline`` the seconds for a whole
+    request. Errors name the option and the value."""
+    parts = [p.strip() for p in str(timeout).split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(v > 0 and v != float("inf") for v in values):
+        raise InputError(f"{timeout_option} must be CONNECT,READ (or one number for both), positive seconds, e.g. 10,60; got {timeout!r}")
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < float("inf"):
+        raise InputError(f"{deadline_option} must be a positive number of seconds; got {deadline!r}")
+    return Timeouts(connect=values[0], read=values[-1], deadline=float(deadline))

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..cli_common import console, progress_option, run_or_exit
+from ..http import Timeouts
 
 
 def register(app: typer.Typer) -> None:
@@ -32,12 +33,19 @@ def diff_command(
     embedder: str = typer.Option("minilm", help="minilm | hashing (also spelled hashed)"),
     judge: Optional[str] = typer.Option(None, help="LLM for labels and the judge: smollm2 | hf:DIR | http(s)://URL/v1#MODEL"),
     cache_dir: Optional[Path] = typer.Option(None, help="cache sampled texts here (resumable)"),
+    endpoint_timeout: str = typer.Option(
+        f"{Timeouts.connect:g},{Timeouts.read:g}", help="http(s) sources and judge: CONNECT,READ timeouts in seconds (READ: each wait for data)",
+    ),
+    endpoint_deadline: float = typer.Option(
+        Timeouts.deadline, help="http(s) sources and judge: seconds one request may take in all, retries included",
+    ),
     progress: bool = progress_option(),
 ) -> None:
     """Diff two models' behaviour: clusters whose share of texts comes mostly from one model."""
     from rich.table import Table
 
     from ..errors import InputError
+    from ..http import timeouts_from_options
     from .cluster import ClusterConfig
     from ..lm.embed import NAMES as EMBEDDERS
     from ..lm.embed import CachedEmbedder, make_embedder
@@ -48,15 +56,16 @@ def diff_command(
     from .sources import parse_source
 
     def go() -> None:
+        timeouts = timeouts_from_options(endpoint_timeout, endpoint_deadline)
         gen = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
-        src_a, src_b = parse_source(a, gen, cache_dir), parse_source(b, gen, cache_dir)
+        src_a, src_b = parse_source(a, gen, cache_dir, timeouts), parse_source(b, gen, cache_dir, timeouts)
         if embedder not in EMBEDDERS:
             raise InputError(f"--embedder must be one of {sorted(EMBEDDERS)}; got {embedder!r}")
         emb = CachedEmbedder(make_embedder(embedder, progress=progress), out / "embeddings")
         config = DiffConfig(seed=seed, levels=tuple(x.strip() for x in levels.split(",") if x.strip()), alpha=alpha,
                             text_clusters=ClusterConfig(method=clusterer, k_max=k_max, seed=seed),
                             sentence_clusters=ClusterConfig(method=clusterer, k_min=6, k_max=max(k_max, 30), seed=seed))
-        chat = chat_for(judge, "--judge") if judge is not None else None
+        chat = chat_for(judge, "--judge", timeouts) if judge is not None else None
         run = run_diff(src_a, src_b, prompts, out, n_per_prompt=n_per_prompt, seed=seed, config=config, embedder=emb,
                        intended=intended, judge_chat=chat, labeller=chat, names=(a, b), progress=progress)
         res = run.result

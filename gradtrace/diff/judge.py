@@ -33,14 +33,15 @@ def local_chat(model: Any, tokenizer: Any, max_new_tokens: int = 64, seed: int =
     return chat
 
 
-def chat_for(spec: str, option: str = "--judge") -> Chat:
+def chat_for(spec: str, option: str = "--judge", timeouts: Any = None) -> Chat:
     """A chat callable for a model spec: an endpoint (``http(s)://URL/v1#MODEL``,
-    temperature 0) or a local model (``smollm2``, ``hf:DIR``, greedy);
-    ``option`` names the argument in errors."""
+    temperature 0, with ``timeouts``, a :class:`gradtrace.http.Timeouts`) or a
+    local model (``smollm2``, ``hf:DIR``, greedy); ``option`` names the
+    argument in errors."""
     from ..errors import InputError
     from .sources import EndpointSource, HFSource, parse_source
 
-    src = parse_source(spec)
+    src = parse_source(spec, timeouts=timeouts)
     if isinstance(src, EndpointSource):
         return lambda messages: src.chat(messages, temperature=0.0, max_tokens=96)
     if isinstance(src, HFSource):

@@ -14,21 +14,20 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from ..configbase import positive_int
 from ..data import read_jsonl_objects
-from ..errors import GradtraceError, InputError
+from ..errors import InputError
+from ..http import EndpointError, Timeouts, origin, post_json
 from ..progress import progress_bar
 from ..lm.sample import SamplingConfig
 
-
-class EndpointError(GradtraceError):
-    """An HTTP endpoint is down, refused the request or answered something unreadable."""
+__all__ = [
+    "EndpointError", "EndpointSource", "HFSource", "JsonlSource", "Prompt", "Sample", "Source", "Timeouts", "check_pairing",
+    "parse_source", "read_prompts",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,17 +196,22 @@ class EndpointSource(_Generating):
     ``base_url`` is the part before ``/chat/completions`` (e.g.
     ``http://localhost:8000/v1``). The API key, if any, is read from the
     environment variable named by ``api_key_env`` and never stored or logged.
-    Each request has a ``timeout``; failures are retried ``retries`` times with
-    exponential backoff, then raise :class:`EndpointError`.
+    Requests go through :func:`gradtrace.http.post_json`: redirects are
+    followed only to the same origin (the key never reaches another host),
+    ``timeouts`` bounds the connection, each read and the whole request
+    (retries included); failures are retried ``retries`` times with
+    exponential backoff, then raise :class:`~gradtrace.http.EndpointError`
+    naming the URL and the model.
     """
 
     def __init__(self, base_url: str, model: str, generation: SamplingConfig | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, retries: int = 2, backoff: float = 0.5, cache_dir: str | Path | None = None):
-        if not base_url.startswith(("http://", "https://")):
-            raise InputError(f"endpoint base_url must start with http:// or https://; got {base_url!r}")
+                 timeouts: Timeouts | None = None, retries: int = 2, backoff: float = 0.5, cache_dir: str | Path | None = None):
+        origin(base_url)  # an http(s) URL with a host, or InputError
+        if timeouts is not None and not isinstance(timeouts, Timeouts):
+            raise InputError(f"timeouts must be a gradtrace.http.Timeouts; got {type(timeouts).__name__}")
         self.base_url, self.model = base_url.rstrip("/"), model
         self.generation = generation or SamplingConfig()
-        self.api_key_env, self.timeout, self.retries, self.backoff = api_key_env, timeout, retries, backoff
+        self.api_key_env, self.timeouts, self.retries, self.backoff = api_key_env, timeouts or Timeouts(), retries, backoff
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
 
     def describe(self) -> dict[str, Any]:
@@ -221,47 +225,40 @@ class EndpointSource(_Generating):
                 "top_p": g.top_p, "max_tokens": max_tokens or g.max_new_tokens, "n": 1}
         if seed is not None:
             body["seed"] = seed
-        headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         url = f"{self.base_url}/chat/completions"
-        last = ""
-        for attempt in range(self.retries + 1):
-            try:
-                req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    data = json.loads(resp.read().decode("utf-8"))
-                return str(data["choices"][0]["message"]["content"])
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code} {exc.reason}"
-                if exc.code < 500 and exc.code != 429:
-                    break
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                last = f"unreadable answer ({type(exc).__name__}: {exc})"
-                break
-            if attempt < self.retries:
-                time.sleep(self.backoff * 2**attempt)
-        raise EndpointError(f"endpoint {url} (model {self.model!r}) failed after {self.retries + 1} attempt(s): {last}")
+        try:
+            data = post_json(url, body, headers, timeouts=self.timeouts, retries=self.retries, backoff=self.backoff)
+        except EndpointError as exc:
+            raise EndpointError(f"{exc} (model {self.model!r})") from None
+        try:
+            return str(data["choices"][0]["message"]["content"])
+        except (KeyError, IndexError, TypeError) as exc:
+            raise EndpointError(
+                f"endpoint {url} (model {self.model!r}) answered without choices[0].message.content "
+                f"({type(exc).__name__}: {exc}); got {json.dumps(data)[:200]}"
+            ) from None
 
     def _complete(self, prompts: list[str], seed: int) -> list[str]:
         system = [{"role": "system", "content": self.generation.system}] if self.generation.system else []
         return [self.chat(system + [{"role": "user", "content": p}], seed=seed * 131 + i) for i, p in enumerate(prompts)]
 
 
-def parse_source(spec: str, generation: SamplingConfig | None = None, cache_dir: str | Path | None = None) -> Source:
+def parse_source(
+    spec: str, generation: SamplingConfig | None = None, cache_dir: str | Path | None = None, timeouts: Timeouts | None = None,
+) -> Source:
     """A source from its command-line form.
 
     ``smollm2`` | ``smollm2+lora:DIR`` | ``hf:DIR`` | ``hf:DIR+lora:DIR`` |
-    ``jsonl:FILE`` (or a path ending in ``.jsonl``) | ``http(s)://HOST/v1#MODEL``.
+    ``jsonl:FILE`` (or a path ending in ``.jsonl``) | ``http(s)://HOST/v1#MODEL``
+    (``timeouts``: its connect/read timeouts and deadline).
     """
     if spec.startswith(("http://", "https://")):
         url, _, model = spec.partition("#")
         if not model:
             raise InputError(f"endpoint source {spec!r} must name the model after '#', e.g. http://localhost:8000/v1#my-model")
-        return EndpointSource(url, model, generation, cache_dir=cache_dir)
+        return EndpointSource(url, model, generation, timeouts=timeouts, cache_dir=cache_dir)
     if spec.startswith("jsonl:") or spec.endswith(".jsonl"):
         return JsonlSource(spec.removeprefix("jsonl:"))
     base, _, adapter = spec.partition("+lora:")

@@ -12,9 +12,9 @@ from typing import Any
 from ..config import FeaturizeConfig
 from ..errors import InputError
 from ..grads.projection import ProjectionConfig
-from .hf import behaviour_by_name, lora_selection
+from .hf import PreferenceMarginBehaviour, behaviour_by_name, lora_selection
 from .hf_checkpoints import adam_transform, load_hf_checkpoint
-from .hf_spec import HFSpec, read_jsonl
+from .hf_spec import COMPLETION_FIELDS, PAIR_FIELDS, HFSpec, read_jsonl
 
 
 def featurize_hf(
@@ -27,11 +27,12 @@ def featurize_hf(
 
     if checkpoints is None or data is None:
         raise InputError("--hf-model needs --checkpoints (a Trainer run or adapter folder) and --data (a JSONL file)")
+    # the data is checked before the model loads (seconds to minutes)
+    examples, ids, tags = read_jsonl(data, "--data", COMPLETION_FIELDS, "each training example needs")
     spec = HFSpec(model=hf_model, checkpoints=str(Path(checkpoints).resolve()), max_length=max_length, as_chat=as_chat, lr=lr,
                   data=str(Path(data).resolve()))
     refs = spec.refs()
     model, task = spec.load()
-    examples, ids, tags = read_jsonl(data, "--data")
     if params == "all":
         params = lora_selection(model)
     if projection == "none" and dim is None and _grad_dim(model, params) > 1_000_000:
@@ -58,22 +59,27 @@ def _grad_dim(model: Any, params: Any) -> int:
 
 
 def query_hf(
-    store: Path, queries: Path, behaviour: str, hf_model: str | None, limit: int | None = None,
+    store: Path, queries: Path, behaviour: str, hf_model: str | None, limit: int | None = None, *, verify: bool = True,
 ) -> tuple[Any, Any, list[dict[str, Any]], list[str], Any]:
     """``(attributor, behaviour, query examples, query ids, query features)``
     for a store made with ``--hf-model``; ``limit``: only the first N queries
-    (a positive integer, named ``--limit`` in errors)."""
+    (a positive integer, named ``--limit`` in errors); ``verify``: check each
+    shard read against its checksum. The queries are checked for the fields
+    the behaviour needs before the model loads."""
     from ..data import head
     from ..scoring import Attributor
+    from ..store import GradientStore
 
     spec = HFSpec.saved(store)
     if hf_model is not None and hf_model != spec.model:
         raise InputError(f"--hf-model {hf_model!r} differs from the model the store was made with ({spec.model!r})")
-    examples, ids, _ = read_jsonl(queries, "--queries")
+    b = behaviour_by_name(behaviour)
+    fields = PAIR_FIELDS if isinstance(b, PreferenceMarginBehaviour) else COMPLETION_FIELDS
+    examples, ids, _ = read_jsonl(queries, "--queries", fields, f"--behaviour {behaviour} needs")
     qids = ids if ids is not None else [f"q{i}" for i in range(len(examples))]
     examples, qids = head(examples, limit, "--limit"), head(qids, limit, "--limit")
-    b = behaviour_by_name(behaviour)
+    st = GradientStore.open(store, verify=verify)
     model, task = spec.load()
-    attributor = Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
+    attributor = Attributor(st, model, task, checkpoint_loader=load_hf_checkpoint)
     qf = attributor.query_features(examples, b)
     return attributor, b, examples, qids, qf

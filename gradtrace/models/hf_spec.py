@@ -23,7 +23,7 @@ from torch import nn
 
 from ..checkpoints import CheckpointRef
 from ..configbase import ConfigBase, boolean, int_at_least, optional, positive
-from ..data import read_jsonl_objects
+from ..data import numbered_jsonl_objects
 from ..errors import InputError
 from ..lm.load import load_model
 from ..lm.lora import wrap_with_adapter_config
@@ -77,11 +77,38 @@ def load_base(name: str) -> tuple[nn.Module, Any]:
     return load_model(name, what="--hf-model")
 
 
-def read_jsonl(path: str | Path, what: str) -> tuple[list[dict[str, Any]], list[str] | None, list[Any] | None]:
-    """Examples, ids (if every line has ``id``) and tags (if any line has ``tag``)."""
-    rows = read_jsonl_objects(path, f"{what} {str(path)!r}")
-    if not rows:
+#: Fields of a prompt/completion example (training data; logprob and loss
+#: queries); a chat example has ``messages`` instead.
+COMPLETION_FIELDS = ("prompt", "completion")
+#: Fields of a preference pair (margin and contrast queries).
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def read_jsonl(
+    path: str | Path, what: str, fields: tuple[str, ...] | None = None, who: str = "each line needs",
+) -> tuple[list[dict[str, Any]], list[str] | None, list[Any] | None]:
+    """Examples, ids (if every line has ``id``) and tags (if any line has ``tag``).
+
+    With ``fields``, every line must have each of them as a string (for
+    :data:`COMPLETION_FIELDS`, a ``messages`` list may stand instead); an
+    error names ``what``, the file, the 1-based line and the missing field,
+    ``who`` saying who needs it (``"--behaviour margin needs"``)."""
+    label = f"{what} {str(path)!r}"
+    numbered = numbered_jsonl_objects(path, label)
+    if not numbered:
         raise InputError(f"{what}: {str(path)!r} holds no examples")
+    if fields is not None:
+        alternative = " (or 'messages')" if fields == COMPLETION_FIELDS else ""
+        rule = f"{who} " + ", ".join(map(repr, fields)) + alternative
+        for line, r in numbered:
+            if alternative and "messages" in r:
+                continue
+            for key in fields:
+                if key not in r:
+                    raise InputError(f"{label}, line {line}: missing {key!r} (keys: {sorted(r)!r}); {rule}")
+                if not isinstance(r[key], str):
+                    raise InputError(f"{label}, line {line}: {key!r} must be a string; got {type(r[key]).__name__} ({rule})")
+    rows = [r for _, r in numbered]
     ids = [str(r["id"]) for r in rows] if all("id" in r for r in rows) else None
     tags = [r.get("tag") for r in rows] if any("tag" in r for r in rows) else None
     examples = [{k: v for k, v in r.items() if k not in ("id", "tag")} for r in rows]

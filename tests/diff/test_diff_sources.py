@@ -15,6 +15,7 @@ from gradtrace.diff.sources import (
     EndpointError, EndpointSource, HFSource, JsonlSource, Prompt, Sample, check_pairing, parse_source, read_prompts,
 )
 from gradtrace.errors import InputError
+from gradtrace.http import Timeouts
 from gradtrace.models.zoo import byte_tokenizer, tiny_gpt2
 
 GEN = GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=1.0, batch_size=3)
@@ -69,7 +70,7 @@ def test_endpoint_serves_a_local_model(tiny, tmp_path):
     model, tok = tiny
     prompts = [Prompt(str(i), f"prompt {i}") for i in range(4)]
     with ChatServer(hf_completer(model, tok), model_name="tiny") as server:
-        src = EndpointSource(server.base_url, "tiny", GEN, timeout=30, cache_dir=tmp_path)
+        src = EndpointSource(server.base_url, "tiny", GEN, timeouts=Timeouts(read=30), cache_dir=tmp_path)
         got = src.sample(prompts, 2, seed=5)
         assert [g.prompt_id for g in got] == ["0", "1", "2", "3"] * 2
         # the server answers with the local model itself: same text as sampling it directly with the same seed
@@ -88,8 +89,9 @@ def _free_port() -> int:
 
 
 def test_endpoint_down_gives_a_clear_error():
-    src = EndpointSource(f"http://127.0.0.1:{_free_port()}/v1", "m", GEN, timeout=2, retries=1, backoff=0.01)
-    with pytest.raises(EndpointError, match=r"endpoint http://127\.0\.0\.1:\d+/v1/chat/completions \(model 'm'\) failed after 2 attempt\(s\): URLError"):
+    src = EndpointSource(f"http://127.0.0.1:{_free_port()}/v1", "m", GEN, timeouts=Timeouts(connect=2), retries=1, backoff=0.01)
+    with pytest.raises(EndpointError, match=r"endpoint http://127\.0\.0\.1:\d+/v1/chat/completions failed after 2 attempt\(s\) "
+                                            r"in [\d.]+ s: ConnectionRefusedError: .* \(model 'm'\)"):
         src.sample([Prompt("0", "hi")], 1, seed=0)
 
 
