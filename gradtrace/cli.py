@@ -1,4 +1,8 @@
-"""The ``gradtrace`` command. Thin: every verb maps to one library call."""
+"""The ``gradtrace`` command. Thin: every verb maps to one library call.
+
+Everything printed goes through :mod:`gradtrace.cli_common` (untrusted text
+escaped, plain output off a terminal); ``--json`` prints one JSON object.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.table import Table
 
-from .cli_common import console, positive_option, progress_option, run_or_exit
+from .cli_common import (
+    console, json_option, output_dir, output_file, positive_option, print_json, progress_option, run_or_exit, table,
+)
 from .errors import InputError
+from .scoring import SCORE_MEANING, available_methods, get_method
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trace model behaviour back to training data.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Trace model behaviour back to training data.",
+    pretty_exceptions_show_locals=False,  # a traceback must never print local values (an API key, a user's data)
+)
+
+RECORD_SUFFIXES = (".jsonl", ".parquet")
+#: Registered score methods that need inputs a command line cannot give.
+PYTHON_ONLY_METHODS = {"adam": "optimizer states (one optimizer.state_dict() per checkpoint)"}
 
 
 def _params(params: list[str]) -> Any:
@@ -22,6 +35,37 @@ def _params(params: list[str]) -> Any:
     if params == ["last"]:
         return "last"
     return tuple(params)
+
+
+def _variant_help() -> str:
+    names = " | ".join(available_methods())
+    extra = "; ".join(f"{m} needs {what}: Python API only" for m, what in PYTHON_ONLY_METHODS.items())
+    return f"score method: {names}" + (f" ({extra})" if extra else "")
+
+
+def check_variant(variant: str) -> str:
+    """``variant`` when the command line can score with it (InputError otherwise)."""
+    names = available_methods()
+    if variant not in names:
+        raise InputError(f"--variant must be one of {', '.join(names)}; got {variant!r}")
+    if variant in PYTHON_ONLY_METHODS:
+        raise InputError(
+            f"--variant {variant} needs {PYTHON_ONLY_METHODS[variant]}, which the command line cannot pass; "
+            f"use it from Python (gradtrace.scoring.methods) or another variant: "
+            f"{', '.join(n for n in names if n not in PYTHON_ONLY_METHODS)}"
+        )
+    return variant
+
+
+def _print_store_summary(store: Any, as_json: bool) -> None:
+    """What featurize reports about the store it wrote."""
+    s = {"store": str(store.root), "examples": store.n_examples, "checkpoints": len(store.checkpoints),
+         "feature_dim": store.feature_dim, "complete": bool(store.complete)}
+    if as_json:
+        print_json(s)
+    else:
+        console.print(f"store {s['store']}: {s['examples']} examples, {s['checkpoints']} checkpoints, "
+                      f"feature dim {s['feature_dim']}, complete={s['complete']}")
 
 
 @app.command()
@@ -44,6 +88,7 @@ def featurize(
     dtype: str = typer.Option("float32", help="float16 | float32 | float64"),
     append: bool = typer.Option(False, help="add the task's training data as new examples"),
     progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Compute and store per-example training gradients at every checkpoint."""
     from . import FeaturizeConfig, ProjectionConfig
@@ -51,6 +96,7 @@ def featurize(
     from .spec import load_task_spec
 
     def go() -> None:
+        output_dir(out, "--out")
         if hf_model is not None:
             from .models.hf_cli import featurize_hf
 
@@ -59,8 +105,7 @@ def featurize(
                 params=_params(params), batch_size=batch_size, shard_size=shard_size, dtype=dtype, append=append,
                 progress=progress, max_length=max_length, as_chat=as_chat, lr=lr, adam=adam,
             )
-            console.print(f"store {store.root}: {store.n_examples} examples, {len(store.checkpoints)} checkpoints, "
-                          f"feature dim {store.feature_dim}, complete={store.complete}")
+            _print_store_summary(store, as_json)
             return
         if task is None:
             raise InputError("featurize needs --task (a TaskSpec file) or --hf-model (a Hugging Face run)")
@@ -73,10 +118,20 @@ def featurize(
             spec.model(), spec.task, spec.checkpoints, spec.train, out, config, ids=spec.train_ids,
             tags=spec.train_tags, append=append, checkpoint_loader=spec.checkpoint_loader, progress=progress,
         )
-        console.print(f"store {store.root}: {store.n_examples} examples, {len(store.checkpoints)} checkpoints, "
-                      f"feature dim {store.feature_dim}, complete={store.complete}")
+        _print_store_summary(store, as_json)
 
     run_or_exit(go)
+
+
+def verify_option() -> Any:
+    """``--verify/--no-verify`` of the commands that read a store's shards."""
+    return typer.Option(True, help="check each shard read against its recorded checksum (--no-verify: faster, trusts the files)")
+
+
+def _open_store(path: Path, verify: bool) -> Any:
+    from .store import GradientStore
+
+    return GradientStore.open(path, verify=verify)
 
 
 @app.command()
@@ -84,53 +139,72 @@ def query(
     store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize'"),
     task: Optional[str] = typer.Option(None, help="the same --task as featurize; its queries are scored"),
     queries_file: Optional[Path] = typer.Option(None, "--queries", help="for a store made with --hf-model: query examples (JSONL)"),
-    behaviour: str = typer.Option("logprob", help="with --queries: logprob | margin | contrast | loss"),
+    behaviour: Optional[str] = typer.Option(None, help="with --queries: logprob (default) | margin | contrast | loss"),
     hf_model: Optional[str] = typer.Option(None, help="with --queries: the model (default: the one saved with the store)"),
     report: Optional[Path] = typer.Option(None, help="with --queries: write an HTML report here"),
     k: int = typer.Option(10, help="examples per query"),
     opponents: bool = typer.Option(False, help="most negative scores instead of most positive"),
-    variant: str = typer.Option("raw", help="raw | cosine"),
+    variant: str = typer.Option("raw", help=_variant_help()),
     out: Optional[Path] = typer.Option(None, help="write results as .jsonl or .parquet"),
     limit: Optional[int] = typer.Option(None, help="score only the first N queries"),
     show: int = typer.Option(3, help="queries to print as tables (a positive integer)"),
+    verify: bool = verify_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Proponents (or opponents) of each query's behaviour."""
     from .data import head
-    from .scoring import SCORE_MEANING, Attributor
+    from .scoring import Attributor
     from .spec import load_task_spec
 
     def go() -> None:
         positive_option(limit, "--limit")
         positive_option(show, "--show")
+        check_variant(variant)
+        output_file(out, "--out", RECORD_SUFFIXES)
+        output_file(report, "--report")
         if queries_file is not None or task is None:
             from .models.hf_query import run_hf_query
 
             if queries_file is None:
                 raise InputError("query needs --task (a TaskSpec file) or --queries (for a store made with --hf-model)")
-            records = run_hf_query(store, queries_file, behaviour, hf_model, k, opponents, variant, limit, report)
-            if out is not None:
-                write_records(records, out)
-                console.print(f"wrote {len(records)} rows to {out}")
-            _print_topk(records, show)
-            console.print(f"[dim]{SCORE_MEANING[variant]}[/]")
-            if report is not None:
-                console.print(f"report: {report}")
+            if task is not None:
+                raise InputError("give one of --task and --queries, not both")
+            records = run_hf_query(store, queries_file, behaviour or "logprob", hf_model, k, opponents, variant, limit, report,
+                                   verify=verify)
+            _print_query_results(records, out, show, variant, report, as_json)
             return
+        given = [name for name, value in (("--behaviour", behaviour), ("--report", report), ("--hf-model", hf_model)) if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} apply only with --queries (a store made with --hf-model); "
+                             f"with --task the TaskSpec sets the model and the behaviour")
+        st = _open_store(store, verify)
+        get_method(variant).check(st)
         spec = load_task_spec(task)
         if spec.queries is None:
             raise InputError(f"--task {task}: the TaskSpec has no queries")
         queries = head(spec.queries, limit, "--limit")
         qids = head(list(spec.query_ids), limit, "--limit") if spec.query_ids is not None else None
-        attributor = Attributor(store, spec.model(), spec.task, checkpoint_loader=spec.checkpoint_loader)
+        attributor = Attributor(st, spec.model(), spec.task, checkpoint_loader=spec.checkpoint_loader)
         topk = attributor.top_k(queries, k=k, largest=not opponents, behaviour=spec.behaviour, variant=variant)
-        records = topk.to_records(qids, attributor.store.tags)
-        if out is not None:
-            write_records(records, out)
-            console.print(f"wrote {len(records)} rows to {out}")
-        _print_topk(records, show)
-        console.print(f"[dim]{SCORE_MEANING[variant]}[/]")
+        _print_query_results(topk.to_records(qids, attributor.store.tags), out, show, variant, None, as_json)
 
     run_or_exit(go)
+
+
+def _print_query_results(
+    records: list[dict[str, Any]], out: Path | None, show: int, variant: str, report: Path | None, as_json: bool,
+) -> None:
+    if out is not None:
+        write_records(records, out)
+    if as_json:
+        print_json({"variant": variant, "meaning": SCORE_MEANING[variant], "records": records, "out": out, "report": report})
+        return
+    if out is not None:
+        console.print(f"wrote {len(records)} rows to {out}")
+    _print_topk(records, show)
+    console.print(SCORE_MEANING[variant], style="dim")
+    if report is not None:
+        console.print(f"report: {report}")
 
 
 @app.command("self-influence")
@@ -138,66 +212,90 @@ def self_influence_cmd(
     store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize'"),
     top: int = typer.Option(20, help="rows to print"),
     out: Optional[Path] = typer.Option(None, help="write every example's score as .jsonl or .parquet"),
+    verify: bool = verify_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Rank training examples by self-influence (mislabelled and odd ones first)."""
     import numpy as np
 
     from .scoring import self_influence
-    from .store import GradientStore
 
     def go() -> None:
         positive_option(top, "--top")
-        st = GradientStore.open(store)
+        output_file(out, "--out", RECORD_SUFFIXES)
+        st = _open_store(store, verify)
         scores = self_influence(st)
         order = np.argsort(-scores, kind="stable")
+        ids, tags = st.ids, st.tags
         records = [
-            {"rank": r + 1, "train_index": int(i), "train_id": st.ids[i], "self_influence": float(scores[i]), "train_tag": st.tags[i]}
+            {"rank": r + 1, "train_index": int(i), "train_id": ids[i], "self_influence": float(scores[i]), "train_tag": tags[i]}
             for r, i in enumerate(order)
         ]
         if out is not None:
             write_records(records, out)
+        if as_json:
+            print_json({"store": str(st.root), "examples": len(records), "top": records[:top], "out": out})
+            return
+        if out is not None:
             console.print(f"wrote {len(records)} rows to {out}")
-        table = Table("rank", "train_id", "self_influence", "tag", title="highest self-influence")
-        for rec in records[:top]:
-            table.add_row(str(rec["rank"]), str(rec["train_id"]), f"{rec['self_influence']:.5g}", str(rec["train_tag"]))
-        console.print(table)
+        console.print(table("highest self-influence", ["rank", "train_id", "self_influence", "tag"], (
+            (rec["rank"], rec["train_id"], f"{rec['self_influence']:.5g}", rec["train_tag"]) for rec in records[:top]
+        )))
 
     run_or_exit(go)
+
+
+def _verify(st: Any) -> list[str]:
+    """Every problem of the store: each shard against its checksum, and the ids and tags files."""
+    from .errors import StoreError
+
+    problems = st.verify()
+    try:
+        st.ids, st.tags
+    except StoreError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 @app.command()
 def inspect(
     store: Path = typer.Argument(..., help="a store directory"),
-    verify: bool = typer.Option(False, help="check every shard's checksum"),
+    verify: bool = typer.Option(False, help="check every shard's checksum and the ids files (exit 1 on a problem)"),
+    as_json: bool = json_option(),
 ) -> None:
     """Show a store's settings, size and completeness."""
-    from .store import GradientStore
 
     def go() -> None:
-        st = GradientStore.open(store)
+        st = _open_store(store, True)
         m = st.manifest
         total = len(list(st.iter_shards()))
         missing = st.missing_shards()
-        table = Table("field", "value", title=f"gradient store {st.root}")
-        rows = [
-            ("examples", st.n_examples), ("segments", len(st.segments)), ("checkpoints", len(st.checkpoints)),
-            ("learning rates", ", ".join(f"{lr:g}" for lr in st.learning_rates)),
-            ("task", m["task"]), ("parameters", f"{len(st.param_names)} tensors, gradient dim {m['model']['grad_dim']:,}"),
-            ("method", m["model"]["method"]), ("projection", json.dumps(m["config"]["projection"])),
-            ("feature dim", st.feature_dim), ("dtype", m["config"]["dtype"]),
-            ("shards", f"{total - len(missing)} of {total} written"), ("complete", st.complete),
-            ("size on disk", f"{st.size_bytes() / 2**20:.1f} MiB"),
-        ]
-        for key, value in rows:
-            table.add_row(key, str(value))
-        console.print(table)
-        if verify:
-            problems = st.verify()
-            for p in problems:
-                console.print(f"[red]{p}[/]")
-            console.print("checksums OK" if not problems else f"{len(problems)} problem(s)")
-            if problems:
-                raise typer.Exit(1)
+        summary: dict[str, Any] = {
+            "store": str(st.root), "examples": st.n_examples, "segments": len(st.segments), "checkpoints": len(st.checkpoints),
+            "learning_rates": [float(lr) for lr in st.learning_rates], "task": m["task"], "parameters": len(st.param_names),
+            "grad_dim": m["model"]["grad_dim"], "method": m["model"]["method"], "projection": m["config"]["projection"],
+            "feature_dim": st.feature_dim, "dtype": m["config"]["dtype"], "shards": total, "shards_written": total - len(missing),
+            "complete": bool(st.complete), "size_bytes": st.size_bytes(),
+        }
+        problems = _verify(st) if verify else None
+        if as_json:
+            print_json(dict(summary, problems=problems))
+        else:
+            s = summary
+            console.print(table(f"gradient store {st.root}", ["field", "value"], [
+                ("examples", s["examples"]), ("segments", s["segments"]), ("checkpoints", s["checkpoints"]),
+                ("learning rates", ", ".join(f"{lr:g}" for lr in s["learning_rates"])), ("task", s["task"]),
+                ("parameters", f"{s['parameters']} tensors, gradient dim {s['grad_dim']:,}"), ("method", s["method"]),
+                ("projection", json.dumps(s["projection"])), ("feature dim", s["feature_dim"]), ("dtype", s["dtype"]),
+                ("shards", f"{s['shards_written']} of {s['shards']} written"), ("complete", s["complete"]),
+                ("size on disk", f"{s['size_bytes'] / 2**20:.1f} MiB"),
+            ]))
+            for p in problems or []:
+                console.print(p, style="red")
+            if problems is not None:
+                console.print("checksums OK" if not problems else f"{len(problems)} problem(s)")
+        if problems:
+            raise typer.Exit(1)
 
     run_or_exit(go)
 
@@ -213,21 +311,19 @@ def demo(
     from .demos.digits_demo import run_digits_demo
 
     def go() -> None:
+        if which not in ("digits", "lm"):
+            raise InputError(f"demo: which must be 'digits' or 'lm'; got {which!r}")
+        output_dir(out, "--out")
         if which == "lm":
             from .demos.lm_demo import lm_demo_command
 
             lm_demo_command(out, model, progress, console)
             return
-        if which != "digits":
-            raise InputError(f"demo: which must be 'digits' or 'lm'; got {which!r}")
         result = run_digits_demo(out, progress=progress)
-        table = Table("checked", "self-influence", "final loss (baseline)", title=f"share of the {result.n_flipped} flipped labels found")
-        for key, value in result.found_self_influence.items():
-            table.add_row(f"top {key}", f"{value:.3f}", f"{result.found_loss[key]:.3f}")
-        console.print(table)
-        from .store import GradientStore
-
-        tags = GradientStore.open(result.store).tags
+        console.print(table(f"share of the {result.n_flipped} flipped labels found", ["checked", "self-influence", "final loss (baseline)"], (
+            (f"top {key}", f"{value:.3f}", f"{result.found_loss[key]:.3f}") for key, value in result.found_self_influence.items()
+        )))
+        tags = _open_store(result.store, True).tags
         qids = [f"test-{q}" for q in result.query_indices]
         records = result.proponents.to_records(qids, tags) + result.opponents.to_records(qids, tags)
         _print_topk(records, 2)
@@ -239,29 +335,25 @@ def demo(
 def _print_topk(records: list[dict[str, Any]], show: int) -> None:
     queries = list(dict.fromkeys(r["query"] for r in records))[:show]
     for q in queries:
-        table = Table("kind", "rank", "train_id", "score", "tag", title=f"query {q}")
-        for r in records:
-            if r["query"] == q:
-                table.add_row(r["kind"], str(r["rank"]), str(r["train_id"]), f"{r['score']:.5g}", str(r.get("train_tag")))
-        console.print(table)
+        console.print(table(f"query {q}", ["kind", "rank", "train_id", "score", "tag"], (
+            (r["kind"], r["rank"], r["train_id"], f"{r['score']:.5g}", r.get("train_tag")) for r in records if r["query"] == q
+        )))
 
 
 def write_records(records: list[dict[str, Any]], path: Path) -> None:
     """JSONL for ``.jsonl``, Parquet for ``.parquet``; other suffixes are an error."""
-    path = Path(path)
+    path = output_file(Path(path), "--out", RECORD_SUFFIXES)  # type: ignore[assignment]
     if path.suffix == ".jsonl":
         path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    elif path.suffix == ".parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            from .errors import MissingDependencyError
+        return
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        from .errors import MissingDependencyError
 
-            raise MissingDependencyError("pyarrow", "Parquet output", "pip install 'gradtrace[parquet]'") from None
-        pq.write_table(pa.Table.from_pylist(records), path)
-    else:
-        raise InputError(f"--out must end in .jsonl or .parquet; got {path.name!r}")
+        raise MissingDependencyError("pyarrow", "Parquet output", "pip install 'gradtrace[parquet]'") from None
+    pq.write_table(pa.Table.from_pylist(records), path)
 
 
 def _register_all() -> None:

@@ -1,9 +1,14 @@
-"""Progress display for long work: a rich bar, or nothing."""
+"""Progress display for long work: a rich bar, or nothing.
+
+Descriptions and notes may carry untrusted text (a method name, a path): they
+are shown as plain text with control characters escaped, never as markup."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator, Protocol
+
+from .textsafe import for_terminal
 
 
 class Progress(Protocol):
@@ -27,7 +32,7 @@ class _Rich:
         self._bar.advance(self._task, n)  # type: ignore[attr-defined]
 
     def note(self, text: str) -> None:
-        self._console.print(text, highlight=False, markup=False)  # type: ignore[attr-defined]
+        self._console.print(for_terminal(text), highlight=False, markup=False, emoji=False)  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -39,8 +44,8 @@ def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Progre
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    console = Console(stderr=True, markup=False, emoji=False, highlight=False)
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with RichProgress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(for_terminal(description), total=total)
         yield _Rich(bar, task, console)

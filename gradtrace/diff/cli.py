@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli_common import console, progress_option, run_or_exit
+from ..cli_common import console, json_option, output_dir, print_json, progress_option, run_or_exit, table
 from ..http import Timeouts
 
 
@@ -40,10 +40,9 @@ def diff_command(
         Timeouts.deadline, help="http(s) sources and judge: seconds one request may take in all, retries included",
     ),
     progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Diff two models' behaviour: clusters whose share of texts comes mostly from one model."""
-    from rich.table import Table
-
     from ..errors import InputError
     from ..http import timeouts_from_options
     from .cluster import ClusterConfig
@@ -56,6 +55,9 @@ def diff_command(
     from .sources import parse_source
 
     def go() -> None:
+        output_dir(out, "--out")
+        if cache_dir is not None:
+            output_dir(cache_dir, "--cache-dir")
         timeouts = timeouts_from_options(endpoint_timeout, endpoint_deadline)
         gen = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
         src_a, src_b = parse_source(a, gen, cache_dir, timeouts), parse_source(b, gen, cache_dir, timeouts)
@@ -70,12 +72,17 @@ def diff_command(
                        intended=intended, judge_chat=chat, labeller=chat, names=(a, b), progress=progress)
         res = run.result
         flagged = res.significant()
-        table = Table("rank", "level", "label", "share B", "A/B (valid)", "q", "log OR", *(["judge"] if chat else []),
-                      title=f"{len(flagged)} of {len(res.clusters)} clusters flagged at FDR {alpha}")
-        for c in flagged[:15]:
-            table.add_row(str(c.rank), c.level, c.llm_label or c.label, f"{c.share_b:.2f}", f"{c.valid_a}/{c.valid_b}",
-                          f"{c.q_value:.2g}", f"{c.log_odds:+.2f}", *([c.judgement or ""] if chat else []))
-        console.print(table)
+        if as_json:
+            print_json({"clusters": len(res.clusters), "flagged": [c.to_dict() for c in flagged], "alpha": alpha,
+                        "json": run.json_path, "report": run.report_path})
+            return
+        judged = chat is not None
+        console.print(table(
+            f"{len(flagged)} of {len(res.clusters)} clusters flagged at FDR {alpha}",
+            ["rank", "level", "label", "share B", "A/B (valid)", "q", "log OR", *(["judge"] if judged else [])],
+            ((c.rank, c.level, c.llm_label or c.label, f"{c.share_b:.2f}", f"{c.valid_a}/{c.valid_b}", f"{c.q_value:.2g}",
+              f"{c.log_odds:+.2f}", *([c.judgement or ""] if judged else [])) for c in flagged[:15]),
+        ))
         console.print(f"wrote {run.json_path} and {run.report_path}")
 
     run_or_exit(go)

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
-from ..cli_common import console, progress_option, run_or_exit
+from ..cli_common import console, json_option, output_dir, print_json, progress_option, run_or_exit, table
 from ..errors import InputError
 
 KEY_METRICS = ("nll.tail_share", "diversity.distinct_2", "clusters.js", "cka.cka")
@@ -23,6 +22,7 @@ def loop(
     resume: Optional[Path] = typer.Option(None, help="a run folder to continue (its loop.json is the config)"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: the config's 'out')"),
     progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Run iterated self-training with drift monitors; halt when a stop rule fires."""
     from .config import read_toml
@@ -36,20 +36,25 @@ def loop(
             folder = out or cfg_out
             if folder is None:
                 raise InputError("out: the config names no run folder; add out = \"...\" or pass --out")
+            output_dir(folder, "--out" if out is not None else f"out (in {config})")
             runner = SelfTrainingLoop(cfg, folder, progress=progress)
         else:
             runner = SelfTrainingLoop.resume(resume, progress=progress)  # type: ignore[arg-type]
         result = runner.run()
         metrics = [m for m in KEY_METRICS if result.rows and m in result.rows[0]]
         metrics += [m for m in (result.rows[0] if result.rows else {}) if m.startswith("attribute.") and m.endswith(".rate")]
-        table = Table("round", *(m.replace(".", "\n", 1) for m in metrics), title=f"loop {result.out}")
-        for row in result.rows:
-            table.add_row(str(int(row["round"])), *(f"{row[m]:.4g}" for m in metrics))
-        console.print(table)
-        if result.stop is not None:
-            console.print(f"[bold red]{result.stop.message()}[/]", highlight=False)
+        stop = None if result.stop is None else result.stop.message()
+        dashboard = result.out / "dashboard.html"
+        if as_json:
+            print_json({"out": result.out, "rounds": result.rows, "stop": stop, "dashboard": dashboard})
+            return
+        console.print(table(f"loop {result.out}", ["round", *metrics], (
+            (int(row["round"]), *(f"{row[m]:.4g}" for m in metrics)) for row in result.rows
+        )))
+        if stop is not None:
+            console.print(stop, style="bold red")
         else:
             console.print(f"finished {len(result.rows) - 1} round(s) without a stop")
-        console.print(f"dashboard: {result.out / 'dashboard.html'}")
+        console.print(f"dashboard: {dashboard}")
 
     run_or_exit(go)

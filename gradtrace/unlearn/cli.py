@@ -9,9 +9,8 @@ import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from ..cli_common import console, positive_option, progress_option, run_or_exit, warn
+from ..cli_common import console, json_option, output_dir, positive_option, print_json, progress_option, run_or_exit, table, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +25,7 @@ def unlearn_command(
     seed: int = typer.Option(0, help="built-in specs: seed of init, batches and label draw"),
     out: Path = typer.Option(Path("unlearn_out"), help="directory for results.json, report.html and the resume cache"),
     progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Unlearn with each method, then attack each with relearning; write a report.
 
@@ -35,6 +35,7 @@ def unlearn_command(
     from .report import comparison_html
 
     def go() -> None:
+        output_dir(out, "--out")
         the_spec, config = load_unlearn_spec(spec, labelled, seed, "--spec")
         if method:
             config = dataclasses.replace(config, methods=tuple(method))
@@ -46,11 +47,13 @@ def unlearn_command(
         (out / "report.html").write_text(
             comparison_html(data, f"gradtrace unlearn: {the_spec.name}", attacker_maximises=the_spec.attacker_maximises), encoding="utf-8",
         )
+        if as_json:
+            print_json({"results": data, "results_file": out / "results.json", "report": out / "report.html"})
+            return
         ks = list(config.relearn.ks)
-        table = Table("method", "forget", "retain", *[f"relearn k={k}" for k in ks], title=the_spec.name)
-        for m, r in result.results.items():
-            table.add_row(m, f"{r.forget:.3f}", f"{r.retain:.3f}", *[f"{r.relearn['best'][str(k)]:.3f}" for k in ks])
-        console.print(table)
+        console.print(table(the_spec.name, ["method", "forget", "retain", *[f"relearn k={k}" for k in ks]], (
+            (m, f"{r.forget:.3f}", f"{r.retain:.3f}", *[f"{r.relearn['best'][str(k)]:.3f}" for k in ks]) for m, r in result.results.items()
+        )))
         console.print(f"results: {out / 'results.json'}\nreport: {out / 'report.html'}")
 
     run_or_exit(go)
@@ -68,6 +71,7 @@ def validate_command(
     attribute: str = typer.Option("", "--attribute", help="path/to/file.py:fn returning attribute(model, kept_indices) -> scores for the iterative arm; default: TracIn at the retrained model (one checkpoint), featurized like --store"),
     out: Path = typer.Option(Path("validate_out"), help="directory for validation.json, report.html and the resume cache"),
     progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Remove the top-k proponents of a behaviour vs k random examples, retrain, measure.
 
@@ -82,6 +86,7 @@ def validate_command(
 
     def go() -> None:
         positive_option(limit, "--limit")
+        output_dir(out, "--out")
         if behaviour in DEPRECATED_BEHAVIOURS:
             warn(f"--behaviour {behaviour} is deprecated; use --behaviour {DEPRECATED_BEHAVIOURS[behaviour]}")
         spec = load_task_spec(task)
@@ -96,10 +101,12 @@ def validate_command(
         out.mkdir(parents=True, exist_ok=True)
         (out / "validation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         (out / "report.html").write_text(validation_html(result, "gradtrace validate"), encoding="utf-8")
-        table = Table("arm", "behaviour (mean over seeds)", title=f"removing {k} examples; behaviour {behaviour}")
-        for arm, v in result["summary"].items():
-            table.add_row(arm, f"{v:.5g}")
-        console.print(table)
+        if as_json:
+            print_json({"summary": result["summary"], "results_file": out / "validation.json", "report": out / "report.html"})
+            return
+        console.print(table(f"removing {k} examples; behaviour {behaviour}", ["arm", "behaviour (mean over seeds)"], (
+            (arm, f"{v:.5g}") for arm, v in result["summary"].items()
+        )))
         console.print(f"results: {out / 'validation.json'}\nreport: {out / 'report.html'}")
 
     run_or_exit(go)
