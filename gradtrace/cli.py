@@ -87,6 +87,9 @@ def featurize(
     shard_size: int = typer.Option(4096),
     dtype: str = typer.Option("float32", help="float16 | float32 | float64"),
     append: bool = typer.Option(False, help="add the task's training data as new examples"),
+    on_nonfinite: str = typer.Option(
+        "raise", help="an example whose loss or gradient is not finite: raise (stop, naming it) | skip (store zeros, record it)",
+    ),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
 ) -> None:
@@ -103,7 +106,7 @@ def featurize(
             store = featurize_hf(
                 hf_model=hf_model, checkpoints=checkpoints, data=data, out=out, projection=projection, dim=dim, seed=seed,
                 params=_params(params), batch_size=batch_size, shard_size=shard_size, dtype=dtype, append=append,
-                progress=progress, max_length=max_length, as_chat=as_chat, lr=lr, adam=adam,
+                progress=progress, max_length=max_length, as_chat=as_chat, lr=lr, adam=adam, on_nonfinite=on_nonfinite,
             )
             _print_store_summary(store, as_json)
             return
@@ -117,6 +120,7 @@ def featurize(
         store = do_featurize(
             spec.model(), spec.task, spec.checkpoints, spec.train, out, config, ids=spec.train_ids,
             tags=spec.train_tags, append=append, checkpoint_loader=spec.checkpoint_loader, progress=progress,
+            on_nonfinite=on_nonfinite,
         )
         _print_store_summary(store, as_json)
 

@@ -20,7 +20,7 @@ from .hf_spec import COMPLETION_FIELDS, PAIR_FIELDS, HFSpec, read_jsonl
 def featurize_hf(
     *, hf_model: str, checkpoints: Path | None, data: Path | None, out: Path, projection: str, dim: int | None, seed: int,
     params: Any, batch_size: int, shard_size: int, dtype: str, append: bool, progress: bool, max_length: int,
-    as_chat: bool, lr: float | None, adam: bool,
+    as_chat: bool, lr: float | None, adam: bool, on_nonfinite: str = "raise",
 ) -> Any:
     """Featurize a Hugging Face run; returns the store."""
     from ..featurize import featurize
@@ -45,7 +45,7 @@ def featurize_hf(
     )
     store = featurize(
         model, task, refs, examples, out, config, ids=ids, tags=tags, append=append, checkpoint_loader=load_hf_checkpoint,
-        progress=progress, train_transform=adam_transform if adam else None,
+        progress=progress, train_transform=adam_transform if adam else None, on_nonfinite=on_nonfinite,
     )
     spec.save(store.root)
     return store

@@ -178,3 +178,47 @@ def test_queries_are_checked_for_the_fields_their_behaviour_needs(tmp_path: Path
     queries.write_text(json.dumps(good) + "\n" + json.dumps(query) + "\n")
     r = invoke("query", store, "--queries", queries, "--behaviour", behaviour)
     _assert_exit_2(r, f"--queries '{queries}', {expected}", f"--behaviour {behaviour} needs")
+
+
+NAN_TASK = '''
+import torch
+from torch import nn
+from gradtrace.checkpoints import CheckpointRef
+from gradtrace.spec import TaskSpec
+from gradtrace.task import ClassificationTask
+
+
+def model():
+    gen = torch.Generator().manual_seed(0)
+    m = nn.Linear(3, 2)
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(2, 3, generator=gen))
+        m.bias.zero_()
+    return m
+
+
+def make_task():
+    import pathlib
+    here = pathlib.Path(__file__).parent
+    torch.save(model().state_dict(), here / "ckpt.pt")
+    x = torch.arange(18, dtype=torch.float32).reshape(6, 3) / 10
+    x[3, 1] = float("nan")
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    return TaskSpec(model=model, task=ClassificationTask(), checkpoints=[CheckpointRef(str(here / "ckpt.pt"), 0.1)],
+                    train=(x, y), train_ids=[f"ex{i}" for i in range(6)])
+'''
+
+
+def test_featurize_on_nonfinite_from_the_command_line(tmp_path: Path) -> None:
+    task = tmp_path / "nan_task.py"
+    task.write_text(NAN_TASK)
+    r = invoke("featurize", "--task", f"{task}:make_task", "--out", tmp_path / "stopped", "--no-progress")
+    _assert_exit_2(r, "ex3", "non-finite")
+    r = invoke("featurize", "--task", f"{task}:make_task", "--out", tmp_path / "skipped", "--no-progress",
+               "--on-nonfinite", "skip", "--json")
+    assert r.exit_code == 0, r.output
+    r = invoke("self-influence", tmp_path / "skipped", "--json")
+    assert r.exit_code == 0, r.output
+    assert "NaN" not in r.output
+    r = invoke("featurize", "--task", f"{task}:make_task", "--out", tmp_path / "bad", "--on-nonfinite", "ignore")
+    _assert_exit_2(r, "on_nonfinite", "ignore")
