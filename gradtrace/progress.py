@@ -32,7 +32,8 @@ class _Rich:
         self._bar.advance(self._task, n)  # type: ignore[attr-defined]
 
     def note(self, text: str) -> None:
-        self._console.print(for_terminal(text), highlight=False, markup=False, emoji=False)  # type: ignore[attr-defined]
+        # soft_wrap: a note is never broken mid-sentence, whatever the width (a terminal folds it itself)
+        self._console.print(for_terminal(text), highlight=False, markup=False, emoji=False, soft_wrap=True)  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

@@ -207,3 +207,14 @@ def test_json_output_of_featurize_inspect_self_influence_and_query(tmp_path: Pat
     assert data["variant"] == "raw" and data["out"] == str(out) and len(data["records"]) == 2 * 3
     assert data["records"] == [json.loads(line) for line in out.read_text().splitlines()]
     assert data["records"][0]["query"] == "q-" + "title-" + EVIL["title"]
+
+
+def test_a_progress_note_is_never_broken_mid_sentence(capsys, monkeypatch) -> None:
+    from gradtrace.progress import progress_bar
+
+    monkeypatch.setenv("COLUMNS", "40")
+    note = "gradtrace: " + " ".join(f"word{i}" for i in range(60))
+    with progress_bar("work", 1, True) as bar:
+        bar.note(note)
+        bar.advance(1)
+    assert note in capsys.readouterr().err.splitlines()
