@@ -26,7 +26,10 @@ app = typer.Typer(
 
 RECORD_SUFFIXES = (".jsonl", ".parquet")
 #: Registered score methods that need inputs a command line cannot give.
-PYTHON_ONLY_METHODS = {"adam": "optimizer states (one optimizer.state_dict() per checkpoint)"}
+PYTHON_ONLY_METHODS = {
+    "adam": "optimizer states (one optimizer.state_dict() per checkpoint)",
+    "trackstar": "optimizer states (one optimizer.state_dict() per checkpoint)",
+}
 
 
 def _params(params: list[str]) -> Any:
@@ -216,19 +219,21 @@ def self_influence_cmd(
     store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize'"),
     top: int = typer.Option(20, help="rows to print"),
     out: Optional[Path] = typer.Option(None, help="write every example's score as .jsonl or .parquet"),
+    variant: str = typer.Option("raw", help="raw (exact TracIn) | fisher | kfac | ekfac (kfac/ekfac: after gradtrace fit-factors)"),
     verify: bool = verify_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Rank training examples by self-influence (mislabelled and odd ones first)."""
     import numpy as np
 
-    from .scoring import self_influence
+    from .scoring import Attributor, self_influence
 
     def go() -> None:
         positive_option(top, "--top")
+        check_variant(variant)
         output_file(out, "--out", RECORD_SUFFIXES)
         st = _open_store(store, verify)
-        scores = self_influence(st)
+        scores = self_influence(st) if variant == "raw" else Attributor(st, None, None).self_influence(variant)
         order = np.argsort(-scores, kind="stable")
         ids, tags = st.ids, st.tags
         records = [
@@ -259,6 +264,41 @@ def _verify(st: Any) -> list[str]:
     except StoreError as exc:
         problems.append(str(exc))
     return problems
+
+
+@app.command("fit-factors")
+def fit_factors_cmd(
+    store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize' (projection none, factored or kronecker)"),
+    task: Optional[str] = typer.Option(None, help="the same --task as featurize (not needed for a store made with --hf-model)"),
+    checkpoints: str = typer.Option("all", help="all (kfac/ekfac sum over checkpoints) | last (the final checkpoint only)"),
+    name: str = typer.Option("ekfac", help="name of the fitted factors (variant kfac/ekfac read 'ekfac')"),
+    batch_size: Optional[int] = typer.Option(None, help="examples per pass (default: the store's)"),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
+) -> None:
+    """Fit the Kronecker factors (K-FAC) and eigenvalue correction (EK-FAC) of the store's training data, saved in the store."""
+    from .scoring.factors import fit_factors
+    from .spec import load_task_spec
+
+    def go() -> None:
+        positive_option(batch_size, "--batch-size")
+        if checkpoints not in ("all", "last"):
+            raise InputError(f"--checkpoints must be 'all' or 'last'; got {checkpoints!r}")
+        st = _open_store(store, True)
+        if task is None:
+            from .models.hf_cli import fit_factors_hf
+
+            path = fit_factors_hf(st, checkpoints=checkpoints, name=name, batch_size=batch_size, progress=progress)
+        else:
+            spec = load_task_spec(task)
+            path = fit_factors(st, spec.model(), spec.task, spec.train, checkpoints=checkpoints, name=name, batch_size=batch_size,
+                               checkpoint_loader=spec.checkpoint_loader, progress=progress)
+        if as_json:
+            print_json({"store": str(st.root), "factors": str(path), "name": name, "checkpoints": checkpoints})
+        else:
+            console.print(f"factors {name!r} of {st.root} written to {path}; score with --variant ekfac or kfac")
+
+    run_or_exit(go)
 
 
 @app.command()

@@ -219,6 +219,35 @@ class GradientFeaturizer:
                 raise InputError("no selected linear layer was called during the forward pass")
             return sq.detach()
 
+    def layer_factors(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+        """Per selected linear layer (module order), every token's input ``x``
+        (with a 1 for the bias, ``[b, tokens, d_in']``) and output gradient
+        ``dy`` (``[b, tokens, d_out']``), projected with the store's Kronecker
+        factors when the projection is ``kronecker`` (else as they are), and
+        the function's values. The example's (projected) weight gradient is
+        ``sum_t dy_t x_t^T``: what K-FAC's factors are fitted on."""
+        self._resolve(model)
+        if self._sites is None or any(site.weight_name is None for site in self._sites):
+            raise InputError(
+                "Kronecker factors need every selected parameter to be the weight (and bias) of an untied nn.Linear; "
+                f"these parameters are not: {[n for n in self.param_names if not _is_linear_param(model, n)][:8]!r}"
+            )
+        with _only_selected_require_grad(model, self.param_names), torch.enable_grad():
+            b, cap, out_grads, values = self._forward_capture(model, fn, batch)
+            out = []
+            for i, site in enumerate(self._sites):
+                with_bias = site.bias_name is not None
+                if not cap.inputs[i]:
+                    raise InputError(f"layer {site.module_name!r} was not called during the forward pass")
+                x = torch.cat([augmented_input(as_tokens(x, b, f"input of {site.module_name}"), with_bias) for x in cap.inputs[i]], dim=1)
+                g = torch.cat([as_tokens(g, b, f"output gradient of {site.module_name}") for g in out_grads[i]], dim=1)
+                if self.projection.kind == "kronecker":
+                    factors = self._factors_for(site, site.module.weight.dtype, site.module.weight.device)
+                    x = x if factors.p_in is None else x @ factors.p_in
+                    g = g if factors.p_out is None else g @ factors.p_out
+                out.append((x.detach(), g.detach()))
+        return out, values
+
     def _forward_capture(
         self, model: nn.Module, fn: PerExampleFn, batch: Any,
     ) -> tuple[int, LinearCapture, list[list[Tensor]], Tensor]:

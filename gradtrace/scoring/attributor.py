@@ -33,6 +33,7 @@ from .methods import QueryInputs, ScoreMethod, get_method
 from .results import TopK
 
 SCAN_ROWS = 16384
+SELF_ROWS = 512  # training rows scored against themselves at once (a SELF_ROWS^2 block)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,9 +246,37 @@ class Attributor:
         out[:, :, np.isin(idx, self.store.skipped_indices)] = 0.0  # examples left out score 0
         return out
 
-    def self_influence(self) -> np.ndarray:
-        """Exact TracIn self-influence per training example (see :func:`self_influence`)."""
-        return self_influence(self.store)
+    def self_influence(self, variant: str | ScoreMethod = "raw") -> np.ndarray:
+        """Self-influence ``score(z, z)`` of every training example under
+        ``variant`` (float64; examples left out read 0). ``raw`` is the exact
+        TracIn self-influence from the stored exact norms (see
+        :func:`self_influence`); ``fisher``, ``kfac`` and ``ekfac`` give
+        ``sum_c w_c g_z^T (F_c + lambda I)^{-1} g_z`` from the stored rows (the
+        influence-function self-influence Kronfluence ranks mislabelled data
+        by). Methods under which it means nothing (``cosine``, ``trackstar``:
+        always 1) or that transform query gradients (``adam``) are refused."""
+        method = self._method(variant)
+        if type(method).__name__ == "RawMethod":
+            return self_influence(self.store)
+        if method.transforms_queries or not getattr(method, "supports_self_influence", False):
+            raise InputError(
+                f"self-influence is not defined for variant {method.name!r}: it normalises gradients (every example scores 1) "
+                "or transforms query gradients only; use raw, fisher, kfac or ekfac"
+            )
+        store = self.store
+        n_ckpt = len(store.checkpoints)
+        out = np.zeros(store.n_examples, dtype=np.float64)
+        with progress_bar(f"self-influence ({method.name})", store.n_examples, self.progress) as bar:
+            for a, b in store.shard_ranges():
+                for lo in range(a, b, SELF_ROWS):
+                    hi = min(lo + SELF_ROWS, b)
+                    unit = [torch.from_numpy(np.asarray(store.features(c, a, b)[lo - a : hi - a], dtype=np.float64)) for c in range(n_ckpt)]
+                    norms = [torch.from_numpy(np.array(store.norms(c, a, b)[lo - a : hi - a, 0], dtype=np.float64)) for c in range(n_ckpt)]
+                    score = self._prepare(QueryFeatures(unit, norms, "self", hi - lo), method, torch.float64, torch.float64)
+                    out[lo:hi] = sum(torch.diagonal(score(c, unit[c], norms[c])).numpy() for c in range(n_ckpt))
+                    bar.advance(hi - lo)
+        out[store.skipped_indices] = 0.0
+        return out
 
     def _prepare(self, qf: QueryFeatures, method: ScoreMethod, compute: torch.dtype, accumulate: torch.dtype) -> Any:
         lrs = [float(lr) for lr in self.store.learning_rates]

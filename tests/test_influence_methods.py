@@ -1,0 +1,324 @@
+"""K-FAC, EK-FAC and TrackStar against brute-force formulas on a tiny MLP in
+float64: the Fisher written out as a dense Kronecker-factored matrix and
+inverted with torch.linalg; TrackStar's normalised dot products in explicit
+loops. Then the artefacts: factors refused when the store changed, missing
+ones explained, stores that cannot serve a method refused."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradtrace as gt
+from gradtrace.errors import ConfigMismatchError, InputError
+from gradtrace.grads.projection import DenseProjector, kronecker_factors
+from gradtrace.scoring.factors import fit_factors, load_factors
+from gradtrace.scoring.methods import EKFACMethod, KFACMethod, TrackStarMethod, TrackStarTransform, fit_whitening
+from gradtrace.unlearn.train import TrainConfig, train
+
+D_IN, HIDDEN, N_OUT = 4, 5, 3
+NAMES = ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, h):
+    """An Adam-trained run of a tiny MLP (2 checkpoints, optimizer states) and
+    stores of it: exact (none), factored, Kronecker-projected."""
+    root = tmp_path_factory.mktemp("influence")
+    ns = types.SimpleNamespace(h=h, root=root)
+    ns.mlp = lambda: h.make_mlp(d_in=D_IN, hidden=HIDDEN, n_out=N_OUT)
+    ns.xy = h.classification_data(19, d_in=D_IN, n_out=N_OUT, seed=1)
+    ns.queries = h.classification_data(3, d_in=D_IN, n_out=N_OUT, seed=7)
+    config = TrainConfig(steps=12, lr=0.05, batch_size=4, optimizer="adam", n_checkpoints=2)
+    ns.rec = train(ns.mlp(), gt.ClassificationTask(), ns.xy, config, checkpoint_dir=root / "ckpt")
+    ns.refs = ns.rec.checkpoints
+    ns.states = [torch.load(p, weights_only=True) for p in ns.rec.optimizer_states]
+    ns.task = gt.ClassificationTask()
+
+    def store(name, projection, **kw):
+        fc = gt.FeaturizeConfig(projection=projection, dtype="float64", batch_size=5, shard_size=7)
+        return gt.featurize(ns.mlp(), ns.task, ns.refs, ns.xy, root / name, fc, progress=False, **kw)
+
+    ns.make_store = store
+    ns.none = store("none", gt.ProjectionConfig("none"))
+    ns.factored = store("factored", gt.ProjectionConfig("factored"))
+    ns.kron = store("kron", gt.ProjectionConfig("kronecker", 9, seed=2))
+    for st in (ns.none, ns.factored, ns.kron):
+        fit_factors(st, ns.mlp(), ns.task, ns.xy, progress=False)
+    ns.attributor = lambda st: gt.Attributor(st, ns.mlp(), ns.task)
+    return ns
+
+
+# -- the oracle: activations and output gradients written out for Linear-Tanh-Linear with cross-entropy ----
+def layer_factors_by_hand(model, x, y):
+    """Per layer, each example's (input with a 1 for the bias, output gradient
+    of its own cross-entropy loss), from the closed-form backward pass."""
+    w0, b0, w1, b1 = (p.detach() for p in model.parameters())
+    h = torch.tanh(x @ w0.T + b0)
+    p = torch.softmax(h @ w1.T + b1, dim=1)
+    g1 = p - F.one_hot(y, N_OUT).to(p.dtype)
+    g0 = (g1 @ w1) * (1 - h**2)
+    ones = torch.ones(x.shape[0], 1, dtype=x.dtype)
+    return [(torch.cat([x, ones], 1), g0), (torch.cat([h, ones], 1), g1)]
+
+
+def at_checkpoint(ns, c):
+    model = ns.mlp()
+    model.load_state_dict(torch.load(ns.refs[c].path, weights_only=True))
+    return model
+
+
+def projected(ns, pairs, c_projection):
+    """The pairs projected with the store's Kronecker factors (``None``: as they are)."""
+    if c_projection is None:
+        return pairs
+    out = []
+    for name, (x, g) in zip(("0", "2"), pairs):
+        f = kronecker_factors(name, x.shape[1], g.shape[1], c_projection, torch.float64, torch.device("cpu"))
+        out.append((x if f.p_in is None else x @ f.p_in, g if f.p_out is None else g @ f.p_out))
+    return out
+
+
+def dense_fisher_inverse(x, g, corrected, damping=0.1):
+    """``(F + lambda I)^-1`` of one layer as a dense matrix over row-major
+    ``vec(G)``, ``G = g x^T`` (index ``o * d_in + i``): ``F = S (x) A`` for
+    K-FAC, ``(Q_S (x) Q_A) diag(Lambda) (Q_S (x) Q_A)^T`` for EK-FAC."""
+    n = x.shape[0]
+    a = x.T @ x / n
+    s = g.T @ g / n
+    ea, qa = torch.linalg.eigh(a)
+    es, qs = torch.linalg.eigh(s)
+    if corrected:
+        q = torch.kron(qs, qa)
+        vecs = torch.stack([torch.outer(g[k], x[k]).reshape(-1) for k in range(n)])
+        lam = ((vecs @ q) ** 2).mean(0)
+        fisher = q @ torch.diag(lam) @ q.T
+    else:
+        fisher = torch.kron(s, a)
+        lam = torch.kron(es.clamp_min(0), ea.clamp_min(0))
+    return torch.linalg.inv(fisher + damping * lam.mean() * torch.eye(fisher.shape[0], dtype=torch.float64))
+
+
+def influence_oracle(ns, corrected, projection=None, checkpoints="all"):
+    """``sum_c w_c sum_l vec(G_q)^T (F_l + lambda I)^-1 vec(G_z)`` with dense matrices."""
+    out = torch.zeros(ns.queries[0].shape[0], ns.xy[0].shape[0], dtype=torch.float64)
+    n_ckpt = len(ns.refs)
+    for c in range(n_ckpt):
+        weight = ns.refs[c].lr if checkpoints == "all" else float(c == n_ckpt - 1)
+        if not weight:
+            continue
+        model = at_checkpoint(ns, c)
+        train_pairs = projected(ns, layer_factors_by_hand(model, *ns.xy), projection)
+        query_pairs = projected(ns, layer_factors_by_hand(model, *ns.queries), projection)
+        for (x, g), (xq, gq) in zip(train_pairs, query_pairs):
+            inverse = dense_fisher_inverse(x, g, corrected)
+            gz = torch.stack([torch.outer(g[k], x[k]).reshape(-1) for k in range(x.shape[0])])
+            gqv = torch.stack([torch.outer(gq[k], xq[k]).reshape(-1) for k in range(xq.shape[0])])
+            out += weight * (gqv @ inverse @ gz.T)
+    return out.numpy()
+
+
+def test_hand_written_factors_are_the_gradients(run, h):
+    """The oracle's own check: g x^T per layer is each example's gradient."""
+    model = at_checkpoint(run, 1)
+    grads = h.oracle_grads(model, h.ce_per_example, h.singles(run.xy), NAMES)
+    (x0, g0), (x1, g1) = layer_factors_by_hand(model, *run.xy)
+    k = 4
+    np.testing.assert_allclose(grads[k, : HIDDEN * D_IN].reshape(HIDDEN, D_IN), torch.outer(g0[k], x0[k, :-1]), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads[k, -N_OUT:], g1[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", [KFACMethod(), EKFACMethod()], ids=["kfac", "ekfac"])
+@pytest.mark.parametrize("kind", ["none", "factored"])
+def test_kfac_and_ekfac_equal_the_dense_fisher_inverse(run, method, kind):
+    store = run.none if kind == "none" else run.factored
+    got = run.attributor(store).score(run.queries, variant=method.name)
+    want = influence_oracle(run, method.corrected)
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
+    assert np.abs(want).max() > 1e-3  # not a comparison of zeros
+
+
+@pytest.mark.parametrize("corrected", [False, True], ids=["kfac", "ekfac"])
+def test_projected_ekfac_on_a_kronecker_store_is_the_fisher_of_projected_factors(run, corrected):
+    """LoGra-style: the factors of the projected inputs and output gradients."""
+    method = EKFACMethod() if corrected else KFACMethod()
+    got = run.attributor(run.kron).score(run.queries, variant=method)
+    want = influence_oracle(run, corrected, projection=gt.ProjectionConfig.from_dict(run.kron.settings.projection))
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
+
+
+def test_last_checkpoint_alone_and_damping(run):
+    att = run.attributor(run.none)
+    got = att.score(run.queries, variant=EKFACMethod(checkpoints="last"))
+    np.testing.assert_allclose(got, influence_oracle(run, True, checkpoints="last"), rtol=1e-8, atol=1e-12)
+    # more damping shrinks every score toward TracIn / lambda: the ranking differs, the scale drops
+    loose = att.score(run.queries, variant=EKFACMethod(damping=100.0))
+    assert np.abs(loose).max() < np.abs(att.score(run.queries, variant="ekfac")).max()
+
+
+def test_self_influence_is_the_diagonal_and_top_k_breakdown_agree(run):
+    att = run.attributor(run.factored)
+    train_as_queries = att.score(run.xy, variant="ekfac")
+    np.testing.assert_allclose(att.self_influence("ekfac"), np.diag(train_as_queries), rtol=1e-8)
+    np.testing.assert_allclose(run.attributor(run.none).self_influence("kfac"), np.diag(att.score(run.xy, variant="kfac")), rtol=1e-8)
+    qf = att.query_features(run.queries)
+    full = att.score(qf, variant="ekfac")
+    top = att.top_k(qf, k=4, variant="ekfac")
+    np.testing.assert_allclose(top.scores, -np.sort(-full, axis=1)[:, :4], rtol=1e-12)
+    parts = att.breakdown(qf, [0, 5, 18], variant="ekfac")
+    np.testing.assert_allclose(parts.sum(0), full[:, [0, 5, 18]], rtol=1e-10)
+    assert top.meaning.startswith("EK-FAC")
+    with pytest.raises(InputError, match="self-influence is not defined for variant 'cosine'"):
+        att.self_influence("cosine")
+
+
+def test_factors_record_settings_and_reload(run):
+    fitted = load_factors(run.none)
+    assert fitted.settings["fisher"] == "empirical" and fitted.settings["checkpoints"] == [0, 1]
+    assert [(l["d_in"], l["d_out"]) for l in fitted.layout] == [(D_IN + 1, HIDDEN), (HIDDEN + 1, N_OUT)]
+
+
+def test_missing_factors_explain_the_command(run):
+    store = run.make_store("nofactors", gt.ProjectionConfig("factored"))
+    with pytest.raises(InputError, match=r"no fitted ekfac factors named 'ekfac'.*gradtrace fit-factors .*nofactors --task"):
+        run.attributor(store).score(run.queries, variant="ekfac")
+
+
+def test_factors_are_refused_when_the_store_changed(run):
+    store = run.make_store("changes", gt.ProjectionConfig("factored"))
+    fit_factors(store, run.mlp(), run.task, run.xy, checkpoints="last", progress=False)
+    att = run.attributor(store)
+    att.score(run.queries, variant=EKFACMethod(checkpoints="last"))
+    with pytest.raises(InputError, match=r"needs factors at checkpoints \[0\].*checkpoints='last'"):
+        att.score(run.queries, variant="ekfac")
+    more = run.h.classification_data(4, d_in=D_IN, n_out=N_OUT, seed=11)
+    fc = gt.FeaturizeConfig(projection=gt.ProjectionConfig("factored"), dtype="float64", batch_size=5, shard_size=7)
+    gt.featurize(run.mlp(), run.task, run.refs, more, store.root, fc, append=True, progress=False)
+    changed = gt.GradientStore.open(store.root)
+    with pytest.raises(ConfigMismatchError, match=r"changed since its factors 'ekfac' were fitted.*fit-factors(.|\n)*segments"):
+        run.attributor(changed).score(run.queries, variant=EKFACMethod(checkpoints="last"))
+
+
+def test_fit_factors_checks_its_inputs(run):
+    other = run.h.classification_data(19, d_in=D_IN, n_out=N_OUT, seed=2)
+    with pytest.raises(InputError, match="not the training examples the store"):
+        fit_factors(run.none, run.mlp(), run.task, other, progress=False)
+    with pytest.raises(InputError, match="holds 19 training examples; got 5"):
+        fit_factors(run.none, run.mlp(), run.task, (other[0][:5], other[1][:5]), progress=False)
+    with pytest.raises(InputError, match="checkpoints must be 'all' or 'last'"):
+        fit_factors(run.none, run.mlp(), run.task, run.xy, checkpoints="first", progress=False)
+    with pytest.raises(InputError, match="factors name must be"):
+        fit_factors(run.none, run.mlp(), run.task, run.xy, name="../x", progress=False)
+    dense = run.make_store("dense", gt.ProjectionConfig("dense", 8, seed=0))
+    with pytest.raises(InputError, match=r"'dense'.*mixes every layer.*use variant 'fisher'"):
+        fit_factors(dense, run.mlp(), run.task, run.xy, progress=False)
+    with pytest.raises(InputError, match=r"variant 'ekfac' need per-layer gradients"):
+        run.attributor(dense).score(run.queries, variant="ekfac")
+    with pytest.raises(InputError, match="damping must be a positive number"):
+        EKFACMethod(damping=0)
+
+
+# -- TrackStar ---------------------------------------------------------------------------------------------------
+def adam_normaliser(state, eps=None):
+    """``1/(sqrt(v / (1 - beta2^t)) + eps)`` of every parameter, flat, read from the state dict by hand."""
+    group = state["param_groups"][0]
+    beta2 = group["betas"][1]
+    e = group["eps"] if eps is None else eps
+    parts = []
+    for pid in group["params"]:
+        st = state["state"][pid]
+        v = st["exp_avg_sq"].to(torch.float64) / (1 - beta2 ** float(st["step"]))
+        parts.append((1.0 / (v.sqrt() + e)).reshape(-1))
+    return torch.cat(parts)
+
+
+def trackstar_oracle(ns, projection=None, whitening_examples=None, damping=0.1, checkpoints="all"):
+    """``sum_c w_c cos(W P D g_q, W P D g_z)`` with explicit loops; with
+    whitening, ``cos_M(a, b) = a^T M b / sqrt(a^T M a b^T M b)``,
+    ``M = W^2 = (Phi^T Phi / n + lambda I)^-1``."""
+    h = ns.h
+    n_q, n_z = ns.queries[0].shape[0], ns.xy[0].shape[0]
+    out = torch.zeros(n_q, n_z, dtype=torch.float64)
+    for c, ref in enumerate(ns.refs):
+        weight = ref.lr if checkpoints == "all" else float(c == len(ns.refs) - 1)
+        model = at_checkpoint(ns, c)
+        d = adam_normaliser(ns.states[c])
+        p = torch.eye(d.numel(), dtype=torch.float64) if projection is None else DenseProjector(d.numel(), projection).matrix(torch.float64)
+
+        def phi(data):
+            return (h.oracle_grads(model, h.ce_per_example, h.singles(data), NAMES) * d) @ p
+
+        gz, gq = phi(ns.xy), phi(ns.queries)
+        m = torch.eye(p.shape[1], dtype=torch.float64)
+        if whitening_examples is not None:
+            t = phi(whitening_examples)
+            r = t.T @ t / t.shape[0]
+            lam = damping * torch.linalg.eigvalsh(r).clamp_min(0).mean()
+            m = torch.linalg.inv(r + lam * torch.eye(r.shape[0], dtype=torch.float64))
+        for i in range(n_q):
+            for j in range(n_z):
+                a, b = gq[i], gz[j]
+                out[i, j] += weight * (a @ m @ b) / torch.sqrt((a @ m @ a) * (b @ m @ b))
+    return out.numpy()
+
+
+@pytest.fixture(scope="module")
+def ts_dense(run):
+    return run.make_store("ts_dense", gt.ProjectionConfig("dense", 12, seed=5), train_transform=TrackStarTransform(run.states, run.refs))
+
+
+def test_trackstar_on_exact_gradients_equals_the_loops(run):
+    att = run.attributor(run.none)
+    got = att.score(run.queries, variant=TrackStarMethod(run.states))
+    np.testing.assert_allclose(got, trackstar_oracle(run), rtol=1e-9, atol=1e-12)
+    last = att.score(run.queries, variant=TrackStarMethod(run.states, checkpoints="last"))
+    np.testing.assert_allclose(last, trackstar_oracle(run, checkpoints="last"), rtol=1e-9, atol=1e-12)
+
+
+def test_trackstar_on_a_projected_store_equals_the_loops(run, ts_dense):
+    att = run.attributor(ts_dense)
+    got = att.score(run.queries, variant=TrackStarMethod(run.states))
+    want = trackstar_oracle(run, projection=gt.ProjectionConfig("dense", 12, seed=5))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert np.abs(got).max() <= sum(r.lr for r in run.refs) + 1e-12
+
+
+def test_trackstar_whitening_equals_the_loops(run, ts_dense):
+    att = run.attributor(ts_dense)
+    task_set = run.h.classification_data(30, d_in=D_IN, n_out=N_OUT, seed=21)
+    fit_whitening(att, task_set, TrackStarMethod(run.states), name="task")
+    got = att.score(run.queries, variant=TrackStarMethod(run.states, whitening="task"))
+    want = trackstar_oracle(run, projection=gt.ProjectionConfig("dense", 12, seed=5), whitening_examples=task_set)
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
+    # whitening fitted with other optimizer states is refused
+    other = [dict(s) for s in run.states[::-1]]
+    with pytest.raises(InputError, match="fitted with other optimizer states"):
+        att.score(run.queries, variant=TrackStarMethod(other, whitening="task"))
+    with pytest.raises(InputError, match=r"no fitted trackstar-whitening factors named 'absent'"):
+        att.score(run.queries, variant=TrackStarMethod(run.states, whitening="absent"))
+
+
+def test_trackstar_refuses_what_it_cannot_score(run):
+    att = run.attributor(run.kron)
+    with pytest.raises(InputError, match=r"'kronecker' store needs the training gradients normalised.*TrackStarTransform"):
+        att.score(run.queries, variant=TrackStarMethod(run.states))
+    with pytest.raises(InputError, match=r"trackstar needs one optimizer state dict per checkpoint \(2\); got None"):
+        run.attributor(run.none).score(run.queries, variant="trackstar")
+    with pytest.raises(InputError, match="self-influence is not defined for variant 'trackstar'"):
+        run.attributor(run.none).self_influence(TrackStarMethod(run.states))
+    with pytest.raises(InputError, match="does not support projection kind 'factored'"):
+        run.attributor(run.factored).score(run.queries, variant=TrackStarMethod(run.states))
+
+
+def test_score_variants_takes_the_new_methods(run):
+    from gradtrace.unlearn.variants import VariantConfig, score_variants
+
+    config = VariantConfig(variants=("ekfac", "kfac", "trackstar"), kfac_damping=0.1)
+    got = score_variants(run.none, run.mlp(), run.task, run.queries, None, config, adam_states=run.states)
+    np.testing.assert_allclose(got["ekfac"], influence_oracle(run, True), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(got["kfac"], influence_oracle(run, False), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(got["trackstar"], trackstar_oracle(run), rtol=1e-9, atol=1e-12)
