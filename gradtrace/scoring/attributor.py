@@ -266,14 +266,20 @@ class Attributor:
         store = self.store
         n_ckpt = len(store.checkpoints)
         out = np.zeros(store.n_examples, dtype=np.float64)
+        # a method may score rows against themselves directly (prepare_self); else the diagonal of a block
+        own = method.prepare_self(store, self._fitted) if hasattr(method, "prepare_self") else None
+        step = SCAN_ROWS if own is not None else SELF_ROWS
         with progress_bar(f"self-influence ({method.name})", store.n_examples, self.progress) as bar:
             for a, b in store.shard_ranges():
-                for lo in range(a, b, SELF_ROWS):
-                    hi = min(lo + SELF_ROWS, b)
+                for lo in range(a, b, step):
+                    hi = min(lo + step, b)
                     unit = [torch.from_numpy(np.asarray(store.features(c, a, b)[lo - a : hi - a], dtype=np.float64)) for c in range(n_ckpt)]
                     norms = [torch.from_numpy(np.array(store.norms(c, a, b)[lo - a : hi - a, 0], dtype=np.float64)) for c in range(n_ckpt)]
-                    score = self._prepare(QueryFeatures(unit, norms, "self", hi - lo), method, torch.float64, torch.float64)
-                    out[lo:hi] = sum(torch.diagonal(score(c, unit[c], norms[c])).numpy() for c in range(n_ckpt))
+                    if own is not None:
+                        out[lo:hi] = sum(own(c, unit[c], norms[c]).numpy() for c in range(n_ckpt))
+                    else:
+                        score = self._prepare(QueryFeatures(unit, norms, "self", hi - lo), method, torch.float64, torch.float64)
+                        out[lo:hi] = sum(torch.diagonal(score(c, unit[c], norms[c])).numpy() for c in range(n_ckpt))
                     bar.advance(hi - lo)
         out[store.skipped_indices] = 0.0
         return out

@@ -159,3 +159,32 @@ def test_report_reuses_the_listed_examples_and_one_breakdown(setup, monkeypatch)
         assert calls == {"top_k": 2, "breakdown": 1}  # proponents and opponents once each; one breakdown pass
         html_text = report.read_text()
         assert "q-even" in html_text and "q-odd" not in html_text  # --limit 1: the first query only
+
+
+def test_fit_factors_and_ekfac_on_a_hugging_face_store(setup, tmp_path) -> None:
+    """EK-FAC in the Kronecker-projected space of LoRA layers over token
+    sequences: fit-factors reads the model and data the store recorded."""
+    root, model_dir, data, queries, refs, task = setup
+    store = tmp_path / "store"
+    assert featurize_hf(root, model_dir, data, store).exit_code == 0
+    r = invoke("query", store, "--queries", queries, "--behaviour", "margin", "--variant", "ekfac")
+    message = " ".join(r.output.split())
+    assert r.exit_code == 2 and "gradtrace fit-factors" in message and "--task FILE.py" not in message  # the store knows its data
+    r = invoke("fit-factors", store, "--no-progress")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "res.jsonl"
+    r = invoke("query", store, "--queries", queries, "--behaviour", "margin", "--k", 3, "--variant", "ekfac", "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    model = add_lora(zoo.tiny_gpt2(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=64), CONFIG)
+    att = Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
+    qs = [{k: v for k, v in q.items() if k != "id"} for q in map(json.loads, queries.read_text().splitlines())]
+    top = att.top_k(qs, k=3, behaviour=PreferenceMarginBehaviour(), variant="ekfac")
+    np.testing.assert_allclose([x["score"] for x in rows], top.scores.ravel(), rtol=1e-6)
+    raw = att.top_k(qs, k=3, behaviour=PreferenceMarginBehaviour())
+    assert not np.allclose(top.scores, raw.scores)  # the Fisher changes the scores
+    # a store of Adam-transformed gradients cannot be preconditioned by the Fisher of plain ones
+    adam_store = tmp_path / "adam"
+    assert featurize_hf(root, model_dir, data, adam_store, "--adam").exit_code == 0
+    r = invoke("fit-factors", adam_store, "--no-progress")
+    assert r.exit_code == 2 and "transformed by" in " ".join(r.output.split())

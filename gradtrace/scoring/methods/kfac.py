@@ -119,6 +119,34 @@ class KFACMethod(MethodBase):
 
         return score
 
+    def prepare_self(self, store: Any, cache: MutableMapping[Any, Any]) -> Any:
+        """``(checkpoint, rows float64, norms) -> [m]``: each row's own score
+        ``w_c vec(G_z)^T (F + lambda I)^{-1} vec(G_z)``, without the ``m x m``
+        block (used by ``Attributor.self_influence``)."""
+        fitted = self._fitted(store, cache)
+        kind = store.settings.projection_kind
+        weights = self.weights(store)
+        layout = fitted.layout
+        indices = None if kind == "factored" else [layer_index(layer, kind) for layer in layout]
+
+        def score(c: int, rows: Tensor, norms: Tensor) -> Tensor:
+            total = torch.zeros(rows.shape[0], dtype=torch.float64)
+            if not weights[c]:
+                return total
+            if indices is None:
+                for l, layer in enumerate(layout):
+                    at, d_in, d_out = int(layer["offset"]), int(layer["d_in"]), int(layer["d_out"])
+                    grad = rows[:, at + d_in : at + d_in + d_out, None] * rows[:, None, at : at + d_in]
+                    total += (self.precondition(fitted, c, l, grad) * grad).sum(dim=(1, 2))
+            else:
+                q = rows * norms[:, None]
+                for l, idx in enumerate(indices):
+                    block = q[:, idx]
+                    total += (self.precondition(fitted, c, l, block) * block).sum(dim=(1, 2))
+            return total * weights[c]
+
+        return score
+
     def _factored_scorer(self, fitted: KroneckerFactors, queries: QueryInputs, weights: list[float]) -> BlockScorer:
         """Factored rows ``[x | dy]`` per layer: score ``sum_l dy_z^T M_q x_z``."""
         qf, acc, compute = queries.features, queries.accumulate, queries.compute
