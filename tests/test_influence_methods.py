@@ -325,3 +325,73 @@ def test_score_variants_takes_the_new_methods(run):
     np.testing.assert_allclose(got["ekfac"], influence_oracle(run, True), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(got["kfac"], influence_oracle(run, False), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(got["trackstar"], trackstar_oracle(run), rtol=1e-9, atol=1e-12)
+
+
+# -- layers that see several tokens per example --------------------------------------------------------------------
+class Pooled(torch.nn.Module):
+    """Tokens -> Linear -> tanh -> masked mean -> Linear: the first layer sees
+    several tokens per example, masked tokens get exactly zero gradient."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.inp = torch.nn.Linear(3, 4)
+            self.out = torch.nn.Linear(4, 3)
+        self.double()
+
+    def forward(self, x, mask):
+        h = torch.tanh(self.inp(x))
+        return self.out((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+
+
+class PooledTask:
+    def per_example_loss(self, model, batch):
+        x, mask, y = batch
+        return F.cross_entropy(model(x, mask), y, reduction="none")
+
+
+def tokens_by_hand(model, x, mask, y):
+    """Per layer: every token's (input with a 1, output gradient), ``[n, T, .]``."""
+    w0, b0, w1, b1 = (p.detach() for p in model.parameters())
+    h = torch.tanh(x @ w0.T + b0)
+    count = mask.sum(1, keepdim=True)
+    pooled = (h * mask[..., None]).sum(1) / count
+    g1 = torch.softmax(pooled @ w1.T + b1, 1) - F.one_hot(y, 3).to(x.dtype)
+    g0 = (g1 @ w1)[:, None, :] * (mask / count)[..., None] * (1 - h**2)
+    ones = torch.ones(*x.shape[:2], 1, dtype=x.dtype)
+    return [(torch.cat([x, ones], 2), g0), (torch.cat([pooled, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)[:, None], g1[:, None])]
+
+
+def test_ekfac_over_tokens_counts_live_tokens_in_A_and_sums_tokens_per_example(tmp_path, h):
+    gen = torch.Generator().manual_seed(3)
+    n, t = 13, 4
+    x = torch.randn(n, t, 3, generator=gen, dtype=torch.float64)
+    mask = (torch.rand(n, t, generator=gen) < 0.7).to(torch.float64)
+    mask[:, 0] = 1.0  # every example has a token
+    y = torch.randint(0, 3, (n,), generator=gen)
+    qx, qm, qy = x[:3] * 0.5, torch.ones(3, t, dtype=torch.float64), y[:3].flip(0)
+    refs = h.write_checkpoints(Pooled, tmp_path / "ckpt", [0.3, 0.2])
+    task = PooledTask()
+    fc = gt.FeaturizeConfig(projection=gt.ProjectionConfig("none"), dtype="float64", batch_size=5, shard_size=6)
+    store = gt.featurize(Pooled(0), task, refs, (x, mask, y), tmp_path / "store", fc, progress=False)
+    fit_factors(store, Pooled(0), task, (x, mask, y), progress=False)
+    got = gt.Attributor(store, Pooled(0), task).score((qx, qm, qy), variant="ekfac")
+
+    want = torch.zeros(3, n, dtype=torch.float64)
+    for path, lr in refs:
+        model = Pooled(0)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        for (xs, gs), (xq, gq) in zip(tokens_by_hand(model, x, mask, y), tokens_by_hand(model, qx, qm, qy)):
+            live = (gs != 0).any(-1)
+            a = xs[live].T @ xs[live] / live.sum()
+            s = torch.einsum("nto,ntp->op", gs, gs) / n
+            qa, qs = torch.linalg.eigh(a)[1], torch.linalg.eigh(s)[1]
+            q = torch.kron(qs, qa)
+            gz = torch.einsum("nto,nti->noi", gs, xs).reshape(n, -1)
+            lam = ((gz @ q) ** 2).mean(0)
+            fisher = q @ torch.diag(lam) @ q.T + 0.1 * lam.mean() * torch.eye(q.shape[0], dtype=torch.float64)
+            gqv = torch.einsum("nto,nti->noi", gq, xq).reshape(3, -1)
+            want += lr * gqv @ torch.linalg.inv(fisher) @ gz.T
+    assert int((mask == 0).sum()) > 0
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-8, atol=1e-12)
