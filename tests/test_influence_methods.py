@@ -202,7 +202,7 @@ def test_factors_are_refused_when_the_store_changed(run):
     fc = gt.FeaturizeConfig(projection=gt.ProjectionConfig("factored"), dtype="float64", batch_size=5, shard_size=7)
     gt.featurize(run.mlp(), run.task, run.refs, more, store.root, fc, append=True, progress=False)
     changed = gt.GradientStore.open(store.root)
-    with pytest.raises(ConfigMismatchError, match=r"changed since its factors 'ekfac' were fitted.*fit-factors(.|\n)*segments"):
+    with pytest.raises(ConfigMismatchError, match=r"factors 'ekfac' of the store .* were fitted before the store changed; fit them again \(gradtrace fit-factors(.|\n)*segments \(sha256\)"):
         run.attributor(changed).score(run.queries, variant=EKFACMethod(checkpoints="last"))
 
 

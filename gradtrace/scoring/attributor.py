@@ -63,10 +63,12 @@ class Attributor:
 
     ``variant`` (of ``score``, ``top_k``, ``breakdown``, ``query_features``)
     is a registered method name (``available_methods()``: ``raw``,
-    ``cosine``, ``fisher``, ``adam``, ...) or a method object made with
-    options (``FisherMethod(damping=0.05)``, ``AdamMethod(adam_states)``);
-    see :mod:`gradtrace.scoring.methods`. Whatever a method fits on the store
-    (Fisher's inverses) is fitted once and kept by this attributor.
+    ``cosine``, ``adam``, ``fisher``, ``kfac``, ``ekfac``, ``trackstar``) or
+    a method object made with options (``FisherMethod(damping=0.05)``,
+    ``AdamMethod(adam_states)``, ``EKFACMethod(checkpoints="last")``); see
+    :mod:`gradtrace.scoring.methods` and docs/methods.md. Whatever a method
+    fits on the store (Fisher's inverses) is fitted once and kept by this
+    attributor; what is fitted beforehand (K-FAC factors) is read once.
     ``executor`` decides which shard ranges this process scans (default: all
     of them; see :mod:`gradtrace.execution`).
 

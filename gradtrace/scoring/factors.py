@@ -211,9 +211,9 @@ def load_artefact(store: GradientStore, name: str, kind: str) -> tuple[dict[str,
     changed = dict_differences(record["store"], store.fingerprint())
     if changed:
         raise ConfigMismatchError(
-            f"the store at {str(store.root)!r} changed since its factors {name!r} were fitted (sha256 of each manifest "
-            f"field; fit them again: {fit_command(store, name, kind)}); it",
-            changed,
+            f"the factors {name!r} of the store at {str(store.root)!r} were fitted before the store changed; fit them "
+            f"again ({fit_command(store, name, kind)}). They",
+            {f"{field} (sha256)": pair for field, pair in changed.items()},
         )
     npz = path.with_suffix(".npz")
     if not npz.is_file() or file_sha256(npz) != record.get("sha256"):
