@@ -81,15 +81,17 @@ class KFACMethod(MethodBase):
             cache[key] = load_factors(store, self.factors)
         return cache[key]
 
+    def inverse_eigenvalues(self, fitted: KroneckerFactors, c: int, layer: int) -> Tensor:
+        """``1 / (Lambda + lambda)`` of one layer, ``[d_out, d_in]`` (float64)."""
+        lam = fitted.layers[c][layer].eigenvalues(self.corrected)
+        damp = self.damping * float(lam.mean())
+        return 1.0 / (lam + (damp if damp > 0 else self.damping))
+
     def precondition(self, fitted: KroneckerFactors, c: int, layer: int, grads: Tensor) -> Tensor:
         """``(F + lambda I)^{-1}`` applied to gradients ``[n, d_out, d_in]`` of one layer (float64)."""
         lf = fitted.layers[c][layer]
-        lam = lf.eigenvalues(self.corrected)
-        damp = self.damping * float(lam.mean())
-        if not damp > 0:
-            damp = self.damping
         rotated = lf.q_s.T @ grads @ lf.q_a
-        return lf.q_s @ (rotated / (lam + damp)) @ lf.q_a.T
+        return lf.q_s @ (rotated * self.inverse_eigenvalues(fitted, c, layer)) @ lf.q_a.T
 
     def prepare(self, store: Any, queries: QueryInputs, cache: MutableMapping[Any, Any]) -> BlockScorer:
         fitted = self._fitted(store, cache)
@@ -134,10 +136,14 @@ class KFACMethod(MethodBase):
             if not weights[c]:
                 return total
             if indices is None:
+                # G = dy x^T is rank one: in the eigenbasis (Q_S^T dy)(Q_A^T x)^T, so the score is
+                # sum_oi (Q_S^T dy)_o^2 (Q_A^T x)_i^2 / (Lambda + lambda)_oi, with no d_out x d_in matrix per row
                 for l, layer in enumerate(layout):
                     at, d_in, d_out = int(layer["offset"]), int(layer["d_in"]), int(layer["d_out"])
-                    grad = rows[:, at + d_in : at + d_in + d_out, None] * rows[:, None, at : at + d_in]
-                    total += (self.precondition(fitted, c, l, grad) * grad).sum(dim=(1, 2))
+                    lf = fitted.layers[c][l]
+                    g2 = (rows[:, at + d_in : at + d_in + d_out] @ lf.q_s).pow_(2)
+                    x2 = (rows[:, at : at + d_in] @ lf.q_a).pow_(2)
+                    total += ((g2 @ self.inverse_eigenvalues(fitted, c, l)) * x2).sum(dim=1)
             else:
                 q = rows * norms[:, None]
                 for l, idx in enumerate(indices):
