@@ -395,3 +395,19 @@ def test_ekfac_over_tokens_counts_live_tokens_in_A_and_sums_tokens_per_example(t
             want += lr * gqv @ torch.linalg.inv(fisher) @ gz.T
     assert int((mask == 0).sum()) > 0
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-8, atol=1e-12)
+
+
+def test_the_same_scores_through_every_store_that_holds_the_exact_gradient(run):
+    """A Kronecker store whose factors are the identity (every layer smaller
+    than the side) and a float32 factored store give the exact store's scores."""
+    exact = run.attributor(run.none).score(run.queries, variant="ekfac")
+    wide = run.make_store("kron_identity", gt.ProjectionConfig("kronecker", 49, seed=2))
+    fit_factors(wide, run.mlp(), run.task, run.xy, progress=False)
+    np.testing.assert_allclose(run.attributor(wide).score(run.queries, variant="ekfac"), exact, rtol=1e-9, atol=1e-12)
+    fc = gt.FeaturizeConfig(projection=gt.ProjectionConfig("factored"), dtype="float32", batch_size=5, shard_size=7)
+    single = gt.featurize(run.mlp(), run.task, run.refs, run.xy, run.root / "factored32", fc, progress=False)
+    fit_factors(single, run.mlp(), run.task, run.xy, progress=False)
+    att = run.attributor(single)
+    np.testing.assert_allclose(att.score(run.queries, variant="ekfac"), exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
+    np.testing.assert_allclose(att.top_k(run.queries, k=3, variant="kfac").scores,
+                               -np.sort(-run.attributor(run.none).score(run.queries, variant="kfac"), axis=1)[:, :3], rtol=1e-4)
