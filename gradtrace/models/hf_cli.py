@@ -74,12 +74,14 @@ def fit_factors_hf(store: Any, *, checkpoints: str, name: str, batch_size: int |
 
 def query_hf(
     store: Path, queries: Path, behaviour: str, hf_model: str | None, limit: int | None = None, *, verify: bool = True,
+    variant: str | None = None,
 ) -> tuple[Any, Any, list[dict[str, Any]], list[str], Any]:
     """``(attributor, behaviour, query examples, query ids, query features)``
     for a store made with ``--hf-model``; ``limit``: only the first N queries
     (a positive integer, named ``--limit`` in errors); ``verify``: check each
     shard read against its checksum. The queries are checked for the fields
-    the behaviour needs before the model loads."""
+    the behaviour needs before the model loads, and so is the store for
+    ``variant`` when given."""
     from ..data import head
     from ..scoring import Attributor
     from ..store import GradientStore
@@ -93,6 +95,10 @@ def query_hf(
     qids = ids if ids is not None else [f"q{i}" for i in range(len(examples))]
     examples, qids = head(examples, limit, "--limit"), head(qids, limit, "--limit")
     st = GradientStore.open(store, verify=verify)
+    if variant is not None:  # e.g. factors not fitted: said before the model loads
+        from ..scoring import get_method
+
+        get_method(variant).check(st)
     model, task = spec.load()
     attributor = Attributor(st, model, task, checkpoint_loader=load_hf_checkpoint)
     qf = attributor.query_features(examples, b)

@@ -20,11 +20,7 @@ def run_hf_query(
     ``report``, also writes the HTML report (its proponents or opponents are
     the ones of the records, not computed again). ``verify``: check each
     shard read against its checksum."""
-    from ..scoring import get_method
-    from ..store import GradientStore
-
-    get_method(variant).check(GradientStore.open(store, verify=verify))  # e.g. factors not fitted: say so before the model loads
-    attributor, b, examples, qids, qf = query_hf(store, queries, behaviour, hf_model, limit, verify=verify)
+    attributor, b, examples, qids, qf = query_hf(store, queries, behaviour, hf_model, limit, verify=verify, variant=variant)
     topk = attributor.top_k(qf, k=k, largest=not opponents, variant=variant)
     records = topk.to_records(list(qids), attributor.store.tags)
     if report is not None:
