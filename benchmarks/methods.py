@@ -150,7 +150,10 @@ def write_section(r: dict[str, Any]) -> None:
         s = lds_r["seconds"]
         md.append("### LDS on digits per method\n\n50 random half-subsets retrained (Adam, 1,500 steps, fixed seed), the loss of "
                   "40 test images, 5 checkpoints (the set-up of `act.py --parts lds`). Seconds: scoring the 40 queries against "
-                  "1,437 training examples (query gradients included), on the store the method reads.\n")
+                  "1,437 training examples (query gradients included), on the store the method reads: dense 1024-dim projection "
+                  "(raw, cosine, adam, fisher), factored exact gradients (raw, kfac, ekfac), dense 1024 of TrackStar-normalised "
+                  "gradients (trackstar; whitening fitted on the loss gradients of 200 other test images). Damping 0.1 x mean "
+                  "eigenvalue everywhere.\n")
         md.append("| method | LDS | seconds |\n|---|---|---|")
         for k, v in sorted(lds_r["lds_by_method"].items(), key=lambda kv: -kv[1]):
             md.append(f"| {k} | {v:.3f} | {s[f'score/{k}']:.2f} |")

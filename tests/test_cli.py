@@ -101,6 +101,16 @@ def test_demo_finds_flipped_labels_and_writes_report(tmp_path: Path) -> None:
     r2 = invoke("demo", "--out", out, "--no-progress")
     assert r2.exit_code == 0
     assert json.loads((out / "summary.json").read_text())["found_self_influence"] == found
+    # EK-FAC on the demo's store: its TaskSpec (make_task reuses the demo's checkpoints), fit-factors, then --variant
+    task = tmp_path / "demo_task.py"
+    task.write_text(f"from gradtrace.demos.digits import make_task as t\n\ndef make_task():\n    return t(r\"{out}\")\n")
+    r = invoke("fit-factors", out / "store", "--task", f"{task}:make_task", "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = invoke("query", out / "store", "--task", f"{task}:make_task", "--variant", "ekfac", "--k", "3", "--limit", "1")
+    assert r.exit_code == 0 and "EK-FAC influence" in " ".join(r.output.split()), r.output
+    r = invoke("self-influence", out / "store", "--variant", "ekfac", "--json")
+    assert r.exit_code == 0, r.output
+    assert sum(row["train_tag"] == "flipped" for row in json.loads(r.output)["top"]) >= 15  # of the top 20
 
 
 def test_report_escapes_untrusted_text() -> None:
