@@ -272,6 +272,8 @@ def fit_factors_cmd(
     task: Optional[str] = typer.Option(None, help="the same --task as featurize (not needed for a store made with --hf-model)"),
     checkpoints: str = typer.Option("all", help="all (kfac/ekfac sum over checkpoints) | last (the final checkpoint only)"),
     name: str = typer.Option("ekfac", help="name of the fitted factors (variant kfac/ekfac read 'ekfac')"),
+    fisher: str = typer.Option("empirical", help="empirical (training labels) | true (labels drawn from the model; classifiers)"),
+    seed: int = typer.Option(0, help="with --fisher true: seed of the label draws"),
     batch_size: Optional[int] = typer.Option(None, help="examples per pass (default: the store's)"),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
@@ -288,13 +290,14 @@ def fit_factors_cmd(
         if task is None:
             from .models.hf_cli import fit_factors_hf
 
-            path = fit_factors_hf(st, checkpoints=checkpoints, name=name, batch_size=batch_size, progress=progress)
+            path = fit_factors_hf(st, checkpoints=checkpoints, name=name, fisher=fisher, seed=seed, batch_size=batch_size,
+                                  progress=progress)
         else:
             spec = load_task_spec(task)
-            path = fit_factors(st, spec.model(), spec.task, spec.train, checkpoints=checkpoints, name=name, batch_size=batch_size,
-                               checkpoint_loader=spec.checkpoint_loader, progress=progress)
+            path = fit_factors(st, spec.model(), spec.task, spec.train, checkpoints=checkpoints, name=name, fisher=fisher,
+                               seed=seed, batch_size=batch_size, checkpoint_loader=spec.checkpoint_loader, progress=progress)
         if as_json:
-            print_json({"store": str(st.root), "factors": str(path), "name": name, "checkpoints": checkpoints})
+            print_json({"store": str(st.root), "factors": str(path), "name": name, "checkpoints": checkpoints, "fisher": fisher})
         else:
             console.print(f"factors {name!r} of {st.root} written to {path}; score with --variant ekfac or kfac")
 

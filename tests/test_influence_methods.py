@@ -103,8 +103,9 @@ def dense_fisher_inverse(x, g, corrected, damping=0.1):
     return torch.linalg.inv(fisher + damping * lam.mean() * torch.eye(fisher.shape[0], dtype=torch.float64))
 
 
-def influence_oracle(ns, corrected, projection=None, checkpoints="all"):
-    """``sum_c w_c sum_l vec(G_q)^T (F_l + lambda I)^-1 vec(G_z)`` with dense matrices."""
+def influence_oracle(ns, corrected, projection=None, checkpoints="all", fisher_labels=None):
+    """``sum_c w_c sum_l vec(G_q)^T (F_l + lambda I)^-1 vec(G_z)`` with dense
+    matrices; ``F`` from the gradients at ``fisher_labels`` (default: the training labels)."""
     out = torch.zeros(ns.queries[0].shape[0], ns.xy[0].shape[0], dtype=torch.float64)
     n_ckpt = len(ns.refs)
     for c in range(n_ckpt):
@@ -114,8 +115,10 @@ def influence_oracle(ns, corrected, projection=None, checkpoints="all"):
         model = at_checkpoint(ns, c)
         train_pairs = projected(ns, layer_factors_by_hand(model, *ns.xy), projection)
         query_pairs = projected(ns, layer_factors_by_hand(model, *ns.queries), projection)
-        for (x, g), (xq, gq) in zip(train_pairs, query_pairs):
-            inverse = dense_fisher_inverse(x, g, corrected)
+        labels = ns.xy[1] if fisher_labels is None else fisher_labels
+        fisher_pairs = projected(ns, layer_factors_by_hand(model, ns.xy[0], labels), projection)
+        for (x, g), (xq, gq), (xf, gf) in zip(train_pairs, query_pairs, fisher_pairs):
+            inverse = dense_fisher_inverse(xf, gf, corrected)
             gz = torch.stack([torch.outer(g[k], x[k]).reshape(-1) for k in range(x.shape[0])])
             gqv = torch.stack([torch.outer(gq[k], xq[k]).reshape(-1) for k in range(xq.shape[0])])
             out += weight * (gqv @ inverse @ gz.T)
@@ -411,3 +414,39 @@ def test_the_same_scores_through_every_store_that_holds_the_exact_gradient(run):
     np.testing.assert_allclose(att.score(run.queries, variant="ekfac"), exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
     np.testing.assert_allclose(att.top_k(run.queries, k=3, variant="kfac").scores,
                                -np.sort(-run.attributor(run.none).score(run.queries, variant="kfac"), axis=1)[:, :3], rtol=1e-4)
+
+
+def test_true_fisher_fits_on_labels_drawn_by_the_task(run, monkeypatch):
+    """fisher='true': the factors come from task.sampled_loss (here labels shifted
+    by one, so the oracle knows them); the scored gradients stay the training loss's."""
+
+    def shifted(self, model, batch, generator):
+        return F.cross_entropy(model(batch[0]), (batch[1] + 1) % N_OUT, reduction="none")
+
+    monkeypatch.setattr(gt.ClassificationTask, "sampled_loss", shifted)
+    fit_factors(run.factored, run.mlp(), run.task, run.xy, name="true", fisher="true", progress=False)
+    assert load_factors(run.factored, "true").settings["fisher"] == "true"
+    got = run.attributor(run.factored).score(run.queries, variant=EKFACMethod(factors="true"))
+    want = influence_oracle(run, True, fisher_labels=(run.xy[1] + 1) % N_OUT)
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
+    assert not np.allclose(got, influence_oracle(run, True), rtol=1e-3)
+
+
+def test_sampled_labels_follow_the_model_distribution(run):
+    task = gt.ClassificationTask()
+    x = torch.zeros(3000, 2, dtype=torch.float64)
+    uniform = torch.nn.Linear(2, 3).double()
+    torch.nn.init.zeros_(uniform.weight)
+    with torch.no_grad():
+        uniform.bias.copy_(torch.log(torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)))
+    loss = task.sampled_loss(uniform, (x, None), torch.Generator().manual_seed(0))
+    # the loss is -log p(label): read the labels back from it
+    drawn = np.round(np.exp(-loss.detach().numpy()), 6)
+    shares = [float(np.mean(drawn == p)) for p in (0.2, 0.3, 0.5)]
+    np.testing.assert_allclose(shares, [0.2, 0.3, 0.5], atol=0.03)
+    again = task.sampled_loss(uniform, (x, None), torch.Generator().manual_seed(0))
+    assert torch.equal(loss, again)
+    with pytest.raises(InputError, match="fisher must be one of"):
+        fit_factors(run.none, run.mlp(), run.task, run.xy, fisher="ggn", progress=False)
+    with pytest.raises(InputError, match=r"fisher='true' needs a task with sampled_loss.*PooledTask has none"):
+        fit_factors(run.none, run.mlp(), PooledTask(), run.xy, fisher="true", progress=False)

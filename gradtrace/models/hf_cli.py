@@ -58,7 +58,9 @@ def _grad_dim(model: Any, params: Any) -> int:
     return sum(sizes[n] for n in select_parameters(model, params))
 
 
-def fit_factors_hf(store: Any, *, checkpoints: str, name: str, batch_size: int | None, progress: bool) -> Path:
+def fit_factors_hf(
+    store: Any, *, checkpoints: str, name: str, batch_size: int | None, progress: bool, fisher: str = "empirical", seed: int = 0,
+) -> Path:
     """``gradtrace fit-factors`` for a store made with ``--hf-model``: the
     model, checkpoints and training data saved with it (:class:`HFSpec`)."""
     from ..scoring.factors import fit_factors
@@ -68,8 +70,8 @@ def fit_factors_hf(store: Any, *, checkpoints: str, name: str, batch_size: int |
         raise InputError(f"the store {str(store.root)!r} does not record its training data file; pass --task")
     examples, _, _ = read_jsonl(Path(spec.data), "the store's --data", COMPLETION_FIELDS, "each training example needs")
     model, task = spec.load()
-    return fit_factors(store, model, task, examples, checkpoints=checkpoints, name=name, batch_size=batch_size,
-                       checkpoint_loader=load_hf_checkpoint, progress=progress)
+    return fit_factors(store, model, task, examples, checkpoints=checkpoints, name=name, fisher=fisher, seed=seed,
+                       batch_size=batch_size, checkpoint_loader=load_hf_checkpoint, progress=progress)
 
 
 def query_hf(

@@ -33,8 +33,9 @@ correction of EK-FAC (George et al., 2018; Grosse et al., 2023)::
     Lambda[o, i] = E_z[ (Q_S^T G_z Q_A)[o, i]^2 ]
 
 K-FAC uses ``Lambda = s a^T`` instead. The Fisher is the *empirical* one
-(gradients of the training loss at the training labels); the true Fisher /
-GGN with labels sampled from the model is not offered.
+(gradients of the training loss at the training labels) by default, or the
+*true* Fisher (labels drawn from the model's predictive distribution,
+``fisher="true"``, for tasks with ``sampled_loss``: classifiers).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from ..fingerprint import file_sha256
 from ..grads.compute import input_errors, model_fingerprint, resolve_loader, restored
 from ..grads.linear_capture import linear_sites
 from ..grads.per_example import GradientFeaturizer
-from ..grads.projection import ProjectionConfig
+from ..grads.projection import ProjectionConfig, derive_seed
 from ..progress import progress_bar
 from ..store.gradient_store import GradientStore
 from ..store.settings import dict_differences
@@ -69,6 +70,7 @@ from ..task import Task, check_task, describe
 FACTORS_DIR = "factors"
 FORMAT = "gradtrace.factors"
 KRONECKER_KINDS = ("none", "factored", "kronecker")
+FISHERS = ("empirical", "true")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -271,6 +273,8 @@ def fit_factors(
     *,
     checkpoints: str = "all",
     name: str = "ekfac",
+    fisher: str = "empirical",
+    seed: int = 0,
     batch_size: int | None = None,
     checkpoint_loader: Callable[[nn.Module, CheckpointRef], Any] | None = None,
     weights_only: bool = True,
@@ -285,6 +289,14 @@ def fit_factors(
     training set, all examples in store order (checked against the
     fingerprints the store recorded). Two passes over the data per
     checkpoint: the factors, then the correction in their eigenbasis.
+
+    ``fisher="empirical"`` (default) fits the gradients of the training loss
+    at the training labels; ``"true"`` at labels drawn from the model's own
+    predictive distribution (the true Fisher, Kronfluence's default), for a
+    task with ``sampled_loss(model, batch, generator)``
+    (:class:`~gradtrace.task.ClassificationTask` has one): one draw per
+    example from a generator seeded with ``seed`` and the checkpoint, the same
+    draws in both passes.
     """
     store = store if isinstance(store, GradientStore) else GradientStore.open(store)
     check_name(name)
@@ -292,7 +304,16 @@ def fit_factors(
         raise InputError(f"checkpoints must be 'all' or 'last'; got {checkpoints!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if fisher not in FISHERS:
+        raise InputError(f"fisher must be one of {FISHERS}; got {fisher!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer; got {seed!r}")
     task = check_task(task)
+    if fisher == "true" and not callable(getattr(task, "sampled_loss", None)):
+        raise InputError(
+            f"fisher='true' needs a task with sampled_loss(model, batch, generator) (labels drawn from the model); "
+            f"{type(task).__name__} has none: use fisher='empirical'"
+        )
     _check_model_and_task(store, model, task)
     source = as_source(data, collate=getattr(task, "collate", None))
     check_training_data(store, source)
@@ -309,18 +330,40 @@ def fit_factors(
         model.eval()
         for c in indices:
             loader(model, refs[c])
-            for l, lf in enumerate(_fit_checkpoint(model, task, featurizer, source, bs, len(layout), bar)):
+            if fisher == "true":
+                loss = _sampled(task, derive_seed(seed, "fisher", c))
+            else:
+                loss = task.per_example_loss
+            for l, lf in enumerate(_fit_checkpoint(model, loss, featurizer, source, bs, len(layout), bar)):
                 for key, value in dataclasses.asdict(lf).items():
                     arrays[f"c{c}.l{l}.{key}"] = value.numpy()
     settings = {
-        "fisher": "empirical", "checkpoints": indices, "n_examples": n, "layout": layout,
+        "fisher": fisher, "seed": seed if fisher == "true" else None, "checkpoints": indices, "n_examples": n, "layout": layout,
         "projection": dict(store.settings.projection),
     }
     return save_artefact(store, name, "ekfac", settings, arrays)
 
 
+def _sampled(task: Any, seed: int) -> Callable[..., Tensor]:
+    """``task.sampled_loss`` with a generator that restarts at ``seed`` on
+    each pass over the data (call ``.restart()``), so both passes draw the same labels."""
+
+    class Loss:
+        def __init__(self) -> None:
+            self.restart()
+
+        def restart(self) -> None:
+            self.generator = torch.Generator().manual_seed(seed)
+
+        def __call__(self, model: nn.Module, batch: Any) -> Tensor:
+            return task.sampled_loss(model, batch, self.generator)
+
+    return Loss()
+
+
 def _fit_checkpoint(
-    model: nn.Module, task: Task, featurizer: GradientFeaturizer, source: ExampleSource, bs: int, n_layers: int, bar: Any,
+    model: nn.Module, loss: Callable[..., Tensor], featurizer: GradientFeaturizer, source: ExampleSource, bs: int,
+    n_layers: int, bar: Any,
 ) -> list[LayerFactors]:
     n = len(source)
     a_sum: list[Tensor | None] = [None] * n_layers
@@ -328,11 +371,13 @@ def _fit_checkpoint(
     tokens = [0] * n_layers
 
     def batches():
+        if hasattr(loss, "restart"):
+            loss.restart()
         for lo in range(0, n, bs):
             hi = min(lo + bs, n)
             batch = source.batch(lo, hi)
             with input_errors("data", lo, hi, batch, model, first=lo == 0):
-                pairs, values = featurizer.layer_factors(model, task.per_example_loss, batch)
+                pairs, values = featurizer.layer_factors(model, loss, batch)
             if not bool(torch.isfinite(values).all()):
                 i = int((~torch.isfinite(values)).nonzero()[0, 0])
                 raise InputError(f"data: example {lo + i} has a non-finite loss ({float(values[i])}); Kronecker factors need finite losses")

@@ -170,6 +170,8 @@ def test_fit_factors_and_ekfac_on_a_hugging_face_store(setup, tmp_path) -> None:
     r = invoke("query", store, "--queries", queries, "--behaviour", "margin", "--variant", "ekfac")
     message = " ".join(r.output.split())
     assert r.exit_code == 2 and "gradtrace fit-factors" in message and "--task FILE.py" not in message  # the store knows its data
+    r = invoke("fit-factors", store, "--no-progress", "--fisher", "true")
+    assert r.exit_code == 2 and "CausalLMTask has none" in " ".join(r.output.split())
     r = invoke("fit-factors", store, "--no-progress")
     assert r.exit_code == 0, r.output
     out = tmp_path / "res.jsonl"

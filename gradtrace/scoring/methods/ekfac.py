@@ -19,7 +19,7 @@ class EKFACMethod(KFACMethod):
     name = "ekfac"
     meaning = (
         "EK-FAC influence: sum over checkpoints of lr_c * grad behaviour(q)^T (F + lambda I)^-1 grad loss(z) per linear "
-        "layer, F the eigenvalue-corrected Kronecker-factored empirical Fisher (gradtrace fit-factors), lambda = damping x "
+        "layer, F the eigenvalue-corrected Kronecker-factored Fisher (gradtrace fit-factors), lambda = damping x "
         "mean eigenvalue; same sign convention as raw. The influence-function estimate Kronfluence computes."
     )
     corrected = True

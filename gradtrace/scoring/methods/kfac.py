@@ -36,7 +36,7 @@ class KFACMethod(MethodBase):
     name = "kfac"
     meaning = (
         "K-FAC influence: sum over checkpoints of lr_c * grad behaviour(q)^T (A (x) S + lambda I)^-1 grad loss(z) per "
-        "linear layer, A and S the fitted Kronecker factors of the empirical Fisher (gradtrace fit-factors), lambda = "
+        "linear layer, A and S the fitted Kronecker factors of the Fisher (gradtrace fit-factors), lambda = "
         "damping x mean eigenvalue; same sign convention as raw. Discounts directions the training data moves along often."
     )
     projections = ("none", "factored", "kronecker")
