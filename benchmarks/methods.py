@@ -88,6 +88,8 @@ def run_lds(n_subsets: int = 50, progress: bool = False) -> dict[str, Any]:
         ts_store = store("trackstar", ProjectionConfig("dense", config.projection_dim, seed=0), train_transform=TrackStarTransform(states, refs))
         tracked = Attributor(ts_store, model, task)
         _, seconds["fit/ekfac factors (5 checkpoints)"] = _timed(lambda: fit_factors(factored.store, model, task, (x, y), progress=progress))
+        _, seconds["fit/ekfac factors, true Fisher"] = _timed(lambda: fit_factors(
+            factored.store, model, task, (x, y), name="true", fisher="true", progress=progress))
         _, seconds["fit/trackstar whitening"] = _timed(lambda: fit_whitening(tracked, task_set, TrackStarMethod(states), name="task"))
         plan: list[tuple[str, Attributor, Any]] = [
             ("raw (dense 1024)", dense, "raw"), ("cosine (dense 1024)", dense, "cosine"),
@@ -95,6 +97,8 @@ def run_lds(n_subsets: int = 50, progress: bool = False) -> dict[str, Any]:
             ("raw (exact, factored)", factored, "raw"),
             ("kfac", factored, KFACMethod()), ("kfac last checkpoint", factored, KFACMethod(checkpoints="last")),
             ("ekfac", factored, EKFACMethod()), ("ekfac last checkpoint", factored, EKFACMethod(checkpoints="last")),
+            ("ekfac true Fisher", factored, EKFACMethod(factors="true")),
+            ("ekfac true Fisher last checkpoint", factored, EKFACMethod(checkpoints="last", factors="true")),
             ("trackstar", tracked, TrackStarMethod(states)),
             ("trackstar last checkpoint", tracked, TrackStarMethod(states, checkpoints="last")),
             ("trackstar + whitening", tracked, TrackStarMethod(states, whitening="task")),
@@ -127,11 +131,14 @@ def run_mislabel(flips: tuple[float, ...] = (0.1, 0.2), progress: bool = False) 
             dstore, seconds["featurize/dense"] = _timed(lambda: featurize(
                 model, task, refs, data, Path(tmp) / "dense", FeaturizeConfig(projection=ProjectionConfig("dense", 1024, seed=0), batch_size=512), progress=progress))
             _, seconds["fit/ekfac factors"] = _timed(lambda: fit_factors(fstore, model, task, data, progress=progress))
+            _, seconds["fit/ekfac factors, true Fisher"] = _timed(lambda: fit_factors(
+                fstore, model, task, data, name="true", fisher="true", progress=progress))
             factored, dense = Attributor(fstore, model, task), Attributor(dstore, model, task)
             rankings = {}
             for label, att, method in (("raw", factored, "raw"), ("fisher (dense 1024)", dense, "fisher"),
                                        ("kfac", factored, "kfac"), ("ekfac", factored, "ekfac"),
-                                       ("ekfac last checkpoint", factored, EKFACMethod(checkpoints="last"))):
+                                       ("ekfac last checkpoint", factored, EKFACMethod(checkpoints="last")),
+                                       ("ekfac true Fisher", factored, EKFACMethod(factors="true"))):
                 rankings[label], seconds[f"self-influence/{label}"] = _timed(lambda: att.self_influence(method))
             final = make_mlp(config.hidden, config.seed)
             load_checkpoint(final, refs[-1])
@@ -153,7 +160,7 @@ def write_section(r: dict[str, Any]) -> None:
                   "1,437 training examples (query gradients included), on the store the method reads: dense 1024-dim projection "
                   "(raw, cosine, adam, fisher), factored exact gradients (raw, kfac, ekfac), dense 1024 of TrackStar-normalised "
                   "gradients (trackstar; whitening fitted on the loss gradients of 200 other test images). Damping 0.1 x mean "
-                  "eigenvalue everywhere.\n")
+                  "eigenvalue everywhere. Fisher: empirical unless named true (labels drawn from the model, seed 0).\n")
         md.append("| method | LDS | seconds |\n|---|---|---|")
         for k, v in sorted(lds_r["lds_by_method"].items(), key=lambda kv: -kv[1]):
             md.append(f"| {k} | {v:.3f} | {s[f'score/{k}']:.2f} |")
