@@ -136,6 +136,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` ready for ``json.dumps``: paths as strings, non-finite floats as None, numpy scalars as Python ones."""
+    return _jsonable(value)
+
+
 def print_json(data: Any) -> None:
     """One JSON object on stdout (ASCII only: control characters arrive escaped)."""
     sys.stdout.write(json.dumps(_jsonable(data), indent=1) + "\n")

@@ -4,9 +4,9 @@ influence (:mod:`.timeline`), and how influence differs across runs
 (:mod:`.runs`). See docs/allocate.md."""
 
 from .groups import LEVELS, group_names, group_of
-from .path import DEFAULT_POINTS, DEFAULT_RULE, RULES, IntervalAllocation, RunAllocation, allocate_run, quadrature
+from .path import DEFAULT_POINTS, DEFAULT_RULE, RULES, IntervalAllocation, RunAllocation, allocate_run, default_points, quadrature
 
 __all__ = [
-    "DEFAULT_POINTS", "DEFAULT_RULE", "LEVELS", "RULES", "IntervalAllocation", "RunAllocation", "allocate_run",
+    "DEFAULT_POINTS", "DEFAULT_RULE", "LEVELS", "RULES", "IntervalAllocation", "RunAllocation", "allocate_run", "default_points",
     "group_names", "group_of", "quadrature",
 ]
