@@ -37,7 +37,7 @@ class PlantedConfig:
     periods: int = 4
     epochs_per_period: int = 6
     planted_period: int = 2  # 0-based: the third period
-    planted_module: str = "2"
+    planted_module: str = "0"
     n_poison: int = 150
     poison_batch: int = 16
     poison_weight: float = 1.0
