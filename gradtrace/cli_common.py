@@ -1,7 +1,8 @@
 """What every ``gradtrace`` sub-command shares.
 
 Each command module (``gradtrace.cli`` for the core verbs,
-``gradtrace.unlearn.cli``, ``gradtrace.loop.cli``, ``gradtrace.diff.cli``)
+``gradtrace.unlearn.cli``, ``gradtrace.loop.cli``, ``gradtrace.diff.cli``,
+``gradtrace.allocate.cli``)
 exposes ``register(app)``; :mod:`gradtrace.cli` calls them all. A command's
 body runs inside :func:`run_or_exit`, which turns a :class:`GradtraceError`
 (a problem the user can fix) or an ``OSError`` (a file that cannot be
