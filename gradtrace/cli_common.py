@@ -189,6 +189,35 @@ def positive_option(value: int | None, option: str) -> int | None:
     return value
 
 
+#: Registered score methods that need inputs a command line cannot give.
+PYTHON_ONLY_METHODS = {"adam": "optimizer states (one optimizer.state_dict() per checkpoint)"}
+
+
+def variant_help() -> str:
+    """The help text of every command's ``--variant`` option: the registered score methods."""
+    from .scoring import available_methods
+
+    names = " | ".join(available_methods())
+    extra = "; ".join(f"{m} needs {what}: Python API only" for m, what in PYTHON_ONLY_METHODS.items())
+    return f"score method: {names}" + (f" ({extra})" if extra else "")
+
+
+def check_variant(variant: str) -> str:
+    """``variant`` when the command line can score with it (InputError otherwise)."""
+    from .scoring import available_methods
+
+    names = available_methods()
+    if variant not in names:
+        raise InputError(f"--variant must be one of {', '.join(names)}; got {variant!r}")
+    if variant in PYTHON_ONLY_METHODS:
+        raise InputError(
+            f"--variant {variant} needs {PYTHON_ONLY_METHODS[variant]}, which the command line cannot pass; "
+            f"use it from Python (gradtrace.scoring.methods) or another variant: "
+            f"{', '.join(n for n in names if n not in PYTHON_ONLY_METHODS)}"
+        )
+    return variant
+
+
 def progress_option() -> Any:
     """The ``--progress/--no-progress`` option every long-running command has."""
     return typer.Option(True, help="show progress bars")

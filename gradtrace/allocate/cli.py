@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from ..cli_common import (
-    console, json_option, jsonable, output_file, positive_option, print_json, progress_option, run_or_exit, table,
+    check_variant, console, json_option, jsonable, output_file, positive_option, print_json, progress_option, run_or_exit, table, variant_help,
 )
 from ..errors import InputError
 from ..fileio import atomic_write_bytes, json_bytes
@@ -172,7 +172,7 @@ def _query_features(store: Path, task: str | None, queries_file: Path | None, be
 
 
 def _variant_option() -> Any:
-    return typer.Option("raw", help="score method (raw, cosine, ...; see gradtrace query --help)")
+    return typer.Option("raw", help=variant_help())
 
 
 # -- influence over time ----------------------------------------------------------------------------------------------
@@ -194,7 +194,6 @@ def influence_over_time_command(
     as_json: bool = json_option(),
 ) -> None:
     """Which checkpoints (training periods) carried each query's influence, and which examples dominated each."""
-    from ..cli import check_variant
     from .timeline import influence_over_time
 
     def go() -> None:
@@ -257,7 +256,6 @@ def compare_runs_command(
     as_json: bool = json_option(),
 ) -> None:
     """How stable is attribution across runs: rank correlation, top-k overlap, the examples that differ most, and averaging."""
-    from ..cli import check_variant
     from ..scoring import self_influence
     from ..store import GradientStore
     from .runs import average_runs, compare_runs, spearman_rows, split_half_stability, topk_jaccard
