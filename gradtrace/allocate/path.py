@@ -252,11 +252,14 @@ class _Evaluator:
         return grads
 
 
-def _set_point(model: nn.Module, start: Mapping[str, Tensor], end: Mapping[str, Tensor], t: float) -> None:
-    """Put the model at ``θ(t) = lerp(θ_start, θ_end, t)`` (exactly θ_start at 0 and θ_end at 1)."""
+def _set_point(model: nn.Module, start: Mapping[str, Tensor], end: Mapping[str, Tensor], t: float,
+               only: set[str] | None = None) -> None:
+    """Put the model at ``θ(t) = lerp(θ_start, θ_end, t)`` (exactly θ_start at 0 and θ_end at 1);
+    ``only``: the parameter names to set (those that move; the others stay as they are)."""
     with torch.no_grad():
         for n, p in model.named_parameters():
-            p.copy_(start[n] if t == 0.0 else end[n] if t == 1.0 else torch.lerp(start[n], end[n], t))
+            if only is None or n in only:
+                p.copy_(start[n] if t == 0.0 else end[n] if t == 1.0 else torch.lerp(start[n], end[n], t))
         for n, b in model.named_buffers():
             key = f"buffer:{n}"
             if key in start:
@@ -274,18 +277,20 @@ def allocate_interval(
     chosen = [params[n] for n in names]
     flags = {n: p.requires_grad for n, p in params.items()}
     where = f"interval {labels[0]} -> {labels[1]}"
+    wanted = set(names)
+    moving = set(moved_parameters(model, start, end))
     try:
         for n, p in params.items():
-            p.requires_grad_(n in set(names))
+            p.requires_grad_(n in wanted)
         _set_point(model, start, end, 0.0)
         value_start = evaluator.value(f"{where}, t=0")
-        _set_point(model, start, end, 1.0)
+        _set_point(model, start, end, 1.0, moving)
         value_end = evaluator.value(f"{where}, t=1")
         advance(2)
         integral = [torch.zeros(p.shape, dtype=torch.float64) for p in chosen]
         if chosen:
             for t, w in zip(nodes, weights):
-                _set_point(model, start, end, float(t))
+                _set_point(model, start, end, float(t), moving)
                 for acc, g in zip(integral, evaluator.gradient(chosen, f"{where}, t={float(t):.4g}")):
                     acc.add_(g, alpha=float(w))
                 advance(1)
