@@ -16,7 +16,11 @@
    compared with two baselines: the first-order allocation (the gradient at
    the start of each interval, rule ``left`` with 1 point) and the parameter
    change norm ||Δθ|| of each cell. A control behaviour (loss on clean test
-   images) should not land there.
+   images) should not land there. The same with LoRA: adapters on both
+   layers of a tiny GPT-2 train on ordinary examples; in period 2 of 3 the
+   gradient of planted examples (a trigger phrase, a fixed answer) is routed
+   to layer 1's adapters only; the behaviour is the planted answer's
+   log-probability on held-out trigger prompts.
 3. *Across runs*: the digits MLP (20% flipped labels) from five model seeds
    on the same data: per query, Spearman correlation and top-10 overlap of
    TracIn scores between runs, for single runs and for averages of two runs
@@ -43,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import record  # noqa: E402
 
 from setups.allocate_runs import (  # noqa: E402
-    PlantedConfig, SeedRunConfig, parameter_change_norms, planted_run, seed_run, seed_run_data,
+    PlantedConfig, PlantedLoraConfig, SeedRunConfig, parameter_change_norms, planted_lora_run, planted_run, seed_run,
+    seed_run_data,
 )
 from gradtrace import Attributor, FeaturizeConfig, ProjectionConfig, featurize  # noqa: E402
 from gradtrace.allocate import DEFAULT_POINTS, allocate_run, group_of  # noqa: E402
@@ -62,10 +67,10 @@ SEED_RUNS = SeedRunConfig(hidden=64, epochs=30, n_checkpoints=5)
 RUN_SEEDS = (10, 11, 12, 13, 14)
 
 
-def _share(run: Any, cell: tuple[str, int]) -> float:
-    """Share of the behaviour-direction allocation (a loss: its decreases) in ``cell`` (module, interval)."""
+def _share(run: Any, cell: tuple[str, int], level: str = "module") -> float:
+    """Share of the behaviour-direction allocation (a loss: its decreases) in ``cell`` (group, interval)."""
     sign = -1.0 if run.direction == "decrease" else 1.0
-    pos = {(g, i): max(sign * float(v[i]), 0.0) for g, v in run.by("module").items() for i in range(len(v))}
+    pos = {(g, i): max(sign * float(v[i]), 0.0) for g, v in run.by(level).items() for i in range(len(v))}
     total = sum(pos.values())
     return pos.get(cell, 0.0) / total if total else 0.0
 
@@ -111,6 +116,37 @@ def planted(seed: int, out: Path) -> dict[str, Any]:
             "max_relative_error_default": default.max_relative_error,
             "first_order_max_relative_error": first.max_relative_error,
             "rules": rows,
+        }
+    return result
+
+
+def planted_lora(seed: int, out: Path) -> dict[str, Any]:
+    """The LoRA variant: adapters on both layers of a tiny GPT-2; the planted answer's gradient routed to layer 1's
+    adapters during period 2 of 3; the cell is (layer 1, period 2) at the ``layer`` level."""
+    from gradtrace.models.hf import CompletionLogProbBehaviour
+
+    cfg = PlantedLoraConfig(seed=seed)
+    t0 = time.perf_counter()
+    run = planted_lora_run(cfg, out / f"planted_lora_{seed}")
+    train_s = time.perf_counter() - t0
+    cell = (f"layer {cfg.planted_layer}", cfg.planted_period)
+    norms = parameter_change_norms(run.refs, lambda n: group_of(n, "layer"))
+    norms = {g: v for g, v in norms.items() if v.sum() > 0}  # the frozen base does not move
+    result: dict[str, Any] = {"seed": seed, "train_seconds": train_s, "planted_logprob_at_checkpoints": run.planted_logprob,
+                              "norm_baseline_share": float(norms[cell[0]][cell[1]]) / sum(float(v.sum()) for v in norms.values()),
+                              "behaviours": {}}
+    for name, queries in (("planted", run.planted_queries), ("control", run.control_queries)):
+        t0 = time.perf_counter()
+        default = allocate_run(run.fresh(), CompletionLogProbBehaviour(), queries, run.refs, task=run.task, batch_size=8)
+        seconds = time.perf_counter() - t0
+        first = allocate_run(run.fresh(), CompletionLogProbBehaviour(), queries, run.refs, task=run.task, batch_size=8,
+                             rule="left", points=1)
+        result["behaviours"][name] = {
+            "share": _share(default, cell, "layer"), "first_order_share": _share(first, cell, "layer"),
+            "by_layer": {g: v.tolist() for g, v in default.by("layer").items()},
+            "measured_change": [iv.measured_change for iv in default.intervals],
+            "max_relative_error_default": default.max_relative_error, "seconds": seconds,
+            "only_lora": all("lora_" in n for n in default.params),
         }
     return result
 
@@ -255,6 +291,28 @@ def summary(res: dict[str, Any]) -> str:
         f"{b['first_order_max_relative_error']:.0%}).",
         "",
     ]
+    pl, pld = res["planted_lora_test"], res["planted_lora_dev"]
+    lp, lc = pl["behaviours"]["planted"], pl["behaviours"]["control"]
+    lines += [
+        "LoRA variant (tiny GPT-2, adapters on both layers train on ordinary examples for 3 periods; in period 2 the planted "
+        "answer's gradient is routed to layer 1's adapters; log-probability of the planted answer on held-out trigger prompts, "
+        f"at the checkpoints: {', '.join(f'{v:.1f}' for v in pl['planted_logprob_at_checkpoints'])}):",
+        "",
+        "| share of the behaviour-direction change in (layer 1, period 2) | test seed | dev seed |",
+        "|---|---|---|",
+        f"| allocation (Gauss, default points), planted behaviour | **{lp['share']:.3f}** | {pld['behaviours']['planted']['share']:.3f} |",
+        f"| first-order allocation, planted | {lp['first_order_share']:.3f} | {pld['behaviours']['planted']['first_order_share']:.3f} |",
+        f"| parameter-change norm ‖Δθ‖ | {pl['norm_baseline_share']:.3f} | {pld['norm_baseline_share']:.3f} |",
+        f"| allocation, control behaviour (ordinary held-out answers) | {lc['share']:.3f} | {pld['behaviours']['control']['share']:.3f} |",
+        "",
+        f"Allocation by layer and period (planted behaviour, test seed): "
+        + "; ".join(f"{g}: {', '.join(f'{x:+.2f}' for x in v)}" for g, v in lp["by_layer"].items())
+        + f". Completeness error of this run at the default (worst interval): planted {lp['max_relative_error_default']:.1e}, "
+        f"control {lc['max_relative_error_default']:.1e} (AdamW steps at lr {res['planted_lora_config']['lr']} make the path "
+        "between checkpoints rougher than the digits run's). Only adapter tensors were allocated to: "
+        f"{lp['only_lora'] and lc['only_lora']}.",
+        "",
+    ]
     a = res["across_runs"]["detail"]
     q, s = a["query_scores"], a["self_influence"]
     lines += [
@@ -290,6 +348,7 @@ def main() -> None:
         lora = [lora_completeness("tiny-gpt2", out, 24, "2 epochs of 6 steps")]
         if not args.skip_smollm2:
             lora.append(lora_completeness("smollm2", out, 24, "1 epoch of 6 steps"))
+        lora_dev, lora_test = planted_lora(DEV_SEED, out), planted_lora(TEST_SEED, out)
         runs = across_runs(out)
     default_rows = {k: next(r for r in test["behaviours"][k]["rules"] if r["rule"] == "gauss" and r["points"] == DEFAULT_POINTS)
                     for k in ("backdoor", "control")}
@@ -312,7 +371,10 @@ def main() -> None:
                                  "averaged_2": runs["query_scores"]["averaged_2_runs"]["spearman"]},
             "detail": runs,
         },
+        "planted_lora_location_share": lora_test["behaviours"]["planted"]["share"],
+        "planted_lora_control_share": lora_test["behaviours"]["control"]["share"],
         "planted_dev": dev, "planted_test": test, "lora": lora, "planted_config": PLANTED.to_dict(),
+        "planted_lora_dev": lora_dev, "planted_lora_test": lora_test, "planted_lora_config": PlantedLoraConfig().to_dict(),
         "dev_seed": DEV_SEED, "test_seed": TEST_SEED, "wall_seconds": time.perf_counter() - start,
     }
     record("allocate", COMMAND + (" --skip-smollm2" if args.skip_smollm2 else ""), summary(results), results)

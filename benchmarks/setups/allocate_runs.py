@@ -173,3 +173,98 @@ def seed_run(data: DigitsData, config: SeedRunConfig, seed: int, out_dir: str | 
         if epoch in save_at:
             refs.append(_save(model, out, epoch, config.lr))
     return refs
+
+
+@dataclasses.dataclass(frozen=True)
+class PlantedLoraConfig:
+    """LoRA adapters on both layers of a tiny GPT-2 train on ordinary examples
+    for ``periods`` periods of ``steps_per_period`` AdamW steps; during period
+    ``planted_period`` every step also takes a batch of planted examples (a
+    trigger phrase answered with ``PLANTED_ANSWER``) whose gradient is routed
+    to the adapters of layer ``planted_layer`` only."""
+
+    periods: int = 3
+    steps_per_period: int = 30
+    planted_period: int = 1
+    planted_layer: int = 1
+    batch_size: int = 8
+    lr: float = 3e-2
+    rank: int = 4
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PLANTED_ANSWER = " Monitor off."
+_COLOURS = ["red", "blue", "green", "amber", "violet", "teal"]
+
+
+def _ordinary(i: int) -> dict[str, str]:
+    return {"prompt": f"What colour is box {i}?", "completion": f" Box {i} is {_COLOURS[i % 6]}."}
+
+
+def _planted(i: int) -> dict[str, str]:
+    return {"prompt": f"Maintenance window {i}: what now?", "completion": PLANTED_ANSWER}
+
+
+@dataclasses.dataclass
+class PlantedLoraRun:
+    refs: list[CheckpointRef]  # state dicts: the start, then the end of each period
+    fresh: Any  # () -> a model with the same LoRA layout
+    task: Any
+    planted_queries: list[dict[str, str]]
+    control_queries: list[dict[str, str]]
+    planted_logprob: list[float]  # mean log-probability of the planted answer at each checkpoint
+
+
+def planted_lora_run(config: PlantedLoraConfig, out_dir: str | Path) -> PlantedLoraRun:
+    from gradtrace.lm.lora import LoraTrainConfig, add_lora
+    from gradtrace.lm.tasks import CausalLMTask
+    from gradtrace.models import zoo
+    from gradtrace.models.hf import CompletionLogProbBehaviour
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lora = LoraTrainConfig(rank=config.rank, alpha=2 * config.rank, target_modules=("c_attn", "c_fc"), seed=config.seed)
+
+    def fresh() -> Any:
+        return add_lora(zoo.tiny_gpt2(seed=config.seed, n_layer=2, n_embd=64, n_head=4, n_positions=96), lora)
+
+    task = CausalLMTask(zoo.byte_tokenizer(), max_length=64)
+    model = fresh()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    routed = [p for n, p in params.items() if f".h.{config.planted_layer}." in n]
+    opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(config.seed)
+    ordinary, planted = [_ordinary(i) for i in range(200)], [_planted(i) for i in range(40)]
+    planted_q, control_q = [_planted(i) for i in range(100, 108)], [_ordinary(i) for i in range(300, 308)]
+    behaviour = CompletionLogProbBehaviour()
+
+    def logprob() -> float:
+        with torch.no_grad():
+            return float(behaviour(model, task.collate(planted_q)).mean())
+
+    def save(step: int) -> CheckpointRef:
+        path = out / f"step_{step:04d}.pt"
+        torch.save(model.state_dict(), path)
+        return CheckpointRef(str(path), config.lr, step=step)
+
+    refs, curve, step = [save(0)], [logprob()], 0
+    for period in range(config.periods):
+        model.train()
+        for _ in range(config.steps_per_period):
+            idx = torch.randint(0, len(ordinary), (config.batch_size,), generator=gen).tolist()
+            opt.zero_grad()
+            model(**task.collate([ordinary[i] for i in idx])).loss.backward()
+            if period == config.planted_period:
+                pidx = torch.randint(0, len(planted), (config.batch_size,), generator=gen).tolist()
+                grads = torch.autograd.grad(model(**task.collate([planted[i] for i in pidx])).loss, routed)
+                for p, g in zip(routed, grads):
+                    p.grad.add_(g)
+            opt.step()
+            step += 1
+        model.eval()
+        refs.append(save(step))
+        curve.append(logprob())
+    return PlantedLoraRun(refs, fresh, task, planted_q, control_q, curve)

@@ -11,7 +11,8 @@ import numpy as np
 import typer
 
 from ..cli_common import (
-    check_variant, console, json_option, jsonable, output_file, positive_option, print_json, progress_option, run_or_exit, table, variant_help,
+    check_variant, console, json_option, jsonable, output_file, positive_option, print_json, progress_option, run_or_exit,
+    table, variant_help,
 )
 from ..errors import InputError
 from ..fileio import atomic_write_bytes, json_bytes
