@@ -267,6 +267,16 @@ def summary(res: dict[str, Any]) -> str:
     ]
     for name, v in res["completeness_rel_error"].items():
         lines.append(f"| {name} | {v:.2e} | {res['completeness_seconds'][name]:.1f} s |")
+    worst_lora = max(res["planted_lora_test"]["behaviours"][k]["max_relative_error_default"] for k in ("planted", "control"))
+    met = [name for name, v in res["completeness_rel_error"].items() if v < TARGET]
+    lines += [
+        "",
+        f"Targets: completeness error below {TARGET:.0%} at the default: met on {', '.join(met)}"
+        + (f"; not met on the planted LoRA run below ({worst_lora:.1e})" if worst_lora >= TARGET else "")
+        + f". Planted location share >= 0.7: digits {res['planted_location_share']:.3f}, LoRA "
+        f"{res['planted_lora_location_share']:.3f} ({'met' if min(res['planted_location_share'], res['planted_lora_location_share']) >= 0.7 else 'not met'}); "
+        f"control behaviour share: {res['control_location_share']:.3f} and {res['planted_lora_control_share']:.3f}.",
+    ]
     lines += ["", "Digits (test seed), every rule:", "", _rule_table({k: t['behaviours'][k]['rules'] for k in ('backdoor', 'control')}), ""]
     for lora in res["lora"]:
         lines.append(f"{lora['model']} LoRA ({lora['train_examples']} examples, checkpoints {', '.join(lora['checkpoints'])}, "

@@ -71,6 +71,7 @@ def runs(tmp_path_factory):
     return root, tasks, stores
 
 
+@pytest.mark.slow
 def test_allocate_command(runs, tmp_path: Path) -> None:
     root, tasks, stores = runs
     out, report = tmp_path / "a.json", tmp_path / "a.html"
@@ -99,6 +100,7 @@ def test_allocate_command(runs, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "one of --task" in r.output
 
 
+@pytest.mark.slow
 def test_influence_over_time_command(runs, tmp_path: Path) -> None:
     from gradtrace import Attributor
     from gradtrace.allocate.timeline import influence_over_time
@@ -126,6 +128,7 @@ def test_influence_over_time_command(runs, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--mass" in r.output
 
 
+@pytest.mark.slow
 def test_compare_runs_command(runs, tmp_path: Path) -> None:
     root, tasks, stores = runs
     r = invoke("compare-runs", stores[0], stores[0], "--task", tasks[0], "--k", 5, "--json")

@@ -16,6 +16,7 @@ from gradtrace.cli import app
 DOC = Path(__file__).resolve().parents[1] / "docs" / "allocate.md"
 
 
+@pytest.mark.slow
 def test_docs_python_block_runs(tmp_path: Path) -> None:
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
     assert len(blocks) == 1

@@ -33,6 +33,7 @@ def run(tmp_path_factory, lm):
     return root, refs, task
 
 
+@pytest.mark.slow
 def test_lora_run_allocates_only_to_adapter_tensors(run) -> None:
     root, refs, task = run
     assert len(refs) == 3 and all(r.path.rsplit("/", 1)[-1].startswith("checkpoint-") for r in refs)
@@ -57,6 +58,7 @@ def test_lora_run_allocates_only_to_adapter_tensors(run) -> None:
         assert values[0] == pytest.approx(sum(v for n, v in iv.per_tensor.items() if n.startswith(prefix)), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_allocate_cli_on_a_trainer_run(run, lm, tmp_path) -> None:
     root, refs, task = run
     model_dir = tmp_path / "tiny-model"
