@@ -337,3 +337,29 @@ def test_averaging_noisy_runs_stabilises_the_ranking() -> None:
     assert stab[0]["n_splits"] == 10 and stab[2]["n_splits"] == 10  # C(6,3) pairs = 10
     single = np.nanmean([spearman_rows(r, truth).mean() for r in runs])
     assert spearman_rows(average_runs(runs), truth).mean() > single
+
+
+# -- the benchmark's planted set-up, small ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_planted_backdoor_is_allocated_to_its_layer_and_period(tmp_path: Path) -> None:
+    from setups.allocate_runs import PlantedConfig, parameter_change_norms, planted_run
+
+    from gradtrace.demos.digits import make_mlp
+
+    cfg = PlantedConfig(hidden=32, epochs_per_period=3, n_queries=60, seed=3)
+    run = planted_run(cfg, tmp_path)
+    assert run.asr_before < 0.2 < 0.8 < run.asr_after  # the backdoor was learned in the planted period
+    task = ClassificationTask()
+    cell = (cfg.planted_module, cfg.planted_period)
+
+    def share(queries) -> float:
+        by = allocate_run(make_mlp(cfg.hidden, cfg.seed), None, queries, run.refs, task=task).by("module")
+        helped = {(g, i): max(-float(v[i]), 0.0) for g, v in by.items() for i in range(len(v))}  # a loss: decreases
+        return helped[cell] / sum(helped.values())
+
+    norms = parameter_change_norms(run.refs, lambda n: group_of(n, "module"))
+    norm_share = float(norms[cell[0]][cell[1]]) / sum(float(v.sum()) for v in norms.values())
+    backdoor = share(run.backdoor_queries)
+    assert backdoor > 0.7 and backdoor > 2 * norm_share
+    assert share(run.clean_queries) < 0.2  # the control behaviour is not learned there
