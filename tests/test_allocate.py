@@ -363,3 +363,16 @@ def test_planted_backdoor_is_allocated_to_its_layer_and_period(tmp_path: Path) -
     backdoor = share(run.backdoor_queries)
     assert backdoor > 0.7 and backdoor > 2 * norm_share
     assert share(run.clean_queries) < 0.2  # the control behaviour is not learned there
+
+
+def test_runs_report_draws_a_bounded_sample_and_escapes() -> None:
+    from gradtrace.allocate import report
+
+    rng = np.random.default_rng(3)
+    n = report.SCATTER_POINTS + 700
+    a, b = rng.normal(size=(1, n)), rng.normal(size=(1, n))
+    a[0, 5] = 50.0  # the most extreme example is always drawn
+    ids = [f"<b>z{i}</b>" for i in range(n)]
+    html_text = report.runs_html(["<run1>", "run2"], [(0, 1, compare_runs(a, b, k=5))], ["<q>"], ids, [a, b], None, None)
+    assert html_text.count("<circle") == report.SCATTER_POINTS
+    assert "&lt;b&gt;z5&lt;/b&gt;" in html_text and "<b>z" not in html_text and "<run1>" not in html_text

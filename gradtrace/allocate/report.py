@@ -82,6 +82,22 @@ def _named(ids: Sequence[str], tags: Sequence[Any] | None, i: int) -> str:
     return f"{ids[i]}" + (f" [{tag}]" if tag not in (None, "") else "")
 
 
+#: At most this many points per scatter plot: the SCATTER_EXTREME examples with the largest |z|
+#: in either run, then a seeded random sample of the others.
+SCATTER_POINTS = 2000
+SCATTER_EXTREME = 500
+
+
+def _scatter_points(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
+    n = za.size
+    if n <= SCATTER_POINTS:
+        return np.arange(n)
+    extreme = np.argsort(-np.maximum(np.abs(za), np.abs(zb)), kind="stable")[:SCATTER_EXTREME]
+    rest = np.setdiff1d(np.arange(n), extreme)
+    sample = np.random.default_rng(0).choice(rest, SCATTER_POINTS - SCATTER_EXTREME, replace=False)
+    return np.sort(np.concatenate([extreme, sample]))
+
+
 def runs_html(names: Sequence[str], pairs: list[tuple[int, int, RunComparison]], query_ids: Sequence[str],
               train_ids: Sequence[str], scores: Sequence[np.ndarray] | None, stability: list[dict[str, float]] | None,
               self_influence: dict[str, Any] | None, title: str = "gradtrace: influence across runs", show: int = 10) -> str:
@@ -109,7 +125,12 @@ def runs_html(names: Sequence[str], pairs: list[tuple[int, int, RunComparison]],
         for q, qid in enumerate(list(query_ids)[:show]):
             body.append(f"<h2>query {esc(qid)}: run {a + 1} vs run {b + 1}</h2>")
             body.append(f"<p>Spearman {comp.spearman[q]:.3f}, top-{comp.k} Jaccard {comp.jaccard[q]:.3f}</p>")
-            body.append(scatter_svg(za[q], zb[q], list(train_ids), x_name=f"run {a + 1} (z)", y_name=f"run {b + 1} (z)"))
+            shown = _scatter_points(za[q], zb[q])
+            if shown.size < za.shape[1]:
+                body.append(f'<p class="note">{shown.size} of {za.shape[1]} examples drawn: the {SCATTER_EXTREME} largest |z| '
+                            "of either run and a seeded random sample of the rest.</p>")
+            body.append(scatter_svg(za[q, shown], zb[q, shown], [train_ids[int(i)] for i in shown],
+                                    x_name=f"run {a + 1} (z)", y_name=f"run {b + 1} (z)"))
             body.append(table(["train", f"z run {a + 1}", f"z run {b + 1}", "difference"],
                               [[train_ids[int(i)], za[q, int(i)], zb[q, int(i)], float(d)]
                                for i, d in zip(comp.differ[q], comp.differ_z[q])], numeric=(1, 2, 3)))
