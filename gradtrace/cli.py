@@ -13,11 +13,12 @@ from typing import Any, Optional
 
 import typer
 
-from .cli_common import (
-    console, json_option, output_dir, output_file, positive_option, print_json, progress_option, run_or_exit, table,
+from .cli_common import (  # noqa: F401 - check_variant and PYTHON_ONLY_METHODS are public here too
+    PYTHON_ONLY_METHODS, check_variant, console, json_option, output_dir, output_file, positive_option, print_json,
+    progress_option, run_or_exit, table, variant_help,
 )
 from .errors import InputError
-from .scoring import SCORE_MEANING, available_methods, get_method
+from .scoring import SCORE_MEANING, get_method
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Trace model behaviour back to training data.",
@@ -25,8 +26,6 @@ app = typer.Typer(
 )
 
 RECORD_SUFFIXES = (".jsonl", ".parquet")
-#: Registered score methods that need inputs a command line cannot give.
-PYTHON_ONLY_METHODS = {"adam": "optimizer states (one optimizer.state_dict() per checkpoint)"}
 
 
 def _params(params: list[str]) -> Any:
@@ -38,23 +37,7 @@ def _params(params: list[str]) -> Any:
 
 
 def _variant_help() -> str:
-    names = " | ".join(available_methods())
-    extra = "; ".join(f"{m} needs {what}: Python API only" for m, what in PYTHON_ONLY_METHODS.items())
-    return f"score method: {names}" + (f" ({extra})" if extra else "")
-
-
-def check_variant(variant: str) -> str:
-    """``variant`` when the command line can score with it (InputError otherwise)."""
-    names = available_methods()
-    if variant not in names:
-        raise InputError(f"--variant must be one of {', '.join(names)}; got {variant!r}")
-    if variant in PYTHON_ONLY_METHODS:
-        raise InputError(
-            f"--variant {variant} needs {PYTHON_ONLY_METHODS[variant]}, which the command line cannot pass; "
-            f"use it from Python (gradtrace.scoring.methods) or another variant: "
-            f"{', '.join(n for n in names if n not in PYTHON_ONLY_METHODS)}"
-        )
-    return variant
+    return variant_help()
 
 
 def _print_store_summary(store: Any, as_json: bool) -> None:
@@ -362,11 +345,12 @@ def write_records(records: list[dict[str, Any]], path: Path) -> None:
 
 def _register_all() -> None:
     """The verbs defined in other modules, each through its ``register(app)``."""
+    from .allocate import cli as allocate_cli
     from .diff import cli as diff_cli
     from .loop import cli as loop_cli
     from .unlearn import cli as unlearn_cli
 
-    for module in (unlearn_cli, loop_cli, diff_cli):
+    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli):
         module.register(app)
 
 

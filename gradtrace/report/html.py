@@ -86,3 +86,55 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def heatmap_svg(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], cell: int = 28, label_width: int = 220) -> str:
+    """Signed heatmap (rows x cols): green positive, red negative, white 0,
+    scaled by the largest magnitude; each cell's value in its tooltip."""
+    vals = np.asarray(values, dtype=float)
+    top = float(np.nanmax(np.abs(vals))) if vals.size else 0.0
+    top = top or 1.0
+    n_r, n_c = vals.shape
+    width, height = label_width + n_c * cell, 18 + n_r * cell
+    parts = []
+    for j, c in enumerate(cols):
+        parts.append(f'<text x="{label_width + j * cell + cell / 2:.1f}" y="12" font-size="9" text-anchor="middle">{esc(j + 1)}'
+                     f'<title>{esc(c)}</title></text>')
+    for i, r in enumerate(rows):
+        y = 18 + i * cell
+        parts.append(f'<text x="{label_width - 4}" y="{y + cell / 2 + 3:.1f}" font-size="10" text-anchor="end">{esc(_clip(r, 36))}'
+                     f'<title>{esc(r)}</title></text>')
+        for j in range(n_c):
+            v = vals[i, j]
+            a = 0.0 if not np.isfinite(v) else min(abs(v) / top, 1.0)
+            level = int(255 - 200 * a)
+            colour = f"rgb({level},255,{level})" if v >= 0 else f"rgb(255,{level},{level})"
+            parts.append(f'<rect x="{label_width + j * cell}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{colour}">'
+                         f'<title>{esc(f"{r} | {cols[j]}: {v:.4g}")}</title></rect>')
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
+
+
+def scatter_svg(x: Sequence[float], y: Sequence[float], labels: Sequence[str] | None = None, size: int = 220,
+                x_name: str = "x", y_name: str = "y") -> str:
+    """A scatter plot of ``y`` against ``x`` with the diagonal; points' labels in tooltips."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    lo = float(min(xs.min(initial=0.0), ys.min(initial=0.0)))
+    hi = float(max(xs.max(initial=0.0), ys.max(initial=0.0)))
+    span = (hi - lo) or 1.0
+    pad = 6
+
+    def px(v: float) -> float:
+        return pad + (v - lo) / span * (size - 2 * pad)
+
+    parts = [f'<line x1="{px(lo):.1f}" y1="{size - px(lo):.1f}" x2="{px(hi):.1f}" y2="{size - px(hi):.1f}" stroke="#bbb" stroke-width="0.7"/>',
+             f'<text x="{size / 2}" y="{size + 12}" font-size="10" text-anchor="middle">{esc(x_name)}</text>',
+             f'<text x="2" y="10" font-size="10">{esc(y_name)}</text>']
+    for i, (a, b) in enumerate(zip(xs, ys)):
+        title = esc(f"{labels[i] if labels else i}: {a:.3g}, {b:.3g}")
+        parts.append(f'<circle cx="{px(a):.1f}" cy="{size - px(b):.1f}" r="1.8" fill="#36c" fill-opacity="0.6"><title>{title}</title></circle>')
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size + 16}" role="img">{"".join(parts)}</svg>'
+
+
+def _clip(text: str, n: int) -> str:
+    text = str(text)
+    return text if len(text) <= n else "…" + text[-(n - 1):]
