@@ -18,14 +18,16 @@ gradient store. The code that decides *what* to do and the code that decides
 another, grouped by checkpoint so that each checkpoint is loaded once; its
 store is byte-identical to what featurize wrote before the seam existed.
 
-A ``DistributedExecutor`` (torch.distributed) is one new class with the same
-four methods: ``setup`` runs on rank 0 first (it creates the store), then,
-after a barrier, on the other ranks (which open it); ``run`` keeps the tasks
-``i`` with ``i % world_size == rank`` and then does what ``LocalExecutor.run``
-does (the store's shard files are written atomically and independently, so
-ranks never coordinate writes), with a barrier at the end; ``scan`` keeps the
-ranges ``ranges[rank::world_size]``; ``gather`` is ``all_gather_object``, so
-each rank's top-k is merged into the global one.
+:class:`gradtrace.execution_dist.DistributedExecutor` (torch.distributed)
+is the same four methods over the ranks of a process group: ``setup`` runs
+on rank 0 first (it creates the store), then, after a barrier, on the other
+ranks (which open it); ``run`` keeps the tasks ``i`` with
+``i % world_size == rank`` and then does what ``LocalExecutor.run`` does (the
+store's shard files are written atomically and independently, so ranks never
+coordinate writes), with a barrier at the end; ``scan`` keeps the ranges
+``ranges[rank::world_size]``; ``gather`` is ``all_gather_object``, so each
+rank's top-k is merged into the global one. ``is_main`` is true in the one
+process that prints (rank 0).
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class ShardWorker(Protocol):
 class Executor(Protocol):
     """Where shards are computed and scanned (see the module docstring)."""
 
+    @property
+    def is_main(self) -> bool:
+        """True in the one process that prints progress and results."""
+
     def setup(self, make: Callable[[], T]) -> T:
         """Run a set-up step (create or open the store) and return its result."""
 
@@ -87,6 +93,8 @@ def by_checkpoint(tasks: Iterable[ShardTask]) -> list[tuple[int, list[ShardTask]
 
 class LocalExecutor:
     """Everything in this process, one shard after another."""
+
+    is_main = True
 
     def setup(self, make: Callable[[], T]) -> T:
         return make()
