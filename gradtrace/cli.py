@@ -47,7 +47,7 @@ def device_option() -> Any:
 def model_dtype_option() -> Any:
     """``--model-dtype``: the dtype of the forward and backward passes."""
     return typer.Option(
-        None, help="float32 | bfloat16 | float16: dtype of the forward/backward passes (default: the model's own); "
+        None, help="float32 | bfloat16 | float16 | float64: dtype of the forward/backward passes (default: the model's own); "
         "features and norms accumulate in float32",
     )
 

@@ -5,7 +5,7 @@ The one home of:
 * :func:`resolve_device`: ``"auto" | "cpu" | "cuda" | "cuda:N"`` (or a
   ``torch.device``) to a ``torch.device``, with an error naming the option
   when CUDA is asked for and absent;
-* :func:`resolve_model_dtype`: ``"float32" | "bfloat16" | "float16"`` to a
+* :func:`resolve_model_dtype`: ``"float32" | "bfloat16" | "float16" | "float64"`` to a
   ``torch.dtype``;
 * :func:`to_device`: a batch of any structure (tensors, dicts, lists,
   tuples, named tuples, Hugging Face ``BatchEncoding``, dataclasses) moved to
@@ -32,7 +32,7 @@ from torch import nn
 from .errors import InputError
 
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
-MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def resolve_device(device: str | torch.device | None, option: str = "device") -> torch.device | None:

@@ -303,7 +303,7 @@ def device_memory(featurizer: GradientFeaturizer, model: nn.Module, batch_size: 
 
 
 def _free_bytes(device: torch.device) -> int | None:
-    if device.type != "cuda":
+    if device.type != "cuda" or not torch.cuda.is_available():
         return None
     try:
         return int(torch.cuda.mem_get_info(device)[0])
