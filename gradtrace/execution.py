@@ -69,8 +69,11 @@ class Executor(Protocol):
     def is_main(self) -> bool:
         """True in the one process that prints progress and results."""
 
-    def setup(self, make: Callable[[], T]) -> T:
-        """Run a set-up step (create or open the store) and return its result."""
+    def setup(self, make: Callable[[bool], T]) -> T:
+        """Run a set-up step (create or open the store) and return its result.
+        ``make(first)``: ``first`` is true in the process that opens the store
+        before the others (it alone repairs and cleans it), false in those
+        that join it afterwards."""
 
     def run(self, tasks: Sequence[ShardTask], worker: ShardWorker) -> None:
         """Compute the tasks this process takes."""
@@ -96,8 +99,8 @@ class LocalExecutor:
 
     is_main = True
 
-    def setup(self, make: Callable[[], T]) -> T:
-        return make()
+    def setup(self, make: Callable[[bool], T]) -> T:
+        return make(True)
 
     def run(self, tasks: Sequence[ShardTask], worker: ShardWorker) -> None:
         for checkpoint, group in by_checkpoint(tasks):

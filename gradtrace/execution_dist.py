@@ -134,9 +134,9 @@ class DistributedExecutor:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def setup(self, make: Callable[[], T]) -> T:
-        first = self._together(make if self.rank == 0 else None, "setting up")
-        rest = self._together(make if self.rank != 0 else None, "setting up")
+    def setup(self, make: Callable[[bool], T]) -> T:
+        first = self._together((lambda: make(True)) if self.rank == 0 else None, "setting up")
+        rest = self._together((lambda: make(False)) if self.rank != 0 else None, "setting up")
         return first if self.rank == 0 else rest  # type: ignore[return-value]
 
     def run(self, tasks: Sequence[ShardTask], worker: ShardWorker) -> None:

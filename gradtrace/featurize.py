@@ -159,7 +159,8 @@ def featurize(
 
     executor = executor or LocalExecutor()
     progress = progress and getattr(executor, "is_main", True)
-    session = executor.setup(lambda: GradientStore.writer(out, settings, prepare=prepare))
+    # the first process checks and repairs the store's shards; the others join it as it is then
+    session = executor.setup(lambda first: GradientStore.writer(out, settings, prepare=prepare, repair=first))
     with session:
         store, segment = session.store, session.prepared
         tasks = [ShardTask(c, a, b) for c, a, b in store.missing_shards(segment)]

@@ -224,20 +224,22 @@ def test_device_candidates_merge_to_the_exact_top_k_with_ties(largest: bool, k: 
     gen = np.random.default_rng(k)
     scores = gen.integers(-3, 4, size=(5, 40)).astype(np.float32)  # many ties
     widths = [3, 9, 1, 17, 10]
+    starts = np.cumsum([0] + widths[:-1])
     host_s, host_i = np.empty((5, 0)), np.empty((5, 0), dtype=np.int64)
-    dev_s, dev_i = host_s, host_i
-    at = 0
-    for w in widths:
-        block = scores[:, at : at + w]
-        host_s, host_i = _merge_top_k(host_s, host_i, block, at, k, largest)
-        rows, cols, vals = block_candidates(torch.from_numpy(block), dev_s, k, largest)
-        assert rows.size <= block.size
-        dev_s, dev_i = merge_candidates(dev_s, dev_i, rows, cols, vals, at, w, k, largest)
-        at += w
+    for at, w in zip(starts, widths):
+        host_s, host_i = _merge_top_k(host_s, host_i, scores[:, at : at + w], int(at), k, largest)
     want_s, want_i = brute_top_k(scores.astype(np.float64), k, largest)
-    np.testing.assert_array_equal(dev_i, want_i)
-    np.testing.assert_array_equal(dev_s, want_s)
     np.testing.assert_array_equal(host_i, want_i)
+    for order in (list(range(len(widths))), [3, 0, 4, 2, 1]):  # blocks in order, and in any order
+        dev_s, dev_i = np.empty((5, 0)), np.empty((5, 0), dtype=np.int64)
+        for j in order:
+            at, w = int(starts[j]), widths[j]
+            block = scores[:, at : at + w]
+            rows, cols, vals = block_candidates(torch.from_numpy(block), dev_s, k, largest)
+            assert rows.size <= block.size
+            dev_s, dev_i = merge_candidates(dev_s, dev_i, rows, cols, vals, at, w, k, largest)
+        np.testing.assert_array_equal(dev_i, want_i)
+        np.testing.assert_array_equal(dev_s, want_s)
 
 
 def test_attributor_device_path_equals_the_host_path(mlp_run, h, monkeypatch) -> None:

@@ -343,8 +343,8 @@ def block_candidates(block: Tensor, best_s: np.ndarray, k: int, largest: bool) -
     device) that can enter each row's running top ``k`` (``best_s``, best
     first): those at least as good as the row's ``k``-th best in the block
     (ties kept, so the lower-index rule can decide) and, once a row holds
-    ``k`` results, strictly better than its current ``k``-th (the block's
-    indices are all higher). Computed where the block is; only the
+    ``k`` results, at least as good as its current ``k``-th (ties kept again:
+    blocks may come in any order). Computed where the block is; only the
     candidates, about ``k`` per row, come back to the host."""
     kk = min(k, block.shape[1])
     kth = torch.topk(block, kk, dim=1, largest=largest).values[:, -1:]
@@ -352,7 +352,7 @@ def block_candidates(block: Tensor, best_s: np.ndarray, k: int, largest: bool) -
     if best_s.shape[1] == k:
         # every running score came from a block of this dtype, so the cast is exact
         worst = torch.from_numpy(np.ascontiguousarray(best_s[:, -1:])).to(device=block.device, dtype=block.dtype)
-        mask &= block > worst if largest else block < worst
+        mask &= block >= worst if largest else block <= worst
     rows, cols = mask.nonzero(as_tuple=True)
     return rows.cpu().numpy(), cols.cpu().numpy(), block[rows, cols].cpu().numpy()
 
