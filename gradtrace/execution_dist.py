@@ -23,7 +23,7 @@ SLURM ``srun``):
 :class:`~gradtrace.execution.LocalExecutor` when the process was started
 alone, else this executor over a process group it initialises from the
 launcher's environment (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` of torchrun
-and accelerate, or ``SLURM_NTASKS``/``SLURM_PROCID``/``SLURM_LOCALID`` with
+and accelerate, or ``SLURM_STEP_NUM_TASKS``/``SLURM_PROCID``/``SLURM_LOCALID`` with
 ``MASTER_ADDR``/``MASTER_PORT`` under srun). CPU runs use the gloo backend
 and CUDA runs NCCL, each rank on ``cuda:LOCAL_RANK``.
 """
@@ -50,7 +50,9 @@ def launch_environment(env: dict[str, str] | None = None) -> tuple[int, int, int
     """``(rank, world_size, local_rank)`` when this process is one of several
     started by a launcher (torchrun, accelerate, srun), else None."""
     env = dict(os.environ) if env is None else env
-    for world, rank, local in (("WORLD_SIZE", "RANK", "LOCAL_RANK"), ("SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")):
+    # srun sets SLURM_STEP_NUM_TASKS for the tasks of a job step; a batch script's own shell has SLURM_NTASKS and
+    # SLURM_PROCID=0 too, and a process started there without srun is one process, not rank 0 of many
+    for world, rank, local in (("WORLD_SIZE", "RANK", "LOCAL_RANK"), ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "SLURM_LOCALID")):
         if world in env and rank in env:
             try:
                 w, r, lr = int(env[world]), int(env[rank]), int(env.get(local, "0"))

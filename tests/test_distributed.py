@@ -186,9 +186,11 @@ def test_launch_environment() -> None:
     assert launch_environment({}) is None
     assert launch_environment({"WORLD_SIZE": "1", "RANK": "0"}) is None
     assert launch_environment({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"}) == (2, 4, 0)
-    assert launch_environment({"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}) == (5, 8, 1)
+    assert launch_environment({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}) == (5, 8, 1)
+    # a batch script's own shell (no srun): one process, whatever the allocation
+    assert launch_environment({"SLURM_NTASKS": "8", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}) is None
     # torchrun's variables win over SLURM's (torchrun inside an allocation)
-    assert launch_environment({"WORLD_SIZE": "2", "RANK": "1", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == (1, 2, 0)
+    assert launch_environment({"WORLD_SIZE": "2", "RANK": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}) == (1, 2, 0)
     with pytest.raises(InputError, match="RANK=4 is not a rank of WORLD_SIZE=4"):
         launch_environment({"WORLD_SIZE": "4", "RANK": "4"})
     with pytest.raises(InputError, match="must be integers"):
