@@ -27,7 +27,8 @@ store's shard files are written atomically and independently, so ranks never
 coordinate writes), with a barrier at the end; ``scan`` keeps the ranges
 ``ranges[rank::world_size]``; ``gather`` is ``all_gather_object``, so each
 rank's top-k is merged into the global one. ``is_main`` is true in the one
-process that prints (rank 0).
+process that prints (rank 0); ``share(tasks)`` is what this process computes
+(:func:`split`: the fixed rule), which its progress bar counts.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class Executor(Protocol):
     def is_main(self) -> bool:
         """True in the one process that prints progress and results."""
 
+    def share(self, tasks: Sequence[ShardTask]) -> list[ShardTask]:
+        """The tasks of ``tasks`` this process computes (what its progress counts)."""
+
     def setup(self, make: Callable[[bool], T]) -> T:
         """Run a set-up step (create or open the store) and return its result.
         ``make(first)``: ``first`` is true in the process that opens the store
@@ -85,6 +89,12 @@ class Executor(Protocol):
         """Every process's ``value`` (this process's first)."""
 
 
+def split(tasks: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """The fixed rule that splits work over ``world_size`` processes: the
+    entries ``i`` with ``i % world_size == rank``."""
+    return [t for i, t in enumerate(tasks) if i % world_size == rank]
+
+
 def by_checkpoint(tasks: Iterable[ShardTask]) -> list[tuple[int, list[ShardTask]]]:
     """Tasks grouped by checkpoint, checkpoints in increasing order, tasks in
     the order given."""
@@ -98,6 +108,9 @@ class LocalExecutor:
     """Everything in this process, one shard after another."""
 
     is_main = True
+
+    def share(self, tasks: Sequence[ShardTask]) -> list[ShardTask]:
+        return list(tasks)
 
     def setup(self, make: Callable[[bool], T]) -> T:
         return make(True)

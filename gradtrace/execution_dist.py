@@ -38,7 +38,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import InputError, PeerError
-from .execution import Executor, LocalExecutor, ShardTask, ShardWorker
+from .execution import Executor, LocalExecutor, ShardTask, ShardWorker, split
 
 T = TypeVar("T")
 B = TypeVar("B")
@@ -136,6 +136,9 @@ class DistributedExecutor:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def share(self, tasks: Sequence[ShardTask]) -> list[ShardTask]:
+        return split(tasks, self.rank, self.world_size)  # on rank 0, of the list every rank splits
+
     def setup(self, make: Callable[[bool], T]) -> T:
         first = self._together((lambda: make(True)) if self.rank == 0 else None, "setting up")
         rest = self._together((lambda: make(False)) if self.rank != 0 else None, "setting up")
@@ -144,7 +147,7 @@ class DistributedExecutor:
     def run(self, tasks: Sequence[ShardTask], worker: ShardWorker) -> None:
         shared = [list(tasks)]
         self._dist.broadcast_object_list(shared, src=0)  # rank 0's plan: every rank splits the same list
-        mine = [t for i, t in enumerate(shared[0]) if i % self.world_size == self.rank]
+        mine = split(shared[0], self.rank, self.world_size)
         self._together(lambda: LocalExecutor().run(mine, worker), "computing shards")
 
     def scan(self, ranges: Sequence[tuple[int, int]], score: Callable[[int, int], Iterable[B]]) -> Iterator[B]:

@@ -120,9 +120,9 @@ def featurize(
 
     ``executor`` decides where the missing shards are computed (default:
     :class:`~gradtrace.execution.LocalExecutor`, in this process; see
-    :mod:`gradtrace.execution`; :func:`gradtrace.execution_dist.executor_for`
+    :mod:`gradtrace.execution`; :func:`gradtrace.execution_dist.launched_executor`
     gives a torch.distributed one under torchrun or srun). Only its main
-    process shows progress.
+    process shows progress (of its share of the shards).
 
     ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N"``; None: where the model
     is) is where the model, each batch and the projection matrices live;
@@ -166,7 +166,7 @@ def featurize(
         tasks = [ShardTask(c, a, b) for c, a, b in store.missing_shards(segment)]
         estimate = estimate_resources(store, featurizer, model, n_examples=segment.stop - segment.start, placement=placement)
         total = sum(t.size for t in tasks)
-        with progress_bar("featurize", total, progress) as bar, restored(model), placement.model(model):
+        with progress_bar("featurize", sum(t.size for t in executor.share(tasks)), progress) as bar, restored(model), placement.model(model):
             bar.note(f"gradtrace: {estimate.describe()}")
             for c, a, b, problem in session.repaired:
                 bar.note(f"gradtrace: shard checkpoint {c} rows {a}-{b} failed its check ({problem}); rewriting it")
