@@ -94,7 +94,7 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
         parts.append(f'<p>Behavioural diff of the last round against round 0: <a href="{esc(rel)}">{esc(rel)}</a></p>')
     for monitor, names in groups.items():
         panels = "".join(
-            f'<div style="display:inline-block;margin:.3rem"><div class="note">{esc(n.split(".", 1)[1])}</div>{line_svg(rounds, [r.get(n, float("nan")) for r in rows], stop_round, bounds=_bounds(rules, n))}</div>'
+            f'<div style="display:inline-block;margin:.3rem"><div class="note">{esc(n.split(".", 1)[1])}</div>{line_svg(rounds, [r.get(n, float("nan")) for r in rows], stop_round, bounds=rule_bounds(rules, n))}</div>'
             for n in names
         )
         parts.append(f"<h2>{esc(monitor)}</h2><figure style=\"margin:0\">{panels}</figure>")
@@ -105,7 +105,8 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
     return path
 
 
-def _bounds(rules: Sequence[StopRule], metric: str) -> list[float]:
+def rule_bounds(rules: Sequence[StopRule], metric: str) -> list[float]:
+    """The thresholds of the threshold rules on ``metric``."""
     return [float(b) for r in rules if r.metric == metric and r.kind == "threshold" for b in (r.above, r.below) if b is not None]
 
 

@@ -363,10 +363,19 @@ def self_influence(store: GradientStore) -> np.ndarray:
     the features are projected. High values flag mislabelled, poisoned or
     atypical examples. Examples left out for non-finite values
     (``store.skipped_examples``) read 0."""
-    lrs = store.learning_rates
     out = np.zeros(store.n_examples, dtype=np.float64)
+    for row in self_influence_by_checkpoint(store):
+        out += row  # the same sums, in the same order, as adding checkpoint by checkpoint
+    return out
+
+
+def self_influence_by_checkpoint(store: GradientStore) -> np.ndarray:
+    """``[n_checkpoint, n_examples]``: ``lr_c * |g_c(z)|^2``, each
+    checkpoint's term of :func:`self_influence` (0 for examples left out)."""
+    lrs = store.learning_rates
+    out = np.zeros((len(lrs), store.n_examples), dtype=np.float64)
     for a, b in store.shard_ranges():
         for c, lr in enumerate(lrs):
-            out[a:b] += lr * store.norms(c, a, b)[:, 1]
-    out[store.skipped_indices] = 0.0
+            out[c, a:b] = lr * store.norms(c, a, b)[:, 1]
+    out[:, store.skipped_indices] = 0.0
     return out

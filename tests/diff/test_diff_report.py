@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -37,31 +34,12 @@ def test_report_escapes_and_is_self_contained(report):
     assert html.count("<circle") == len(result.points) == result.n_a + result.n_b
 
 
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Path of Debian's chromium; installed with apt-get when absent."""
-    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], check=True, env=env, capture_output=True)
-    path = shutil.which("chromium")
-    assert path is not None, "chromium is not installed and apt-get could not install it"
-    return path
-
-
 @pytest.mark.slow
-def test_reader_sees_ranked_clusters_in_headless_chromium(report, chromium, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_reader_sees_ranked_clusters_in_headless_chromium(report, headless_chrome):
     from selenium.webdriver.common.by import By
 
     result, path = report
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver = headless_chrome()
     try:
         driver.get(path.as_uri())
         assert driver.title == "Behavioural diff"
