@@ -131,6 +131,22 @@ def store_files(root: Path) -> dict[str, bytes]:
     }
 
 
+def page_figures(html_text: str) -> list[dict[str, Any]]:
+    """The plotly figures placed on a page by ``gradtrace.report.figures.embed``, decoded."""
+    import html
+    import json
+    import re
+
+    return [json.loads(html.unescape(m)) for m in re.findall(r'<div class="plot" data-figure="([^"]*)"', html_text)]
+
+
+def without_scripts(html_text: str) -> str:
+    """A page without its ``<script>`` elements (plotly's inlined bundle): the markup made from data."""
+    import re
+
+    return re.sub(r"<script[^>]*>.*?</script>", "", html_text, flags=re.S)
+
+
 @pytest.fixture(scope="session")
 def h() -> types.SimpleNamespace:
     """The helpers above, as one namespace."""
@@ -144,6 +160,8 @@ def h() -> types.SimpleNamespace:
         singles=singles,
         brute_force_scores=brute_force_scores,
         store_files=store_files,
+        page_figures=page_figures,
+        without_scripts=without_scripts,
     )
 
 

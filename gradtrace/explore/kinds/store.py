@@ -117,6 +117,9 @@ class _SpecTask(_Task):
 
         return Attributor(store, self.spec.model(), self.spec.task, checkpoint_loader=self.spec.checkpoint_loader)
 
+    def top_of_behaviour(self, limit: int) -> str:
+        return self.behaviours()[0]
+
     def all_queries(self, limit: int) -> tuple[Any, Any, list[int]]:
         from ...data import head
 
@@ -196,10 +199,17 @@ class _HFTask(_Task):
         return Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
 
     def all_queries(self, limit: int) -> tuple[Any, Any, list[int]]:
+        """The first ``limit`` queries of ``--queries``, with the behaviour
+        their fields allow (margin for preference pairs, else logprob)."""
         from ...models.hf import behaviour_by_name
 
         n = min(limit, len(self.queries))
-        return self.queries[:n], behaviour_by_name("logprob"), list(range(n))
+        pairs = n > 0 and all("chosen" in q and "rejected" in q for q in self.queries[:n])
+        return self.queries[:n], behaviour_by_name("margin" if pairs else "logprob"), list(range(n))
+
+    def top_of_behaviour(self, limit: int) -> str:
+        n = min(limit, len(self.queries))
+        return "margin" if n > 0 and all("chosen" in q and "rejected" in q for q in self.queries[:n]) else "logprob"
 
 
 def _summary(data: Any, i: int) -> str:
@@ -242,6 +252,7 @@ class StoreArtefact(Artefact):
         self._results: collections.OrderedDict[tuple, dict[str, Any]] = collections.OrderedDict()
         self._top_of: dict[int, list[dict[str, Any]]] | None = None
         self._asked: list[dict[str, Any]] = []
+        self._top_of_error: str | None = None
 
     # -- cached data ---------------------------------------------------------------------------------
     def summary(self) -> str:
@@ -339,7 +350,8 @@ class StoreArtefact(Artefact):
         fig = figures.per_checkpoint(by[:, i], self.ckpt_labels, "self-influence per checkpoint (lr × squared gradient norm)")
         rank = int((si > si[i]).sum()) + 1
         return {"ex": self.view(i) | {"self_influence": float(si[i]), "rank": rank}, "figure": figures.embed(fig),
-                "top_of": self.top_of(i), "n_examples": self.store.n_examples, "task_queries": self.task.kind != "none"}
+                "top_of": self.top_of(i), "top_of_error": self._top_of_error, "n_examples": self.store.n_examples,
+                "task_queries": self.task.kind != "none"}
 
     def top_of(self, i: int) -> list[dict[str, Any]]:
         """The queries (the task's, up to ``max_queries``, and those asked in
@@ -351,21 +363,29 @@ class StoreArtefact(Artefact):
                 if isinstance(self.task, (_SpecTask, _HFTask)):
                     queries, behaviour, items = self.task.all_queries(self.options.max_queries)
                     if items:
-                        att = self.attributor()
-                        qf = att.query_features(queries, behaviour)
-                        names = self.task.query_items()
-                        for topk in (att.top_k(qf, k=self.options.k, largest=True), att.top_k(qf, k=self.options.k, largest=False)):
-                            kind = "proponent" if topk.largest else "opponent"
-                            for q in range(topk.indices.shape[0]):
-                                for r in range(topk.indices.shape[1]):
-                                    self._top_of.setdefault(int(topk.indices[q, r]), []).append({
-                                        "query": names[items[q]], "item": items[q], "kind": kind, "rank": r + 1,
-                                        "score": float(topk.scores[q, r]), "method": "raw", "behaviour": self.task.behaviours()[0],
-                                    })
+                        try:
+                            self._score_task_queries(self._top_of, queries, behaviour, items)
+                        except GradtraceError as exc:
+                            self._top_of_error = str(exc)
             out = list(self._top_of.get(i, []))
             for asked in self._asked:
                 out.extend(row for row in asked["rows"] if row["index"] == i)
             return out
+
+    def _score_task_queries(self, out: dict[int, list[dict[str, Any]]], queries: Any, behaviour: Any, items: list[int]) -> None:
+        """Fill ``out``: training index -> the task queries listing it in their top k."""
+        att = self.attributor()
+        qf = att.query_features(queries, behaviour)
+        names = self.task.query_items()
+        name = self.task.top_of_behaviour(self.options.max_queries)  # type: ignore[attr-defined]
+        for topk in (att.top_k(qf, k=self.options.k, largest=True), att.top_k(qf, k=self.options.k, largest=False)):
+            kind = "proponent" if topk.largest else "opponent"
+            for q in range(topk.indices.shape[0]):
+                for r in range(topk.indices.shape[1]):
+                    out.setdefault(int(topk.indices[q, r]), []).append({
+                        "query": names[items[q]], "item": items[q], "kind": kind, "rank": r + 1,
+                        "score": float(topk.scores[q, r]), "method": "raw", "behaviour": name,
+                    })
 
     def _query_page(self, args: dict[str, str]) -> dict[str, Any]:
         items = self.task.query_items()
