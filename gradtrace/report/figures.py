@@ -102,6 +102,21 @@ def cumulative(matrix: np.ndarray, example_labels: Sequence[str], checkpoint_lab
     return fig
 
 
+def curves(steps: Sequence[float], series: Mapping[str, Sequence[float]], title: str, x_title: str = "step",
+           y_title: str = "value", height: int = 320) -> Any:
+    """One line per named series over ``steps`` (a relearning curve per method, say)."""
+    go = _go()
+    fig = go.Figure([
+        go.Scatter(x=list(steps), y=_finite(values), mode="lines+markers", name=plot_text(name, 60),
+                   line=dict(color=COLOURS[j % len(COLOURS)]),
+                   hovertemplate=f"{plot_text(name, 60)}<br>{plot_text(x_title, 30)} %{{x}}: %{{y:.4g}}<extra></extra>")
+        for j, (name, values) in enumerate(series.items())
+    ])
+    fig.update_layout(title=plot_text(title, 120), height=height, xaxis_title=plot_text(x_title, 40), yaxis_title=plot_text(y_title, 40),
+                      **_LAYOUT)
+    return fig
+
+
 def diff_map(points: Sequence[Mapping[str, Any]], cluster_names: Mapping[int, str] | None = None, height: int = 480) -> Any:
     """The 2-D map of a diff's texts. Two colourings, switched by buttons:
     by model (A blue, B orange) and by cluster. Hover shows the model, the

@@ -60,6 +60,17 @@ def open_page(driver, url: str, plots: int = 0) -> None:
     assert_no_dialog(driver)
 
 
+def click_and_load(driver, element) -> None:
+    """Click a link or submit button and wait until the next page has loaded."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element("tag name", "html")
+    element.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def assert_no_dialog(driver) -> None:
     from selenium.common.exceptions import NoAlertPresentException
 
@@ -89,14 +100,14 @@ def test_search_finds_examples_and_sorts_by_self_influence(server, driver, explo
     screenshot(driver, "training-set")
     box = driver.find_element(By.ID, "search")
     box.send_keys("train-17")
-    driver.find_element(By.ID, "search-button").click()
+    click_and_load(driver, driver.find_element(By.ID, "search-button"))
     found = column(driver, "examples", 0)
     expected = [store.ids[i] for i in np.argsort(-si, kind="stable") if "train-17" in store.ids[i]]
     assert found == expected and "train-17" in found
     # by text: only example 0 carries the hostile text
     driver.find_element(By.ID, "search").clear()
     driver.find_element(By.ID, "search").send_keys("GEESE honk")
-    driver.find_element(By.ID, "search-button").click()
+    click_and_load(driver, driver.find_element(By.ID, "search-button"))
     assert column(driver, "examples", 0) == ["train-0"]
     assert_no_dialog(driver)
 
@@ -154,7 +165,7 @@ def test_query_returns_the_proponents_of_top_k(server, driver, explore_data, ora
         Select(driver.find_element(By.ID, "method")).select_by_value(method)
         driver.find_element(By.NAME, "k").clear()
         driver.find_element(By.NAME, "k").send_keys("6")
-        driver.find_element(By.ID, "run-query").click()
+        click_and_load(driver, driver.find_element(By.ID, "run-query"))
         open_page(driver, driver.current_url, plots=3)
         assert driver.find_element(By.ID, "query-name").text == "test-3"
         for largest, table in ((True, "proponents"), (False, "opponents")):
@@ -207,12 +218,12 @@ def test_loop_rounds_link_to_their_diff_and_data(server, driver, explore_data):
     shapes = driver.execute_script("return document.querySelectorAll('div.plot')[0].layout.shapes.map(s => [s.type, s.x0, s.y0])")
     assert ["line", 2, 0] in shapes or any(s[1] == 2 for s in shapes)  # the stop round
     assert any(abs((s[2] or 0) - 0.3) < 1e-12 for s in shapes)  # the threshold of the stop rule
-    driver.find_element(By.LINK_TEXT, "2").click()
+    click_and_load(driver, driver.find_element(By.LINK_TEXT, "2"))
     assert driver.find_element(By.TAG_NAME, "h1").text == "Round 2"
     texts = [p.text for p in driver.find_elements(By.CSS_SELECTOR, "table.data pre.text")]
     assert texts[0] == explore_data.evil and texts[1] == "generated text 1 of round 2"
     assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
     assert_no_dialog(driver)
-    driver.find_element(By.ID, "round-diff").click()
+    click_and_load(driver, driver.find_element(By.ID, "round-diff"))
     open_page(driver, driver.current_url, plots=1)
     assert driver.find_element(By.TAG_NAME, "h1").text == "Behavioural diff"
