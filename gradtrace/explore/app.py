@@ -239,7 +239,9 @@ def make_server(artefacts: Sequence[Artefact], host: str = "127.0.0.1", port: in
     bound = server.server_port
     shown = f"[{host}]" if ":" in host else host
     if not _unspecified(host):  # bound to 0.0.0.0 or ::, any name may reach it (the token guards it)
-        app.config["GRADTRACE_HOSTS"] = {f"{shown}:{bound}".lower(), f"localhost:{bound}", f"127.0.0.1:{bound}", f"[::1]:{bound}"}
+        names = {shown.lower(), "localhost", "127.0.0.1", "[::1]"}
+        # a browser leaves the port out of Host when it is the scheme's default
+        app.config["GRADTRACE_HOSTS"] = {f"{n}:{bound}" for n in names} | (names if bound == 80 else set())
     return server
 
 
