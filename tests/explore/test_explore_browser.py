@@ -227,3 +227,25 @@ def test_loop_rounds_link_to_their_diff_and_data(server, driver, explore_data):
     click_and_load(driver, driver.find_element(By.ID, "round-diff"))
     open_page(driver, driver.current_url, plots=1)
     assert driver.find_element(By.TAG_NAME, "h1").text == "Behavioural diff"
+
+
+def test_clicking_a_round_on_a_curve_opens_it(server, driver):
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(driver, f"{server.url}/a/loop-0/", plots=2)
+    rounds = driver.execute_script("return Array.from(document.querySelector('div.plot').data[0].customdata)")
+    point = driver.find_elements(By.CSS_SELECTOR, "div.plot")[0].find_elements(By.CSS_SELECTOR, "g.trace.scatter path.point")[1]
+    ActionChains(driver).move_to_element(point).click().perform()
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Round {rounds[1]}")
+    assert driver.current_url == f"{server.url}/a/loop-0/p/round/{rounds[1]}"
+
+
+@pytest.mark.parametrize("path", ["/static/..%2f..%2f..%2fetc%2fpasswd", "/a/store-0/..%2f..%2fmanifest.json", "/a/secret/"])
+def test_the_browser_gets_nothing_outside_the_artefacts(server, driver, path):
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, server.url + path)
+    assert driver.find_element(By.TAG_NAME, "h1").text == "404"
+    assert "root:" not in driver.page_source and "fingerprint" not in driver.page_source
