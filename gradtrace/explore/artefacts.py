@@ -19,13 +19,14 @@ loop      ``loop.json`` and ``round_000/``             ``kinds/loop.py``
 
 **Adding a kind** (audit results, allocation results, probe results, ...):
 write ``kinds/<kind>.py`` with a subclass of :class:`Artefact` (its
-``kind``, ``title``, the ``summary`` shown on the index page, and
-``register_routes``-free page functions the app calls through
-:meth:`Artefact.pages`) and a :class:`Loader` (``detect(path)`` and
-``load(path, options, ids)``), then add the loader to :data:`LOADERS` in
-``kinds/__init__.py``. The app needs no change: an artefact's pages are
-rendered by :meth:`Artefact.page`, which returns a template name and its
-context. No loader exists for audits (``audit.json``), allocation results or
+``kind``, ``title``, the ``summary`` shown on the index page, :meth:`~Artefact.page`
+returning a template name and its context, and :meth:`~Artefact.data` for
+JSON the page script fetches) and a :class:`Loader` (``detect(path)`` and
+``load(path, options, new_id)``), then add the loader to ``LOADERS`` in
+``kinds/__init__.py``; templates go in ``explore/templates/``, figures in
+:mod:`gradtrace.report.figures`. The app needs no change: it routes
+``/a/<id>/``, ``/a/<id>/p/<name>[/<n>]`` and ``/a/<id>/data/<name>/<n>`` to
+those two methods (with the query-string arguments and the integer ``n``). No loader exists for audits (``audit.json``), allocation results or
 probe results yet: their formats were not settled when the explorer was
 written, and a path holding only those is refused with a message saying so.
 """
@@ -69,16 +70,15 @@ class Artefact:
     def page(self, name: str, args: dict[str, str], path_args: Sequence[int]) -> tuple[str, dict[str, Any]]:
         """``(template, context)`` of the page ``name`` (``""``: the
         artefact's main page) with the query-string ``args`` and integer
-        ``path_args``; raises :class:`NotFound` for anything else."""
+        ``path_args``; raises :class:`NotFound` for anything else. Every
+        value of the context is escaped by the template except those under
+        the keys ``figure``, ``map`` and ``cumulative``, which must be
+        markup made by :func:`gradtrace.report.figures.embed`."""
         raise NotFound(f"{self.kind} has no page {name!r}")
 
     def data(self, name: str, args: dict[str, str], path_args: Sequence[int]) -> Any:
         """JSON data for the page's scripts (``/a/<id>/data/<name>/<n>``)."""
         raise NotFound(f"{self.kind} has no data {name!r}")
-
-    def image(self, name: str, index: int) -> Any:
-        """A 2-D array to show as an image (``/a/<id>/image/<name>/<index>.png``)."""
-        raise NotFound(f"{self.kind} has no image {name!r}")
 
 
 class NotFound(Exception):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import html
-import json
 import math
 from typing import Any, Mapping, Sequence
 
@@ -242,7 +241,3 @@ def plotly_scripts() -> str:
     js = plotly_js().replace("</script", "<\\/script")
     return f'<script type="text/javascript">{js}</script>\n<script type="text/javascript">{BOOT_JS}</script>'
 
-
-def to_json_text(obj: Any) -> str:
-    """``obj`` as JSON with ``<``, ``>`` and ``&`` escaped (safe anywhere in HTML)."""
-    return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

@@ -8,7 +8,7 @@ relearning curves); every text goes through :func:`gradtrace.report.html.esc`,
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from ..report import figures
 from ..report.html import Raw, esc, page, table
