@@ -389,10 +389,11 @@ def _register_all() -> None:
     """The verbs defined in other modules, each through its ``register(app)``."""
     from .allocate import cli as allocate_cli
     from .diff import cli as diff_cli
+    from .explore import cli as explore_cli
     from .loop import cli as loop_cli
     from .unlearn import cli as unlearn_cli
 
-    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli):
+    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli, explore_cli):
         module.register(app)
 
 

@@ -365,7 +365,7 @@ def test_planted_backdoor_is_allocated_to_its_layer_and_period(tmp_path: Path) -
     assert share(run.clean_queries) < 0.2  # the control behaviour is not learned there
 
 
-def test_runs_report_draws_a_bounded_sample_and_escapes() -> None:
+def test_runs_report_draws_a_bounded_sample_and_escapes(h) -> None:
     from gradtrace.allocate import report
 
     rng = np.random.default_rng(3)
@@ -374,5 +374,9 @@ def test_runs_report_draws_a_bounded_sample_and_escapes() -> None:
     a[0, 5] = 50.0  # the most extreme example is always drawn
     ids = [f"<b>z{i}</b>" for i in range(n)]
     html_text = report.runs_html(["<run1>", "run2"], [(0, 1, compare_runs(a, b, k=5))], ["<q>"], ids, [a, b], None, None)
-    assert html_text.count("<circle") == report.SCATTER_POINTS
-    assert "&lt;b&gt;z5&lt;/b&gt;" in html_text and "<b>z" not in html_text and "<run1>" not in html_text
+    (scatter,) = [f for f in h.page_figures(html_text) if f["data"][-1]["mode"] == "markers"]
+    points = scatter["data"][-1]
+    assert len(points["x"]) == len(points["text"]) == report.SCATTER_POINTS
+    assert "&lt;b&gt;z5&lt;/b&gt;" in points["text"]  # plotly shows the escaped id literally
+    markup = h.without_scripts(html_text)
+    assert "<b>z" not in markup and "<run1>" not in markup and "<q>" not in markup

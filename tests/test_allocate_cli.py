@@ -72,7 +72,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_allocate_command(runs, tmp_path: Path) -> None:
+def test_allocate_command(runs, tmp_path: Path, h) -> None:
     root, tasks, stores = runs
     out, report = tmp_path / "a.json", tmp_path / "a.html"
     r = invoke("allocate", "--task", tasks[0], "--from-init", "--out", out, "--report", report, "--no-progress", "--json")
@@ -87,7 +87,9 @@ def test_allocate_command(runs, tmp_path: Path) -> None:
     for iv in data["intervals"]:
         assert sum(iv["per_tensor"].values()) == pytest.approx(iv["allocated"], rel=1e-9)
     html_text = report.read_text()
-    assert "<svg" in html_text and "<script" not in html_text
+    heatmaps = [f for f in h.page_figures(html_text) if f["data"][0]["type"] == "heatmap"]
+    assert len(heatmaps) == sum(1 for level in ("layer", "block", "module") if data["total"][level])
+    assert "<script" not in h.without_scripts(html_text)
 
     r = invoke("allocate", "--task", tasks[0], "--rule", "simpson", "--points", 4)
     assert r.exit_code == 2 and "odd number" in r.output

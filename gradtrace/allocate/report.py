@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..report.html import bars_svg, esc, heatmap_svg, page, scatter_svg, table
+from ..report import figures
+from ..report.html import esc, page, table
 from .path import RunAllocation
 from .runs import RunComparison, standardised
 from .timeline import InfluenceTimeline
@@ -34,12 +35,12 @@ def allocation_html(run: RunAllocation, title: str = "gradtrace: loss-change all
             continue
         matrix = np.array([by[g] for g in names])
         body.append(f"<h2>By {esc(level)} &times; interval</h2>")
-        body.append('<p class="note">Green: raised the behaviour; red: lowered it. Column numbers are the intervals above.</p>')
-        body.append(heatmap_svg(matrix, names, labels))
+        body.append('<p class="note">Green: raised the behaviour; red: lowered it.</p>')
+        body.append(figures.embed(figures.heatmap(matrix, names, labels, f"allocation by {level} and interval")))
         order = sorted(names, key=lambda g: -abs(float(by[g].sum())))[:top]
         body.append(table([level, "whole run", "share of |allocation|"],
                           [[g, float(by[g].sum()), _share(by, g)] for g in order], numeric=(1, 2)))
-    return page(title, "\n".join(body))
+    return page(title, "\n".join(body), figures=True)
 
 
 def _share(by: dict[str, np.ndarray], g: str) -> float:
@@ -57,7 +58,7 @@ def timeline_html(tl: InfluenceTimeline, train_ids: Sequence[str], train_tags: S
         f"(positive: in the behaviour&rsquo;s direction). Critical period: the shortest run of consecutive checkpoints holding at "
         f"least {tl.mass:.0%} of the |influence| (docs/allocate.md).</p>",
         "<h2>All queries</h2>",
-        bars_svg(share.mean(axis=1), tl.labels, width=max(160, 30 * len(tl.labels)), height=60),
+        figures.embed(figures.per_checkpoint(share.mean(axis=1), tl.labels, "mean share of |influence| per checkpoint")),
         table(["critical period", "share", "concentration", "peak"],
               [[f"{tl.labels[crit.first]} .. {tl.labels[crit.last]}", crit.share, crit.concentration, tl.labels[crit.peak]]],
               numeric=(1, 2)),
@@ -67,14 +68,14 @@ def timeline_html(tl: InfluenceTimeline, train_ids: Sequence[str], train_tags: S
         body.append(f"<h2>query {esc(qid)}</h2>")
         body.append(f"<p>critical period {esc(tl.labels[c.first])} .. {esc(tl.labels[c.last])} "
                     f"(share {c.share:.3f}, concentration {c.concentration:.2f})</p>")
-        body.append(bars_svg(tl.signed[:, q], tl.labels, width=max(160, 30 * len(tl.labels)), height=48))
+        body.append(figures.embed(figures.per_checkpoint(tl.signed[:, q], tl.labels, "signed influence per checkpoint")))
         rows = []
         for ci, label in enumerate(tl.labels):
             pro = ", ".join(_named(train_ids, train_tags, int(i)) for i in tl.top[ci, q])
             opp = ", ".join(_named(train_ids, train_tags, int(i)) for i in tl.bottom[ci, q])
             rows.append([label, float(share[ci, q]), float(tl.signed[ci, q]), pro, opp])
         body.append(table(["checkpoint", "abs share", "signed", "top proponents", "top opponents"], rows, numeric=(1, 2)))
-    return page(title, "\n".join(body))
+    return page(title, "\n".join(body), figures=True)
 
 
 def _named(ids: Sequence[str], tags: Sequence[Any] | None, i: int) -> str:
@@ -129,9 +130,9 @@ def runs_html(names: Sequence[str], pairs: list[tuple[int, int, RunComparison]],
             if shown.size < za.shape[1]:
                 body.append(f'<p class="note">{shown.size} of {za.shape[1]} examples drawn: the {SCATTER_EXTREME} largest |z| '
                             "of either run and a seeded random sample of the rest.</p>")
-            body.append(scatter_svg(za[q, shown], zb[q, shown], [train_ids[int(i)] for i in shown],
-                                    x_name=f"run {a + 1} (z)", y_name=f"run {b + 1} (z)"))
+            body.append(figures.embed(figures.scatter(za[q, shown], zb[q, shown], [train_ids[int(i)] for i in shown],
+                                                      f"query {qid}", x_title=f"run {a + 1} (z)", y_title=f"run {b + 1} (z)")))
             body.append(table(["train", f"z run {a + 1}", f"z run {b + 1}", "difference"],
                               [[train_ids[int(i)], za[q, int(i)], zb[q, int(i)], float(d)]
                                for i, d in zip(comp.differ[q], comp.differ_z[q])], numeric=(1, 2, 3)))
-    return page(title, "\n".join(body))
+    return page(title, "\n".join(body), figures=True)

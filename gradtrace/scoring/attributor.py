@@ -430,18 +430,29 @@ def self_influence(store: GradientStore, device: str | torch.device | None = Non
     atypical examples. Examples left out for non-finite values
     (``store.skipped_examples``) read 0. ``device``: where the sums are
     taken (float64, in the same order: the same numbers as on the host)."""
-    lrs = store.learning_rates
     on = Placement.of(device, None).device
     if on is None or on.type == "cpu":
         out = np.zeros(store.n_examples, dtype=np.float64)
-        for a, b in store.shard_ranges():
-            for c, lr in enumerate(lrs):
-                out[a:b] += lr * store.norms(c, a, b)[:, 1]
-    else:
-        total = torch.zeros(store.n_examples, dtype=torch.float64, device=on)
-        for a, b in store.shard_ranges():
-            for c, lr in enumerate(lrs):
-                total[a:b] += float(lr) * torch.from_numpy(np.ascontiguousarray(store.norms(c, a, b)[:, 1])).to(on)
-        out = total.cpu().numpy()
+        for row in self_influence_by_checkpoint(store):
+            out += row  # the same sums, in the same order, as adding checkpoint by checkpoint
+        return out
+    lrs = store.learning_rates
+    total = torch.zeros(store.n_examples, dtype=torch.float64, device=on)
+    for a, b in store.shard_ranges():
+        for c, lr in enumerate(lrs):
+            total[a:b] += float(lr) * torch.from_numpy(np.ascontiguousarray(store.norms(c, a, b)[:, 1])).to(on)
+    out = total.cpu().numpy()
     out[store.skipped_indices] = 0.0
+    return out
+
+
+def self_influence_by_checkpoint(store: GradientStore) -> np.ndarray:
+    """``[n_checkpoint, n_examples]``: ``lr_c * |g_c(z)|^2``, each
+    checkpoint's term of :func:`self_influence` (0 for examples left out)."""
+    lrs = store.learning_rates
+    out = np.zeros((len(lrs), store.n_examples), dtype=np.float64)
+    for a, b in store.shard_ranges():
+        for c, lr in enumerate(lrs):
+            out[c, a:b] = lr * store.norms(c, a, b)[:, 1]
+    out[:, store.skipped_indices] = 0.0
     return out
