@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_cli_errors_are_clear(tmp_path: Path, task_file: str) -> None:
 
 
 @pytest.mark.slow
-def test_demo_finds_flipped_labels_and_writes_report(tmp_path: Path) -> None:
+def test_demo_finds_flipped_labels_and_writes_report(tmp_path: Path, h) -> None:
     out = tmp_path / "demo"
     r = invoke("demo", "--out", out, "--no-progress")
     assert r.exit_code == 0, r.output
@@ -95,7 +96,9 @@ def test_demo_finds_flipped_labels_and_writes_report(tmp_path: Path) -> None:
     assert found["20%"] > baseline["20%"]
     assert "share of the 288 flipped labels found" in r.output
     html_text = (out / "report.html").read_text()
-    assert html_text.count("<svg") > 20 and "<script" not in html_text
+    markup = h.without_scripts(html_text)
+    assert markup.count('<img class="pixels"') > 20 and not re.search(r"(src|href)=[\"']?https?:", markup) and "<script" not in markup
+    assert len(h.page_figures(html_text)) == 8  # contributions per checkpoint of the raw proponents and opponents of 4 queries
     assert "Proponents (raw)" in html_text and "Opponents (raw)" in html_text and "Proponents (cosine)" in html_text
     # a second run reuses checkpoints and store
     r2 = invoke("demo", "--out", out, "--no-progress")

@@ -119,7 +119,7 @@ class DiffResult:
     n_b: int
     levels: list[LevelSummary]
     timings: dict[str, float]
-    points: list[dict[str, Any]]  # 2-D map of the texts: x, y, model, split, cluster
+    points: list[dict[str, Any]]  # 2-D map of the texts: x, y, model, split, cluster, text
 
     def significant(self, alpha: float | None = None) -> list[ClusterRecord]:
         """Clusters with ``q_value <= alpha`` (default: the config's alpha), in rank order."""
@@ -245,10 +245,12 @@ def diff_texts(
         if level == "text":
             xy = _pca2(np.concatenate([x_e, x_v]))
             for i in range(len(explore)):
-                points.append({"x": float(xy[i, 0]), "y": float(xy[i, 1]), "model": "AB"[model_e[i]], "split": "explore", "cluster": int(lab_e[i])})
+                points.append({"x": float(xy[i, 0]), "y": float(xy[i, 1]), "model": "AB"[model_e[i]], "split": "explore", "cluster": int(lab_e[i]),
+                               "text": explore[i]})
             for j in range(len(valid)):
                 i = len(explore) + j
-                points.append({"x": float(xy[i, 0]), "y": float(xy[i, 1]), "model": "AB"[model_v[j]], "split": "validation", "cluster": int(lab_v[j])})
+                points.append({"x": float(xy[i, 0]), "y": float(xy[i, 1]), "model": "AB"[model_v[j]], "split": "validation", "cluster": int(lab_v[j]),
+                               "text": valid[j]})
 
     qvals = benjamini_hochberg(pvals)
     for rec, q in zip(records, qvals):

@@ -20,9 +20,11 @@ from .hf_spec import COMPLETION_FIELDS, PAIR_FIELDS, HFSpec, read_jsonl
 def featurize_hf(
     *, hf_model: str, checkpoints: Path | None, data: Path | None, out: Path, projection: str, dim: int | None, seed: int,
     params: Any, batch_size: int, shard_size: int, dtype: str, append: bool, progress: bool, max_length: int,
-    as_chat: bool, lr: float | None, adam: bool, on_nonfinite: str = "raise",
+    as_chat: bool, lr: float | None, adam: bool, on_nonfinite: str = "raise", device: Any = None, model_dtype: Any = None,
+    executor: Any = None,
 ) -> Any:
-    """Featurize a Hugging Face run; returns the store."""
+    """Featurize a Hugging Face run; returns the store. ``device``,
+    ``model_dtype``, ``executor``: as :func:`gradtrace.featurize` takes them."""
     from ..featurize import featurize
 
     if checkpoints is None or data is None:
@@ -46,8 +48,10 @@ def featurize_hf(
     store = featurize(
         model, task, refs, examples, out, config, ids=ids, tags=tags, append=append, checkpoint_loader=load_hf_checkpoint,
         progress=progress, train_transform=adam_transform if adam else None, on_nonfinite=on_nonfinite,
+        device=device, model_dtype=model_dtype, executor=executor,
     )
-    spec.save(store.root)
+    if getattr(executor, "is_main", True):
+        spec.save(store.root)
     return store
 
 
@@ -76,14 +80,15 @@ def fit_factors_hf(
 
 def query_hf(
     store: Path, queries: Path, behaviour: str, hf_model: str | None, limit: int | None = None, *, verify: bool = True,
-    variant: str | None = None,
+    device: Any = None, model_dtype: Any = None, executor: Any = None, variant: str | None = None,
 ) -> tuple[Any, Any, list[dict[str, Any]], list[str], Any]:
     """``(attributor, behaviour, query examples, query ids, query features)``
     for a store made with ``--hf-model``; ``limit``: only the first N queries
     (a positive integer, named ``--limit`` in errors); ``verify``: check each
     shard read against its checksum. The queries are checked for the fields
     the behaviour needs before the model loads, and so is the store for
-    ``variant`` when given."""
+    ``variant`` when given. ``device``, ``model_dtype``, ``executor``: as
+    :class:`~gradtrace.scoring.Attributor` takes them."""
     from ..data import head
     from ..scoring import Attributor
     from ..store import GradientStore
@@ -102,6 +107,7 @@ def query_hf(
 
         get_method(variant).check(st)
     model, task = spec.load()
-    attributor = Attributor(st, model, task, checkpoint_loader=load_hf_checkpoint)
+    attributor = Attributor(st, model, task, checkpoint_loader=load_hf_checkpoint, device=device, model_dtype=model_dtype,
+                            executor=executor)
     qf = attributor.query_features(examples, b)
     return attributor, b, examples, qids, qf

@@ -99,6 +99,7 @@ class KFACMethod(MethodBase):
         layout = fitted.layout
         weights = self.weights(store)
         qf, acc, compute = queries.features, queries.accumulate, queries.compute
+        device = qf.unit[0].device  # where the scan scores (the factors are applied on the host)
         if kind == "factored":
             return self._factored_scorer(fitted, queries, weights)
         indices = [layer_index(layer, kind) for layer in layout]
@@ -107,16 +108,16 @@ class KFACMethod(MethodBase):
             if not weights[c]:
                 operands.append(None)
                 continue
-            q = u.to(torch.float64) * n.to(torch.float64)[:, None]
+            q = u.to(device="cpu", dtype=torch.float64) * n.to(device="cpu", dtype=torch.float64)[:, None]
             out = torch.zeros_like(q)
             for l, idx in enumerate(indices):
                 out[:, idx.reshape(-1)] = self.precondition(fitted, c, l, q[:, idx]).reshape(q.shape[0], -1)
-            operands.append((out * weights[c]).to(compute))
+            operands.append((out * weights[c]).to(device=device, dtype=compute))
         linear = linear_scorer([o if o is not None else torch.zeros(0) for o in operands], acc)
 
         def score(c: int, rows: Tensor, norms: Tensor) -> Tensor:
             if operands[c] is None:
-                return torch.zeros((qf.n, rows.shape[0]), dtype=acc)
+                return torch.zeros((qf.n, rows.shape[0]), dtype=acc, device=rows.device)
             return linear(c, rows, norms)
 
         return score
@@ -156,23 +157,24 @@ class KFACMethod(MethodBase):
     def _factored_scorer(self, fitted: KroneckerFactors, queries: QueryInputs, weights: list[float]) -> BlockScorer:
         """Factored rows ``[x | dy]`` per layer: score ``sum_l dy_z^T M_q x_z``."""
         qf, acc, compute = queries.features, queries.accumulate, queries.compute
+        device = qf.unit[0].device
         layout = fitted.layout
         mats: list[list[Tensor] | None] = []
         for c, u in enumerate(qf.unit):
             if not weights[c]:
                 mats.append(None)
                 continue
-            q = u.to(torch.float64)  # factored query rows are the factors themselves
+            q = u.to(device="cpu", dtype=torch.float64)  # factored query rows are the factors themselves
             per_layer = []
             for l, layer in enumerate(layout):
                 at, d_in, d_out = int(layer["offset"]), int(layer["d_in"]), int(layer["d_out"])
                 grad = q[:, at + d_in : at + d_in + d_out, None] * q[:, None, at : at + d_in]
-                per_layer.append((self.precondition(fitted, c, l, grad) * weights[c]).to(compute))
+                per_layer.append((self.precondition(fitted, c, l, grad) * weights[c]).to(device=device, dtype=compute))
             mats.append(per_layer)
 
         def score(c: int, rows: Tensor, norms: Tensor) -> Tensor:
             if mats[c] is None:
-                return torch.zeros((qf.n, rows.shape[0]), dtype=acc)
+                return torch.zeros((qf.n, rows.shape[0]), dtype=acc, device=rows.device)
             total = None
             for layer, m in zip(layout, mats[c]):
                 at, d_in, d_out = int(layer["offset"]), int(layer["d_in"]), int(layer["d_out"])

@@ -161,6 +161,7 @@ class TrackStarMethod(MethodBase):
         weights = self.weights(store)
         whiten = self._whitening(store, cache)
         qf, compute, acc = queries.features, queries.compute, queries.accumulate
+        device = qf.unit[0].device  # where the scan scores
         scale_rows = store.manifest["model"].get("train_transform") is None  # a 'none' store of plain gradients
         diagonals: list[Tensor | None] = []
         for c in range(len(qf.unit)):
@@ -170,18 +171,18 @@ class TrackStarMethod(MethodBase):
             d = self._diagonals.get((c, tuple(store.param_names)))
             if d is None:
                 raise InputError("trackstar: compute the query features with this method first (query_features(queries, variant=method))")
-            diagonals.append(d.to(compute))
+            diagonals.append(d.to(device=device, dtype=compute))
         operands: list[Tensor] = []
         for c, u in enumerate(qf.unit):
-            q = u.to(torch.float64)
+            q = u.to(device="cpu", dtype=torch.float64)
             if whiten is not None:
                 q = _unit(q @ whiten[c])
-            operands.append((q * weights[c]).to(compute))
-        mats = None if whiten is None else [w.to(compute) for w in whiten]
+            operands.append((q * weights[c]).to(device=device, dtype=compute))
+        mats = None if whiten is None else [w.to(device=device, dtype=compute) for w in whiten]
 
         def score(c: int, rows: Tensor, norms: Tensor) -> Tensor:
             if not weights[c]:
-                return torch.zeros((qf.n, rows.shape[0]), dtype=acc)
+                return torch.zeros((qf.n, rows.shape[0]), dtype=acc, device=rows.device)
             r = rows
             if diagonals[c] is not None:
                 r = r * diagonals[c][None, :]
