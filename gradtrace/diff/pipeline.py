@@ -162,6 +162,9 @@ class DiffResult:
     validation_ids: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
     #: per validation text of A and of B, its stratum (when strata were given)
     validation_strata: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    #: the input texts (in memory only)
+    texts_a: list[str] = dataclasses.field(default_factory=list, repr=False)
+    texts_b: list[str] = dataclasses.field(default_factory=list, repr=False)
 
     def significant(self, alpha: float | None = None) -> list[ClusterRecord]:
         """Clusters with ``q_value <= alpha`` (default: the config's alpha), in rank order."""
@@ -351,7 +354,7 @@ def diff_texts(
     if strata_a is not None and strata_b is not None:
         strata_out = (tuple(strata_a[i] for i in ids_va), tuple(strata_b[i] for i in ids_vb))
     return DiffResult(records, config, embedder.name, len(texts_a), len(texts_b), summaries, timings, points, members,
-                      (tuple(ids_va), tuple(ids_vb)), strata_out)
+                      (tuple(ids_va), tuple(ids_vb)), strata_out, list(texts_a), list(texts_b))
 
 
 def _table(has: np.ndarray, model: np.ndarray) -> ShareTable:
