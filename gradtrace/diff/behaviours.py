@@ -12,7 +12,7 @@ skewed the same way and either
   overlap with Jaccard index ``>= jaccard`` (default 0.5), or
 * the cosine between their centroids (unit-length mean embeddings of their
   exploration rows), measured after subtracting the mean centroid of all the
-  level's tested clusters, is ``>= cosine`` (default 0.5; see docs/diff.md
+  level's tested clusters, is ``>= cosine`` (default 0.2; see docs/diff.md
   for how it was chosen).
 
 Behaviours are the connected components of these links (single linkage). A
@@ -44,7 +44,7 @@ from .stats import STRATIFIED_TESTS, ShareTable, benjamini_hochberg, log_odds_ra
 
 #: default thresholds of the rule (chosen on development data; docs/diff.md)
 JACCARD = 0.5
-COSINE = 0.5
+COSINE = 0.2
 
 
 @dataclasses.dataclass

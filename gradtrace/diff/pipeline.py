@@ -10,10 +10,11 @@ The result never depends on the order of the input texts: each side is sorted
 by text hash before the seeded split.
 
 Besides the two levels, an optional ``fine`` level looks for behaviours that
-few texts show: many small sentence clusters (about ``fine_size`` exploration
-rows each), of which only the ``fine_tests`` most skewed on the exploration
-half are tested on the validation half (the choice uses exploration labels
-only, so the held-out test stays valid and the family stays small). With
+few texts show: small regions of sentences that one model writes and the
+other does not, found from the exploration half's labels (each sentence's
+``fine_size`` nearest neighbours; :mod:`gradtrace.diff.regions`); only the
+``fine_tests`` most skewed regions are tested on the validation half, so the
+held-out test stays valid and the family stays small. With
 ``test="cmh"`` and a stratum (prompt id or prompt form) per text, each
 cluster is tested within strata (exact Cochran-Mantel-Haenszel).
 """
@@ -35,6 +36,7 @@ from . import labels as lab
 from .cluster import ClusterConfig, stability
 from ..lm.embed import Embedder, text_hash
 from .stats import STRATIFIED_TESTS, TESTS, ShareTable, benjamini_hochberg, log_odds_ratio, share_test, stratified_test
+from .regions import enriched_regions, nearest
 from .units import text_units
 
 LEVELS = ("text", "sentence", "fine")
@@ -48,9 +50,10 @@ class DiffConfig(ConfigBase):
     ``seed`` is used instead when it is not 0 (the default).
 
     ``levels``: any of ``text``, ``sentence`` and ``fine`` (default the first
-    two). ``fine``: sentence units in KMeans clusters of about ``fine_size``
-    exploration rows; the ``fine_tests`` clusters with the smallest Fisher
-    p-value on the exploration half are tested on the validation half.
+    two). ``fine``: regions of sentence units enriched for one model among
+    each sentence's ``fine_size`` nearest neighbours on the exploration half
+    (:mod:`gradtrace.diff.regions`); the ``fine_tests`` regions with the
+    smallest exploration Fisher p-value are tested on the validation half.
     ``test``: ``fisher``, ``binomial``, or ``cmh`` (exact stratified test;
     :func:`diff_texts` then needs ``strata_a``/``strata_b``)."""
 
@@ -289,33 +292,45 @@ def diff_texts(
         timings[f"embed_{level}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if level == "fine":
-            k_fine = int(min(max(2, round(len(rows_e) / config.fine_size)), len(rows_e) // 2, len(np.unique(x_e, axis=0))))
-            ccfg = ClusterConfig(k_min=k_fine, k_max=k_fine, n_init=1, seed=ccfg.seed, silhouette_sample=ccfg.silhouette_sample)
-            if k_fine < 2:
-                raise InputError(f"the 'fine' level needs at least 4 distinct exploration sentences; got {len(rows_e)} rows")
-        clusterer = ccfg.make()
-        lab_e = clusterer.fit(x_e)
-        lab_v = clusterer.assign(x_v)
-        k = clusterer.n_clusters
-        timings[f"cluster_{level}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if config.stability_seeds and ccfg.method == "kmeans" and level != "fine":
-            fixed = dataclasses.replace(ccfg, k_min=k, k_max=k)
-            ari = stability(x_e, fixed, [ccfg.seed, *config.stability_seeds])
+            owner_model = model_e  # owner_e indexes exploration texts
+            masks_e = enriched_regions(x_e, owner_e, owner_model, config.fine_size, config.fine_tests)
+            near = nearest(x_v, x_e)
+            masks_v = [m[near] for m in masks_e]
+            k = len(masks_e)
+            timings[f"cluster_{level}"] = time.perf_counter() - t0
+            timings[f"stability_{level}"] = 0.0
+            in_any = np.any(masks_e, axis=0) if masks_e else np.zeros(len(rows_e), bool)
+            summaries.append(LevelSummary(level, k, len(rows_e), len(rows_v), int((~in_any).sum()),
+                                          int((~np.any(masks_v, axis=0)).sum()) if masks_v else len(rows_v), float("nan"), {}))
+            lab_e = np.full(len(rows_e), -1, dtype=np.int64)  # for the map only: no map at this level
+            docs = [[rows_e[i] for i in np.flatnonzero(m)] for m in masks_e] + [[rows_e[i] for i in np.flatnonzero(~in_any)]]
         else:
-            ari = float("nan") if level == "fine" else 1.0
-        timings[f"stability_{level}"] = time.perf_counter() - t0
-        summaries.append(LevelSummary(level, k, len(rows_e), len(rows_v), int((lab_e < 0).sum()), int((lab_v < 0).sum()),
-                                      ari, dict(getattr(clusterer, "scores", {}))))
+            clusterer = ccfg.make()
+            lab_e = clusterer.fit(x_e)
+            lab_v = clusterer.assign(x_v)
+            k = clusterer.n_clusters
+            timings[f"cluster_{level}"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if config.stability_seeds and ccfg.method == "kmeans":
+                fixed = dataclasses.replace(ccfg, k_min=k, k_max=k)
+                ari = stability(x_e, fixed, [ccfg.seed, *config.stability_seeds])
+            else:
+                ari = 1.0
+            timings[f"stability_{level}"] = time.perf_counter() - t0
+            summaries.append(LevelSummary(level, k, len(rows_e), len(rows_v), int((lab_e < 0).sum()), int((lab_v < 0).sum()),
+                                          ari, dict(getattr(clusterer, "scores", {}))))
+            masks_e = [lab_e == c for c in range(k)]
+            masks_v = [lab_v == c for c in range(k)]
+            docs = [[rows_e[i] for i in np.flatnonzero(m)] for m in masks_e]
         t0 = time.perf_counter()
-        tested = range(k) if level != "fine" else _most_skewed(owner_e, lab_e, model_e, k, config.fine_tests)
-        keywords = lab.c_tf_idf([[rows_e[i] for i in np.flatnonzero(lab_e == c)] for c in range(k)], config.n_keywords)
+        keywords = lab.c_tf_idf(docs, config.n_keywords)[:k]
         labels = [lab.keyword_label(kw) for kw in keywords]
-        label_vecs = np.asarray(embedder.embed([labels[c] for c in tested]), dtype=np.float32)
-        for j, c in enumerate(tested):
+        label_vecs = np.asarray(embedder.embed(labels), dtype=np.float32)
+        for c in range(k):
+            in_e, in_v = masks_e[c], masks_v[c]
             # per text: does the text have a row (itself, or one of its units) in cluster c?
             has_v = np.zeros(len(valid), bool)
-            has_v[owner_v[lab_v == c]] = True
+            has_v[owner_v[in_v]] = True
             table = _table(has_v, model_v)
             if stratified and strata_v is not None:
                 p = stratified_test([_table(has_v[strata_v == s], model_v[strata_v == s]) for s in sorted(set(strata_v.tolist()))])
@@ -323,17 +338,17 @@ def diff_texts(
                 p = share_test(table, config.test)
             lo = log_odds_ratio(table)
             label = labels[c]
-            accuracy = lab.validate_label(label_vecs[j], x_v, lab_v == c, rng) if keywords[c] else float("nan")
-            med = [rows_e[i] for i in lab.medoids(x_e, lab_e, c, config.n_examples)]
+            accuracy = lab.validate_label(label_vecs[c], x_v, in_v, rng) if keywords[c] else float("nan")
+            med = [rows_e[i] for i in lab.medoids(x_e, np.where(in_e, 0, -1), 0, config.n_examples)]
             ex_a = _examples(valid, has_v & (model_v == 0), config.n_examples)
             ex_b = _examples(valid, has_v & (model_v == 1), config.n_examples)
             records.append(ClusterRecord(
-                level=level, cluster=int(c), n_explore=int((lab_e == c).sum()), valid_a=table.a_in, valid_b=table.b_in,
+                level=level, cluster=int(c), n_explore=int(in_e.sum()), valid_a=table.a_in, valid_b=table.b_in,
                 share_b=table.share_b, overall_share_b=table.overall_share_b, p_value=p, q_value=float("nan"),
                 log_odds=lo.estimate, log_odds_low=lo.low, log_odds_high=lo.high, keywords=[w for w, _ in keywords[c]],
                 label=label, label_accuracy=accuracy, medoids=med, examples_a=ex_a, examples_b=ex_b,
             ))
-            members[(level, int(c))] = _members(c, lab_e, lab_v, owner_e, owner_v, rows_e, rows_v, model_e, model_v, id_e, id_v, x_e)
+            members[(level, int(c))] = _members(in_e, in_v, owner_e, owner_v, rows_e, rows_v, model_e, model_v, id_e, id_v, x_e)
             pvals.append(p)
         timings[f"test_label_{level}"] = time.perf_counter() - t0
         if level == "text":
@@ -362,33 +377,22 @@ def _table(has: np.ndarray, model: np.ndarray) -> ShareTable:
                       b_out=int((~has & (model == 1)).sum()), a_out=int((~has & (model == 0)).sum()))
 
 
-def _most_skewed(owner_e: np.ndarray, lab_e: np.ndarray, model_e: np.ndarray, k: int, n: int) -> list[int]:
-    """The ``n`` clusters whose exploration table (texts with a row in the cluster, by model) has the smallest
-    Fisher p-value (ties by cluster id), in cluster order: only exploration labels choose them."""
-    scored = []
-    for c in range(k):
-        has = np.zeros(len(model_e), bool)
-        has[owner_e[lab_e == c]] = True
-        scored.append((share_test(_table(has, model_e), "fisher"), c))
-    return sorted(c for _, c in sorted(scored)[:n])
-
-
-def _members(c: int, lab_e: np.ndarray, lab_v: np.ndarray, owner_e: np.ndarray, owner_v: np.ndarray, rows_e: Sequence[str],
+def _members(in_e: np.ndarray, in_v: np.ndarray, owner_e: np.ndarray, owner_v: np.ndarray, rows_e: Sequence[str],
              rows_v: Sequence[str], model_e: np.ndarray, model_v: np.ndarray, id_e: np.ndarray, id_v: np.ndarray,
              x_e: np.ndarray) -> ClusterMembers:
     rows: dict[int, list[tuple[int, str]]] = {0: [], 1: []}
     ids: dict[int, set[int]] = {0: set(), 1: set()}
     valid_ids: dict[int, set[int]] = {0: set(), 1: set()}
-    for labels, owner, texts, model, idmap, is_valid in ((lab_e, owner_e, rows_e, model_e, id_e, False),
-                                                          (lab_v, owner_v, rows_v, model_v, id_v, True)):
-        for r in np.flatnonzero(labels == c):
+    for mask, owner, texts, model, idmap, is_valid in ((in_e, owner_e, rows_e, model_e, id_e, False),
+                                                        (in_v, owner_v, rows_v, model_v, id_v, True)):
+        for r in np.flatnonzero(mask):
             t = int(owner[r])
             side, tid = int(model[t]), int(idmap[t])
             rows[side].append((tid, texts[r]))
             ids[side].add(tid)
             if is_valid:
                 valid_ids[side].add(tid)
-    in_c = x_e[lab_e == c]
+    in_c = x_e[in_e]
     centre = in_c.mean(axis=0) if len(in_c) else np.zeros(x_e.shape[1], np.float32)
     centre = centre / max(float(np.linalg.norm(centre)), 1e-12)
     return ClusterMembers(tuple(sorted(ids[0])), tuple(sorted(ids[1])), tuple(sorted(valid_ids[0])), tuple(sorted(valid_ids[1])),
