@@ -5,9 +5,10 @@ A behaviour that 5% of B's answers show is a handful of sentences among
 hundreds: KMeans with k chosen by silhouette folds them into a larger
 cluster, where their signal drowns. Here every exploration row (a sentence)
 looks at its ``k`` nearest rows (cosine; rows of its own text excluded). A
-row is *enriched* for B when so many of those ``k + 1`` rows come from B
-that a one-sided binomial tail at B's overall share of rows is ``<= level``
-(likewise for A). Enriched rows of the same side that are neighbours of each
+row is *enriched* for B when, for some ``j`` from ``min_rows - 1`` to ``k``,
+so many of the row and its ``j`` nearest come from B that a one-sided
+binomial tail at B's overall share of rows is ``<= level`` (likewise for A):
+a patch of ``min_rows`` sentences is found however large ``k`` is. Enriched rows of the same side that are neighbours of each
 other form a region (connected components). Regions are ranked by the
 Fisher p-value of their exploration texts (a text is in when one of its rows
 is), and the ``n_regions`` best are kept for testing on the validation half,
@@ -46,7 +47,7 @@ def neighbours(x: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
 
 
 def enriched_regions(x: np.ndarray, owner: np.ndarray, model_of_owner: np.ndarray, k: int, n_regions: int,
-                     level: float = 0.05) -> list[np.ndarray]:
+                     level: float = 0.05, min_rows: int = 5) -> list[np.ndarray]:
     """Boolean masks over the rows of ``x``: the ``n_regions`` regions with the smallest exploration Fisher
     p-value (ties by their first row), best first. ``model_of_owner[t]``: 1 if text ``t`` is from B."""
     from scipy import stats
@@ -56,11 +57,12 @@ def enriched_regions(x: np.ndarray, owner: np.ndarray, model_of_owner: np.ndarra
     nb = neighbours(x, owner, k)
     side = model_of_owner[owner].astype(np.int64)  # 1 = B
     share = float(side.mean())
-    with_self = np.concatenate([np.arange(n)[:, None], nb], axis=1)
-    counted = np.array([len(set(r.tolist())) for r in with_self])
-    b = np.array([side[sorted(set(r.tolist()))].sum() for r in with_self])
-    tail_b = stats.binom.sf(b - 1, counted, share)  # P(X >= b)
-    tail_a = stats.binom.cdf(b, counted, share)  # P(X <= b)
+    real = nb != np.arange(n)[:, None]  # padding (the row itself) does not count
+    b_prefix = 1 * side[:, None] + np.cumsum(np.where(real, side[nb], 0), axis=1)  # B rows among the row and its first j+1
+    n_prefix = 1 + np.cumsum(real, axis=1)
+    ok = n_prefix >= min_rows
+    tail_b = np.where(ok, stats.binom.sf(b_prefix - 1, n_prefix, share), 1.0).min(axis=1)  # P(X >= b), best prefix
+    tail_a = np.where(ok, stats.binom.cdf(b_prefix, n_prefix, share), 1.0).min(axis=1)  # P(X <= b)
     direction = np.where(tail_b <= level, 1, np.where(tail_a <= level, 0, -1))
     parent = np.arange(n)
 
