@@ -85,3 +85,15 @@ def test_reader_sees_ranked_clusters_in_headless_chromium(report, chromium, tmp_
         assert driver.find_elements(By.TAG_NAME, "script") == []
     finally:
         driver.quit()
+
+
+def test_behaviours_section_escapes_its_text(report, tmp_path):
+    from gradtrace.diff import group_behaviours
+
+    result, _ = report
+    behaviours = group_behaviours(result)
+    assert behaviours and any(EVIL in t for b in behaviours for t in b.texts_b)
+    html = write_report(result, tmp_path / "r.html", behaviours=behaviours).read_text()
+    assert "<h2>Behaviours</h2>" in html and "<script" not in html
+    assert html.count('<section class="behaviour">') == len(behaviours)
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html.split("<h2>Behaviours</h2>")[1]
