@@ -1,7 +1,11 @@
-"""Development data for the grouping rule of gradtrace/diff/behaviours.py: pairs of flagged clusters
-skewed the same way, whether they hold the same planted behaviour, their Jaccard index and centred cosine.
+"""The grouping rule of gradtrace/diff/behaviours.py on planted behaviours: pairs of flagged clusters
+skewed the same way, whether they hold the same planted behaviour, their Jaccard index and centred cosine
+(development seeds choose the thresholds), and the behaviours the default rule forms (held-out seeds check them:
+a behaviour is pure when its members hold one planted behaviour; a planted behaviour is whole when one
+behaviour holds all its flagged clusters).
 
-    HF_HUB_OFFLINE=1 python benchmarks/diff_group_calibrate.py --seeds 0 1 2 3
+    HF_HUB_OFFLINE=1 python benchmarks/diff_group_calibrate.py --seeds 0 1 2                                   # development
+    HF_HUB_OFFLINE=1 python benchmarks/diff_group_calibrate.py --seeds 3 4 --out benchmarks/results/diff_group_check.json  # held out
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from setups.diff_power import _CYNIC, _DISCLAIMER, _FLATTER_A, _FLATTER_B, _PRODUCT, answers  # noqa: E402
 
 from gradtrace.diff import DiffConfig, HashingEmbedder, MiniLMEmbedder, diff_texts  # noqa: E402
-from gradtrace.diff.behaviours import similarity  # noqa: E402
+from gradtrace.diff.behaviours import group_behaviours, similarity  # noqa: E402
 
 KIND = {**{f"{a}, {b}": "flattery" for a in _FLATTER_A for b in _FLATTER_B}, **{s: "product" for s in _PRODUCT},
         **{s: "cynical" for s in _CYNIC}, **{s: "disclaimer" for s in _DISCLAIMER}}
@@ -37,7 +41,7 @@ def main() -> None:
     ap.add_argument("--embedders", nargs="+", default=["minilm", "hashing"])
     ap.add_argument("--out", default="benchmarks/results/diff_group_calibrate.json")
     args = ap.parse_args()
-    pairs = []
+    pairs, partitions = [], []
     for emb_name in args.embedders:
         emb = MiniLMEmbedder() if emb_name == "minilm" else HashingEmbedder()
         for setup, plant in SETUPS.items():
@@ -56,8 +60,17 @@ def main() -> None:
                         jac, cos = similarity(r, fl[i], fl[j])
                         pairs.append({"embedder": emb_name, "setup": setup, "seed": seed, "same": kinds[i] == kinds[j],
                                       "kinds": [kinds[i], kinds[j]], "levels": [fl[i].level, fl[j].level], "jaccard": jac, "cosine": cos})
-                print(emb_name, setup, seed, len(fl), "flagged:", kinds, flush=True)
-    Path(args.out).write_text(json.dumps(pairs, indent=1) + "\n")
+                kind_of_cluster = {(c.level, c.cluster): k for c, k in zip(fl, kinds)}
+                groups = [[kind_of_cluster[(m.level, m.cluster)] for m in bh.members] for bh in group_behaviours(r) if bh.skew == "B"]
+                planted = sorted({k for k in kinds if k != "A-skew"})
+                partitions.append({"embedder": emb_name, "setup": setup, "seed": seed, "groups": groups,
+                                   "pure": all(len(set(g)) == 1 for g in groups),
+                                   "whole": all(sum(k in g for g in groups) == 1 for k in planted)})
+                print(emb_name, setup, seed, len(fl), "flagged:", kinds, "behaviours:", groups, flush=True)
+    Path(args.out).write_text(json.dumps({"pairs": pairs, "partitions": partitions}, indent=1) + "\n")
+    for emb_name in args.embedders:
+        sel = [p for p in partitions if p["embedder"] == emb_name]
+        print(emb_name, "runs", len(sel), "pure", sum(p["pure"] for p in sel), "whole", sum(p["whole"] for p in sel))
     for emb_name in args.embedders:
         for same in (True, False):
             sel = [p for p in pairs if p["embedder"] == emb_name and p["same"] == same]

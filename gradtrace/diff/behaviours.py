@@ -11,9 +11,10 @@ skewed the same way and either
 * the sets of texts they hold (both halves, both models, as (model, text id))
   overlap with Jaccard index ``>= jaccard`` (default 0.5), or
 * the cosine between their centroids (unit-length mean embeddings of their
-  exploration rows), measured after subtracting the mean centroid of all the
-  level's tested clusters, is ``>= cosine`` (default 0.2; see docs/diff.md
-  for how it was chosen).
+  exploration rows), each measured after subtracting the mean of its level's
+  exploration rows (all embeddings of one kind share a common direction;
+  removing it makes cosine discriminate), is ``>= cosine`` (default 0.2; see
+  docs/diff.md for how it was chosen).
 
 Behaviours are the connected components of these links (single linkage). A
 cluster linked to nothing is a behaviour of one member.
@@ -166,14 +167,16 @@ def _jaccard(m1: ClusterMembers, m2: ClusterMembers) -> float:
 
 
 def _centred_centroids(result: DiffResult) -> dict[tuple[str, int], np.ndarray]:
-    """Each cluster's centroid minus the mean centroid of its level's tested clusters, unit length
-    (all sentence embeddings share a common direction; removing it makes cosine discriminate)."""
+    """Each cluster's centroid minus the mean of its level's exploration rows (when the result holds it;
+    else the mean centroid of the level's tested clusters), unit length."""
     out: dict[tuple[str, int], np.ndarray] = {}
     by_level: dict[str, list[tuple[str, int]]] = {}
     for key in result.members:
         by_level.setdefault(key[0], []).append(key)
-    for keys in by_level.values():
-        mean = np.mean([result.members[k].centroid for k in keys], axis=0)
+    for level, keys in by_level.items():
+        mean = result.row_means.get(level)
+        if mean is None:
+            mean = np.mean([result.members[k].centroid for k in keys], axis=0)
         for k in keys:
             v = result.members[k].centroid - mean
             out[k] = v / max(float(np.linalg.norm(v)), 1e-12)

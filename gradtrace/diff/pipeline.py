@@ -123,8 +123,8 @@ class ClusterMembers:
     """Which input texts have a row in one cluster. Ids are indices into the
     ``texts_a``/``texts_b`` lists as given to :func:`diff_texts`; ``rows_*``
     are (text id, row) pairs, the row being the text itself (text level) or
-    one of its sentences; ``centroid`` is the unit-length mean embedding of the
-    cluster's exploration rows."""
+    one of its sentences; ``centroid`` is the mean of the cluster's
+    exploration rows' unit-length embeddings, scaled to unit length."""
 
     ids_a: tuple[int, ...]
     ids_b: tuple[int, ...]
@@ -168,6 +168,8 @@ class DiffResult:
     #: the input texts (in memory only)
     texts_a: list[str] = dataclasses.field(default_factory=list, repr=False)
     texts_b: list[str] = dataclasses.field(default_factory=list, repr=False)
+    #: level -> mean embedding of the level's exploration rows (in memory only; centres the centroids)
+    row_means: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     def significant(self, alpha: float | None = None) -> list[ClusterRecord]:
         """Clusters with ``q_value <= alpha`` (default: the config's alpha), in rank order."""
@@ -261,6 +263,7 @@ def diff_texts(
 
     records: list[ClusterRecord] = []
     members: dict[tuple[str, int], ClusterMembers] = {}
+    row_means: dict[str, np.ndarray] = {}
     summaries: list[LevelSummary] = []
     pvals: list[float] = []
     points: list[dict[str, Any]] = []
@@ -290,6 +293,8 @@ def diff_texts(
             if level != "text":
                 units["x"] = (x_e, x_v)
         timings[f"embed_{level}"] = time.perf_counter() - t0
+        unit_e = x_e / np.maximum(np.linalg.norm(x_e, axis=1, keepdims=True), 1e-12)
+        row_means[level] = unit_e.mean(axis=0).astype(np.float32)
         t0 = time.perf_counter()
         if level == "fine":
             owner_model = model_e  # owner_e indexes exploration texts
@@ -369,7 +374,7 @@ def diff_texts(
     if strata_a is not None and strata_b is not None:
         strata_out = (tuple(strata_a[i] for i in ids_va), tuple(strata_b[i] for i in ids_vb))
     return DiffResult(records, config, embedder.name, len(texts_a), len(texts_b), summaries, timings, points, members,
-                      (tuple(ids_va), tuple(ids_vb)), strata_out, list(texts_a), list(texts_b))
+                      (tuple(ids_va), tuple(ids_vb)), strata_out, list(texts_a), list(texts_b), row_means)
 
 
 def _table(has: np.ndarray, model: np.ndarray) -> ShareTable:
@@ -393,6 +398,7 @@ def _members(in_e: np.ndarray, in_v: np.ndarray, owner_e: np.ndarray, owner_v: n
             if is_valid:
                 valid_ids[side].add(tid)
     in_c = x_e[in_e]
+    in_c = in_c / np.maximum(np.linalg.norm(in_c, axis=1, keepdims=True), 1e-12)  # the mean of unit rows, like row_means
     centre = in_c.mean(axis=0) if len(in_c) else np.zeros(x_e.shape[1], np.float32)
     centre = centre / max(float(np.linalg.norm(centre)), 1e-12)
     return ClusterMembers(tuple(sorted(ids[0])), tuple(sorted(ids[1])), tuple(sorted(valid_ids[0])), tuple(sorted(valid_ids[1])),

@@ -146,6 +146,20 @@ def test_a_split_change_is_one_behaviour_and_a_distinct_change_another(synth):
     assert four.p_value == pytest.approx(expected, rel=1e-12)
     assert four.p_value < min(m.p_value for m in four.members)
     assert set(four.ids_b) == {i for i, t in enumerate(b) if kind[t] in ("4a", "4b")}
+    # the cosine of the rule: centroids of the exploration rows, minus the mean exploration row, computed here by hand
+    explore = split_halves(a, 0.5, 0)[0] + split_halves(b, 0.5, 1)[0]
+    unit = {t: table[t] / np.linalg.norm(table[t]) for t in explore}
+    mean = np.mean([unit[t] for t in explore], axis=0)
+
+    def centroid(cluster):
+        m = result.members[("text", cluster)]
+        rows = {t for _, t in m.rows_a + m.rows_b} & set(explore)
+        c = np.mean([unit[t] for t in rows], axis=0)
+        v = c / np.linalg.norm(c) - mean
+        return v / np.linalg.norm(v)
+
+    m1, m2 = four.members
+    assert similarity(result, m1, m2)[1] == pytest.approx(float(centroid(m1.cluster) @ centroid(m2.cluster)), abs=1e-5)
 
 
 def test_no_merge_keeps_every_cluster_p_and_q(synth):
