@@ -13,7 +13,7 @@ skewed the same way and either
 * the cosine between their centroids (unit-length mean embeddings of their
   exploration rows), each measured after subtracting the mean of its level's
   exploration rows (all embeddings of one kind share a common direction;
-  removing it makes cosine discriminate), is ``>= cosine`` (default 0.2; see
+  removing it makes cosine discriminate), is ``>= cosine`` (default 0.4; see
   docs/diff.md for how it was chosen).
 
 Behaviours are the connected components of these links (single linkage). A
@@ -45,7 +45,7 @@ from .stats import STRATIFIED_TESTS, ShareTable, benjamini_hochberg, log_odds_ra
 
 #: default thresholds of the rule (chosen on development data; docs/diff.md)
 JACCARD = 0.5
-COSINE = 0.2
+COSINE = 0.4
 
 
 @dataclasses.dataclass

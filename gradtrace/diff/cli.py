@@ -35,7 +35,7 @@ def diff_command(
     fine_size: int = typer.Option(8, help="fine level: neighbours each sentence looks at"),
     fine_tests: int = typer.Option(5, help="fine level: regions tested (the most skewed on the exploration half)"),
     group_jaccard: float = typer.Option(0.5, help="behaviours: merge flagged clusters whose text sets overlap this much (Jaccard)"),
-    group_cosine: float = typer.Option(0.2, help="behaviours: ... or whose centred centroids have at least this cosine"),
+    group_cosine: float = typer.Option(0.4, help="behaviours: ... or whose centred centroids have at least this cosine"),
     embedder: str = typer.Option("minilm", help="minilm | hashing (also spelled hashed)"),
     judge: Optional[str] = typer.Option(None, help="LLM for labels and the judge: smollm2 | hf:DIR | http(s)://URL/v1#MODEL"),
     cache_dir: Optional[Path] = typer.Option(None, help="cache sampled texts here (resumable)"),

@@ -144,7 +144,7 @@ def test_cli_diff_writes_behaviours_and_tests_within_prompts(tmp_path):
     printed = json.loads(res.output)
     data = json.loads((tmp_path / "out" / "diff.json").read_text())
     assert data["config"]["test"] == "cmh" and data["config"]["levels"] == ["text", "sentence", "fine"]
-    assert data["grouping"] == {"rule": data["grouping"]["rule"], "jaccard": 0.5, "cosine": 0.2}
+    assert data["grouping"] == {"rule": data["grouping"]["rule"], "jaccard": 0.5, "cosine": 0.4}
     flagged = {(c["level"], c["cluster"]) for c in data["clusters"] if c["q_value"] <= 0.05}
     assert data["behaviours"] and printed["behaviours"] == data["behaviours"]
     # every flagged cluster is in exactly one behaviour; the disclaimer behaviour is skewed to B
