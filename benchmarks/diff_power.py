@@ -160,7 +160,16 @@ def main() -> None:
     ap.add_argument("--null-seeds", type=int, default=30)
     ap.add_argument("--grid", default="8:5:0.5,16:5:0.5,8:5:0.7,16:5:0.7",
                     help="fine_size:fine_tests:validation_fraction settings tried on the development seeds")
+    ap.add_argument("--render", action="store_true", help="rewrite the BENCHMARKS.md section from results/diff_power.json")
     args = ap.parse_args()
+    if args.render:
+        import json
+
+        results = json.loads((Path(__file__).resolve().parent / "results" / "diff_power.json").read_text())
+        results.setdefault("dev_seeds", list(range(args.dev_seeds)))
+        results.setdefault("dev_null_seeds", list(range(500, 500 + args.dev_null_seeds)))
+        publish(results, args.embedder)
+        return
     embedder = Memo(HashingEmbedder() if args.embedder == "hashing" else MiniLMEmbedder())
     grid = [(int(g.split(":")[0]), int(g.split(":")[1]), float(g.split(":")[2])) for g in args.grid.split(",")]
     dev_seeds = list(range(args.dev_seeds))
@@ -183,13 +192,21 @@ def main() -> None:
     for v in sorted({0.5, vf}):
         test[str(v)], seconds[str(v)] = stage(test_seeds, test_null, PREVALENCES, fs, ft, v, embedder,
                                              f"test fine_size={fs} fine_tests={ft} vf={v}")
+    results = {"embedder": embedder.name, "answers_per_model": 200, "alpha": ALPHA, "dev": dev, "dev_seeds": dev_seeds,
+               "dev_null_seeds": dev_null, "chosen": {"fine_size": fs, "fine_tests": ft, "validation_fraction": vf},
+               "test_seeds": test_seeds, "null_seeds": test_null, "test": test, "test_seconds": seconds, "variants": list(VARIANTS)}
+    publish(results, args.embedder)
+
+
+def render(results: dict[str, Any]) -> str:
+    dev, test, seconds = results["dev"], results["test"], results["test_seconds"]
+    dev_seeds, dev_null = results["dev_seeds"], results["dev_null_seeds"]
+    test_seeds, test_null = results["test_seeds"], results["null_seeds"]
+    ch = results["chosen"]
     n_diffs = len(test_seeds) * len(PREVALENCES) * len(BEHAVIOURS) + len(test_null)
-    results = {"embedder": embedder.name, "answers_per_model": 200, "alpha": ALPHA, "dev": dev,
-               "chosen": {"fine_size": fs, "fine_tests": ft, "validation_fraction": vf}, "test_seeds": test_seeds,
-               "null_seeds": test_null, "test": test, "test_seconds": seconds, "variants": list(VARIANTS)}
     lines = [
         f"Synthetic answers (`benchmarks/setups/diff_power.py`): 40 prompts (5 forms x 8 topics) x 5 = 200 answers per model, "
-        f"embedder `{embedder.name}`. B carries one planted opener in a share of all its answers: `product` (any prompt) or "
+        f"embedder `{results['embedder']}`. B carries one planted opener in a share of all its answers: `product` (any prompt) or "
         "`cynical` (one prompt form only: at 5% that is 10 of the 40 answers to that form). Found = a cluster flagged at FDR 0.05, "
         "skewed to B, whose B rows are mostly the planted sentences. Null: A and B from the same generator; FWER = share of "
         "null seeds with any flagged cluster.",
@@ -198,24 +215,31 @@ def main() -> None:
         "`sf` = sentence + fine; test Fisher (no suffix) or the exact stratified test with the prompt form (`_cmh_form`) "
         "or the prompt id (`_cmh_prompt`) as stratum; Benjamini-Hochberg over each variant's own clusters.",
         "",
-        f"Development seeds {dev_seeds} (prevalence 5% and 10%, null seeds {dev_null[0]}..{dev_null[-1]}), every setting tried "
-        "(fine_size, fine_tests, validation_fraction):",
+        f"Development seeds {dev_seeds} (prevalence 5% and 10%, both behaviours; null seeds {dev_null[0]}..{dev_null[-1]}), "
+        "every setting tried (fine_size:fine_tests:validation_fraction):",
         "",
-        "| setting | fine: null FWER | fine: mean power | base: mean power |",
-        "|---|---|---|---|",
+        "| setting | fine: null FWER | fine: mean power | base: null FWER | base: mean power |",
+        "|---|---|---|---|---|",
     ]
     for key, d in dev.items():
-        lines.append(f"| {key} | {d['variants']['fine']['null_fwer']:.2f} | {np.mean(list(d['variants']['fine']['power'].values())):.2f} | "
-                     f"{np.mean(list(d['variants']['base']['power'].values())):.2f} |")
-    lines += ["", f"Chosen (no null flag, then the highest mean power of `fine`): fine_size={fs}, fine_tests={ft}, "
-                  f"validation_fraction={vf}.", ""]
+        f, bs = d["variants"]["fine"], d["variants"]["base"]
+        lines.append(f"| {key} | {f['null_fwer']:.2f} | {np.mean(list(f['power'].values())):.2f} | {bs['null_fwer']:.2f} | "
+                     f"{np.mean(list(bs['power'].values())):.2f} |")
+    lines += ["", f"Chosen (lowest null FWER of `fine`, then its highest mean power; ties to the first tried): "
+                  f"fine_size={ch['fine_size']}, fine_tests={ch['fine_tests']}, validation_fraction={ch['validation_fraction']}. "
+                  "The test seeds are run at the default validation_fraction 0.5 and at the chosen one.", ""]
     for v in sorted(test, key=float):
         lines += [f"Test seeds {test_seeds[0]}..{test_seeds[-1]} ({len(test_seeds)} per cell), null seeds "
                   f"{test_null[0]}..{test_null[-1]}, validation_fraction={v} ({seconds[v]:.0f} s for {n_diffs} diffs):", ""]
         lines += table(test[v]) + [""]
-    cmd = "python benchmarks/diff_power.py" + ("" if args.embedder == "hashing" else f" --embedder {args.embedder}")
-    record("diff_power", cmd, "\n".join(lines), results)
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def publish(results: dict[str, Any], embedder: str) -> None:
+    cmd = "python benchmarks/diff_power.py" + ("" if embedder == "hashing" else f" --embedder {embedder}")
+    text = render(results)
+    record("diff_power", cmd, text, results)
+    print(text)
 
 
 if __name__ == "__main__":
