@@ -6,6 +6,7 @@ behaviour holds all its flagged clusters).
 
     HF_HUB_OFFLINE=1 python benchmarks/diff_group_calibrate.py --seeds 0 1 2                                   # development
     HF_HUB_OFFLINE=1 python benchmarks/diff_group_calibrate.py --seeds 3 4 --out benchmarks/results/diff_group_check.json  # held out
+    python benchmarks/diff_group_calibrate.py --render       # the BENCHMARKS.md section `diff_group` from both files
 """
 
 from __future__ import annotations
@@ -35,7 +36,47 @@ def kind_of(rows: list[tuple[int, str]]) -> str:
     return counts.most_common(1)[0][0] if counts else "base"
 
 
+def summary(pairs: list[dict], partitions: list[dict], embedder: str) -> dict:
+    same = [p for p in pairs if p["embedder"] == embedder and p["same"]]
+    diff = [p for p in pairs if p["embedder"] == embedder and not p["same"]]
+    parts = [p for p in partitions if p["embedder"] == embedder]
+    return {"same_pairs": len(same), "same_cosine_min": min((p["cosine"] for p in same), default=None),
+            "different_pairs": len(diff), "different_cosine_max": max((p["cosine"] for p in diff), default=None),
+            "different_jaccard_max": max((p["jaccard"] for p in diff), default=None), "runs": len(parts),
+            "pure": sum(p["pure"] for p in parts), "whole": sum(p["whole"] for p in parts)}
+
+
+def render() -> None:
+    from _record import record
+
+    root = Path(__file__).resolve().parent / "results"
+    out = {}
+    lines = ["Planted behaviours with varied wording (`benchmarks/setups/diff_power.py`: flattery 40% + disclaimer 20%, and "
+             "flattery + product opener + disclaimer 20% each; 200 answers per model; levels text, sentence, fine). For every pair "
+             "of flagged clusters skewed the same way: do they hold the same planted behaviour, their centred centroid cosine and "
+             "text-set Jaccard index. Behaviours formed by `group_behaviours` are *pure* when all members hold one planted "
+             "behaviour; a run is *whole* when each planted behaviour lies in one behaviour. Development runs formed behaviours "
+             "with cosine 0.2 (then raised to 0.4, see docs/diff.md); held-out runs with 0.4.", "",
+             "| seeds | embedder | same: pairs, cosine min | different: pairs, cosine max, Jaccard max | pure / whole of runs |",
+             "|---|---|---|---|---|"]
+    for name, file, seeds in (("development", "diff_group_calibrate.json", "0-2"), ("held out", "diff_group_check.json", "3-4")):
+        d = json.loads((root / file).read_text())
+        for emb in ("minilm", "hashing"):
+            s = summary(d["pairs"], d["partitions"], emb)
+            out[f"{name}/{emb}"] = s
+            lines.append(f"| {seeds} ({name}) | {emb} | {s['same_pairs']}, {s['same_cosine_min']:.2f} | {s['different_pairs']}, "
+                         f"{s['different_cosine_max']:.2f}, {s['different_jaccard_max']:.2f} | {s['pure']} / {s['whole']} of {s['runs']} |")
+    cmd = ("HF_HUB_OFFLINE=1 python benchmarks/diff_group_calibrate.py --seeds 0 1 2 && HF_HUB_OFFLINE=1 python "
+           "benchmarks/diff_group_calibrate.py --seeds 3 4 --out benchmarks/results/diff_group_check.json && "
+           "python benchmarks/diff_group_calibrate.py --render")
+    record("diff_group", cmd, "\n".join(lines), out)
+    print("\n".join(lines))
+
+
 def main() -> None:
+    if "--render" in sys.argv:
+        render()
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--embedders", nargs="+", default=["minilm", "hashing"])
