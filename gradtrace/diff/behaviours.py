@@ -58,7 +58,9 @@ class Behaviour:
     (text id, row) pairs, the row being the whole text (text level) or the
     sentence that put it in the cluster. ``valid_a``/``valid_b``, shares,
     ``p_value``, ``q_value`` and the log odds ratio (> 0: skewed to B) come
-    from the behaviour's own table of validation texts."""
+    from the behaviour's own table of validation texts: ``rate_a``/``rate_b``
+    are the shares of A's and of B's validation texts in the behaviour,
+    ``share_b`` the share of the behaviour's validation texts from B."""
 
     rank: int
     skew: str
@@ -74,6 +76,8 @@ class Behaviour:
     rows_b: list[tuple[int, str]]
     valid_a: int
     valid_b: int
+    rate_a: float
+    rate_b: float
     share_b: float
     overall_share_b: float
     p_value: float
@@ -217,6 +221,7 @@ def _behaviour(result: DiffResult, members: list[ClusterRecord]) -> Behaviour:
         rank=0, skew=members[0].skew, label=label, keywords=keywords[:12], levels=sorted({c.level for c in members}),
         members=members, ids_a=ids_a, ids_b=ids_b, texts_a=[result.texts_a[i] for i in ids_a],
         texts_b=[result.texts_b[i] for i in ids_b], rows_a=list(rows_a), rows_b=list(rows_b),
-        valid_a=table.a_in, valid_b=table.b_in, share_b=table.share_b, overall_share_b=table.overall_share_b,
+        valid_a=table.a_in, valid_b=table.b_in, rate_a=table.a_in / max(len(all_va), 1), rate_b=table.b_in / max(len(all_vb), 1),
+        share_b=table.share_b, overall_share_b=table.overall_share_b,
         p_value=p, q_value=float("nan"), log_odds=lo.estimate, log_odds_low=lo.low, log_odds_high=lo.high,
     )

@@ -69,7 +69,7 @@ def test_hand_built_groups_union_test_and_family():
     assert one.ids_b == [0, 1, 2, 3, 4, 5, 6, 10, 11, 12] and one.ids_a == [9]
     assert one.texts_b[:2] == ["text b0", "text b1"] and one.label.startswith("sentence 1 (+2 more")
     # the union table of validation texts, tested as a whole
-    assert (one.valid_a, one.valid_b) == (1, 7)
+    assert (one.valid_a, one.valid_b) == (1, 7) and (one.rate_a, one.rate_b) == (0.1, 0.7)
     p_union = stats.fisher_exact([[7, 1], [3, 9]]).pvalue
     assert one.p_value == pytest.approx(p_union, rel=1e-12)
     # q: BH over the behaviours and the clusters in none (s5)
