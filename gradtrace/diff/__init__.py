@@ -3,6 +3,8 @@ embed, cluster, test each cluster's share, label and judge the skewed ones."""
 
 from .cluster import ClusterConfig
 from ..lm.embed import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
-from .pipeline import ClusterRecord, DiffConfig, DiffResult, diff_texts
+from .pipeline import ClusterMembers, ClusterRecord, DiffConfig, DiffResult, diff_texts
+from .behaviours import Behaviour, group_behaviours
 
-__all__ = ["CachedEmbedder", "ClusterConfig", "ClusterRecord", "DiffConfig", "DiffResult", "HashingEmbedder", "MiniLMEmbedder", "diff_texts"]
+__all__ = ["Behaviour", "CachedEmbedder", "ClusterConfig", "ClusterMembers", "ClusterRecord", "DiffConfig", "DiffResult", "HashingEmbedder",
+           "MiniLMEmbedder", "diff_texts", "group_behaviours"]

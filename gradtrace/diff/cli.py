@@ -26,10 +26,16 @@ def diff_command(
     max_new_tokens: int = typer.Option(96),
     temperature: float = typer.Option(0.8),
     batch_size: int = typer.Option(16),
-    levels: str = typer.Option("text,sentence", help="text, sentence or both"),
+    levels: str = typer.Option("text,sentence", help="comma-separated: text, sentence, fine (fine: small regions of sentences few texts show)"),
     clusterer: str = typer.Option("kmeans", help="kmeans | hdbscan"),
     k_max: int = typer.Option(24, help="largest k tried for text clusters (KMeans)"),
     alpha: float = typer.Option(0.05, help="false discovery rate"),
+    test: str = typer.Option("fisher", help="fisher | binomial | cmh (exact test within prompts; needs prompt ids)"),
+    validation_fraction: float = typer.Option(0.5, help="share of each model's texts held out to test the clusters"),
+    fine_size: int = typer.Option(8, help="fine level: neighbours each sentence looks at"),
+    fine_tests: int = typer.Option(5, help="fine level: regions tested (the most skewed on the exploration half)"),
+    group_jaccard: float = typer.Option(0.5, help="behaviours: merge flagged clusters whose text sets overlap this much (Jaccard)"),
+    group_cosine: float = typer.Option(0.4, help="behaviours: ... or whose centred centroids have at least this cosine"),
     embedder: str = typer.Option("minilm", help="minilm | hashing (also spelled hashed)"),
     judge: Optional[str] = typer.Option(None, help="LLM for labels and the judge: smollm2 | hf:DIR | http(s)://URL/v1#MODEL"),
     cache_dir: Optional[Path] = typer.Option(None, help="cache sampled texts here (resumable)"),
@@ -64,17 +70,19 @@ def diff_command(
         if embedder not in EMBEDDERS:
             raise InputError(f"--embedder must be one of {sorted(EMBEDDERS)}; got {embedder!r}")
         emb = CachedEmbedder(make_embedder(embedder, progress=progress), out / "embeddings")
-        config = DiffConfig(seed=seed, levels=tuple(x.strip() for x in levels.split(",") if x.strip()), alpha=alpha,
+        config = DiffConfig(seed=seed, levels=tuple(x.strip() for x in levels.split(",") if x.strip()), alpha=alpha, test=test,
+                            validation_fraction=validation_fraction, fine_size=fine_size, fine_tests=fine_tests,
                             text_clusters=ClusterConfig(method=clusterer, k_max=k_max, seed=seed),
                             sentence_clusters=ClusterConfig(method=clusterer, k_min=6, k_max=max(k_max, 30), seed=seed))
         chat = chat_for(judge, "--judge", timeouts) if judge is not None else None
         run = run_diff(src_a, src_b, prompts, out, n_per_prompt=n_per_prompt, seed=seed, config=config, embedder=emb,
-                       intended=intended, judge_chat=chat, labeller=chat, names=(a, b), progress=progress)
+                       intended=intended, judge_chat=chat, labeller=chat, names=(a, b), progress=progress,
+                       group_jaccard=group_jaccard, group_cosine=group_cosine)
         res = run.result
         flagged = res.significant()
         if as_json:
             print_json({"clusters": len(res.clusters), "flagged": [c.to_dict() for c in flagged], "alpha": alpha,
-                        "json": run.json_path, "report": run.report_path})
+                        "behaviours": [bh.to_dict() for bh in run.behaviours], "json": run.json_path, "report": run.report_path})
             return
         judged = chat is not None
         console.print(table(
@@ -83,6 +91,13 @@ def diff_command(
             ((c.rank, c.level, c.llm_label or c.label, f"{c.share_b:.2f}", f"{c.valid_a}/{c.valid_b}", f"{c.q_value:.2g}",
               f"{c.log_odds:+.2f}", *([c.judgement or ""] if judged else [])) for c in flagged[:15]),
         ))
+        if run.behaviours:
+            console.print(table(
+                f"{len(run.behaviours)} behaviours (flagged clusters grouped)",
+                ["behaviour", "skew", "label", "members (rank)", "A/B (valid)", "q"],
+                ((bh.rank, bh.skew, bh.label, ", ".join(f"#{m.rank}" for m in bh.members), f"{bh.valid_a}/{bh.valid_b}",
+                  f"{bh.q_value:.2g}") for bh in run.behaviours[:15]),
+            ))
         console.print(f"wrote {run.json_path} and {run.report_path}")
 
     run_or_exit(go)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from ..report import figures
 from ..report.html import Raw, esc, page, table
+from .behaviours import Behaviour, group_behaviours
 from .pipeline import ClusterRecord, DiffResult
 
 def _examples(texts: list[str]) -> Raw:
@@ -36,11 +37,28 @@ def _cluster_block(c: ClusterRecord, alpha: float) -> str:
             f'<details><summary>examples from A</summary>{_examples(c.examples_a).html}</details></section>')
 
 
+def _behaviour_block(b: Behaviour) -> str:
+    members = table(["rank", "level", "label", "A / B (valid)", "q"],
+                    [(m.rank, m.level, m.llm_label or m.label, f"{m.valid_a} / {m.valid_b}", f"{m.q_value:.3g}") for m in b.members],
+                    numeric=(0, 4))
+    rows = [r for _, r in b.rows_b[:6]] if b.skew == "B" else [r for _, r in b.rows_a[:6]]
+    return (f'<section class="behaviour"><h3>{esc(f"behaviour {b.rank}: {b.label}")}</h3>'
+            f"<p>{len(b.members)} member cluster(s); {len(b.ids_a)} texts of A and {len(b.ids_b)} of B have a row in one. "
+            f"Validation texts in the behaviour (A / B): {b.valid_a} / {b.valid_b}; share B {b.share_b:.3f} "
+            f"(overall {b.overall_share_b:.3f}); p {b.p_value:.3g}, q {b.q_value:.3g}; log odds ratio {b.log_odds:.2f} "
+            f"({b.log_odds_low:.2f}, {b.log_odds_high:.2f}).</p>{members}"
+            f"<details><summary>rows from {esc(b.skew)} in the behaviour</summary>{_examples(rows).html}</details></section>")
+
+
 def write_report(result: DiffResult, path: str | Path, title: str = "Behavioural diff", intended: str | None = None,
-                 names: tuple[str, str] = ("A", "B"), max_clusters: int = 30) -> Path:
-    """Write the HTML report; returns its path."""
+                 names: tuple[str, str] = ("A", "B"), max_clusters: int = 30, behaviours: list[Behaviour] | None = None) -> Path:
+    """Write the HTML report; returns its path. ``behaviours``: the flagged clusters grouped
+    (default: :func:`~gradtrace.diff.behaviours.group_behaviours` with its default rule, when the
+    result still holds its member texts; else no behaviours section)."""
     alpha = result.config.alpha
     flagged = result.significant()
+    if behaviours is None and result.members and len(result.texts_a) == result.n_a and len(result.texts_b) == result.n_b:
+        behaviours = group_behaviours(result)
     parts = [
         f"<p>Model A: <b>{esc(names[0])}</b> ({result.n_a} texts). Model B: <b>{esc(names[1])}</b> ({result.n_b} texts). "
         f"Embedder: {esc(result.embedder)}.</p>",
@@ -60,6 +78,15 @@ def write_report(result: DiffResult, path: str | Path, title: str = "Behavioural
         for c in result.clusters[:max_clusters]
     ]
     parts.append(table(["rank", "level", "label", "share B", "A", "B", "q", "log OR", "flagged"], summary, numeric=(0, 3, 4, 5, 6, 7)))
+    if behaviours is not None:
+        parts.append("<h2>Behaviours</h2><p class=\"note\">Flagged clusters merged when skewed the same way and their texts overlap "
+                     "(Jaccard) or their centred centroids are close (cosine), single linkage; each behaviour is tested on the union "
+                     "of its members' validation texts.</p>")
+        parts.append(table(["behaviour", "skew", "label", "members (rank)", "A", "B", "share B", "p", "q"],
+                           [(b.rank, b.skew, b.label, ", ".join(f"#{m.rank}" for m in b.members), b.valid_a, b.valid_b,
+                             f"{b.share_b:.3f}", f"{b.p_value:.3g}", f"{b.q_value:.3g}") for b in behaviours],
+                           numeric=(0, 4, 5, 6, 7, 8)) if behaviours else "<p class=\"note\">no flagged cluster</p>")
+        parts.extend(_behaviour_block(b) for b in behaviours)
     parts.append("<h2>Levels</h2>")
     parts.append(table(["level", "clusters", "exploration rows", "validation rows", "unassigned (explore / valid)", "stability (ARI)"],
                        [(s.level, s.n_clusters, s.n_explore, s.n_validation, f"{s.unassigned_explore} / {s.unassigned_validation}",

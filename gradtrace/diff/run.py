@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..fileio import atomic_write_bytes
+from .behaviours import COSINE, JACCARD, Behaviour, group_behaviours
 from ..lm.embed import CachedEmbedder, Embedder, MiniLMEmbedder
 from .judge import Chat, label_and_judge
 from .pipeline import DiffConfig, DiffResult, diff_texts
 from .report import write_report
+from .stats import STRATIFIED_TESTS
 from .sources import Source, check_pairing, read_prompts
 
 
@@ -21,14 +24,19 @@ class DiffRun:
     result: DiffResult
     json_path: Path
     report_path: Path
+    behaviours: list[Behaviour] = dataclasses.field(default_factory=list)
 
 
 def run_diff(
     source_a: Source, source_b: Source, prompts_path: str | Path | None, out: str | Path, *, n_per_prompt: int = 4, seed: int = 0,
     config: DiffConfig | None = None, embedder: Embedder | None = None, intended: str | None = None, judge_chat: Chat | None = None,
     labeller: Chat | None = None, names: tuple[str, str] = ("A", "B"), progress: bool = True,
+    group_jaccard: float = JACCARD, group_cosine: float = COSINE,
 ) -> DiffRun:
-    """Sample (model A with ``seed``, model B with ``seed + 1``), diff, and write the outputs to ``out``."""
+    """Sample (model A with ``seed``, model B with ``seed + 1``), diff, group the flagged clusters into
+    behaviours (:func:`~gradtrace.diff.behaviours.group_behaviours`) and write the outputs to ``out``.
+
+    When every sample carries a prompt id, the prompt ids are the strata of ``test="cmh"``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = read_prompts(prompts_path) if prompts_path is not None else []
@@ -48,11 +56,21 @@ def run_diff(
             "".join(json.dumps({"prompt_id": s.prompt_id, "prompt": s.prompt, "text": s.text}) + "\n" for s in samples), encoding="utf-8")
     if embedder is None:
         embedder = CachedEmbedder(MiniLMEmbedder(progress=progress), out / "embeddings")
-    result = diff_texts([s.text for s in samples_a], [s.text for s in samples_b], config=config, embedder=embedder)
+    with_ids = all(s.prompt_id for s in samples_a) and all(s.prompt_id for s in samples_b)
+    if config is not None and config.test in STRATIFIED_TESTS and not with_ids:
+        raise InputError(f"test={config.test!r} tests within prompts: every sample needs a prompt id "
+                         "(jsonl sources: a 'prompt_id' field on each line)")
+    strata = ([s.prompt_id for s in samples_a], [s.prompt_id for s in samples_b]) if with_ids else (None, None)
+    result = diff_texts([s.text for s in samples_a], [s.text for s in samples_b], config=config, embedder=embedder,
+                        strata_a=strata[0], strata_b=strata[1])
     label_and_judge(result, judge_chat, intended, labeller)
+    behaviours = group_behaviours(result, jaccard=group_jaccard, cosine=group_cosine)
     meta: dict[str, Any] = {"source_a": source_a.describe(), "source_b": source_b.describe(), "intended": intended,
                             "n_per_prompt": n_per_prompt, "seed": seed}
     json_path = out / "diff.json"
-    json_path.write_text(json.dumps({**meta, **result.to_dict()}, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    report = write_report(result, out / "report.html", intended=intended, names=names)
-    return DiffRun(result, json_path, report)
+    grouping = {"rule": "same skew and (Jaccard of text sets >= jaccard or centred centroid cosine >= cosine), single linkage",
+                "jaccard": group_jaccard, "cosine": group_cosine}
+    data = {**meta, **result.to_dict(), "grouping": grouping, "behaviours": [b.to_dict() for b in behaviours]}
+    atomic_write_bytes(json_path, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode("utf-8"))
+    report = write_report(result, out / "report.html", intended=intended, names=names, behaviours=behaviours)
+    return DiffRun(result, json_path, report, behaviours)

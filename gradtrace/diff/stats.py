@@ -9,6 +9,10 @@ Per cluster we hold a 2 x 2 table of validation texts::
 
 and test it with Fisher's exact test (default; conditions on both margins) or an
 exact binomial test of ``b_in`` out of ``b_in + a_in`` against B's overall share.
+With one such table per stratum (per prompt, or per prompt form),
+:func:`stratified_test` is the exact conditional Cochran-Mantel-Haenszel test
+(``cmh``): it conditions on every stratum's margins, so a cluster whose
+baseline varies from prompt to prompt is compared within prompts.
 P-values of all clusters (both levels) are corrected together with
 Benjamini-Hochberg. The effect size is the log odds ratio
 ``log((b_in / a_in) / (b_out / a_out))`` (positive: skewed to B) with a Woolf
@@ -27,6 +31,8 @@ import numpy as np
 from ..errors import InputError
 
 TESTS = ("fisher", "binomial")
+#: tests of a cluster over per-stratum tables (:func:`stratified_test`)
+STRATIFIED_TESTS = ("cmh",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +84,36 @@ def share_test(table: ShareTable, test: str = "fisher") -> float:
     if p0 in (0.0, 1.0):
         return 1.0
     return float(stats.binomtest(int(table.b_in), table.n_in, p0).pvalue)
+
+
+def stratified_test(tables: Sequence[ShareTable]) -> float:
+    """Two-sided exact conditional test of conditional independence over strata (exact CMH).
+
+    Given every stratum's margins, ``b_in`` of stratum ``s`` is hypergeometric
+    (``N_s`` texts, ``B_s`` from B, ``n_s`` in the cluster); the statistic is
+    ``T = sum_s b_in_s``, whose null distribution is the convolution of those
+    hypergeometric laws. The p-value sums the probabilities of all values of
+    ``T`` no more likely than the observed one (the rule of Fisher's test, to
+    which it reduces with one stratum). Strata whose margins leave ``b_in`` no
+    freedom add a constant and change nothing.
+    """
+    from scipy import stats
+
+    if not tables:
+        raise InputError("stratified_test needs at least one stratum table")
+    dist = np.ones(1)
+    observed = 0
+    for t in tables:
+        if not isinstance(t, ShareTable):
+            raise InputError(f"stratified_test takes ShareTable strata; got {type(t).__name__}")
+        n, n_b, n_in = t.b_in + t.a_in + t.b_out + t.a_out, t.b_in + t.b_out, t.n_in
+        lo, hi = max(0, n_in - (n - n_b)), min(n_in, n_b)
+        pmf = np.zeros(hi + 1)
+        pmf[lo:] = stats.hypergeom.pmf(np.arange(lo, hi + 1), n, n_b, n_in) if n else 1.0
+        dist = np.convolve(dist, pmf)
+        observed += int(t.b_in)
+    dist = dist / dist.sum()
+    return float(min(1.0, dist[dist <= dist[observed] * (1 + 1e-7)].sum()))
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:

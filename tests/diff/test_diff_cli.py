@@ -145,3 +145,35 @@ def test_cli_diff_json_summary(tmp_path):
     assert summary["json"] == str(out / "diff.json") and summary["report"] == str(out / "report.html")
     assert summary["clusters"] == len(data["clusters"]) and summary["alpha"] == 0.05
     assert [c["rank"] for c in summary["flagged"]] == [c["rank"] for c in data["clusters"] if c["q_value"] <= 0.05]
+
+
+def test_cli_diff_writes_behaviours_and_tests_within_prompts(tmp_path):
+    prompts = _samples(tmp_path)
+    runner = CliRunner()
+    common = ["diff", "--a", f"jsonl:{tmp_path / 'a.jsonl'}", "--b", f"jsonl:{tmp_path / 'b.jsonl'}", "--prompts", str(prompts),
+              "--embedder", "hashing", "--no-progress"]
+    res = runner.invoke(app, [*common, "--out", str(tmp_path / "out"), "--json", "--levels", "text,sentence,fine", "--test", "cmh"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.output)
+    data = json.loads((tmp_path / "out" / "diff.json").read_text())
+    assert data["config"]["test"] == "cmh" and data["config"]["levels"] == ["text", "sentence", "fine"]
+    assert data["grouping"] == {"rule": data["grouping"]["rule"], "jaccard": 0.5, "cosine": 0.4}
+    flagged = {(c["level"], c["cluster"]) for c in data["clusters"] if c["q_value"] <= 0.05}
+    assert data["behaviours"] and printed["behaviours"] == data["behaviours"]
+    # every flagged cluster is in exactly one behaviour; the disclaimer behaviour is skewed to B
+    in_behaviours = [(m["level"], m["cluster"]) for b in data["behaviours"] for m in b["members"]]
+    assert sorted(in_behaviours) == sorted(flagged)
+    top = next(b for b in data["behaviours"] if b["skew"] == "B")
+    assert top["valid_a"] == 0 and any("consult a qualified professional" in r for _, r in top["rows_b"])
+    assert all(i % 2 == 1 for i in top["ids_b"])  # the disclaimer was added to the odd texts
+    assert "Behaviours" in (tmp_path / "out" / "report.html").read_text()
+    # without prompt ids the stratified test has no strata
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({"text": json.loads(line)["text"]}) + "\n" for line in (tmp_path / "b.jsonl").read_text().splitlines()))
+    res = runner.invoke(app, ["diff", "--a", f"jsonl:{bare}", "--b", f"jsonl:{bare}", "--embedder", "hashing", "--test", "cmh",
+                              "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "every sample needs a prompt id" in " ".join(res.output.split())
+    res = runner.invoke(app, [*common, "--out", str(tmp_path / "o3"), "--test", "chi2"])
+    assert res.exit_code == 2 and "test must be one of" in res.output
+    res = runner.invoke(app, [*common, "--out", str(tmp_path / "o4"), "--group-cosine", "-1"])
+    assert res.exit_code == 2 and "cosine must be a number >= 0" in " ".join(res.output.split())

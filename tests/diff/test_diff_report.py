@@ -76,3 +76,15 @@ def test_reader_sees_ranked_clusters_in_headless_chromium(report, headless_chrom
         assert driver.execute_script("return document.querySelectorAll('body script').length") == 2
     finally:
         driver.quit()
+
+
+def test_behaviours_section_escapes_its_text(report, tmp_path, h):
+    from gradtrace.diff import group_behaviours
+
+    result, _ = report
+    behaviours = group_behaviours(result)
+    assert behaviours and any(EVIL in t for b in behaviours for t in b.texts_b)
+    html = write_report(result, tmp_path / "r.html", behaviours=behaviours).read_text()
+    assert "<h2>Behaviours</h2>" in html and "<script" not in h.without_scripts(html)
+    assert html.count('<section class="behaviour">') == len(behaviours)
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html.split("<h2>Behaviours</h2>")[1]

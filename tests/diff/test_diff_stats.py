@@ -89,3 +89,54 @@ def test_bad_input():
         share_test(ShareTable(1, 1, 1, 1), "chi2")
     with pytest.raises(InputError, match="confidence"):
         log_odds_ratio(ShareTable(1, 1, 1, 1), confidence=1.5)
+
+
+# -- the exact stratified (CMH) test against brute-force enumeration of label assignments ---------------------------
+
+def cmh_brute(tables: list[tuple[int, int, int, int]]) -> float:
+    """Every way of choosing which texts of each stratum come from B (stratum margins fixed), equally likely;
+    p = share of assignments whose total b_in is no more likely than the observed total."""
+    import itertools
+
+    per_stratum = []
+    for b_in, a_in, b_out, a_out in tables:
+        n_in, n, n_b = b_in + a_in, b_in + a_in + b_out + a_out, b_in + b_out
+        # items 0..n_in-1 are in the cluster; count b_in for every choice of the n_b texts from B
+        per_stratum.append([sum(1 for i in chosen if i < n_in) for chosen in itertools.combinations(range(n), n_b)])
+    totals = [sum(c) for c in itertools.product(*per_stratum)]
+    counts: dict[int, int] = {}
+    for t in totals:
+        counts[t] = counts.get(t, 0) + 1
+    observed = counts[sum(t[0] for t in tables)]
+    return sum(c for c in counts.values() if c <= observed * (1 + 1e-9)) / len(totals)
+
+
+@pytest.mark.parametrize("tables", [
+    [(3, 0, 1, 4), (2, 1, 2, 2), (0, 2, 3, 1)],
+    [(2, 2, 2, 2), (1, 0, 0, 3)],
+    [(4, 0, 0, 4)],
+    [(0, 0, 3, 3), (2, 1, 1, 2), (1, 3, 2, 0), (3, 0, 0, 1)],  # an empty-cluster stratum and a degenerate one
+])
+def test_stratified_test_matches_enumeration(tables):
+    from gradtrace.diff.stats import stratified_test
+
+    got = stratified_test([ShareTable(*t) for t in tables])
+    assert got == pytest.approx(cmh_brute(tables), rel=1e-9)
+
+
+def test_stratified_test_with_one_stratum_is_fisher_and_strata_matter():
+    from gradtrace.diff.stats import stratified_test
+
+    for cells in TABLES:
+        assert stratified_test([ShareTable(*cells)]) == pytest.approx(share_test(ShareTable(*cells), "fisher"), rel=1e-9)
+    # the cluster's baseline differs between the strata (rare in one, common in the other); B's excess in
+    # both is clearer within strata than pooled
+    cells = [(2, 0, 4, 6), (6, 3, 0, 3)]
+    pooled = share_test(ShareTable(8, 3, 4, 9))
+    p = stratified_test([ShareTable(*c) for c in cells])
+    assert p == pytest.approx(cmh_brute(cells), rel=1e-9)
+    assert p < 0.05 < pooled
+    with pytest.raises(InputError, match="at least one stratum"):
+        stratified_test([])
+    with pytest.raises(InputError, match="ShareTable strata"):
+        stratified_test([(1, 2, 3, 4)])
