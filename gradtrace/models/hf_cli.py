@@ -60,12 +60,14 @@ def _grad_dim(model: Any, params: Any) -> int:
 
 def query_hf(
     store: Path, queries: Path, behaviour: str, hf_model: str | None, limit: int | None = None, *, verify: bool = True,
+    index: Any = None, candidates: int | None = None,
 ) -> tuple[Any, Any, list[dict[str, Any]], list[str], Any]:
     """``(attributor, behaviour, query examples, query ids, query features)``
     for a store made with ``--hf-model``; ``limit``: only the first N queries
     (a positive integer, named ``--limit`` in errors); ``verify``: check each
     shard read against its checksum. The queries are checked for the fields
-    the behaviour needs before the model loads."""
+    the behaviour needs before the model loads. ``index``, ``candidates``: as
+    :class:`~gradtrace.Attributor` takes them."""
     from ..data import head
     from ..scoring import Attributor
     from ..store import GradientStore
@@ -80,6 +82,6 @@ def query_hf(
     examples, qids = head(examples, limit, "--limit"), head(qids, limit, "--limit")
     st = GradientStore.open(store, verify=verify)
     model, task = spec.load()
-    attributor = Attributor(st, model, task, checkpoint_loader=load_hf_checkpoint)
+    attributor = Attributor(st, model, task, checkpoint_loader=load_hf_checkpoint, index=index, candidates=candidates)
     qf = attributor.query_features(examples, b)
     return attributor, b, examples, qids, qf

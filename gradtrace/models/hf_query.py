@@ -13,14 +13,17 @@ from .hf_spec import HFSpec, read_jsonl
 
 def run_hf_query(
     store: Path, queries: Path, behaviour: str, hf_model: str | None, k: int, opponents: bool, variant: str,
-    limit: int | None, report: Path | None, *, verify: bool = True,
+    limit: int | None, report: Path | None, *, verify: bool = True, index: Any = None, candidates: int | None = None,
 ) -> list[dict[str, Any]]:
     """Score the first ``limit`` queries (all when None) against a store made
     with ``--hf-model``; returns one record per (query, rank). With
     ``report``, also writes the HTML report (its proponents or opponents are
     the ones of the records, not computed again). ``verify``: check each
-    shard read against its checksum."""
-    attributor, b, examples, qids, qf = query_hf(store, queries, behaviour, hf_model, limit, verify=verify)
+    shard read against its checksum; ``index``, ``candidates``: as
+    :class:`~gradtrace.Attributor` takes them (top-k from an index, re-ranked exactly)."""
+    attributor, b, examples, qids, qf = query_hf(
+        store, queries, behaviour, hf_model, limit, verify=verify, index=index, candidates=candidates,
+    )
     topk = attributor.top_k(qf, k=k, largest=not opponents, variant=variant)
     records = topk.to_records(list(qids), attributor.store.tags)
     if report is not None:
