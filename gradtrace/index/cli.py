@@ -23,6 +23,10 @@ def register(app: typer.Typer) -> None:
         ef_construction: int = typer.Option(80, help="hnsw: search width while building"),
         ef_search: int = typer.Option(256, help="hnsw: search width per query (at least the number of candidates)"),
         train_sample: Optional[int] = typer.Option(None, help="ivf, ivfpq: rows sampled to train on (default 40 x nlist, at least 16,384)"),
+        norm_buckets: Optional[int] = typer.Option(
+            None, help="ivf, ivfpq, hnsw: rows split by vector norm into this many buckets, each indexed alone "
+            "(default: raw 1 + log2(examples / 65,536), cosine 1)",
+        ),
         seed: int = typer.Option(0, help="seed of the training sample and of k-means"),
         out: Optional[Path] = typer.Option(None, help="index folder (default: index/ inside the store)"),
         verify: bool = typer.Option(True, help="check each shard read against its recorded checksum (--no-verify: faster, trusts the files)"),
@@ -38,12 +42,16 @@ def register(app: typer.Typer) -> None:
 
             check_variant(variant)
             for value, name in ((nlist, "--nlist"), (nprobe, "--nprobe"), (pq_m, "--pq-m"), (train_sample, "--train-sample"),
-                                (hnsw_m, "--hnsw-m"), (ef_construction, "--ef-construction"), (ef_search, "--ef-search")):
+                                (hnsw_m, "--hnsw-m"), (ef_construction, "--ef-construction"), (ef_search, "--ef-search"),
+                                (norm_buckets, "--norm-buckets")):
                 positive_option(value, name)
             if out is not None:
                 output_dir(out, "--out")
             st = GradientStore.open(store, verify=verify)
-            params = IndexParams(kind, nlist, nprobe, pq_m, hnsw_m, ef_construction, ef_search, train_sample, seed)
+            params = IndexParams(
+                kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                ef_search=ef_search, train_sample=train_sample, norm_buckets=norm_buckets, seed=seed,
+            )
             built = build_index(st, variant, params, folder=out, progress=progress)
             _summary(built, as_json)
 
@@ -52,18 +60,23 @@ def register(app: typer.Typer) -> None:
 
 def _summary(built: Any, as_json: bool) -> None:
     meta = built.meta
-    file = built.path.parent / meta["file"]["name"]
+    files = [str(built.path.parent / e["file"]["name"]) for e in meta["buckets"]]
+    buckets = [{k: v for k, v in e.items() if k != "file"} for e in meta["buckets"]]
     summary = {
-        "index": str(built.path), "file": str(file), "size_bytes": meta["file"]["size"], "variant": meta["variant"],
-        "settings": meta["settings"], "examples": meta["store"]["examples"], "seconds": meta["built"]["seconds"],
+        "index": str(built.path), "files": files, "size_bytes": sum(e["file"]["size"] for e in meta["buckets"]),
+        "variant": meta["variant"], "settings": meta["settings"], "buckets": buckets, "examples": meta["store"]["examples"],
+        "seconds": meta["built"]["seconds"],
     }
     if as_json:
         print_json(summary)
         return
-    settings = ", ".join(f"{k}={v}" for k, v in meta["settings"].items() if k not in ("max_squared_norm",))
+    settings = ", ".join(f"{k}={v}" for k, v in meta["settings"].items() if v is not None)
+    per_bucket = "; ".join(
+        f"{b['kind']} {b['rows']:,} rows" + (f" nlist={b['nlist']} nprobe={b['nprobe']}" if "nlist" in b else "") for b in buckets
+    )
     console.print(table(f"index {built.path}", ["field", "value"], [
         ("variant", meta["variant"]), ("examples", f"{summary['examples']:,}"), ("settings", settings),
-        ("file", str(file)), ("size on disk", f"{summary['size_bytes'] / 2**20:.1f} MiB"),
-        ("build time", f"{summary['seconds']:.1f} s"),
+        ("norm buckets", per_bucket), ("files", f"{len(files)} in {built.path.parent}"),
+        ("size on disk", f"{summary['size_bytes'] / 2**20:.1f} MiB"), ("build time", f"{summary['seconds']:.1f} s"),
     ]))
     console.print(f"use it with: gradtrace query {meta['store']['root']} ... --index --variant {meta['variant']}")
