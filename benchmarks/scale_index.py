@@ -155,8 +155,8 @@ def main() -> dict:
         }
         if args.tune:
             sweep = []
-            for nprobe in (8, 16, 32, 64, 128, 256):
-                for candidates in (200, 500, 1000, 2000):
+            for nprobe in (8, 16, 32, 64, 128):
+                for candidates in (100, 300, 1000):
                     t = time.perf_counter()
                     try:
                         found = indexed(nprobe, candidates)

@@ -48,6 +48,8 @@ KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 AUTO_FLAT_BELOW = 100_000
 #: Norm buckets above the lowest with at most this many rows are searched exactly (flat).
 FLAT_BUCKET_ROWS = 65536
+#: Candidates beyond k taken from an exact (flat) bucket: its float32 search may order near-ties otherwise than the exact scores.
+EXACT_MARGIN = 16
 #: Rows turned into vectors and added to the index at a time.
 CHUNK_ROWS = 16384
 FOLDER = "index"
@@ -290,42 +292,38 @@ class StoreIndex:
             positive_int(ef_search, "ef_search")
             settings["ef_search"] = int(ef_search)
 
-    def search(self, vectors: np.ndarray, n_candidates: int) -> np.ndarray:
-        """Up to ``n_candidates`` store positions per query vector (``[n_query,
-        n_candidates]`` int64, best first by the index's estimate of the
-        inner product, -1 where the index found fewer) for ``vectors`` (from
-        :func:`~gradtrace.index.vectors.query_vectors`). Each norm bucket is
-        searched for ``n_candidates``; the best of them all are kept."""
+    def search(self, vectors: np.ndarray, n_candidates: int, k: int) -> np.ndarray:
+        """Candidate store positions for each query vector (from
+        :func:`~gradtrace.index.vectors.query_vectors`), by largest inner
+        product: up to ``n_candidates`` from each approximate norm bucket and
+        the ``k`` (+ :data:`EXACT_MARGIN`, for float32 rounding) best of each
+        exact (flat) one. ``[n_query, m]`` int64, -1 where a bucket found
+        fewer. The candidates of all buckets are kept (not cut by the index's
+        estimates, whose errors differ between buckets): the caller scores
+        them exactly."""
         settings = self.meta["settings"]
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != settings["vector_dim"]:
             raise InputError(f"query vectors must be [n, {settings['vector_dim']}]; got shape {vectors.shape}")
         positive_int(n_candidates, "candidates")
-        n_candidates = min(int(n_candidates), self.n)
-        wsq = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)[:, None]
-        scores, labels = [], []
+        positive_int(k, "k")
+        labels = []
         for b, (entry, index) in enumerate(zip(self.meta["buckets"], self.faiss_indexes)):
-            want = min(n_candidates, int(entry["rows"]))
-            if want == 0:
-                continue
             if entry["kind"] == "flat":
+                want = min(int(entry["rows"]), int(k) + EXACT_MARGIN)
+                if want == 0:
+                    continue
                 if b not in self._flat:
                     self._flat[b] = flat_rows(index)
-                dist, lab = _flat_search(*self._flat[b], vectors, want)
-                scores.append(dist)
-                labels.append(lab)
+                labels.append(_flat_search(*self._flat[b], vectors, want)[1])
                 continue
+            want = min(int(n_candidates), int(entry["rows"]))
             if entry["kind"] in ("ivf", "ivfpq"):
                 index.nprobe = int(entry["nprobe"])
             else:
                 faiss_hnsw(index).hnsw.efSearch = max(int(settings["ef_search"]), want)
-            dist, lab = index.search(augment(vectors, entry["index_dim"], None), want)
-            est = dist.astype(np.float64) if not entry["augmented"] else (entry["max_squared_norm"] + wsq - dist) / 2
-            scores.append(np.where(lab >= 0, est, -np.inf))
-            labels.append(lab)
-        est, lab = np.concatenate(scores, axis=1), np.concatenate(labels, axis=1)
-        order = np.argsort(-est, axis=1, kind="stable")[:, :n_candidates]
-        return np.take_along_axis(lab, order, 1).astype(np.int64, copy=False)
+            labels.append(index.search(augment(vectors, entry["index_dim"], None), want)[1])
+        return np.concatenate(labels, axis=1).astype(np.int64, copy=False)
 
 
 def flat_rows(index: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -33,9 +33,8 @@ from .methods import QueryInputs, ScoreMethod, get_method
 from .results import TopK
 
 SCAN_ROWS = 16384
-#: With an index: candidates a query gets by default (at least k), and candidate rows re-ranked per group of queries.
+#: With an index: candidates a query gets by default from each approximate norm bucket (at least k).
 DEFAULT_CANDIDATES = 1000
-RERANK_ROWS = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +83,10 @@ class Attributor:
     folder (built by :func:`gradtrace.index.build_index`, CLI ``gradtrace
     index``), a path another index folder, a
     :class:`~gradtrace.index.StoreIndex` that index. The index gives
-    ``candidates`` store rows per query (default :data:`DEFAULT_CANDIDATES`,
-    at least ``k``); those rows alone are read from the store and scored
-    exactly, so every returned score is exact for its row, and a row is
+    ``candidates`` store rows per query from each of its approximate norm
+    buckets (default :data:`DEFAULT_CANDIDATES`, at least ``k``) and the
+    best ``k`` of each exact one; those rows alone are read from the store
+    and scored exactly, so every returned score is exact for its row, and a row is
     missed only if the index did not propose it. ``score`` and ``breakdown``
     never use the index. An index that does not belong to the store as it
     is now is refused (:class:`~gradtrace.errors.StoreError`); a variant it
@@ -282,7 +282,7 @@ class Attributor:
             raise InputError(f"candidates ({self.candidates}) must be at least k ({k})")
         n_cand = min(max(n_cand, k), self.store.n_examples)
         vectors = query_vectors(qf.unit, qf.norms, self.store.learning_rates, method.name)
-        cand = index.search(vectors if largest else -vectors, n_cand)
+        cand = index.search(vectors if largest else -vectors, n_cand, k)
         found = (cand >= 0).sum(axis=1)
         if found.min(initial=k) < k:
             q = int(np.argmin(found))
@@ -297,36 +297,37 @@ class Attributor:
     def _rerank(self, qf: QueryFeatures, method: ScoreMethod, cand: np.ndarray, k: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
         """Each query's ``k`` best among its own candidates (-1: none), scored
         exactly (the stored rows in float64, as :meth:`breakdown` does); ties
-        go to the lower index. Queries go in groups whose candidates number at
-        most :data:`RERANK_ROWS`, and only those rows are read."""
+        go to the lower index. One pass over the shards that hold candidates,
+        each shard's norms read once; only the candidate rows are read."""
         sign = 1.0 if largest else -1.0
-        ranges = self.store.shard_ranges()
+        mine = [np.unique(row[row >= 0]) for row in cand]
+        scores = [np.zeros(m.size, dtype=np.float64) for m in mine]
+        scorers = [
+            self._prepare(dataclasses.replace(qf, unit=[u[q : q + 1] for u in qf.unit], norms=[n[q : q + 1] for n in qf.norms], n=1),
+                          method, torch.float64, torch.float64)
+            for q in range(qf.n)
+        ]
+        union = np.unique(np.concatenate(mine)) if mine else np.empty(0, dtype=np.int64)
+        for a, b in self.store.shard_ranges():
+            if np.searchsorted(union, a) == np.searchsorted(union, b):
+                continue
+            feats = [self.store.features(c, a, b) for c in range(len(qf.unit))]
+            norms = [self.store.norms(c, a, b)[:, 0] for c in range(len(qf.unit))]
+            for q, rows_q in enumerate(mine):
+                lo, hi = np.searchsorted(rows_q, a), np.searchsorted(rows_q, b)
+                if lo == hi:
+                    continue
+                local = rows_q[lo:hi] - a
+                for c in range(len(qf.unit)):
+                    rows = torch.from_numpy(np.asarray(feats[c][local], dtype=np.float64))
+                    scores[q][lo:hi] += scorers[q](c, rows, torch.from_numpy(norms[c][local]))[0].numpy()
         skipped = self.store.skipped_indices
         best_s = np.empty((qf.n, k), dtype=np.float64)
         best_i = np.empty((qf.n, k), dtype=np.int64)
-        group = max(1, RERANK_ROWS // cand.shape[1])
-        for q0 in range(0, qf.n, group):
-            q1 = min(q0 + group, qf.n)
-            part = dataclasses.replace(qf, unit=[u[q0:q1] for u in qf.unit], norms=[n[q0:q1] for n in qf.norms], n=q1 - q0)
-            score = self._prepare(part, method, torch.float64, torch.float64)
-            block = cand[q0:q1]
-            union = np.unique(block[block >= 0])
-            scores = np.zeros((q1 - q0, union.size), dtype=np.float64)
-            for a, b in ranges:
-                lo, hi = np.searchsorted(union, a), np.searchsorted(union, b)
-                for at in range(lo, hi, SCAN_ROWS):
-                    upto = min(at + SCAN_ROWS, hi)
-                    local = union[at:upto] - a
-                    for c in range(len(qf.unit)):
-                        rows = torch.from_numpy(np.asarray(self.store.features(c, a, b)[local], dtype=np.float64))
-                        fn = torch.from_numpy(self.store.norms(c, a, b)[local, 0])
-                        scores[:, at:upto] += score(c, rows, fn).numpy()
-            scores[:, np.isin(union, skipped)] = 0.0  # examples left out score 0
-            for j in range(q1 - q0):
-                mine = block[j][block[j] >= 0]
-                vals = scores[j, np.searchsorted(union, mine)]
-                order = np.lexsort((mine, -sign * vals))[:k]
-                best_s[q0 + j], best_i[q0 + j] = vals[order], mine[order]
+        for q, (rows_q, vals) in enumerate(zip(mine, scores)):
+            vals[np.isin(rows_q, skipped)] = 0.0  # examples left out score 0
+            order = np.lexsort((rows_q, -sign * vals))[:k]
+            best_s[q], best_i[q] = vals[order], rows_q[order]
         return best_s, best_i
 
     def breakdown(
