@@ -209,14 +209,21 @@ Synthetic float16 store of {n:,} x {dim} rows ({store_bytes / 2**30:.2f} GiB; se
 
 Returned scores equal the exact float64 scores of their rows (largest difference {err:.1e}).
 """
-        command = f"python benchmarks/scale_index.py --size {args.size} --seed {args.seed} --nprobe {args.nprobe} --candidates {args.candidates}" + (" --tune" if args.tune else "")
-        if not trial:
+        command = f"python benchmarks/scale_index.py --size {args.size} --seed {args.seed}" + (
+            " --tune" if args.tune else f" --nprobe {args.nprobe} --candidates {args.candidates}"
+        )
+        if args.n is not None:
+            command += f" --n {n}"
+        if args.nlist is not None:
+            command += f" --nlist {args.nlist}"
+        command = "OMP_NUM_THREADS=1 " + command
+        if args.tune or not trial:  # a trial run at another size records nothing; a tuning run records its sweep
             record(name, command, summary, results)
-            if not args.tune:
-                keys = {f"index_recall_at_100_{args.size}": rec}
-                if args.size == "10m":
-                    keys["index_speedup_10m"] = ratio
-                merge_scale_json(dict(keys, **{f"index_details_{args.size}": results}))
+        if not trial and not args.tune:
+            keys = {f"index_recall_at_100_{args.size}": rec}
+            if args.size == "10m":
+                keys["index_speedup_10m"] = ratio
+            merge_scale_json(dict(keys, **{f"index_details_{args.size}": results}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results

@@ -154,7 +154,7 @@ def query(
     show: int = typer.Option(3, help="queries to print as tables (a positive integer)"),
     index: bool = typer.Option(False, "--index", help="take candidates from the store's index ('gradtrace index'), re-rank them exactly"),
     index_dir: Optional[Path] = typer.Option(None, help="with --index: the index folder (default: index/ inside the store)"),
-    candidates: Optional[int] = typer.Option(None, help="with --index: candidates per query (default 1000, at least --k)"),
+    candidates: Optional[int] = typer.Option(None, help="with --index: candidates per query from each approximate norm bucket, re-ranked exactly (default 1000, at least --k)"),
     verify: bool = verify_option(),
     as_json: bool = json_option(),
 ) -> None:

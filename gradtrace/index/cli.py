@@ -79,4 +79,5 @@ def _summary(built: Any, as_json: bool) -> None:
         ("norm buckets", per_bucket), ("files", f"{len(files)} in {built.path.parent}"),
         ("size on disk", f"{summary['size_bytes'] / 2**20:.1f} MiB"), ("build time", f"{summary['seconds']:.1f} s"),
     ]))
-    console.print(f"use it with: gradtrace query {meta['store']['root']} ... --index --variant {meta['variant']}")
+    where = "" if built.path.parent == Path(meta["store"]["root"]) / "index" else f" --index-dir {built.path.parent}"
+    console.print(f"use it with: gradtrace query {meta['store']['root']} ... --index{where} --variant {meta['variant']}")

@@ -46,8 +46,9 @@ FORMAT_VERSION = 1
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 #: ``kind="auto"``: ``flat`` (exact search) below this many examples, ``ivfpq`` from it on.
 AUTO_FLAT_BELOW = 100_000
-#: Norm buckets above the lowest with at most this many rows are searched exactly (flat).
+#: Norm buckets above the lowest with at most this many rows (or 1/EXACT_SHARE of the store) are searched exactly (flat).
 FLAT_BUCKET_ROWS = 65536
+EXACT_SHARE = 64
 #: Candidates beyond k taken from an exact (flat) bucket: its float32 search may order near-ties otherwise than the exact scores.
 EXACT_MARGIN = 16
 #: Rows turned into vectors and added to the index at a time.
@@ -136,12 +137,16 @@ class IndexParams:
 
 def bucket_plan(settings: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
     """Per norm bucket (rows counted in ``sizes``): its index kind and sizes.
-    Buckets above the lowest that hold at most :data:`FLAT_BUCKET_ROWS` rows
-    are searched exactly (flat); the others get ``settings['kind']``."""
+    Buckets above the lowest that hold at most :data:`FLAT_BUCKET_ROWS` rows,
+    or 1/:data:`EXACT_SHARE` of all rows, are searched exactly (flat): the
+    rows of largest norm, which dominate raw scores whatever their direction
+    (so no nearest-neighbour structure finds them well); the others get
+    ``settings['kind']``."""
     kind, dim = settings["kind"], settings["vector_dim"]
+    exact_rows = max(FLAT_BUCKET_ROWS, sum(sizes) // EXACT_SHARE)
     plan = []
     for b, rows in enumerate(sizes):
-        if kind == "flat" or (b > 0 and rows <= FLAT_BUCKET_ROWS) or rows == 0:
+        if kind == "flat" or (b > 0 and rows <= exact_rows) or rows == 0:
             plan.append({"rows": rows, "kind": "flat", "index_dim": dim, "augmented": False})
             continue
         entry: dict[str, Any] = {"rows": rows, "kind": kind, "augmented": True, "index_dim": dim + 1}
