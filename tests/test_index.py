@@ -133,7 +133,7 @@ def planted_store(root: Path, n: int = 3000, dim: int = 32, nq: int = 5, planted
 @pytest.mark.parametrize("variant", ["raw", "cosine"])
 @pytest.mark.parametrize("params", [
     IndexParams(kind="ivf", nlist=16, nprobe=4),
-    IndexParams(kind="ivf", nlist=16, nprobe=4, norm_buckets=3),  # an IVF bucket and two exact (flat) ones
+    IndexParams(kind="ivf", nlist=8, nprobe=4, norm_buckets=4),  # an IVF bucket (the lowest quarter) and three exact (flat) ones
     IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=11),
     IndexParams(kind="hnsw", hnsw_m=16),
 ], ids=["ivf", "ivf-buckets", "ivfpq", "hnsw"])
@@ -155,9 +155,15 @@ def test_norm_buckets_split_rows_by_norm(tmp_path: Path) -> None:
     from gradtrace.index.store_index import norm_bucket_ids
 
     sq = np.array([5.0, 1.0, 3.0, 8.0, 2.0, 7.0, 4.0, 6.0])
-    # the lower half (1, 2, 3, 4), the next quarter (5, 6), the top quarter (7, 8)
-    np.testing.assert_array_equal(norm_bucket_ids(sq, 3), [1, 0, 0, 2, 0, 2, 0, 1])
     np.testing.assert_array_equal(norm_bucket_ids(sq, 1), np.zeros(8))
+    # halves: (1, 2, 3, 4) and (5, 6, 7, 8)
+    np.testing.assert_array_equal(norm_bucket_ids(sq, 2), [1, 0, 0, 1, 0, 1, 0, 1])
+    # quarters (1, 2), (3, 4), then half of the rest (5, 6) and the top (7, 8)
+    np.testing.assert_array_equal(norm_bucket_ids(sq, 4), [2, 0, 1, 3, 0, 3, 1, 2])
+    sq = np.arange(64.0)[::-1]
+    ids = norm_bucket_ids(sq, 5)  # 16, 16, 16, 8, 8 rows, by rising norm
+    np.testing.assert_array_equal(np.bincount(ids), [16, 16, 16, 8, 8])
+    assert all(sq[ids == b].max() <= sq[ids == b + 1].min() for b in range(4))
 
 
 def test_a_changed_store_is_refused_and_a_rebuild_serves_it(tmp_path: Path) -> None:
@@ -217,7 +223,7 @@ def test_a_damaged_index_file_is_refused(tmp_path: Path) -> None:
     (lambda s: build_index(s, "raw", IndexParams(kind="annoy")), "kind must be one of auto, flat, ivf, ivfpq, hnsw; got 'annoy'"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivf", nlist=4, train_sample=2)), "train_sample (2) must be at least nlist (4)"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivf", nprobe=0)), "nprobe must be a positive integer; got 0"),
-    (lambda s: build_index(s, "raw", IndexParams(kind="ivfpq", norm_buckets=3)), "needs at least 256 rows per norm bucket"),
+    (lambda s: build_index(s, "raw", IndexParams(kind="ivfpq", norm_buckets=4)), "needs at least 256 rows per norm bucket"),
     (lambda s: build_index(s, "raw", IndexParams(kind="flat", norm_buckets=2)), "norm_buckets applies to kinds ivf"),
     (lambda s: build_index(s, "raw", IndexParams(seed=-1)), "seed must be a non-negative integer"),
     (lambda s: open_index(s, "raw"), "no index for variant 'raw'"),

@@ -116,11 +116,8 @@ class IndexParams:
                 raise InputError(f"norm_buckets applies to kinds ivf, ivfpq and hnsw (flat searches exactly); got {self.norm_buckets!r}")
             out.update(norm_buckets=1)
             return out
-        if self.norm_buckets is not None:
-            buckets = self.norm_buckets
-        else:  # raw: halve until the top bucket is small enough to search exactly; cosine: all norms are equal
-            buckets = 1 if variant == "cosine" else 1 + max(0, math.ceil(math.log2(max(1, n) / FLAT_BUCKET_ROWS)))
-        if buckets > 1 and n >> (buckets - 1) < 1:
+        buckets = self.norm_buckets if self.norm_buckets is not None else default_norm_buckets(n, variant)
+        if buckets > 1 and n >> max(1, buckets - 2) < 1:
             raise InputError(f"norm_buckets ({buckets}) is too many for {n} examples (the top bucket would be empty)")
         out.update(norm_buckets=buckets, nlist=self.nlist, train_sample=self.train_sample)
         if kind in ("ivf", "ivfpq"):
@@ -176,18 +173,31 @@ def default_nlist(n: int) -> int:
 
 
 def norm_bucket_ids(sq: np.ndarray, buckets: int) -> np.ndarray:
-    """Bucket of each row by its squared norm: the lower half of the rows,
-    then half of the rest, ...; the top bucket holds the largest
-    ``n / 2^(buckets-1)`` (ties to the lower position)."""
+    """Bucket of each row by its squared norm (rank order, ties to the lower
+    position). Two buckets: the lower and upper half. Three or more: the
+    lowest quarter, the next quarter, then half of the rest, half of what
+    is left, ...: the top bucket holds the largest ``n / 2^(buckets-2)``."""
     n = sq.size
     out = np.zeros(n, dtype=np.int16)
     if buckets == 1:
         return out
     rank = np.empty(n, dtype=np.int64)
     rank[np.argsort(sq, kind="stable")] = np.arange(n)
-    for b in range(1, buckets):
-        out[rank >= n - (n >> b)] = b
+    if buckets == 2:
+        out[rank >= n - (n >> 1)] = 1
+        return out
+    out[rank >= n // 4] = 1
+    for j in range(1, buckets - 1):
+        out[rank >= n - (n >> j)] = j + 1
     return out
+
+
+def default_norm_buckets(n: int, variant: str) -> int:
+    """Raw: enough buckets that the top one holds at most
+    :data:`FLAT_BUCKET_ROWS` rows; cosine: 1 (all its vectors have one norm)."""
+    if variant == "cosine" or n <= FLAT_BUCKET_ROWS:
+        return 1
+    return 2 + math.ceil(math.log2(n / FLAT_BUCKET_ROWS))
 
 
 @dataclasses.dataclass(frozen=True)
