@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         train_sample: Optional[int] = typer.Option(None, help="ivf, ivfpq: rows sampled to train on (default 40 x nlist, at least 16,384)"),
         norm_buckets: Optional[int] = typer.Option(
             None, help="ivf, ivfpq, hnsw: rows split by vector norm into this many buckets, each indexed alone "
-            "(default: raw 1 + log2(examples / 65,536), cosine 1)",
+            "(default: raw 2 + log2(examples / 65,536), cosine 1; the small buckets of largest norm are searched exactly)",
         ),
         seed: int = typer.Option(0, help="seed of the training sample and of k-means"),
         out: Optional[Path] = typer.Option(None, help="index folder (default: index/ inside the store)"),

@@ -121,7 +121,7 @@ class IndexParams:
             raise InputError(f"norm_buckets ({buckets}) is too many for {n} examples (the top bucket would be empty)")
         out.update(norm_buckets=buckets, nlist=self.nlist, train_sample=self.train_sample)
         if kind in ("ivf", "ivfpq"):
-            out.update(nprobe=self.nprobe if self.nprobe is not None else None)
+            out.update(nprobe=self.nprobe)
             if kind == "ivfpq":
                 pq_m = self.pq_m if self.pq_m is not None else max(1, math.ceil((dim + 1) / 8))
                 if pq_m > dim + 1:
@@ -395,10 +395,10 @@ def build_index(
     ``ivfpq`` (inverted lists, product-quantised codes of ``pq_m`` bytes),
     ``hnsw`` (a graph), or ``auto`` (flat below 100,000 examples, ivfpq from
     there). The approximate kinds split the rows into ``norm_buckets`` by
-    vector norm (raw scores: the lower half, half of the rest, ...; the
-    small top buckets, where the large-norm rows that dominate raw scores
-    live, are searched exactly) and index each bucket on its own, so the
-    inner-product-to-distance reduction stays tight. IVF kinds train their
+    vector norm (:func:`norm_bucket_ids`; default :func:`default_norm_buckets`;
+    the small top buckets, where the large-norm rows that dominate raw
+    scores live, are searched exactly: :func:`bucket_plan`) and index each
+    bucket on its own, so the inner-product-to-distance reduction stays tight. IVF kinds train their
     lists (and codebooks) on ``train_sample`` rows per bucket drawn with
     ``seed``. The store is read shard by shard; only the indexes (as FAISS
     holds them), the sample and one chunk of vectors are in memory. Before
