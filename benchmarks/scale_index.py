@@ -14,7 +14,8 @@ the index (``gradtrace.index.build_index``), and times ``Attributor.top_k``
 alternating (medians). Recall@100 = the share of the exact top-100 that the
 index path returns (its scores are exact, re-ranked against the store).
 
-``--tune`` sweeps the search settings (nprobe x candidates) on one seed and
+``--variant cosine`` measures the cosine index instead (recorded apart, not
+in scale.json). ``--tune`` sweeps the search settings (nprobe x candidates) on one seed and
 records the sweep; a plain run uses the settings given (chosen on another
 seed) and merges ``index_recall_at_100_<size>`` (and, for 10m,
 ``index_speedup_10m``) into benchmarks/results/scale.json. Last line: JSON.
@@ -111,6 +112,7 @@ def main() -> dict:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--planted", type=int, default=100)
     parser.add_argument("--kind", default="ivfpq")
+    parser.add_argument("--variant", choices=("raw", "cosine"), default="raw")
     parser.add_argument("--nlist", type=int, help="lists per norm bucket (at most); default: gradtrace's (~sqrt of the bucket's rows)")
     parser.add_argument("--pq-m", type=int)
     parser.add_argument("--nprobe", type=int, default=64)
@@ -133,21 +135,21 @@ def main() -> dict:
                            "synthetic", args.queries)
         params = IndexParams(kind=args.kind, nlist=args.nlist, pq_m=args.pq_m, nprobe=args.nprobe, seed=0)
         t0 = time.perf_counter()
-        index = build_index(store, "raw", params, progress=True)
+        index = build_index(store, args.variant, params, progress=True)
         build_s = time.perf_counter() - t0
         index_bytes = sum(e["file"]["size"] for e in index.meta["buckets"])
         buckets = [{k: v for k, v in e.items() if k != "file"} for e in index.meta["buckets"]]
         exact_attr = Attributor(store, None, None)
-        exact = exact_attr.top_k(qf, k=args.k)  # also hashes every shard file once (cached for both paths)
+        exact = exact_attr.top_k(qf, k=args.k, variant=args.variant)  # also hashes every shard file once (cached for both paths)
         planted_share = float(np.mean([np.isin(e, p).mean() for e, p in zip(exact.indices, planted)]))
 
         def indexed(nprobe: int, candidates: int):
             index.set_search(nprobe=nprobe) if index.kind in ("ivf", "ivfpq") else None
-            return Attributor(store, None, None, index=index, candidates=candidates).top_k(qf, k=args.k)
+            return Attributor(store, None, None, index=index, candidates=candidates).top_k(qf, k=args.k, variant=args.variant)
 
         settings = {k: v for k, v in index.meta["settings"].items() if k != "max_squared_norm"}
         common = {
-            "size": args.size, "n": n, "dim": dim, "seed": args.seed, "queries": args.queries, "k": args.k,
+            "size": args.size, "n": n, "dim": dim, "seed": args.seed, "variant": args.variant, "queries": args.queries, "k": args.k,
             "planted_per_query": args.planted, "planted_share_of_exact_top_k": planted_share,
             "store_bytes": store_bytes, "store_write_seconds": store_s, "index_settings": settings,
             "index_build_seconds": build_s, "index_estimated_seconds": index.meta["built"]["estimated_seconds"],
@@ -173,7 +175,7 @@ def main() -> dict:
                 else f"| {r['nprobe']} | {r['candidates']} | fewer than k candidates | |" for r in sweep
             )
             summary = f"""
-Tuning run (seed {args.seed}; the reported run uses another seed): {n:,} x {dim} float16 rows, {args.queries} queries, k={args.k}, index {settings}.
+Tuning run (seed {args.seed}; the reported run uses another seed): {n:,} x {dim} float16 rows, {args.queries} queries, k={args.k}, variant {args.variant}, index {dict((k, v) for k, v in settings.items() if k != "nprobe")}; per bucket: {[(b["kind"], b["rows"], b.get("nlist")) for b in buckets]}. Candidates are per approximate norm bucket. Only the index path is timed here.
 
 | nprobe | candidates | recall@{args.k} | time for {args.queries} queries |
 |---|---|---|---|
@@ -181,12 +183,12 @@ Tuning run (seed {args.seed}; the reported run uses another seed): {n:,} x {dim}
 """
         else:
             t_exact, t_index, ratio, _, found = paired_time(
-                lambda: exact_attr.top_k(qf, k=args.k), lambda: indexed(args.nprobe, args.candidates), args.repeats,
+                lambda: exact_attr.top_k(qf, k=args.k, variant=args.variant), lambda: indexed(args.nprobe, args.candidates), args.repeats,
             )
             rec = recall(found.indices, exact.indices)
             cols = {int(i) for i in found.indices.ravel()}
             check = sorted(cols)[:2000]
-            full = exact_attr.breakdown(qf, check).sum(axis=0)
+            full = exact_attr.breakdown(qf, check, variant=args.variant).sum(axis=0)
             col = {c: j for j, c in enumerate(check)}
             err = max((abs(found.scores[q, r] - full[q, col[int(i)]]) for q in range(found.indices.shape[0])
                        for r, i in enumerate(found.indices[q]) if int(i) in col), default=0.0)
@@ -195,7 +197,7 @@ Tuning run (seed {args.seed}; the reported run uses another seed): {n:,} x {dim}
                            repeats=args.repeats)
             name = f"scale_index_{args.size}"
             summary = f"""
-Synthetic float16 store of {n:,} x {dim} rows ({store_bytes / 2**30:.2f} GiB; seed {args.seed}; 100 planted near neighbours per query, which make up {planted_share:.0%} of the exact top-{args.k}), {args.queries} queries, k={args.k}, variant raw. Index {settings["kind"]} ({", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("kind", "seed", "augmented"))}); search settings nprobe={args.nprobe}, candidates={args.candidates}, chosen on seed 0 (`--tune`).
+Synthetic float16 store of {n:,} x {dim} rows ({store_bytes / 2**30:.2f} GiB; seed {args.seed}; 100 planted near neighbours per query, which make up {planted_share:.0%} of the exact top-{args.k}), {args.queries} queries, k={args.k}, variant {args.variant}. Index {settings["kind"]} ({", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("kind", "seed", "augmented"))}); search settings nprobe={args.nprobe}, candidates={args.candidates}, chosen on seed 0 (`--tune`).
 
 | | value |
 |---|---|
@@ -217,9 +219,13 @@ Returned scores equal the exact float64 scores of their rows (largest difference
         if args.nlist is not None:
             command += f" --nlist {args.nlist}"
         command = "OMP_NUM_THREADS=1 " + command
-        if args.tune or not trial:  # a trial run at another size records nothing; a tuning run records its sweep
-            record(name, command, summary, results)
-        if not trial and not args.tune:
+        if args.variant != "raw":
+            command += f" --variant {args.variant}"
+            name += f"_{args.variant}"
+        if trial and not args.tune:
+            name = f"scale_index_{n}_rows" + ("" if args.variant == "raw" else f"_{args.variant}")
+        record(name, command, summary, results)  # a run at another size is recorded under its own name, not in scale.json
+        if not trial and not args.tune and args.variant == "raw":
             keys = {f"index_recall_at_100_{args.size}": rec}
             if args.size == "10m":
                 keys["index_speedup_10m"] = ratio
