@@ -23,6 +23,7 @@ of the gradient engine.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import warnings
@@ -503,8 +504,6 @@ class GradientStore:
         derived artefact (an index) keeps it to notice a changed store. Reads
         the records only, never the shard files. Raises :class:`StoreError`
         for an incomplete store."""
-        import hashlib
-
         h = hashlib.sha256(json_bytes({k: self.manifest.get(k) for k in (*COMPATIBILITY_KEYS, "segments")}))
         for c, a, b in self.iter_shards():
             self._require(c, a, b)
