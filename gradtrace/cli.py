@@ -160,6 +160,9 @@ def query(
     out: Optional[Path] = typer.Option(None, help="write results as .jsonl or .parquet"),
     limit: Optional[int] = typer.Option(None, help="score only the first N queries"),
     show: int = typer.Option(3, help="queries to print as tables (a positive integer)"),
+    index: bool = typer.Option(False, "--index", help="take candidates from the store's index ('gradtrace index'), re-rank them exactly"),
+    index_dir: Optional[Path] = typer.Option(None, help="with --index: the index folder (default: index/ inside the store)"),
+    candidates: Optional[int] = typer.Option(None, help="with --index: candidates per query from each approximate norm bucket, re-ranked exactly (default 1000, at least --k)"),
     verify: bool = verify_option(),
     device: str = device_option(),
     model_dtype: Optional[str] = model_dtype_option(),
@@ -182,6 +185,7 @@ def query(
         output_file(out, "--out", RECORD_SUFFIXES)
         output_file(report, "--report")
         resolve_model_dtype(model_dtype, "--model-dtype")
+        use_index = _index_option(store, index, index_dir, candidates, k, variant, verify)
         if queries_file is not None or task is None:
             from .models.hf_query import run_hf_query
 
@@ -191,8 +195,8 @@ def query(
                 raise InputError("give one of --task and --queries, not both")
             with launched_executor(device) as (executor, dev):
                 records = run_hf_query(store, queries_file, behaviour or "logprob", hf_model, k, opponents, variant, limit,
-                                       report, verify=verify, device=dev,
-                                       model_dtype=model_dtype, executor=executor)
+                                       report, verify=verify, device=dev, model_dtype=model_dtype, executor=executor,
+                                       index=use_index, candidates=candidates)
                 if executor.is_main:
                     _print_query_results(records, out, show, variant, report, as_json)
             return
@@ -209,12 +213,33 @@ def query(
         qids = head(list(spec.query_ids), limit, "--limit") if spec.query_ids is not None else None
         with launched_executor(device) as (executor, dev):
             attributor = Attributor(st, spec.model(), spec.task, checkpoint_loader=spec.checkpoint_loader, executor=executor,
-                                    device=dev, model_dtype=model_dtype)
+                                    device=dev, model_dtype=model_dtype, index=use_index, candidates=candidates)
             topk = attributor.top_k(queries, k=k, largest=not opponents, behaviour=spec.behaviour, variant=variant)
             if executor.is_main:
                 _print_query_results(topk.to_records(qids, attributor.store.tags), out, show, variant, None, as_json)
 
     run_or_exit(go)
+
+
+def _index_option(
+    store: Path, index: bool, index_dir: Path | None, candidates: int | None, k: int, variant: str, verify: bool,
+) -> Any:
+    """What ``Attributor(index=...)`` gets from ``--index``/``--index-dir``, the
+    index checked against the store before any model is loaded (None: exact scan)."""
+    if not index:
+        given = [name for name, value in (("--index-dir", index_dir), ("--candidates", candidates)) if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} apply only with --index")
+        return None
+    positive_option(candidates, "--candidates")
+    positive_option(k, "--k")
+    if candidates is not None and candidates < k:
+        raise InputError(f"--candidates ({candidates}) must be at least --k ({k})")
+    from .index import check_index, import_faiss
+
+    import_faiss()
+    check_index(_open_store(store, verify), variant, index_dir)
+    return True if index_dir is None else index_dir
 
 
 def _print_query_results(
@@ -433,7 +458,9 @@ def _register_all() -> None:
     from .loop import cli as loop_cli
     from .unlearn import cli as unlearn_cli
 
-    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli, explore_cli):
+    from .index import cli as index_cli
+
+    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli, explore_cli, index_cli):
         module.register(app)
 
 

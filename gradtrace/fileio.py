@@ -13,7 +13,9 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from .fingerprint import stream_sha256
 
 TMP_MARK = ".tmp-"
 
@@ -22,7 +24,7 @@ def write_temporary(path: Path, data: bytes) -> tuple[Path, str]:
     """Write ``data`` (flushed to disk) to a temporary file beside ``path``,
     named for this process and thread; returns it and the sha256 of ``data``.
     The caller renames it into place or deletes it."""
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -44,6 +46,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     return digest
+
+
+def temporary_path(path: Path) -> Path:
+    """The temporary name beside ``path`` for this process and thread (its
+    leftovers are found and removed by their :data:`TMP_MARK`)."""
+    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
+
+
+def write_temporary_with(path: str | Path, write: Callable[[Path], None]) -> tuple[Path, str]:
+    """Like :func:`write_temporary` for a file that a library writes itself
+    (``write(tmp)``, e.g. ``faiss.write_index``): the temporary beside
+    ``path`` is written, flushed to disk and hashed; returns it and its
+    sha256. The caller renames it into place or deletes it; it is deleted
+    here when ``write`` fails or is interrupted."""
+    tmp = temporary_path(Path(path))
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+            digest = stream_sha256(fh)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, digest
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -81,14 +81,15 @@ def fit_factors_hf(
 def query_hf(
     store: Path, queries: Path, behaviour: str, hf_model: str | None, limit: int | None = None, *, verify: bool = True,
     device: Any = None, model_dtype: Any = None, executor: Any = None, variant: str | None = None,
+    index: Any = None, candidates: int | None = None,
 ) -> tuple[Any, Any, list[dict[str, Any]], list[str], Any]:
     """``(attributor, behaviour, query examples, query ids, query features)``
     for a store made with ``--hf-model``; ``limit``: only the first N queries
     (a positive integer, named ``--limit`` in errors); ``verify``: check each
     shard read against its checksum. The queries are checked for the fields
     the behaviour needs before the model loads, and so is the store for
-    ``variant`` when given. ``device``, ``model_dtype``, ``executor``: as
-    :class:`~gradtrace.scoring.Attributor` takes them."""
+    ``variant`` when given. ``device``, ``model_dtype``, ``executor``,
+    ``index``, ``candidates``: as :class:`~gradtrace.scoring.Attributor` takes them."""
     from ..data import head
     from ..scoring import Attributor
     from ..store import GradientStore
@@ -108,6 +109,6 @@ def query_hf(
         get_method(variant).check(st)
     model, task = spec.load()
     attributor = Attributor(st, model, task, checkpoint_loader=load_hf_checkpoint, device=device, model_dtype=model_dtype,
-                            executor=executor)
+                            executor=executor, index=index, candidates=candidates)
     qf = attributor.query_features(examples, b)
     return attributor, b, examples, qids, qf

@@ -35,6 +35,8 @@ from .results import TopK
 
 SCAN_ROWS = 16384
 SELF_ROWS = 512  # training rows scored against themselves at once (a SELF_ROWS^2 block)
+#: With an index: candidates a query gets by default from each approximate norm bucket (at least k).
+DEFAULT_CANDIDATES = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,20 @@ class Attributor:
     Before query features are computed, every checkpoint file is checked
     against the fingerprint recorded when the store was made
     (:class:`~gradtrace.errors.CheckpointError` naming the one that changed).
+
+    ``index`` makes :meth:`top_k` approximate-then-exact for the variants an
+    index serves (``raw``, ``cosine``): ``True`` uses the store's own index
+    folder (built by :func:`gradtrace.index.build_index`, CLI ``gradtrace
+    index``), a path another index folder, a
+    :class:`~gradtrace.index.StoreIndex` that index. The index gives
+    ``candidates`` store rows per query from each of its approximate norm
+    buckets (default :data:`DEFAULT_CANDIDATES`, at least ``k``) and the
+    best ``k`` of each exact one; those rows alone are read from the store
+    and scored exactly, so every returned score is exact for its row, and a row is
+    missed only if the index did not propose it. ``score`` and ``breakdown``
+    never use the index. An index that does not belong to the store as it
+    is now is refused (:class:`~gradtrace.errors.StoreError`); a variant it
+    cannot serve raises :class:`~gradtrace.errors.InputError`.
     """
 
     def __init__(
@@ -103,7 +119,13 @@ class Attributor:
         verify: bool | None = None,
         device: str | torch.device | None = None,
         model_dtype: str | torch.dtype | None = None,
+        index: Any = None,
+        candidates: int | None = None,
     ):
+        if candidates is not None and (not isinstance(candidates, numbers.Integral) or isinstance(candidates, bool) or candidates < 1):
+            raise InputError(f"candidates must be a positive integer; got {candidates!r}")
+        if candidates is not None and index in (None, False):
+            raise InputError("candidates applies only with an index (index=True, a folder or a StoreIndex)")
         if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
         self.store = store if isinstance(store, GradientStore) else GradientStore.open(store)
@@ -118,6 +140,9 @@ class Attributor:
         self.executor: Executor = executor or LocalExecutor()
         self.placement = Placement.of(device, model_dtype)
         self._fitted: dict[Any, Any] = {}
+        self.index = None if index is False else index
+        self.candidates = None if candidates is None else int(candidates)
+        self._indexes: dict[str, Any] = {}
 
     # -- query side -------------------------------------------------------------
     def query_features(
@@ -226,6 +251,10 @@ class Attributor:
             raise InputError(f"k must be a positive integer; got {k!r} ({type(k).__name__})")
         k = int(k)
         method = self._method(variant)
+        if self.index is not None:
+            index = self._open_index(method)  # refused before any query gradient is computed
+            qf = self._as_query_features(queries, behaviour, method)
+            return self._indexed_top_k(index, qf, method, min(k, self.store.n_examples), largest)
         qf = self._as_query_features(queries, behaviour, method)
         k = min(k, self.store.n_examples)
         best_s = np.empty((qf.n, 0), dtype=np.float64)
@@ -240,6 +269,88 @@ class Attributor:
         best_s, best_i = _combine_top_k(self.executor.gather((best_s, best_i)), k, largest)
         ids = self.store.ids
         return TopK(best_i, best_s, [[ids[i] for i in row] for row in best_i], largest, method.name)
+
+    def _open_index(self, method: ScoreMethod) -> Any:
+        """The index serving ``method`` (opened once per variant and kept)."""
+        from ..index import INDEXED_VARIANTS, StoreIndex, check_index, open_index
+        from .methods.cosine import CosineMethod
+        from .methods.raw import RawMethod
+
+        if type(method) not in (RawMethod, CosineMethod) or method.name not in INDEXED_VARIANTS:
+            raise InputError(
+                f"variant {method.name!r} cannot be served by an index (only raw and cosine scores are one inner product "
+                "of per-example vectors); query it without an index"
+            )
+        if isinstance(self.index, StoreIndex):
+            if self.index.variant != method.name:
+                raise InputError(f"this index was built for variant {self.index.variant!r}; variant {method.name!r} needs its own")
+            check_index(self.store, method.name, self.index.path.parent)  # still the store's index
+            return self.index
+        if method.name not in self._indexes:
+            if self.index is not True and not isinstance(self.index, (str, Path)):
+                raise InputError(f"index must be True, an index folder or a StoreIndex; got {self.index!r}")
+            self._indexes[method.name] = open_index(self.store, method.name, None if self.index is True else self.index)
+        else:
+            check_index(self.store, method.name, self._indexes[method.name].path.parent)
+        return self._indexes[method.name]
+
+    def _indexed_top_k(self, index: Any, qf: QueryFeatures, method: ScoreMethod, k: int, largest: bool) -> TopK:
+        """Candidates from ``index``, re-ranked exactly against the store."""
+        from ..index import query_vectors
+
+        self._check_query_features(qf)
+        n_cand = DEFAULT_CANDIDATES if self.candidates is None else self.candidates
+        if self.candidates is not None and self.candidates < k:
+            raise InputError(f"candidates ({self.candidates}) must be at least k ({k})")
+        n_cand = min(max(n_cand, k), self.store.n_examples)
+        vectors = query_vectors(qf.unit, qf.norms, self.store.learning_rates, method.name)
+        cand = index.search(vectors if largest else -vectors, n_cand, k)
+        found = (cand >= 0).sum(axis=1)
+        if found.min(initial=k) < k:
+            q = int(np.argmin(found))
+            raise InputError(
+                f"the index proposed only {int(found[q])} candidates for query {q}, fewer than k={k}; search more of it "
+                "(a larger nprobe or ef_search: StoreIndex.set_search, or gradtrace index --nprobe) or ask for fewer"
+            )
+        best_s, best_i = self._rerank(qf, method, cand, k, largest)
+        ids = self.store.ids
+        return TopK(best_i, best_s, [[ids[i] for i in row] for row in best_i], largest, method.name)
+
+    def _rerank(self, qf: QueryFeatures, method: ScoreMethod, cand: np.ndarray, k: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's ``k`` best among its own candidates (-1: none), scored
+        exactly (the stored rows in float64, as :meth:`breakdown` does); ties
+        go to the lower index. One pass over the shards that hold candidates,
+        each shard's norms read once; only the candidate rows are read."""
+        sign = 1.0 if largest else -1.0
+        mine = [np.unique(row[row >= 0]) for row in cand]
+        scores = [np.zeros(m.size, dtype=np.float64) for m in mine]
+        scorers = [
+            self._prepare(dataclasses.replace(qf, unit=[u[q : q + 1] for u in qf.unit], norms=[n[q : q + 1] for n in qf.norms], n=1),
+                          method, torch.float64, torch.float64)
+            for q in range(qf.n)
+        ]
+        union = np.unique(np.concatenate(mine)) if mine else np.empty(0, dtype=np.int64)
+        for a, b in self.store.shard_ranges():
+            if np.searchsorted(union, a) == np.searchsorted(union, b):
+                continue
+            feats = [self.store.features(c, a, b) for c in range(len(qf.unit))]
+            norms = [self.store.norms(c, a, b)[:, 0] for c in range(len(qf.unit))]
+            for q, rows_q in enumerate(mine):
+                lo, hi = np.searchsorted(rows_q, a), np.searchsorted(rows_q, b)
+                if lo == hi:
+                    continue
+                local = rows_q[lo:hi] - a
+                for c in range(len(qf.unit)):
+                    rows = torch.from_numpy(np.asarray(feats[c][local], dtype=np.float64))
+                    scores[q][lo:hi] += scorers[q](c, rows, torch.from_numpy(norms[c][local]))[0].numpy()
+        skipped = self.store.skipped_indices
+        best_s = np.empty((qf.n, k), dtype=np.float64)
+        best_i = np.empty((qf.n, k), dtype=np.int64)
+        for q, (rows_q, vals) in enumerate(zip(mine, scores)):
+            vals[np.isin(rows_q, skipped)] = 0.0  # examples left out score 0
+            order = np.lexsort((rows_q, -sign * vals))[:k]
+            best_s[q], best_i[q] = vals[order], rows_q[order]
+        return best_s, best_i
 
     def breakdown(
         self, queries: Any, train_indices: Sequence[int], behaviour: Any = None, variant: str | ScoreMethod = "raw",
@@ -311,10 +422,13 @@ class Attributor:
         """Scoring runs on an accelerator (not the host)."""
         return self.placement.device is not None and self.placement.device.type != "cpu"
 
+    def _check_query_features(self, qf: QueryFeatures) -> None:
+        if len(qf.unit) != len(self.store.checkpoints) or qf.unit[0].shape[1] != self.store.feature_dim:
+            raise InputError("these QueryFeatures were computed for another store (checkpoints or feature dim differ)")
+
     def _prepare(self, qf: QueryFeatures, method: ScoreMethod, compute: torch.dtype, accumulate: torch.dtype) -> Any:
         lrs = [float(lr) for lr in self.store.learning_rates]
-        if len(qf.unit) != len(lrs) or qf.unit[0].shape[1] != self.store.feature_dim:
-            raise InputError("these QueryFeatures were computed for another store (checkpoints or feature dim differ)")
+        self._check_query_features(qf)
         inputs = QueryInputs(qf, lrs, self.store.factor_layout, compute, accumulate)
         return method.prepare(self.store, inputs, self._fitted)
 

@@ -506,6 +506,20 @@ class GradientStore:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 
+    def content_fingerprint(self) -> str:
+        """sha256 of what a reader of the store's rows sees: the settings
+        (:data:`COMPATIBILITY_KEYS`), the segments and every shard's record
+        (whose checksums name each shard file's bytes). It changes when
+        examples are appended or a shard is rewritten with other bytes; a
+        derived artefact (an index) keeps it to notice a changed store. Reads
+        the records only, never the shard files. Raises :class:`StoreError`
+        for an incomplete store."""
+        h = hashlib.sha256(json_bytes({k: self.manifest.get(k) for k in (*COMPATIBILITY_KEYS, "segments")}))
+        for c, a, b in self.iter_shards():
+            self._require(c, a, b)
+            h.update(json_bytes([c, a, b, self._record(c, a, b)]))
+        return h.hexdigest()
+
 
 def _shard_files(stem: Path) -> tuple[str, str]:
     return (stem.name + ".features.npy", stem.name + ".norms.npy")
