@@ -120,6 +120,9 @@ class DiffResult:
     levels: list[LevelSummary]
     timings: dict[str, float]
     points: list[dict[str, Any]]  # 2-D map of the texts: x, y, model, split, cluster
+    #: per level, ``[n_clusters, dim]`` mean embedding of each cluster's exploration rows
+    #: (nan rows for empty clusters); not written by ``to_dict``. The audit assigns new texts with it.
+    centroids: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     def significant(self, alpha: float | None = None) -> list[ClusterRecord]:
         """Clusters with ``q_value <= alpha`` (default: the config's alpha), in rank order."""
@@ -185,6 +188,7 @@ def diff_texts(
     summaries: list[LevelSummary] = []
     pvals: list[float] = []
     points: list[dict[str, Any]] = []
+    centroids: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(seed + 7)
     for level in config.levels:
         ccfg = config.text_clusters if level == "text" else config.sentence_clusters
@@ -207,6 +211,8 @@ def diff_texts(
         lab_e = clusterer.fit(x_e)
         lab_v = clusterer.assign(x_v)
         k = clusterer.n_clusters
+        centroids[level] = np.stack([x_e[lab_e == c].mean(axis=0) if (lab_e == c).any() else np.full(x_e.shape[1], np.nan, np.float32)
+                                     for c in range(k)]) if k else np.zeros((0, x_e.shape[1]), np.float32)
         timings[f"cluster_{level}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if config.stability_seeds and ccfg.method == "kmeans":
@@ -256,7 +262,7 @@ def diff_texts(
     records.sort(key=lambda r: (r.q_value > config.alpha, -abs(r.log_odds), r.p_value, LEVELS.index(r.level), r.cluster))
     for i, rec in enumerate(records):
         rec.rank = i + 1
-    return DiffResult(records, config, embedder.name, len(texts_a), len(texts_b), summaries, timings, points)
+    return DiffResult(records, config, embedder.name, len(texts_a), len(texts_b), summaries, timings, points, centroids)
 
 
 def _examples(texts: list[str], mask: np.ndarray, n: int) -> list[str]:
