@@ -362,11 +362,12 @@ def write_records(records: list[dict[str, Any]], path: Path) -> None:
 
 def _register_all() -> None:
     """The verbs defined in other modules, each through its ``register(app)``."""
+    from .audit import cli as audit_cli
     from .diff import cli as diff_cli
     from .loop import cli as loop_cli
     from .unlearn import cli as unlearn_cli
 
-    for module in (unlearn_cli, loop_cli, diff_cli):
+    for module in (unlearn_cli, loop_cli, diff_cli, audit_cli):
         module.register(app)
 
 
