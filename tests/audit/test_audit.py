@@ -172,3 +172,18 @@ def test_learning_rate_schedules_are_recognised_from_the_logged_rates(tmp_path) 
         assert sched == name and lr == pytest.approx(2e-3)
     warm = [{"step": s, "learning_rate": 1e-3 * min(1, s / 10)} for s in range(1, steps + 1)]
     assert infer_lr_schedule(RunInfo(tmp_path, [], "lora", {"max_steps": steps, "log_history": warm}, None)) is None
+
+
+def test_cli_audit_writes_the_json_and_the_report(tiny_audit, audited, tmp_path) -> None:
+    t = tiny_audit
+    out = tmp_path / "cli"
+    shutil.copytree(audited.out / "cache", out / "cache")  # the sampled batches: the CLI samples with the same settings
+    code, output = _cli("--a", str(t.base), "--run", str(t.run), "--data", str(t.train), "--prompts", str(t.prompts), "--out", str(out),
+                        "--n-per-prompt", "6", "--max-new-tokens", "64", "--batch-size", "72", "--max-length", "160", "--dim", "256",
+                        "--top-k", "5", "--json")
+    assert code == 0, output
+    data = json.loads(output[output.index("{"):])
+    assert Path(data["json"]).is_file() and Path(data["report"]).is_file()
+    assert data["computed"]["featurize"] == 1 and data["computed"]["trace"] == 1
+    b = planted_behaviour(json.loads(Path(data["json"]).read_text()))
+    assert all(p["index"] in t.planted for p in b["proponents"])
