@@ -8,7 +8,7 @@ from ..configbase import ConfigBase, boolean, in_range, int_at_least, integer, n
 from ..diff.pipeline import DiffConfig
 from ..lm.sample import SamplingConfig
 
-PROJECTIONS = ("kronecker", "dense", "none")
+PROJECTIONS = ("auto", "kronecker", "dense", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,9 @@ class AuditConfig(ConfigBase):
     behaviours skewed to B are verified (highest ranked first);
     ``verify_seed``: seed of the random removal. ``max_length`` and
     ``as_chat``: how training examples are tokenized (as in the run).
-    ``projection``/``dim``/``proj_seed``: the gradient store's projection;
+    ``projection``/``dim``/``proj_seed``: the gradient store's projection
+    (``auto``: ``kronecker`` for a LoRA run, whose adapters are linear layers;
+    ``dense`` for a full run, which suits small models only);
     ``featurize_batch``: examples per featurize batch.
     """
 
@@ -39,7 +41,7 @@ class AuditConfig(ConfigBase):
     verify_seed: int = 0
     max_length: int = 256
     as_chat: bool = True
-    projection: str = "kronecker"
+    projection: str = "auto"
     dim: int = 1024
     proj_seed: int = 0
     featurize_batch: int = 8

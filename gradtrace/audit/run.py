@@ -186,10 +186,11 @@ def run_audit(
     def load_b() -> tuple[Any, Any]:
         if run.kind == "lora":
             return load_model(model_a, adapter=b_last, what="--a")
-        m, _ = load_model(b_last, what="--run") if (Path(b_last) / "config.json").is_file() else (None, None)
-        if m is None:
+        if not (Path(b_last) / "config.json").is_file():
             raise InputError(f"--run: the full checkpoint {b_last!r} has no config.json")
-        return m, tok
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(b_last, local_files_only=True), tok
 
     _estimate(config, run, len(train_rows), len(prompt_list), model, progress)
 
@@ -307,7 +308,8 @@ def run_audit(
         from ..models.hf_checkpoints import load_hf_checkpoint
 
         m, t = traced_model_and_task()
-        proj = ProjectionConfig(config.projection, None if config.projection == "none" else config.dim, config.proj_seed)
+        kind = config.projection if config.projection != "auto" else ("kronecker" if run.kind == "lora" else "dense")
+        proj = ProjectionConfig(kind, None if kind == "none" else config.dim, config.proj_seed)
         fc = FeaturizeConfig(params=lora_selection(m), projection=proj, batch_size=config.featurize_batch)
         store = featurize(m, t, run.refs, train_rows, store_dir, fc, ids=ids, checkpoint_loader=load_hf_checkpoint, progress=progress)
         return {"n_examples": store.n_examples, "checkpoints": len(store.checkpoints), "feature_dim": store.feature_dim}
