@@ -217,6 +217,10 @@ def run_audit(
                     "given": [fingerprint(Path(p).read_bytes()) if p else None for p in (samples_a, samples_b)]}
     samples = cache.run("sample", sample_parts, sample)
     texts_a, texts_b = [s["text"] for s in samples["a"]], [s["text"] for s in samples["b"]]
+    from ..fileio import write_jsonl
+
+    write_jsonl(out / "samples_a.jsonl", samples["a"])
+    write_jsonl(out / "samples_b.jsonl", samples["b"])
     timings["sample"] = time.perf_counter() - t0
     done("sample")
 
@@ -362,6 +366,7 @@ def run_audit(
         verification = _verify(config, cache, out, beh, traced[: config.verify_top], traces, train_rows, ids, prompt_list, samples,
                                assigner, emb, model_a, a_key, tok, run, settings, train_fn, train_fn_name, data_key, progress, done)
     timings["verify"] = time.perf_counter() - t0
+    done("verify")
 
     # -- report --------------------------------------------------------------------------
     audit = _assemble(config, model_a, run, data, beh, traces, queries, verification, train_rows, ids, result, store_info,
@@ -439,7 +444,8 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
     results: dict[str, Any] = {}
     with progress_bar("verify (retrain, re-sample, re-diff)", len(arms), progress) as bar:
         for arm, i, removed in arms:
-            kept = [j for j in range(n) if j not in set(removed)]
+            gone = set(removed)
+            kept = [j for j in range(n) if j not in gone]
             parts = {"train": fn_key, "data": data_key, "removed": [ids[j] for j in removed], "prompts": [[p.id, p.text] for p in prompt_list],
                      "n": config.n_per_prompt, "seed": config.seed + 1, "gen": config.generation.to_dict()}
             key = fingerprint(parts)
@@ -477,7 +483,6 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
 
             results[f"{arm}:{i}"] = cache.run("verify", parts, compute)
             bar.advance(1)
-    done("verify")
     out_v: dict[str, Any] = {}
     for i in chosen:
         g = beh[i]
@@ -573,7 +578,7 @@ def _assemble(config: AuditConfig, model_a: str, run: RunInfo, data: str | Path,
     for i, g in enumerate(beh):
         entry: dict[str, Any] = {
             "index": i, "label": g["label"], "skew": g["skew"], "q_value": g["q_value"], "members": g["members"],
-            "share_a": g["share_a"], "share_b": g["share_b"],
+            "share_a": g["share_a"], "share_b": g["share_b"], "b_texts": g["texts_b"],
         }
         t = traces.get(str(i))
         if t is not None:
