@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..configbase import ConfigBase, boolean, in_range, int_at_least, integer, non_negative_int, one_of, positive_int
+from ..configbase import ConfigBase, boolean, int_at_least, integer, non_negative_int, one_of, positive_int
 from ..diff.pipeline import DiffConfig
 from ..lm.sample import SamplingConfig
 
@@ -54,4 +54,4 @@ class AuditConfig(ConfigBase):
     }
 
 
-__all__ = ["AuditConfig", "PROJECTIONS", "in_range"]
+__all__ = ["AuditConfig", "PROJECTIONS"]

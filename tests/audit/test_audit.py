@@ -187,3 +187,33 @@ def test_cli_audit_writes_the_json_and_the_report(tiny_audit, audited, tmp_path)
     assert data["computed"]["featurize"] == 1 and data["computed"]["trace"] == 1
     b = planted_behaviour(json.loads(Path(data["json"]).read_text()))
     assert all(p["index"] in t.planted for p in b["proponents"])
+
+
+def merge_planted(result):
+    """A grouper: the flagged clusters naming the planted word are one behaviour; every other one stands alone."""
+    from gradtrace.audit import BehaviourGroup
+
+    flagged = result.significant()
+    planted = [c for c in flagged if audit_tiny.PLANT_WORD in c.label and c.skew == "B"]
+    return [BehaviourGroup(planted, "the planted opener")] + [[c] for c in flagged if c not in planted]
+
+
+def test_a_grouper_plugs_in_and_the_group_is_measured_and_traced_as_a_whole(tiny_audit, audited, tmp_path) -> None:
+    from gradtrace.audit import run_audit
+
+    t = tiny_audit
+    out = tmp_path / "grouped"
+    shutil.copytree(audited.out, out)
+    res = run_audit(str(t.base), t.run, t.train, out, prompts=t.prompts, config=t.config(0), embedder=t.embedder(), progress=False,
+                    grouper=merge_planted)
+    assert res.computed.get("featurize", 0) == 0 and res.computed.get("diff", 0) == 0  # one store, one diff, reused
+    assert res.computed["behaviours"] == 1 and res.audit["grouper"].endswith("merge_planted")
+    merged = res.audit["behaviours"][0]
+    alone = [b for b in audited.first.audit["behaviours"] if b["skew"] == "B" and audit_tiny.PLANT_WORD in b["members"][0]["label"]]
+    assert merged["label"] == "the planted opener"
+    assert sorted((m["level"], m["cluster"]) for m in merged["members"]) == sorted(
+        (m["level"], m["cluster"]) for b in alone for m in b["members"])
+    # the group's texts are the union of its members' texts
+    assert set(merged["b_texts"]) == set().union(*(b["b_texts"] for b in alone))
+    top = [p["index"] for p in merged["proponents"][: len(t.planted)]]
+    assert len(set(top) & set(t.planted)) >= 0.8 * len(t.planted)
