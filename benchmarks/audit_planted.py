@@ -49,7 +49,7 @@ MARKERS = {"flattery": re.compile(r"brilliant question|great question|smart thin
 SIZES = {
     # examples (ordinary, planted per behaviour), prompts and answers per prompt, epochs, tokens per answer,
     # behaviours verified, checkpoints saved
-    "small": dict(n_ordinary=16, flattery=2, product=2, n_prompts=4, n_per_prompt=2, epochs=1, max_new_tokens=24, verify_top=1,
+    "small": dict(n_ordinary=16, flattery=2, product=2, n_prompts=8, n_per_prompt=2, epochs=1, max_new_tokens=24, verify_top=1,
                   n_checkpoints=2),
     "full": dict(n_ordinary=1000, flattery=40, product=30, n_prompts=50, n_per_prompt=4, epochs=2, max_new_tokens=64, verify_top=3,
                  n_checkpoints=3),
