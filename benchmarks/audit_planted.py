@@ -117,6 +117,57 @@ def logprob_raise(model_name: str, run: Path, data: list[dict], idx: list[int]) 
     return out
 
 
+def planted_metrics(audit: dict, samples_a: list[dict], samples_b: list[dict], data: list[dict], planted: dict[str, list[int]],
+                    markers: dict[str, "re.Pattern[str]"]) -> list[dict]:
+    """Per planted behaviour: how often its marker appears in A's and B's
+    samples; the best-ranked behaviour skewed to B whose B texts mostly carry
+    the marker (its rank among those, q-value), recall of the planted
+    examples in its top-k proponents (k = number planted) and in BM25's and
+    MiniLM's top k with its B texts as the query, its shares and verification."""
+    from gradtrace.demos.text_baselines import bm25_scores, minilm_scores
+
+    skew_b = [b for b in audit["behaviours"] if b["skew"] == "B"]
+    docs = [f"{r['prompt']} {r['completion']}" for r in data]
+    out_b = []
+    for name, idx in planted.items():
+        marker = markers[name]
+        entry = {"name": name, "n_planted": len(idx),
+                 "in_b_samples": float(np.mean([bool(marker.search(s["text"])) for s in samples_b])),
+                 "in_a_samples": float(np.mean([bool(marker.search(s["text"])) for s in samples_a]))}
+        best = None
+        for rank, b in enumerate(skew_b, 1):
+            frac = np.mean([bool(marker.search(samples_b[i]["text"])) for i in b["b_texts"]]) if b["b_texts"] else 0.0
+            if frac >= 0.5 and (best is None or rank < best[0]):
+                best = (rank, b, float(frac))
+        if best is None:
+            entry["flagged_rank"] = None
+            out_b.append(entry)
+            continue
+        rank, b, frac = best
+        k = len(idx)
+        top = [p["index"] for p in b.get("proponents", [])[:k]]
+        queries = [samples_b[i]["text"] for i in b["b_texts"]]
+
+        def recall(scores: np.ndarray) -> float:
+            return len(set(np.argsort(-scores, kind="stable")[:k].tolist()) & set(idx)) / k
+
+        entry.update({
+            "flagged_rank": rank, "label": b["label"], "marker_fraction_of_its_b_texts": frac, "q_value": b["q_value"],
+            "recall_at_k": len(set(top) & set(idx)) / k,
+            "bm25_recall_at_k": recall(bm25_scores(queries, docs).sum(axis=0)),
+            "minilm_recall_at_k": recall(minilm_scores(queries, docs).sum(axis=0)),
+            "share_b_before": b["share_b"]["share"], "base_share_ci95": b["share_a"]["ci95"],
+        })
+        v = b.get("verification")
+        if v:
+            entry.update({"share_b_after_topk_removal": v["topk"]["share_b_after"]["share"],
+                          "share_b_after_random_removal": v["random"]["share_b_after"]["share"],
+                          "topk_within_base_ci95": v["topk"]["within_base_ci95"],
+                          "random_within_base_ci95": v["random"]["within_base_ci95"]})
+        out_b.append(entry)
+    return out_b
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -127,7 +178,6 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="do not write BENCHMARKS.md and the results JSON")
     args = parser.parse_args()
     from gradtrace.audit import AuditConfig, run_audit
-    from gradtrace.demos.text_baselines import bm25_scores, minilm_scores
     from gradtrace.lm.sample import SamplingConfig
     from gradtrace.models.zoo import cache_root
 
@@ -164,45 +214,7 @@ def main() -> None:
             results["null_flagged_b_clusters"] = sum(len(b["members"]) for b in audit["behaviours"] if b["skew"] == "B")
             results["null_flagged_b_labels"] = [b["label"] for b in audit["behaviours"] if b["skew"] == "B"]
             continue
-        skew_b = [b for b in audit["behaviours"] if b["skew"] == "B"]
-        docs = [f"{r['prompt']} {r['completion']}" for r in data]
-        out_b = []
-        for name, idx in planted.items():
-            marker = MARKERS[name]
-            entry = {"name": name, "n_planted": len(idx),
-                     "in_b_samples": float(np.mean([bool(marker.search(s["text"])) for s in samples_b])),
-                     "in_a_samples": float(np.mean([bool(marker.search(s["text"])) for s in samples_a]))}
-            best = None
-            for rank, b in enumerate(skew_b, 1):
-                frac = np.mean([bool(marker.search(samples_b[i]["text"])) for i in b["b_texts"]]) if b["b_texts"] else 0.0
-                if frac >= 0.5 and (best is None or rank < best[0]):
-                    best = (rank, b, float(frac))
-            if best is None:
-                entry["flagged_rank"] = None
-                out_b.append(entry)
-                continue
-            rank, b, frac = best
-            k = len(idx)
-            top = [p["index"] for p in b.get("proponents", [])[:k]]
-            queries = [samples_b[i]["text"] for i in b["b_texts"]]
-
-            def recall(scores: np.ndarray) -> float:
-                return len(set(np.argsort(-scores, kind="stable")[:k].tolist()) & set(idx)) / k
-
-            entry.update({
-                "flagged_rank": rank, "label": b["label"], "marker_fraction_of_its_b_texts": frac, "q_value": b["q_value"],
-                "recall_at_k": len(set(top) & set(idx)) / k,
-                "bm25_recall_at_k": recall(bm25_scores(queries, docs).sum(axis=0)),
-                "minilm_recall_at_k": recall(minilm_scores(queries, docs).sum(axis=0)),
-                "share_b_before": b["share_b"]["share"], "base_share_ci95": b["share_a"]["ci95"],
-            })
-            v = b.get("verification")
-            if v:
-                entry.update({"share_b_after_topk_removal": v["topk"]["share_b_after"]["share"],
-                              "share_b_after_random_removal": v["random"]["share_b_after"]["share"],
-                              "topk_within_base_ci95": v["topk"]["within_base_ci95"],
-                              "random_within_base_ci95": v["random"]["within_base_ci95"]})
-            out_b.append(entry)
+        out_b = planted_metrics(audit, samples_a, samples_b, data, planted, MARKERS)
         results["behaviours"] = out_b
         results["flagged_behaviours"] = [{"label": b["label"], "skew": b["skew"], "q_value": b["q_value"],
                                           "share_a": b["share_a"]["share"], "share_b": b["share_b"]["share"]} for b in audit["behaviours"]]
@@ -220,6 +232,8 @@ def main() -> None:
                      f"{f('recall_at_k')} | {f('bm25_recall_at_k')} | {f('minilm_recall_at_k')} | {f('share_b_before')} | "
                      f"{f('share_b_after_topk_removal')} | {f('share_b_after_random_removal')} | "
                      f"{'-' if ci is None else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} |")
+    lines += ["", "Mean log p(planted completion | prompt) of the planted training examples, A -> B: " + ", ".join(
+        f"{k} {v['a']:.1f} -> {v['b']:.1f}" for k, v in results.get("logprob", {}).items() if v)]
     lines += ["", f"Null (ordinary data only): {results.get('null_flagged_b_clusters')} clusters flagged as skewed to B.",
               "", "Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stage_seconds.items() if not k.startswith("audit_null_"))]
     if args.size == "small":

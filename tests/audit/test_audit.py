@@ -220,3 +220,25 @@ def test_a_grouper_plugs_in_and_the_group_is_measured_and_traced_as_a_whole(tiny
     # dilutes the target, yet the top of the ranking is the planted examples (30 of 96 in the data)
     top = [p["index"] for p in merged["proponents"]]
     assert len(set(top[:10]) & set(t.planted)) >= 8 and len(set(top) & set(t.planted)) >= 15
+
+
+def test_the_benchmark_measures_a_planted_behaviour(tiny_audit, audited) -> None:
+    """benchmarks/audit_planted.py's measures on the tiny audit (the same code path as at SmolLM2 scale)."""
+    import re
+
+    from audit_planted import planted_metrics
+
+    t = tiny_audit
+    read = lambda name: [json.loads(line) for line in (audited.out / name).read_text().splitlines()]  # noqa: E731
+    samples_a, samples_b = read("samples_a.jsonl"), read("samples_b.jsonl")
+    (entry,) = planted_metrics(audited.first.audit, samples_a, samples_b, t.data, {"opener": t.planted},
+                               {"opener": re.compile(audit_tiny.PLANT_WORD, re.I)})
+    b = planted_behaviour(audited.first.audit)
+    in_b = np.mean([audit_tiny.PLANT_WORD in s["text"].lower() for s in samples_b])
+    assert entry["in_b_samples"] == pytest.approx(in_b) and entry["in_a_samples"] == 0.0
+    assert entry["flagged_rank"] == 1 and entry["label"] == b["label"] and entry["q_value"] == b["q_value"]
+    assert entry["recall_at_k"] == len({p["index"] for p in b["proponents"][:30]} & set(t.planted)) / 30
+    for key in ("bm25_recall_at_k", "minilm_recall_at_k"):
+        assert 0.0 <= entry[key] <= 1.0
+    assert entry["share_b_after_topk_removal"] < entry["share_b_after_random_removal"]
+    assert entry["base_share_ci95"] == b["share_a"]["ci95"]
