@@ -31,11 +31,30 @@ def record(name: str, command: str, summary_md: str, results: dict[str, Any]) ->
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    write_section(name, command, summary_md, f"benchmarks/results/{name}.json")
+
+
+def merge_results(file_name: str, keys: dict[str, Any]) -> dict[str, Any]:
+    """Update only ``keys`` of results/<file_name>.json (read, update,
+    atomic write), for a results file several scripts write; returns the
+    whole file's content."""
+    from gradtrace.fileio import atomic_write_bytes
+
+    path = ROOT / "benchmarks" / "results" / f"{file_name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update(keys)
+    atomic_write_bytes(path, (json.dumps(current, indent=1, sort_keys=True) + "\n").encode())
+    return current
+
+
+def write_section(name: str, command: str, summary_md: str, results_file: str) -> None:
+    """Replace (or add) the ``name`` section of BENCHMARKS.md."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number below comes from the command shown with it.\n"
     section = (
         f"<!-- {name}:start -->\n## {name}\n\nCommand: `{command}`  \nMachine: {machine()}\n\n{summary_md.strip()}\n\n"
-        f"Raw results: `benchmarks/results/{name}.json`\n<!-- {name}:end -->"
+        f"Raw results: `{results_file}`\n<!-- {name}:end -->"
     )
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"

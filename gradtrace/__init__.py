@@ -5,7 +5,7 @@ from .config import FeaturizeConfig
 from .errors import CheckpointError, ConfigMismatchError, GradtraceError, InputError, StoreError
 from .featurize import featurize
 from .grads.projection import ProjectionConfig
-from .scoring import Attributor, QueryFeatures, TopK, self_influence, self_influence_from_checkpoints
+from .scoring import Attributor, QueryFeatures, TopK, fit_factors, self_influence, self_influence_from_checkpoints
 from .store import GradientStore
 from .task import Behaviour, ClassificationTask, LogitMarginBehaviour, LossBehaviour, Task
 
@@ -15,5 +15,5 @@ __all__ = [
     "Attributor", "Behaviour", "CheckpointError", "CheckpointRef", "ClassificationTask", "ConfigMismatchError",
     "FeaturizeConfig", "GradientStore", "GradtraceError", "InputError", "LogitMarginBehaviour", "LossBehaviour",
     "ProjectionConfig", "QueryFeatures", "StoreError", "Task", "TopK", "checkpoints_from_dir",
-    "checkpoints_from_list", "featurize", "load_checkpoint", "self_influence", "self_influence_from_checkpoints",
+    "checkpoints_from_list", "featurize", "fit_factors", "load_checkpoint", "self_influence", "self_influence_from_checkpoints",
 ]

@@ -13,11 +13,12 @@ from typing import Any, Optional
 
 import typer
 
-from .cli_common import (
-    console, json_option, output_dir, output_file, positive_option, print_json, progress_option, run_or_exit, table,
+from .cli_common import (  # noqa: F401 - check_variant and PYTHON_ONLY_METHODS are public here too
+    PYTHON_ONLY_METHODS, check_variant, console, json_option, output_dir, output_file, positive_option, print_json,
+    progress_option, run_or_exit, table, variant_help,
 )
 from .errors import InputError
-from .scoring import SCORE_MEANING, available_methods, get_method
+from .scoring import SCORE_MEANING, get_method
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Trace model behaviour back to training data.",
@@ -25,8 +26,6 @@ app = typer.Typer(
 )
 
 RECORD_SUFFIXES = (".jsonl", ".parquet")
-#: Registered score methods that need inputs a command line cannot give.
-PYTHON_ONLY_METHODS = {"adam": "optimizer states (one optimizer.state_dict() per checkpoint)"}
 
 
 def _params(params: list[str]) -> Any:
@@ -37,24 +36,23 @@ def _params(params: list[str]) -> Any:
     return tuple(params)
 
 
+def device_option() -> Any:
+    """``--device`` of the commands that compute on a model or a store."""
+    return typer.Option(
+        "auto", help="auto (cuda if available, else cpu) | cpu | cuda | cuda:N; under torchrun/srun each rank takes cuda:LOCAL_RANK",
+    )
+
+
+def model_dtype_option() -> Any:
+    """``--model-dtype``: the dtype of the forward and backward passes."""
+    return typer.Option(
+        None, help="float32 | bfloat16 | float16 | float64: dtype of the forward/backward passes (default: the model's own); "
+        "features and norms accumulate in float32",
+    )
+
+
 def _variant_help() -> str:
-    names = " | ".join(available_methods())
-    extra = "; ".join(f"{m} needs {what}: Python API only" for m, what in PYTHON_ONLY_METHODS.items())
-    return f"score method: {names}" + (f" ({extra})" if extra else "")
-
-
-def check_variant(variant: str) -> str:
-    """``variant`` when the command line can score with it (InputError otherwise)."""
-    names = available_methods()
-    if variant not in names:
-        raise InputError(f"--variant must be one of {', '.join(names)}; got {variant!r}")
-    if variant in PYTHON_ONLY_METHODS:
-        raise InputError(
-            f"--variant {variant} needs {PYTHON_ONLY_METHODS[variant]}, which the command line cannot pass; "
-            f"use it from Python (gradtrace.scoring.methods) or another variant: "
-            f"{', '.join(n for n in names if n not in PYTHON_ONLY_METHODS)}"
-        )
-    return variant
+    return variant_help()
 
 
 def _print_store_summary(store: Any, as_json: bool) -> None:
@@ -90,39 +88,49 @@ def featurize(
     on_nonfinite: str = typer.Option(
         "raise", help="an example whose loss or gradient is not finite: raise (stop, naming it) | skip (store zeros, record it)",
     ),
+    device: str = device_option(),
+    model_dtype: Optional[str] = model_dtype_option(),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
 ) -> None:
-    """Compute and store per-example training gradients at every checkpoint."""
+    """Compute and store per-example training gradients at every checkpoint.
+
+    Launched as several processes (torchrun, accelerate launch, srun), the
+    missing shards are split over them (docs/scale.md)."""
     from . import FeaturizeConfig, ProjectionConfig
     from . import featurize as do_featurize
+    from .devices import resolve_model_dtype
+    from .execution_dist import launched_executor
     from .spec import load_task_spec
 
     def go() -> None:
         output_dir(out, "--out")
-        if hf_model is not None:
-            from .models.hf_cli import featurize_hf
+        resolve_model_dtype(model_dtype, "--model-dtype")
+        with launched_executor(device) as (executor, dev):
+            if hf_model is not None:
+                from .models.hf_cli import featurize_hf
 
-            store = featurize_hf(
-                hf_model=hf_model, checkpoints=checkpoints, data=data, out=out, projection=projection, dim=dim, seed=seed,
-                params=_params(params), batch_size=batch_size, shard_size=shard_size, dtype=dtype, append=append,
-                progress=progress, max_length=max_length, as_chat=as_chat, lr=lr, adam=adam, on_nonfinite=on_nonfinite,
-            )
-            _print_store_summary(store, as_json)
-            return
-        if task is None:
-            raise InputError("featurize needs --task (a TaskSpec file) or --hf-model (a Hugging Face run)")
-        spec = load_task_spec(task)
-        config = FeaturizeConfig(
-            params=_params(params), projection=ProjectionConfig(projection, dim, seed), batch_size=batch_size,
-            shard_size=shard_size, dtype=dtype,
-        )
-        store = do_featurize(
-            spec.model(), spec.task, spec.checkpoints, spec.train, out, config, ids=spec.train_ids,
-            tags=spec.train_tags, append=append, checkpoint_loader=spec.checkpoint_loader, progress=progress,
-            on_nonfinite=on_nonfinite,
-        )
-        _print_store_summary(store, as_json)
+                store = featurize_hf(
+                    hf_model=hf_model, checkpoints=checkpoints, data=data, out=out, projection=projection, dim=dim, seed=seed,
+                    params=_params(params), batch_size=batch_size, shard_size=shard_size, dtype=dtype, append=append,
+                    progress=progress, max_length=max_length, as_chat=as_chat, lr=lr, adam=adam, on_nonfinite=on_nonfinite,
+                    device=dev, model_dtype=model_dtype, executor=executor,
+                )
+            else:
+                if task is None:
+                    raise InputError("featurize needs --task (a TaskSpec file) or --hf-model (a Hugging Face run)")
+                spec = load_task_spec(task)
+                config = FeaturizeConfig(
+                    params=_params(params), projection=ProjectionConfig(projection, dim, seed), batch_size=batch_size,
+                    shard_size=shard_size, dtype=dtype,
+                )
+                store = do_featurize(
+                    spec.model(), spec.task, spec.checkpoints, spec.train, out, config, ids=spec.train_ids,
+                    tags=spec.train_tags, append=append, checkpoint_loader=spec.checkpoint_loader, progress=progress,
+                    on_nonfinite=on_nonfinite, executor=executor, device=dev, model_dtype=model_dtype,
+                )
+            if executor.is_main:
+                _print_store_summary(store, as_json)
 
     run_or_exit(go)
 
@@ -153,10 +161,17 @@ def query(
     limit: Optional[int] = typer.Option(None, help="score only the first N queries"),
     show: int = typer.Option(3, help="queries to print as tables (a positive integer)"),
     verify: bool = verify_option(),
+    device: str = device_option(),
+    model_dtype: Optional[str] = model_dtype_option(),
     as_json: bool = json_option(),
 ) -> None:
-    """Proponents (or opponents) of each query's behaviour."""
+    """Proponents (or opponents) of each query's behaviour.
+
+    Launched as several processes (torchrun, srun), each scans its share of
+    the shards and the top-k lists are merged (docs/scale.md)."""
     from .data import head
+    from .devices import resolve_model_dtype
+    from .execution_dist import launched_executor
     from .scoring import Attributor
     from .spec import load_task_spec
 
@@ -166,6 +181,7 @@ def query(
         check_variant(variant)
         output_file(out, "--out", RECORD_SUFFIXES)
         output_file(report, "--report")
+        resolve_model_dtype(model_dtype, "--model-dtype")
         if queries_file is not None or task is None:
             from .models.hf_query import run_hf_query
 
@@ -173,9 +189,12 @@ def query(
                 raise InputError("query needs --task (a TaskSpec file) or --queries (for a store made with --hf-model)")
             if task is not None:
                 raise InputError("give one of --task and --queries, not both")
-            records = run_hf_query(store, queries_file, behaviour or "logprob", hf_model, k, opponents, variant, limit, report,
-                                   verify=verify)
-            _print_query_results(records, out, show, variant, report, as_json)
+            with launched_executor(device) as (executor, dev):
+                records = run_hf_query(store, queries_file, behaviour or "logprob", hf_model, k, opponents, variant, limit,
+                                       report, verify=verify, device=dev,
+                                       model_dtype=model_dtype, executor=executor)
+                if executor.is_main:
+                    _print_query_results(records, out, show, variant, report, as_json)
             return
         given = [name for name, value in (("--behaviour", behaviour), ("--report", report), ("--hf-model", hf_model)) if value is not None]
         if given:
@@ -188,9 +207,12 @@ def query(
             raise InputError(f"--task {task}: the TaskSpec has no queries")
         queries = head(spec.queries, limit, "--limit")
         qids = head(list(spec.query_ids), limit, "--limit") if spec.query_ids is not None else None
-        attributor = Attributor(st, spec.model(), spec.task, checkpoint_loader=spec.checkpoint_loader)
-        topk = attributor.top_k(queries, k=k, largest=not opponents, behaviour=spec.behaviour, variant=variant)
-        _print_query_results(topk.to_records(qids, attributor.store.tags), out, show, variant, None, as_json)
+        with launched_executor(device) as (executor, dev):
+            attributor = Attributor(st, spec.model(), spec.task, checkpoint_loader=spec.checkpoint_loader, executor=executor,
+                                    device=dev, model_dtype=model_dtype)
+            topk = attributor.top_k(queries, k=k, largest=not opponents, behaviour=spec.behaviour, variant=variant)
+            if executor.is_main:
+                _print_query_results(topk.to_records(qids, attributor.store.tags), out, show, variant, None, as_json)
 
     run_or_exit(go)
 
@@ -216,19 +238,24 @@ def self_influence_cmd(
     store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize'"),
     top: int = typer.Option(20, help="rows to print"),
     out: Optional[Path] = typer.Option(None, help="write every example's score as .jsonl or .parquet"),
+    variant: str = typer.Option("raw", help="raw (exact TracIn) | fisher | kfac | ekfac (kfac/ekfac: after gradtrace fit-factors)"),
     verify: bool = verify_option(),
+    device: str = device_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Rank training examples by self-influence (mislabelled and odd ones first)."""
     import numpy as np
 
-    from .scoring import self_influence
+    from .devices import resolve_device
+    from .scoring import Attributor, self_influence
 
     def go() -> None:
         positive_option(top, "--top")
+        check_variant(variant)
         output_file(out, "--out", RECORD_SUFFIXES)
+        dev = resolve_device(device, "--device")
         st = _open_store(store, verify)
-        scores = self_influence(st)
+        scores = self_influence(st, device=dev) if variant == "raw" else Attributor(st, None, None).self_influence(variant)
         order = np.argsort(-scores, kind="stable")
         ids, tags = st.ids, st.tags
         records = [
@@ -259,6 +286,44 @@ def _verify(st: Any) -> list[str]:
     except StoreError as exc:
         problems.append(str(exc))
     return problems
+
+
+@app.command("fit-factors")
+def fit_factors_cmd(
+    store: Path = typer.Argument(..., help="a store made by 'gradtrace featurize' (projection none, factored or kronecker)"),
+    task: Optional[str] = typer.Option(None, help="the same --task as featurize (not needed for a store made with --hf-model)"),
+    checkpoints: str = typer.Option("all", help="all (kfac/ekfac sum over checkpoints) | last (the final checkpoint only)"),
+    name: str = typer.Option("ekfac", help="name of the fitted factors (variant kfac/ekfac read 'ekfac')"),
+    fisher: str = typer.Option("empirical", help="empirical (training labels) | true (labels drawn from the model; classifiers)"),
+    seed: int = typer.Option(0, help="with --fisher true: seed of the label draws"),
+    batch_size: Optional[int] = typer.Option(None, help="examples per pass (default: the store's)"),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
+) -> None:
+    """Fit the Kronecker factors (K-FAC) and eigenvalue correction (EK-FAC) of the store's training data, saved in the store."""
+    from .scoring.factors import fit_factors
+    from .spec import load_task_spec
+
+    def go() -> None:
+        positive_option(batch_size, "--batch-size")
+        if checkpoints not in ("all", "last"):
+            raise InputError(f"--checkpoints must be 'all' or 'last'; got {checkpoints!r}")
+        st = _open_store(store, True)
+        if task is None:
+            from .models.hf_cli import fit_factors_hf
+
+            path = fit_factors_hf(st, checkpoints=checkpoints, name=name, fisher=fisher, seed=seed, batch_size=batch_size,
+                                  progress=progress)
+        else:
+            spec = load_task_spec(task)
+            path = fit_factors(st, spec.model(), spec.task, spec.train, checkpoints=checkpoints, name=name, fisher=fisher,
+                               seed=seed, batch_size=batch_size, checkpoint_loader=spec.checkpoint_loader, progress=progress)
+        if as_json:
+            print_json({"store": str(st.root), "factors": str(path), "name": name, "checkpoints": checkpoints, "fisher": fisher})
+        else:
+            console.print(f"factors {name!r} of {st.root} written to {path}; score with --variant ekfac or kfac")
+
+    run_or_exit(go)
 
 
 @app.command()
@@ -363,11 +428,13 @@ def write_records(records: list[dict[str, Any]], path: Path) -> None:
 def _register_all() -> None:
     """The verbs defined in other modules, each through its ``register(app)``."""
     from .audit import cli as audit_cli
+    from .allocate import cli as allocate_cli
     from .diff import cli as diff_cli
+    from .explore import cli as explore_cli
     from .loop import cli as loop_cli
     from .unlearn import cli as unlearn_cli
 
-    for module in (unlearn_cli, loop_cli, diff_cli, audit_cli):
+    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli, explore_cli, audit_cli):
         module.register(app)
 
 

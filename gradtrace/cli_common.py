@@ -1,7 +1,8 @@
 """What every ``gradtrace`` sub-command shares.
 
 Each command module (``gradtrace.cli`` for the core verbs,
-``gradtrace.unlearn.cli``, ``gradtrace.loop.cli``, ``gradtrace.diff.cli``)
+``gradtrace.unlearn.cli``, ``gradtrace.loop.cli``, ``gradtrace.diff.cli``,
+``gradtrace.allocate.cli``)
 exposes ``register(app)``; :mod:`gradtrace.cli` calls them all. A command's
 body runs inside :func:`run_or_exit`, which turns a :class:`GradtraceError`
 (a problem the user can fix) or an ``OSError`` (a file that cannot be
@@ -136,6 +137,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` ready for ``json.dumps``: paths as strings, non-finite floats as None, numpy scalars as Python ones."""
+    return _jsonable(value)
+
+
 def print_json(data: Any) -> None:
     """One JSON object on stdout (ASCII only: control characters arrive escaped)."""
     sys.stdout.write(json.dumps(_jsonable(data), indent=1) + "\n")
@@ -181,6 +187,38 @@ def positive_option(value: int | None, option: str) -> int | None:
     if value is not None:
         positive_int(value, option)
     return value
+
+
+#: Registered score methods that need inputs a command line cannot give.
+PYTHON_ONLY_METHODS = {
+    "adam": "optimizer states (one optimizer.state_dict() per checkpoint)",
+    "trackstar": "optimizer states (one optimizer.state_dict() per checkpoint)",
+}
+
+
+def variant_help() -> str:
+    """The help text of every command's ``--variant`` option: the registered score methods."""
+    from .scoring import available_methods
+
+    names = " | ".join(available_methods())
+    extra = "; ".join(f"{m} needs {what}: Python API only" for m, what in PYTHON_ONLY_METHODS.items())
+    return f"score method: {names}" + (f" ({extra})" if extra else "")
+
+
+def check_variant(variant: str) -> str:
+    """``variant`` when the command line can score with it (InputError otherwise)."""
+    from .scoring import available_methods
+
+    names = available_methods()
+    if variant not in names:
+        raise InputError(f"--variant must be one of {', '.join(names)}; got {variant!r}")
+    if variant in PYTHON_ONLY_METHODS:
+        raise InputError(
+            f"--variant {variant} needs {PYTHON_ONLY_METHODS[variant]}, which the command line cannot pass; "
+            f"use it from Python (gradtrace.scoring.methods) or another variant: "
+            f"{', '.join(n for n in names if n not in PYTHON_ONLY_METHODS)}"
+        )
+    return variant
 
 
 def progress_option() -> Any:

@@ -33,6 +33,10 @@ class StoreError(GradtraceError):
     """A gradient store on disk is incomplete, corrupt or of another format."""
 
 
+class PeerError(GradtraceError):
+    """Another process of a distributed run failed; its own message says why."""
+
+
 class ConfigMismatchError(GradtraceError):
     """An existing artefact was made with other settings than the ones given.
 

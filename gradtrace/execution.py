@@ -18,14 +18,17 @@ gradient store. The code that decides *what* to do and the code that decides
 another, grouped by checkpoint so that each checkpoint is loaded once; its
 store is byte-identical to what featurize wrote before the seam existed.
 
-A ``DistributedExecutor`` (torch.distributed) is one new class with the same
-four methods: ``setup`` runs on rank 0 first (it creates the store), then,
-after a barrier, on the other ranks (which open it); ``run`` keeps the tasks
-``i`` with ``i % world_size == rank`` and then does what ``LocalExecutor.run``
-does (the store's shard files are written atomically and independently, so
-ranks never coordinate writes), with a barrier at the end; ``scan`` keeps the
-ranges ``ranges[rank::world_size]``; ``gather`` is ``all_gather_object``, so
-each rank's top-k is merged into the global one.
+:class:`gradtrace.execution_dist.DistributedExecutor` (torch.distributed)
+is the same four methods over the ranks of a process group: ``setup`` runs
+on rank 0 first (it creates the store), then, after a barrier, on the other
+ranks (which open it); ``run`` keeps the tasks ``i`` with
+``i % world_size == rank`` and then does what ``LocalExecutor.run`` does (the
+store's shard files are written atomically and independently, so ranks never
+coordinate writes), with a barrier at the end; ``scan`` keeps the ranges
+``ranges[rank::world_size]``; ``gather`` is ``all_gather_object``, so each
+rank's top-k is merged into the global one. ``is_main`` is true in the one
+process that prints (rank 0); ``share(tasks)`` is what this process computes
+(:func:`split`: the fixed rule), which its progress bar counts.
 """
 
 from __future__ import annotations
@@ -63,8 +66,18 @@ class ShardWorker(Protocol):
 class Executor(Protocol):
     """Where shards are computed and scanned (see the module docstring)."""
 
-    def setup(self, make: Callable[[], T]) -> T:
-        """Run a set-up step (create or open the store) and return its result."""
+    @property
+    def is_main(self) -> bool:
+        """True in the one process that prints progress and results."""
+
+    def share(self, tasks: Sequence[ShardTask]) -> list[ShardTask]:
+        """The tasks of ``tasks`` this process computes (what its progress counts)."""
+
+    def setup(self, make: Callable[[bool], T]) -> T:
+        """Run a set-up step (create or open the store) and return its result.
+        ``make(first)``: ``first`` is true in the process that opens the store
+        before the others (it alone repairs and cleans it), false in those
+        that join it afterwards."""
 
     def run(self, tasks: Sequence[ShardTask], worker: ShardWorker) -> None:
         """Compute the tasks this process takes."""
@@ -74,6 +87,12 @@ class Executor(Protocol):
 
     def gather(self, value: T) -> list[T]:
         """Every process's ``value`` (this process's first)."""
+
+
+def split(tasks: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """The fixed rule that splits work over ``world_size`` processes: the
+    entries ``i`` with ``i % world_size == rank``."""
+    return [t for i, t in enumerate(tasks) if i % world_size == rank]
 
 
 def by_checkpoint(tasks: Iterable[ShardTask]) -> list[tuple[int, list[ShardTask]]]:
@@ -88,8 +107,13 @@ def by_checkpoint(tasks: Iterable[ShardTask]) -> list[tuple[int, list[ShardTask]
 class LocalExecutor:
     """Everything in this process, one shard after another."""
 
-    def setup(self, make: Callable[[], T]) -> T:
-        return make()
+    is_main = True
+
+    def share(self, tasks: Sequence[ShardTask]) -> list[ShardTask]:
+        return list(tasks)
+
+    def setup(self, make: Callable[[bool], T]) -> T:
+        return make(True)
 
     def run(self, tasks: Sequence[ShardTask], worker: ShardWorker) -> None:
         for checkpoint, group in by_checkpoint(tasks):

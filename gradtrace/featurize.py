@@ -10,15 +10,18 @@ and the result is byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from .checkpoints import CheckpointRef, checkpoints_from_list
 from .config import FeaturizeConfig
 from .data import ExampleSource, as_source
+from .devices import Placement, accumulation_dtype, dtype_name
 from .errors import InputError
 from .execution import Executor, LocalExecutor, ShardTask
 from .grads.compute import CheckpointLoader, compute_shard, model_fingerprint, resolve_loader, restored
@@ -46,13 +49,23 @@ class Estimate:
     feature_dim: int
     disk_bytes: int
     peak_memory_bytes: int
+    device: str | None = None  # an accelerator the work runs on (None: the host)
+    device_memory_bytes: int = 0  # on that device: weights, projection factors, a batch of features
+    device_free_bytes: int | None = None  # free there now, when the device says
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{self.n_examples} examples x {self.n_checkpoints} checkpoints; gradient dim {self.grad_dim:,}, "
             f"feature dim {self.feature_dim:,}; store needs ~{_human(self.disk_bytes)} on disk, "
             f"peak working memory ~{_human(self.peak_memory_bytes)} beyond the model"
         )
+        if self.device is not None:
+            free = "" if self.device_free_bytes is None else f" of {_human(self.device_free_bytes)} free"
+            text += (
+                f"; on {self.device} ~{_human(self.device_memory_bytes)}{free} for weights, projection factors "
+                "and a batch of features, plus the activations of one batch (they grow with batch size x tokens)"
+            )
+        return text
 
 
 def featurize(
@@ -72,6 +85,8 @@ def featurize(
     train_transform: TrainTransform | None = None,
     executor: Executor | None = None,
     on_nonfinite: str = "raise",
+    device: str | torch.device | None = None,
+    model_dtype: str | torch.dtype | None = None,
 ) -> GradientStore:
     """Write (or finish, or extend) the gradient store at ``out``.
 
@@ -105,11 +120,23 @@ def featurize(
 
     ``executor`` decides where the missing shards are computed (default:
     :class:`~gradtrace.execution.LocalExecutor`, in this process; see
-    :mod:`gradtrace.execution`).
+    :mod:`gradtrace.execution`; :func:`gradtrace.execution_dist.launched_executor`
+    gives a torch.distributed one under torchrun or srun). Only its main
+    process shows progress (of its share of the shards).
+
+    ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N"``; None: where the model
+    is) is where the model, each batch and the projection matrices live;
+    features come back to the host in the store's dtype. ``model_dtype``
+    (``"float32" | "bfloat16" | "float16"``; None: the model's own) is the
+    dtype of the forward and backward passes; features and norms accumulate
+    in float32. A model dtype that changes the model's is recorded in the
+    manifest (a store is resumed only with the same one). The model is given
+    back on its own device, in its own dtype, with its own weights.
     """
     if on_nonfinite not in NONFINITE_CHOICES:
         raise InputError(f"on_nonfinite must be one of {NONFINITE_CHOICES}; got {on_nonfinite!r}")
     config = config or FeaturizeConfig()
+    placement = Placement.of(device, model_dtype)
     task = check_task(task)
     refs = checkpoints_from_list(checkpoints)
     source = as_source(data, collate=getattr(task, "collate", None))
@@ -121,6 +148,8 @@ def featurize(
     settings = store_settings(model, task, refs, config, featurizer, param_names)
     if train_transform is not None:
         settings["model"]["train_transform"] = describe(train_transform)
+    if placement.dtype is not None and any(p.dtype != placement.dtype for p in model.parameters() if p.is_floating_point()):
+        settings["model"]["dtype"] = dtype_name(placement.dtype)  # absent when the model runs in its own dtype
     data_fp = source.fingerprint()
 
     if tags is not None and len(tags) != n:
@@ -129,13 +158,15 @@ def featurize(
     prepare = _segment_finder(Path(out), data_fp, n, checked_ids, tags, append)
 
     executor = executor or LocalExecutor()
-    session = executor.setup(lambda: GradientStore.writer(out, settings, prepare=prepare))
+    progress = progress and getattr(executor, "is_main", True)
+    # the first process checks and repairs the store's shards; the others join it as it is then
+    session = executor.setup(lambda first: GradientStore.writer(out, settings, prepare=prepare, repair=first))
     with session:
         store, segment = session.store, session.prepared
         tasks = [ShardTask(c, a, b) for c, a, b in store.missing_shards(segment)]
-        estimate = estimate_resources(store, featurizer, model, n_examples=segment.stop - segment.start)
+        estimate = estimate_resources(store, featurizer, model, n_examples=segment.stop - segment.start, placement=placement)
         total = sum(t.size for t in tasks)
-        with progress_bar("featurize", total, progress) as bar, restored(model):
+        with progress_bar("featurize", sum(t.size for t in executor.share(tasks)), progress) as bar, restored(model), placement.model(model):
             bar.note(f"gradtrace: {estimate.describe()}")
             for c, a, b, problem in session.repaired:
                 bar.note(f"gradtrace: shard checkpoint {c} rows {a}-{b} failed its check ({problem}); rewriting it")
@@ -144,7 +175,7 @@ def featurize(
             model.eval()
             worker = _ShardWriter(
                 model, task, refs, resolve_loader(checkpoint_loader, weights_only), train_transform,
-                featurizer, param_names, source, segment, config, store, bar, on_nonfinite,
+                featurizer, param_names, source, segment, config, store, bar, on_nonfinite, placement,
             )
             executor.run(tasks, worker)
     return store
@@ -167,6 +198,7 @@ class _ShardWriter:
     store: GradientStore
     bar: Progress
     on_nonfinite: str
+    placement: Placement
 
     def load(self, checkpoint: int) -> None:
         ref = self.refs[checkpoint]
@@ -198,7 +230,7 @@ class _ShardWriter:
         unit, norms = compute_shard(
             self.model, self.task.per_example_loss, self.featurizer, self.source, shard.start - offset, shard.stop - offset,
             batch_size=self.config.batch_size, normalise=self.config.projection.kind != "factored",
-            dtype=self.config.dtype, bar=self.bar, on_nonfinite=nonfinite, what="data",
+            dtype=self.config.dtype, bar=self.bar, on_nonfinite=nonfinite, what="data", placement=self.placement,
         )
         if len(skipped) > 3:
             self.bar.note(f"gradtrace: skipped {len(skipped) - 3} more examples of rows {shard.start}-{shard.stop} at checkpoint {shard.checkpoint}")
@@ -225,7 +257,13 @@ def store_settings(
     }
 
 
-def estimate_resources(store: GradientStore, featurizer: GradientFeaturizer, model: nn.Module, n_examples: int) -> Estimate:
+def estimate_resources(
+    store: GradientStore, featurizer: GradientFeaturizer, model: nn.Module, n_examples: int, placement: Placement | None = None,
+) -> Estimate:
+    """Disk and host memory of featurizing ``n_examples`` into ``store``; with
+    a ``placement`` on an accelerator, also what its memory must hold besides
+    a batch's activations: the weights in the model dtype, the projection
+    factors (or dense matrix) and a batch of per-example gradients or features."""
     config = store.settings
     d, k = featurizer.grad_dim(model), store.feature_dim
     item = np.dtype(config.dtype).itemsize
@@ -234,7 +272,44 @@ def estimate_resources(store: GradientStore, featurizer: GradientFeaturizer, mod
     exact = 0 if config.projection_kind == "kronecker" else config.batch_size * d * param_bytes * 3
     dense_cache = d * k * 4 if config.projection_kind == "dense" else 0
     shard = min(config.shard_size, n_examples) * k * (8 + item)
-    return Estimate(n_examples, n_ckpt, d, k, n_examples * n_ckpt * (k * item + 16), exact + dense_cache + shard)
+    estimate = Estimate(n_examples, n_ckpt, d, k, n_examples * n_ckpt * (k * item + 16), exact + dense_cache + shard)
+    device = placement.device if placement is not None else None
+    if device is None or device.type == "cpu":
+        return estimate
+    return dataclasses.replace(
+        estimate, device=str(device), device_memory_bytes=device_memory(featurizer, model, config.batch_size, placement),  # type: ignore[arg-type]
+        device_free_bytes=_free_bytes(device),
+    )
+
+
+def device_memory(featurizer: GradientFeaturizer, model: nn.Module, batch_size: int, placement: Placement) -> int:
+    """Bytes an accelerator holds for featurize besides one batch's
+    activations: every weight in the model dtype, the projection factors or
+    dense matrix (float32), and a batch of exact gradients (unless Kronecker)
+    and features (float32)."""
+    weights = sum(p.numel() * (placement.dtype.itemsize if placement.dtype is not None and p.is_floating_point() else p.element_size())
+                  for p in model.parameters())
+    d, k = featurizer.grad_dim(model), featurizer.feature_dim(model)
+    kind = featurizer.projection.kind
+    acc = accumulation_dtype(placement.dtype or next(model.parameters()).dtype).itemsize
+    if kind == "kronecker":
+        side = max(1, math.isqrt(featurizer.projection.dim or 1))  # as projection.kronecker_factors
+        factors = sum((d_in if d_in > side else 0) * side + (d_out if d_out > side else 0) * side
+                      for d_in, d_out in featurizer.linear_shapes(model)) * acc
+        grads = 0
+    else:
+        factors = d * k * acc if kind == "dense" else 0
+        grads = batch_size * d * acc * 3
+    return int(weights + factors + grads + batch_size * k * acc * 2)
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    try:
+        return int(torch.cuda.mem_get_info(device)[0])
+    except RuntimeError:
+        return None
 
 
 def _segment_finder(

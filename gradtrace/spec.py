@@ -18,6 +18,17 @@ from .checkpoints import CheckpointRef
 from .errors import InputError
 
 
+@dataclasses.dataclass(frozen=True)
+class ExampleView:
+    """What the explorer (``gradtrace serve``) shows of one example: a
+    ``text``, a 2-D grey-scale ``image`` (dark = high), or both, and a short
+    ``caption`` (a label, say). All of it is untrusted and shown escaped."""
+
+    text: str | None = None
+    image: Any = None
+    caption: str = ""
+
+
 @dataclasses.dataclass
 class TaskSpec:
     """Everything the CLI needs to featurize and query a user's model."""
@@ -32,6 +43,10 @@ class TaskSpec:
     query_ids: Sequence[str] | None = None
     behaviour: Any = None
     checkpoint_loader: Callable[[nn.Module, CheckpointRef], Any] | None = None
+    #: For the explorer: what training example ``i`` / query ``i`` looks like
+    #: (default: the example's tensors, summarised).
+    train_view: Callable[[int], ExampleView] | None = None
+    query_view: Callable[[int], ExampleView] | None = None
 
 
 def import_target(target: Any, what: str) -> Callable[..., Any]:

@@ -125,6 +125,16 @@ class ClassificationTask:
         loss = F.cross_entropy(logits, labels.clamp(0, n_classes - 1), reduction="none")
         return torch.where(valid, loss, torch.full_like(loss, float("nan")))
 
+    def sampled_loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> Tensor:
+        """Cross-entropy at labels drawn (one per example, with the CPU
+        ``generator``) from the model's own predictive distribution: the loss
+        whose gradients' second moment is the true Fisher (Kronecker factors
+        fitted with ``fisher="true"``). The batch's labels are not read."""
+        logits = model(batch[0])
+        probs = torch.softmax(logits.detach().to(torch.float64), dim=1).cpu()
+        labels = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+        return F.cross_entropy(logits, labels, reduction="none")
+
 
 @dataclasses.dataclass(frozen=True)
 class LossBehaviour:

@@ -8,6 +8,9 @@ Helpers are exposed as fixtures so that test files never import this module.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import subprocess
 import types
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -128,6 +131,22 @@ def store_files(root: Path) -> dict[str, bytes]:
     }
 
 
+def page_figures(html_text: str) -> list[dict[str, Any]]:
+    """The plotly figures placed on a page by ``gradtrace.report.figures.embed``, decoded."""
+    import html
+    import json
+    import re
+
+    return [json.loads(html.unescape(m)) for m in re.findall(r'<div class="plot" data-figure="([^"]*)"', html_text)]
+
+
+def without_scripts(html_text: str) -> str:
+    """A page without its ``<script>`` elements (plotly's inlined bundle): the markup made from data."""
+    import re
+
+    return re.sub(r"<script[^>]*>.*?</script>", "", html_text, flags=re.S)
+
+
 @pytest.fixture(scope="session")
 def h() -> types.SimpleNamespace:
     """The helpers above, as one namespace."""
@@ -141,4 +160,37 @@ def h() -> types.SimpleNamespace:
         singles=singles,
         brute_force_scores=brute_force_scores,
         store_files=store_files,
+        page_figures=page_figures,
+        without_scripts=without_scripts,
     )
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's chromium; installed with apt-get when absent."""
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], check=True, env=env, capture_output=True)
+    path = shutil.which("chromium")
+    assert path is not None, "chromium is not installed and apt-get could not install it"
+    return path
+
+
+@pytest.fixture(scope="session")
+def headless_chrome(chromium, tmp_path_factory) -> Callable[[], Any]:
+    """Starts a headless Chromium WebDriver (1280x900, its own profile); the caller quits it."""
+
+    def start() -> Any:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        profile = tmp_path_factory.mktemp("chrome-profile")
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--window-size=1280,900", f"--user-data-dir={profile}"):
+            options.add_argument(flag)
+        return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+    return start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_cli_errors_are_clear(tmp_path: Path, task_file: str) -> None:
 
 
 @pytest.mark.slow
-def test_demo_finds_flipped_labels_and_writes_report(tmp_path: Path) -> None:
+def test_demo_finds_flipped_labels_and_writes_report(tmp_path: Path, h) -> None:
     out = tmp_path / "demo"
     r = invoke("demo", "--out", out, "--no-progress")
     assert r.exit_code == 0, r.output
@@ -95,12 +96,24 @@ def test_demo_finds_flipped_labels_and_writes_report(tmp_path: Path) -> None:
     assert found["20%"] > baseline["20%"]
     assert "share of the 288 flipped labels found" in r.output
     html_text = (out / "report.html").read_text()
-    assert html_text.count("<svg") > 20 and "<script" not in html_text
+    markup = h.without_scripts(html_text)
+    assert markup.count('<img class="pixels"') > 20 and not re.search(r"(src|href)=[\"']?https?:", markup) and "<script" not in markup
+    assert len(h.page_figures(html_text)) == 8  # contributions per checkpoint of the raw proponents and opponents of 4 queries
     assert "Proponents (raw)" in html_text and "Opponents (raw)" in html_text and "Proponents (cosine)" in html_text
     # a second run reuses checkpoints and store
     r2 = invoke("demo", "--out", out, "--no-progress")
     assert r2.exit_code == 0
     assert json.loads((out / "summary.json").read_text())["found_self_influence"] == found
+    # EK-FAC on the demo's store: its TaskSpec (make_task reuses the demo's checkpoints), fit-factors, then --variant
+    task = tmp_path / "demo_task.py"
+    task.write_text(f"from gradtrace.demos.digits import make_task as t\n\ndef make_task():\n    return t(r\"{out}\")\n")
+    r = invoke("fit-factors", out / "store", "--task", f"{task}:make_task", "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = invoke("query", out / "store", "--task", f"{task}:make_task", "--variant", "ekfac", "--k", "3", "--limit", "1")
+    assert r.exit_code == 0 and "EK-FAC influence" in " ".join(r.output.split()), r.output
+    r = invoke("self-influence", out / "store", "--variant", "ekfac", "--json")
+    assert r.exit_code == 0, r.output
+    assert sum(row["train_tag"] == "flipped" for row in json.loads(r.output)["top"]) >= 15  # of the top 20
 
 
 def test_report_escapes_untrusted_text() -> None:

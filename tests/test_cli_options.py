@@ -26,10 +26,13 @@ def invoke(*args):
 
 def test_every_verb_is_registered():
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert {"featurize", "query", "self-influence", "inspect", "demo", "unlearn", "validate", "loop", "diff", "audit"} <= names
+    assert {"featurize", "query", "self-influence", "inspect", "demo", "unlearn", "validate", "loop", "diff", "allocate",
+            "influence-over-time", "compare-runs", "serve", "audit"} <= names
 
 
-@pytest.mark.parametrize("module", ["gradtrace.diff.cli", "gradtrace.loop.cli", "gradtrace.unlearn.cli", "gradtrace.audit.cli"])
+@pytest.mark.parametrize("module", ["gradtrace.diff.cli", "gradtrace.loop.cli", "gradtrace.unlearn.cli", "gradtrace.allocate.cli",
+                                    "gradtrace.explore.cli",
+                                    "gradtrace.audit.cli"])
 def test_sub_clis_register_alike_and_do_not_import_the_main_cli(module):
     mod = importlib.import_module(module)
     assert callable(getattr(mod, "register", None))
@@ -45,6 +48,12 @@ def test_sub_clis_register_alike_and_do_not_import_the_main_cli(module):
     ["query", "STORE", "--task", "TASK", "--show", "{bad}"],
     ["self-influence", "STORE", "--top", "{bad}"],
     ["validate", "--store", "STORE", "--task", "TASK", "--train-fn", "T", "--limit", "{bad}"],
+    ["allocate", "--task", "TASK", "--limit", "{bad}"],
+    ["allocate", "--task", "TASK", "--top", "{bad}"],
+    ["influence-over-time", "STORE", "--task", "TASK", "--k", "{bad}"],
+    ["influence-over-time", "STORE", "--task", "TASK", "--limit", "{bad}"],
+    ["compare-runs", "STORE", "STORE", "--k", "{bad}"],
+    ["compare-runs", "STORE", "STORE", "--task", "TASK", "--limit", "{bad}"],
 ])
 def test_count_options_must_be_positive_on_every_path(tmp_path, argv, bad):
     # the check comes before any file is read: the other arguments may name nothing

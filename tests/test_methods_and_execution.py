@@ -61,7 +61,7 @@ def test_unknown_variant_names_the_available_ones(run):
     with pytest.raises(InputError, match="variant must be a method name"):
         att.score(run.data(2, 5), variant=3)
     assert available_methods()[:4] == ("raw", "cosine", "adam", "fisher")
-    assert gt.scoring.VARIANTS == ("raw", "cosine", "adam", "fisher")
+    assert gt.scoring.VARIANTS == ("raw", "cosine", "adam", "fisher", "kfac", "ekfac", "trackstar")
     assert gt.scoring.SCORE_MEANING["fisher"] == get_method("fisher").meaning
 
 

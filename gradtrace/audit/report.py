@@ -1,5 +1,6 @@
 """The audit's self-contained HTML page: no scripts, no external files, every
-text escaped (training data and generated texts are untrusted)."""
+text escaped (training data and generated texts are untrusted). Per-checkpoint
+contributions are written as numbers (no figure)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_bytes
-from ..report.html import Raw, bars_svg, esc, page, table
+from ..report.html import Raw, esc, page, table
 
 
 def _share(s: dict[str, Any]) -> str:
@@ -44,7 +45,7 @@ def _behaviour(b: dict[str, Any]) -> str:
         for p in b["proponents"]:
             steps = list(p["per_checkpoint"])
             rows.append((p["rank"], p["id"], f"{p['score']:.4g}",
-                         Raw(bars_svg([p["per_checkpoint"][s] for s in steps], [f"step {s}" for s in steps])), _example(p["example"])))
+                         "; ".join(f"step {s}: {p['per_checkpoint'][s]:+.3g}" for s in steps), _example(p["example"])))
         parts.append("<h4>Top training examples (proponents)</h4>")
         parts.append(table(["rank", "id", "score", "per checkpoint", "example"], rows, numeric=(0, 2)))
     v = b.get("verification")

@@ -17,7 +17,7 @@ from torch import nn
 from ..checkpoints import CheckpointRef
 from ..configbase import ConfigBase, positive, positive_int
 from ..errors import InputError
-from ..spec import TaskSpec
+from ..spec import ExampleView, TaskSpec
 from ..task import ClassificationTask
 
 
@@ -129,6 +129,12 @@ def found_at(ranking_scores: np.ndarray, truth: np.ndarray, fractions: tuple[flo
     return {f"{int(round(f * 100))}%": float(truth[order[: int(round(f * len(order)))]].sum() / total) for f in fractions}
 
 
+def train_label(data: DigitsData, i: int) -> str:
+    """``label 3`` or, for a flipped one, ``label 3 (true 5, flipped)``."""
+    given, true = int(data.y_train[i]), int(data.y_train_true[i])
+    return f"label {given}" + (f" (true {true}, flipped)" if bool(data.flipped[i]) else "")
+
+
 def make_task(workdir: str | Path = "gradtrace_digits_run", config: DigitsConfig = DigitsConfig()) -> TaskSpec:
     """The digits task as a CLI ``--task`` target (trains once into ``workdir``)."""
     data = load_digits_data(config)
@@ -149,4 +155,6 @@ def make_task(workdir: str | Path = "gradtrace_digits_run", config: DigitsConfig
         train_ids=[f"train-{i}" for i in range(len(data.y_train))],
         train_tags=tags,
         query_ids=[f"test-{i}" for i in range(len(data.y_test))],
+        train_view=lambda i: ExampleView(image=data.images_train[i], caption=train_label(data, i)),
+        query_view=lambda i: ExampleView(image=data.images_test[i], caption=f"label {int(data.y_test[i])}"),
     )

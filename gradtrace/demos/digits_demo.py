@@ -24,8 +24,9 @@ from ..grads.projection import ProjectionConfig
 from ..scoring import SCORE_MEANING, Attributor, TopK
 from ..task import ClassificationTask
 from ..checkpoints import load_checkpoint
-from ..report.html import Raw, bars_svg, esc, grey_image_svg, page, table
-from .digits import DigitsConfig, DigitsData, accuracy, found_at, load_digits_data, make_mlp, train_digits
+from ..report import figures
+from ..report.html import esc, image_tag, page, table
+from .digits import DigitsConfig, DigitsData, accuracy, found_at, load_digits_data, make_mlp, train_digits, train_label
 
 FRACTIONS = (0.05, 0.1, 0.2, 0.3)
 
@@ -86,7 +87,28 @@ def run_digits_demo(out: str | Path, config: DigitsConfig = DigitsConfig(), n_qu
     html_text = _report(result, data, si, pro_cos, breakdown, shown, [r.step for r in refs], final)
     result.report.write_text(html_text, encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=1))
+    write_task_file(out, config)
     return result
+
+
+TASK_FILE = "task.py"
+
+
+def write_task_file(out: Path, config: DigitsConfig) -> Path:
+    """``<out>/task.py``: the demo's task as a ``--task`` target
+    (``gradtrace serve <out>/store --task <out>/task.py:make_task``); it
+    reuses the demo's checkpoints."""
+    from ..fileio import atomic_write_bytes
+
+    text = (
+        '"""The digits demo\'s task (written by `gradtrace demo`): for `gradtrace serve` and `gradtrace query --task`."""\n\n'
+        "import json\nfrom pathlib import Path\n\nfrom gradtrace.demos.digits import DigitsConfig, make_task as _make_task\n\n"
+        f"CONFIG = json.loads({json.dumps(json.dumps(config.to_dict()))})\n\n\n"
+        "def make_task():\n    return _make_task(Path(__file__).resolve().parent, DigitsConfig.from_dict(CONFIG))\n"
+    )
+    path = Path(out) / TASK_FILE
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
 
 
 def _saved_refs(ckpt_dir: Path) -> list:
@@ -95,17 +117,13 @@ def _saved_refs(ckpt_dir: Path) -> list:
     return [CheckpointRef.from_dict(d) for d in json.loads((ckpt_dir / "done.json").read_text())]
 
 
-def _card(data: DigitsData, i: int, score: float | None = None, contrib: np.ndarray | None = None, steps: list | None = None) -> str:
-    given, true = int(data.y_train[i]), int(data.y_train_true[i])
-    flipped = bool(data.flipped[i])
-    label = f"label {given}" + (f" (true {true}, flipped)" if flipped else "")
-    parts = [grey_image_svg(data.images_train[i], scale=6, vmax=16), f"<div>{esc(f'train-{i}')}</div><div>{esc(label)}</div>"]
+def _card(data: DigitsData, i: int, score: float | None = None) -> str:
+    label = train_label(data, i)
+    parts = [image_tag(data.images_train[i], scale=6, vmax=16, alt=f"train-{i}"), f"<div>{esc(f'train-{i}')}</div><div>{esc(label)}</div>"]
     if score is not None:
         cls = "pos" if score >= 0 else "neg"
         parts.append(f'<div class="{cls}">score {esc(f"{score:.4g}")}</div>')
-    if contrib is not None:
-        parts.append(bars_svg(contrib, [f"epoch {s}" for s in (steps or [])], width=110, height=36))
-    return f'<div class="card{" flipped" if flipped else ""}">{"".join(parts)}</div>'
+    return f'<div class="card{" flipped" if bool(data.flipped[i]) else ""}">{"".join(parts)}</div>'
 
 
 def _report(result: DemoResult, data: DigitsData, si: np.ndarray, pro_cos: TopK, breakdown: np.ndarray, shown: list[int], steps: list, final: nn.Module) -> str:
@@ -125,18 +143,20 @@ def _report(result: DemoResult, data: DigitsData, si: np.ndarray, pro_cos: TopK,
         "<h2>Why did the model predict that?</h2>",
         f"<p class=\"note\"><b>Raw score.</b> {esc(SCORE_MEANING['raw'])}</p>",
         f"<p class=\"note\"><b>Cosine score.</b> {esc(SCORE_MEANING['cosine'])} Use it when the same few examples top every query's list.</p>",
-        "<p class=\"note\">Bars under each training image: its contribution at each checkpoint (influence over training).</p>",
+        "<p class=\"note\">Under each list of raw proponents and opponents: each one's contribution at each checkpoint "
+        "(influence over training).</p>",
     ]
     with torch.no_grad():
         preds = final(data.x_test[result.query_indices]).argmax(1).tolist()
     for qi, q in enumerate(result.query_indices):
         body.append(f"<h3>test-{q}: label {int(data.y_test[q])}, predicted {preds[qi]}</h3>")
-        body.append(grey_image_svg(data.images_test[q], scale=8, vmax=16))
+        body.append(image_tag(data.images_test[q], scale=8, vmax=16, alt=f"test-{q}"))
         for title, topk in (("Proponents (raw)", result.proponents), ("Opponents (raw)", result.opponents), ("Proponents (cosine)", pro_cos)):
-            cards = []
-            for r in range(topk.indices.shape[1]):
-                i = int(topk.indices[qi, r])
-                contrib = breakdown[:, qi, col[i]] if i in col and topk.variant == "raw" else None
-                cards.append(_card(data, i, float(topk.scores[qi, r]), contrib, steps))
-            body.append(f"<p><b>{esc(title)}</b></p><div class=\"cards\">{''.join(cards)}</div>")
-    return page("gradtrace: flipped labels in digits", "\n".join(body))
+            listed = [int(i) for i in topk.indices[qi]]
+            cards = "".join(_card(data, i, float(topk.scores[qi, r])) for r, i in enumerate(listed))
+            body.append(f"<p><b>{esc(title)}</b></p><div class=\"cards\">{cards}</div>")
+            if topk.variant == "raw":
+                matrix = breakdown[:, qi, [col[i] for i in listed]]
+                body.append(figures.embed(figures.contributions(matrix, [f"train-{i}" for i in listed], [f"epoch {s}" for s in steps],
+                                                                f"{title}: contribution per checkpoint", height=240)))
+    return page("gradtrace: flipped labels in digits", "\n".join(body), figures=True)

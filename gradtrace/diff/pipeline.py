@@ -119,7 +119,7 @@ class DiffResult:
     n_b: int
     levels: list[LevelSummary]
     timings: dict[str, float]
-    points: list[dict[str, Any]]  # 2-D map of the texts: x, y, model, split, cluster
+    points: list[dict[str, Any]]  # 2-D map of the texts: x, y, model, split, cluster, text
     #: per level, ``[n_clusters, dim]`` mean embedding of each cluster's exploration rows
     #: (nan rows for empty clusters); not written by ``to_dict``. The audit assigns new texts with it.
     centroids: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
@@ -251,10 +251,12 @@ def diff_texts(
         if level == "text":
             xy = _pca2(np.concatenate([x_e, x_v]))
             for i in range(len(explore)):
-                points.append({"x": float(xy[i, 0]), "y": float(xy[i, 1]), "model": "AB"[model_e[i]], "split": "explore", "cluster": int(lab_e[i])})
+                points.append({"x": float(xy[i, 0]), "y": float(xy[i, 1]), "model": "AB"[model_e[i]], "split": "explore", "cluster": int(lab_e[i]),
+                               "text": explore[i]})
             for j in range(len(valid)):
                 i = len(explore) + j
-                points.append({"x": float(xy[i, 0]), "y": float(xy[i, 1]), "model": "AB"[model_v[j]], "split": "validation", "cluster": int(lab_v[j])})
+                points.append({"x": float(xy[i, 0]), "y": float(xy[i, 1]), "model": "AB"[model_v[j]], "split": "validation", "cluster": int(lab_v[j]),
+                               "text": valid[j]})
 
     qvals = benjamini_hochberg(pvals)
     for rec, q in zip(records, qvals):

@@ -1,35 +1,16 @@
 """Self-contained HTML report of a diff: a 2-D map of the texts coloured by
-model, then the clusters sorted by skew with their labels, shares and
-examples. No scripts, no external files; every text is escaped."""
+model or cluster (:func:`gradtrace.report.figures.diff_map`, plotly's
+JavaScript inlined: zoom and hover work offline), then the clusters sorted
+by skew with their labels, shares and examples. No external files; every
+text is escaped. ``gradtrace serve`` shows the same map, linked to the
+clusters' texts."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
+from ..report import figures
 from ..report.html import Raw, esc, page, table
 from .pipeline import ClusterRecord, DiffResult
-
-COLOURS = {"A": "#1f77b4", "B": "#e66101"}
-
-
-def map_svg(points: list[dict[str, Any]], width: int = 640, height: int = 420) -> str:
-    """Scatter of the 2-D projection; blue = model A, orange = model B."""
-    if not points:
-        return "<p class=\"note\">no points</p>"
-    xs = [p["x"] for p in points]
-    ys = [p["y"] for p in points]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    sx = (width - 20) / ((x1 - x0) or 1.0)
-    sy = (height - 20) / ((y1 - y0) or 1.0)
-    dots = []
-    for p in points:
-        cx, cy = 10 + (p["x"] - x0) * sx, height - 10 - (p["y"] - y0) * sy
-        dots.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="2.5" fill="{COLOURS[p["model"]]}" fill-opacity="0.6">'
-                    f'<title>{esc(p["model"])} cluster {esc(p["cluster"])}</title></circle>')
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="map of texts">'
-            f'<rect width="{width}" height="{height}" fill="#fafafa"/>{"".join(dots)}</svg>')
-
 
 def _examples(texts: list[str]) -> Raw:
     return Raw("".join(f"<blockquote>{esc(t[:400])}</blockquote>" for t in texts) or "<span class=\"note\">none</span>")
@@ -68,9 +49,10 @@ def write_report(result: DiffResult, path: str | Path, title: str = "Behavioural
         parts.append(f"<p>Intended change: <i>{esc(intended)}</i></p>")
     parts.append(f"<p><b>{len(flagged)}</b> of {len(result.clusters)} clusters flagged at FDR {alpha} "
                  "(Fisher's exact test on the held-out validation half, Benjamini-Hochberg over both levels).</p>")
-    parts.append("<h2>Map of the texts</h2><p class=\"note\">First two principal components of the text embeddings; "
-                 "<span style=\"color:#1f77b4\">&#9679; A</span> <span style=\"color:#e66101\">&#9679; B</span>.</p>")
-    parts.append(map_svg(result.points))
+    parts.append("<h2>Map of the texts</h2><p class=\"note\">First two principal components of the text embeddings "
+                 "(drag to zoom, hover for the text).</p>")
+    names = {c.cluster: c.llm_label or c.label for c in result.clusters if c.level == "text"}
+    parts.append(figures.embed(figures.diff_map(result.points, names)) if result.points else "<p class=\"note\">no points</p>")
     parts.append("<h2>Clusters, most skewed first</h2>")
     summary = [
         (c.rank, c.level, c.llm_label or c.label, f"{c.share_b:.3f}", c.valid_a, c.valid_b, f"{c.q_value:.3g}", f"{c.log_odds:.2f}",
@@ -86,5 +68,5 @@ def write_report(result: DiffResult, path: str | Path, title: str = "Behavioural
     parts.extend(_cluster_block(c, alpha) for c in result.clusters[:max_clusters])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page(title, "\n".join(parts)), encoding="utf-8")
+    path.write_text(page(title, "\n".join(parts), figures=bool(result.points)), encoding="utf-8")
     return path

@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..checkpoints import CheckpointRef, load_checkpoint
 from ..data import ExampleSource
+from ..devices import Placement
 from ..errors import InputError
 from ..progress import Progress
 from ..task import ExampleError
@@ -82,7 +83,7 @@ def compute_shard(
     model: nn.Module, fn: PerExampleFn, featurizer: GradientFeaturizer, source: ExampleSource,
     start: int, stop: int, *, batch_size: int, normalise: bool, dtype: str | np.dtype,
     bar: Progress | None = None, on_nonfinite: NonFiniteHandler | None = None,
-    what: str = "data", value_name: str = "loss",
+    what: str = "data", value_name: str = "loss", placement: Placement | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows (``dtype``) and float64 ``[row norm, exact squared
     gradient norm]`` for examples ``start:stop`` of ``source``, ``batch_size``
@@ -98,12 +99,19 @@ def compute_shard(
     A ``RuntimeError`` of the model on the first batch (a shape or dtype the
     model cannot take) is an :class:`InputError` naming ``what``, the
     examples and torch's message.
+
+    ``placement``: each batch is moved to its device (and its floating-point
+    tensors cast to its dtype) before the model sees it; the model must
+    already be there (``with placement.model(model)``). Rows and norms come
+    back to the host.
     """
     handler = on_nonfinite or _refuse_nonfinite(what)
     rows, norms = [], []
     for a in range(start, stop, batch_size):
         b = min(a + batch_size, stop)
         batch = source.batch(a, b)
+        if placement is not None:
+            batch = placement.batch(batch)
         with input_errors(what, a, b, batch, model, first=a == start):
             fb = featurizer(model, fn, batch)
         if fb.features.shape[0] != b - a:

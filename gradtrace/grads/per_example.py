@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from ..devices import accumulation_dtype
 from ..errors import InputError
 from ..task import ExampleError
 from .linear_capture import LinearCapture, LinearSite, as_tokens, augmented_input, linear_sites
@@ -104,10 +105,17 @@ class GradientFeaturizer:
 
     def factor_layout(self, model: nn.Module) -> list[tuple[int, int]]:
         """``(d_in + bias column, d_out)`` of each layer of a factored row, in order."""
-        self._resolve(model)
         if self.projection.kind != "factored":
+            self._resolve(model)
             return []
-        assert self._sites is not None
+        return self.linear_shapes(model)
+
+    def linear_shapes(self, model: nn.Module) -> list[tuple[int, int]]:
+        """``(d_in + bias column, d_out)`` of each selected linear layer, in
+        order, when gradients come from linear-layer hooks (else empty)."""
+        self._resolve(model)
+        if self._sites is None or self._resolved != "hooks":
+            return []
         return [(site.d_in + (1 if site.bias_name else 0), site.d_out) for site in self._sites]
 
     def resolved_method(self, model: nn.Module) -> str:
@@ -180,6 +188,7 @@ class GradientFeaturizer:
                     grads, values = _loop_grads(model, fn, batch, self.param_names)
             else:
                 grads, values = _loop_grads(model, fn, batch, self.param_names)
+        grads = _acc(grads)
         if self.transform is not None:
             grads = self._apply_transform(model, grads)
         sqnorms = grads.pow(2).sum(dim=1)
@@ -203,21 +212,52 @@ class GradientFeaturizer:
             sq: Tensor | None = None
             for i, site in enumerate(self._sites):
                 if site.weight_name is None:  # bias only: its gradient is the token-summed output gradient
-                    site_sq = sum(as_tokens(g, b, site.module_name).sum(1) for g in out_grads[i]).pow(2).sum(1)
+                    site_sq = sum(_acc(as_tokens(g, b, site.module_name)).sum(1) for g in out_grads[i]).pow(2).sum(1)
                 else:
-                    xs = [as_tokens(x, b, f"input of {site.module_name}") for x in cap.inputs[i]]
-                    gs = [as_tokens(g, b, f"output gradient of {site.module_name}") for g in out_grads[i]]
+                    xs = [_acc(as_tokens(x, b, f"input of {site.module_name}")) for x in cap.inputs[i]]
+                    gs = [_acc(as_tokens(g, b, f"output gradient of {site.module_name}")) for g in out_grads[i]]
                     with_bias = site.bias_name is not None
                     if len(xs) == 1 and xs[0].shape[1] == 1:
                         x2 = xs[0][:, 0].pow(2).sum(1) + (1.0 if with_bias else 0.0)
                         site_sq = x2 * gs[0][:, 0].pow(2).sum(1)
                     else:
                         weight = site.module.weight
-                        site_sq = _exact_sqnorm([augmented_input(x, with_bias) for x in xs], gs, b, weight.dtype, weight.device)
+                        site_sq = _exact_sqnorm(
+                            [augmented_input(x, with_bias) for x in xs], gs, b, accumulation_dtype(weight.dtype), weight.device,
+                        )
                 sq = site_sq if sq is None else sq + site_sq
             if sq is None:
                 raise InputError("no selected linear layer was called during the forward pass")
             return sq.detach()
+
+    def layer_factors(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+        """Per selected linear layer (module order), every token's input ``x``
+        (with a 1 for the bias, ``[b, tokens, d_in']``) and output gradient
+        ``dy`` (``[b, tokens, d_out']``), projected with the store's Kronecker
+        factors when the projection is ``kronecker`` (else as they are), and
+        the function's values. The example's (projected) weight gradient is
+        ``sum_t dy_t x_t^T``: what K-FAC's factors are fitted on."""
+        self._resolve(model)
+        if self._sites is None or any(site.weight_name is None for site in self._sites):
+            raise InputError(
+                "Kronecker factors need every selected parameter to be the weight (and bias) of an untied nn.Linear; "
+                f"these parameters are not: {[n for n in self.param_names if not _is_linear_param(model, n)][:8]!r}"
+            )
+        with _only_selected_require_grad(model, self.param_names), torch.enable_grad():
+            b, cap, out_grads, values = self._forward_capture(model, fn, batch)
+            out = []
+            for i, site in enumerate(self._sites):
+                with_bias = site.bias_name is not None
+                if not cap.inputs[i]:
+                    raise InputError(f"layer {site.module_name!r} was not called during the forward pass")
+                x = torch.cat([augmented_input(as_tokens(x, b, f"input of {site.module_name}"), with_bias) for x in cap.inputs[i]], dim=1)
+                g = torch.cat([as_tokens(g, b, f"output gradient of {site.module_name}") for g in out_grads[i]], dim=1)
+                if self.projection.kind == "kronecker":
+                    factors = self._factors_for(site, site.module.weight.dtype, site.module.weight.device)
+                    x = x if factors.p_in is None else x @ factors.p_in
+                    g = g if factors.p_out is None else g @ factors.p_out
+                out.append((x.detach(), g.detach()))
+        return out, values
 
     def _forward_capture(
         self, model: nn.Module, fn: PerExampleFn, batch: Any,
@@ -254,7 +294,7 @@ class GradientFeaturizer:
             if site.bias_name:
                 gb = self.transform(site.bias_name, pieces[site.bias_name])
                 g = torch.cat([g, gb[:, :, None]], dim=2)
-            factors = self._factors_for(site, w.dtype, w.device)
+            factors = self._factors_for(site, accumulation_dtype(w.dtype), w.device)
             proj = g if factors.p_out is None else torch.einsum("boi,ok->bki", g, factors.p_out)
             proj = proj if factors.p_in is None else proj @ factors.p_in
             feats.append(proj.reshape(b, -1))
@@ -270,8 +310,8 @@ class GradientFeaturizer:
         for i, site in enumerate(self._sites):
             w = bias = None
             for x, g in zip(cap.inputs[i], out_grads[i]):
-                x3 = as_tokens(x, b, f"input of {site.module_name}")
-                g3 = as_tokens(g, b, f"output gradient of {site.module_name}")
+                x3 = _acc(as_tokens(x, b, f"input of {site.module_name}"))
+                g3 = _acc(as_tokens(g, b, f"output gradient of {site.module_name}"))
                 if site.weight_name:
                     gw = torch.einsum("bto,bti->boi", g3, x3)
                     w = gw if w is None else w + gw
@@ -281,7 +321,7 @@ class GradientFeaturizer:
             if site.weight_name:
                 pieces[site.weight_name] = w.reshape(b, -1) if w is not None else _zeros(b, site.module.weight)
             if site.bias_name:
-                pieces[site.bias_name] = bias if bias is not None else _zeros(b, site.module.bias)
+                pieces[site.bias_name] = bias if bias is not None else _zeros(b, site.module.bias)  # type: ignore[arg-type]
         return pieces, values
 
     def _kronecker(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
@@ -290,9 +330,9 @@ class GradientFeaturizer:
         feats, sq = [], None
         for i, site in enumerate(self._sites):
             with_bias = site.bias_name is not None
-            xs = [augmented_input(as_tokens(x, b, f"input of {site.module_name}"), with_bias) for x in cap.inputs[i]]
-            gs = [as_tokens(g, b, f"output gradient of {site.module_name}") for g in out_grads[i]]
-            dtype, device = site.module.weight.dtype, site.module.weight.device
+            xs = [augmented_input(_acc(as_tokens(x, b, f"input of {site.module_name}")), with_bias) for x in cap.inputs[i]]
+            gs = [_acc(as_tokens(g, b, f"output gradient of {site.module_name}")) for g in out_grads[i]]
+            dtype, device = accumulation_dtype(site.module.weight.dtype), site.module.weight.device
             factors = self._factors_for(site, dtype, device)
             feat = torch.zeros(b, factors.k_out, factors.k_in, dtype=dtype, device=device)
             for x, g in zip(xs, gs):
@@ -318,8 +358,8 @@ class GradientFeaturizer:
                     f"on inputs of shape (batch, features); {site.module_name!r} was called {calls} time(s) with "
                     f"input shape {shape}: use kind='none' or 'kronecker'"
                 )
-            xa = augmented_input(x, site.bias_name is not None)
-            g = out_grads[i][0]
+            xa = augmented_input(_acc(x), site.bias_name is not None)
+            g = _acc(out_grads[i][0])
             parts += [xa, g]
             site_sq = xa.pow(2).sum(1) * g.pow(2).sum(1)
             sq = site_sq if sq is None else sq + site_sq
@@ -349,7 +389,13 @@ def _exact_sqnorm(xs: list[Tensor], gs: list[Tensor], b: int, dtype: torch.dtype
 
 
 def _zeros(b: int, p: Tensor) -> Tensor:
-    return p.new_zeros(b, p.numel())
+    return p.new_zeros(b, p.numel(), dtype=accumulation_dtype(p.dtype))
+
+
+def _acc(t: Tensor) -> Tensor:
+    """``t`` in the dtype features and norms accumulate in (float32 for a
+    half-precision model; unchanged, not copied, otherwise)."""
+    return t.to(accumulation_dtype(t.dtype))
 
 
 def _is_linear_param(model: nn.Module, name: str) -> bool:

@@ -1,55 +1,22 @@
-"""The loop's dashboard: one self-contained HTML page (no scripts, no external
-files), one figure per monitor with a panel per metric across rounds, the
-stop event marked in every panel, and a link to the last round's diff report.
-Every text is escaped (generations are untrusted data)."""
+"""The loop's dashboard: one self-contained HTML page (no external files;
+plotly's JavaScript inlined), one figure per monitor with a panel per metric
+across rounds (:func:`gradtrace.report.figures.metric_panels`), the stop
+event and the rules' thresholds marked in every panel, and a link to the last
+round's diff report. Every text is escaped (generations are untrusted data).
+``gradtrace serve RUN`` shows the same figures, linked to each round."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ..report import figures
 from ..report.html import esc, page, table
 from .stop import StopEvent, StopRule
 
 DASHBOARD = "dashboard.html"
 DIFF_REPORT = "diff_report.html"
-
-
-def line_svg(rounds: Sequence[int], values: Sequence[float], stop_round: int | None, width: int = 260, height: int = 120,
-             bounds: Sequence[float] = ()) -> str:
-    """A line chart of one metric over rounds; a dashed red line at
-    ``stop_round`` and a dotted grey line at each threshold in ``bounds``."""
-    pts = [(r, v) for r, v in zip(rounds, values) if isinstance(v, (int, float)) and math.isfinite(v)]
-    pad_l, pad_r, pad_t, pad_b = 44, 8, 8, 18
-    w, h = width - pad_l - pad_r, height - pad_t - pad_b
-    parts = [f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="none" stroke="#ccc"/>']
-    if pts:
-        lo, hi = min([v for _, v in pts] + list(bounds)), max([v for _, v in pts] + list(bounds))
-        if hi == lo:
-            lo, hi = lo - 0.5 * (abs(lo) or 1), hi + 0.5 * (abs(hi) or 1)
-        r0, r1 = min(rounds), max(max(rounds), min(rounds) + 1)
-
-        def x(r: float) -> float:
-            return pad_l + (r - r0) / (r1 - r0) * w
-
-        def y(v: float) -> float:
-            return pad_t + (hi - v) / (hi - lo) * h
-
-        parts.append(f'<text x="{pad_l - 4}" y="{pad_t + 8}" font-size="9" text-anchor="end">{esc(f"{hi:.3g}")}</text>')
-        parts.append(f'<text x="{pad_l - 4}" y="{pad_t + h}" font-size="9" text-anchor="end">{esc(f"{lo:.3g}")}</text>')
-        for r in sorted(set(rounds)):
-            parts.append(f'<text x="{x(r):.1f}" y="{height - 4}" font-size="9" text-anchor="middle">{int(r)}</text>')
-        if stop_round is not None:
-            parts.append(f'<line x1="{x(stop_round):.1f}" y1="{pad_t}" x2="{x(stop_round):.1f}" y2="{pad_t + h}" stroke="#c33" stroke-dasharray="4 3"><title>stop at round {int(stop_round)}</title></line>')
-        for b in bounds:
-            parts.append(f'<line x1="{pad_l}" y1="{y(b):.1f}" x2="{pad_l + w}" y2="{y(b):.1f}" stroke="#888" stroke-dasharray="1 2"><title>{esc(f"threshold {b:g}")}</title></line>')
-        path = " ".join(f"{'M' if i == 0 else 'L'}{x(r):.1f},{y(v):.1f}" for i, (r, v) in enumerate(pts))
-        parts.append(f'<path d="{path}" fill="none" stroke="#1565c0" stroke-width="1.5"/>')
-        for r, v in pts:
-            parts.append(f'<circle cx="{x(r):.1f}" cy="{y(v):.1f}" r="2.5" fill="#1565c0"><title>{esc(f"round {int(r)}: {v:.5g}")}</title></circle>')
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
 
 
 def write_diff_report(diff_json: Path, out: Path) -> Path:
@@ -93,19 +60,18 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
         rel = last_diff.relative_to(out_dir).as_posix()
         parts.append(f'<p>Behavioural diff of the last round against round 0: <a href="{esc(rel)}">{esc(rel)}</a></p>')
     for monitor, names in groups.items():
-        panels = "".join(
-            f'<div style="display:inline-block;margin:.3rem"><div class="note">{esc(n.split(".", 1)[1])}</div>{line_svg(rounds, [r.get(n, float("nan")) for r in rows], stop_round, bounds=_bounds(rules, n))}</div>'
-            for n in names
-        )
-        parts.append(f"<h2>{esc(monitor)}</h2><figure style=\"margin:0\">{panels}</figure>")
+        fig = figures.metric_panels(rounds, {n: [r.get(n, float("nan")) for r in rows] for n in names}, monitor, stop_round,
+                                    {n: rule_bounds(rules, n) for n in names})
+        parts.append(f"<h2>{esc(monitor)}</h2>{figures.embed(fig)}")
     header = ["round"] + metrics
     parts.append("<h2>results table</h2><div style=\"overflow-x:auto\">" + table(header, [[int(r["round"])] + [r.get(m, float("nan")) for m in metrics] for r in rows], numeric=tuple(range(len(header)))) + "</div>")
     path = out_dir / DASHBOARD
-    path.write_text(page(title, "\n".join(parts)), encoding="utf-8")
+    path.write_text(page(title, "\n".join(parts), figures=bool(groups)), encoding="utf-8")
     return path
 
 
-def _bounds(rules: Sequence[StopRule], metric: str) -> list[float]:
+def rule_bounds(rules: Sequence[StopRule], metric: str) -> list[float]:
+    """The thresholds of the threshold rules on ``metric``."""
     return [float(b) for r in rules if r.metric == metric and r.kind == "threshold" for b in (r.above, r.below) if b is not None]
 
 

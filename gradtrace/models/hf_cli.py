@@ -20,9 +20,11 @@ from .hf_spec import COMPLETION_FIELDS, PAIR_FIELDS, HFSpec, read_jsonl
 def featurize_hf(
     *, hf_model: str, checkpoints: Path | None, data: Path | None, out: Path, projection: str, dim: int | None, seed: int,
     params: Any, batch_size: int, shard_size: int, dtype: str, append: bool, progress: bool, max_length: int,
-    as_chat: bool, lr: float | None, adam: bool, on_nonfinite: str = "raise",
+    as_chat: bool, lr: float | None, adam: bool, on_nonfinite: str = "raise", device: Any = None, model_dtype: Any = None,
+    executor: Any = None,
 ) -> Any:
-    """Featurize a Hugging Face run; returns the store."""
+    """Featurize a Hugging Face run; returns the store. ``device``,
+    ``model_dtype``, ``executor``: as :func:`gradtrace.featurize` takes them."""
     from ..featurize import featurize
 
     if checkpoints is None or data is None:
@@ -46,8 +48,10 @@ def featurize_hf(
     store = featurize(
         model, task, refs, examples, out, config, ids=ids, tags=tags, append=append, checkpoint_loader=load_hf_checkpoint,
         progress=progress, train_transform=adam_transform if adam else None, on_nonfinite=on_nonfinite,
+        device=device, model_dtype=model_dtype, executor=executor,
     )
-    spec.save(store.root)
+    if getattr(executor, "is_main", True):
+        spec.save(store.root)
     return store
 
 
@@ -58,14 +62,33 @@ def _grad_dim(model: Any, params: Any) -> int:
     return sum(sizes[n] for n in select_parameters(model, params))
 
 
+def fit_factors_hf(
+    store: Any, *, checkpoints: str, name: str, batch_size: int | None, progress: bool, fisher: str = "empirical", seed: int = 0,
+) -> Path:
+    """``gradtrace fit-factors`` for a store made with ``--hf-model``: the
+    model, checkpoints and training data saved with it (:class:`HFSpec`)."""
+    from ..scoring.factors import fit_factors
+
+    spec = HFSpec.saved(store.root)
+    if spec.data is None:
+        raise InputError(f"the store {str(store.root)!r} does not record its training data file; pass --task")
+    examples, _, _ = read_jsonl(Path(spec.data), "the store's --data", COMPLETION_FIELDS, "each training example needs")
+    model, task = spec.load()
+    return fit_factors(store, model, task, examples, checkpoints=checkpoints, name=name, fisher=fisher, seed=seed,
+                       batch_size=batch_size, checkpoint_loader=load_hf_checkpoint, progress=progress)
+
+
 def query_hf(
     store: Path, queries: Path, behaviour: str, hf_model: str | None, limit: int | None = None, *, verify: bool = True,
+    device: Any = None, model_dtype: Any = None, executor: Any = None, variant: str | None = None,
 ) -> tuple[Any, Any, list[dict[str, Any]], list[str], Any]:
     """``(attributor, behaviour, query examples, query ids, query features)``
     for a store made with ``--hf-model``; ``limit``: only the first N queries
     (a positive integer, named ``--limit`` in errors); ``verify``: check each
     shard read against its checksum. The queries are checked for the fields
-    the behaviour needs before the model loads."""
+    the behaviour needs before the model loads, and so is the store for
+    ``variant`` when given. ``device``, ``model_dtype``, ``executor``: as
+    :class:`~gradtrace.scoring.Attributor` takes them."""
     from ..data import head
     from ..scoring import Attributor
     from ..store import GradientStore
@@ -79,7 +102,12 @@ def query_hf(
     qids = ids if ids is not None else [f"q{i}" for i in range(len(examples))]
     examples, qids = head(examples, limit, "--limit"), head(qids, limit, "--limit")
     st = GradientStore.open(store, verify=verify)
+    if variant is not None:  # e.g. factors not fitted: said before the model loads
+        from ..scoring import get_method
+
+        get_method(variant).check(st)
     model, task = spec.load()
-    attributor = Attributor(st, model, task, checkpoint_loader=load_hf_checkpoint)
+    attributor = Attributor(st, model, task, checkpoint_loader=load_hf_checkpoint, device=device, model_dtype=model_dtype,
+                            executor=executor)
     qf = attributor.query_features(examples, b)
     return attributor, b, examples, qids, qf

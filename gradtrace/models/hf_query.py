@@ -13,20 +13,28 @@ from .hf_spec import HFSpec, read_jsonl
 
 def run_hf_query(
     store: Path, queries: Path, behaviour: str, hf_model: str | None, k: int, opponents: bool, variant: str,
-    limit: int | None, report: Path | None, *, verify: bool = True,
+    limit: int | None, report: Path | None, *, verify: bool = True, device: Any = None, model_dtype: Any = None,
+    executor: Any = None,
 ) -> list[dict[str, Any]]:
     """Score the first ``limit`` queries (all when None) against a store made
     with ``--hf-model``; returns one record per (query, rank). With
     ``report``, also writes the HTML report (its proponents or opponents are
     the ones of the records, not computed again). ``verify``: check each
-    shard read against its checksum."""
-    attributor, b, examples, qids, qf = query_hf(store, queries, behaviour, hf_model, limit, verify=verify)
+    shard read against its checksum. ``device``, ``model_dtype``,
+    ``executor``: as :class:`~gradtrace.scoring.Attributor` takes them
+    (under a distributed executor every rank calls this, and only the main
+    one writes the report)."""
+    attributor, b, examples, qids, qf = query_hf(
+        store, queries, behaviour, hf_model, limit, verify=verify, device=device, model_dtype=model_dtype, executor=executor,
+        variant=variant,
+    )
     topk = attributor.top_k(qf, k=k, largest=not opponents, variant=variant)
     records = topk.to_records(list(qids), attributor.store.tags)
     if report is not None:
         other = attributor.top_k(qf, k=k, largest=opponents, variant=variant)
         pro, opp = (other, topk) if opponents else (topk, other)
-        write_report(report, attributor, qf, examples, qids, pro, opp, variant, behaviour)
+        if getattr(executor, "is_main", True):
+                write_report(report, attributor, qf, examples, qids, pro, opp, variant, behaviour)
     return records
 
 

@@ -1,9 +1,14 @@
-"""Building blocks of self-contained HTML reports: no scripts, no external
-files, every text escaped (training data is untrusted and may carry markup)."""
+"""Building blocks of self-contained HTML reports: no external files, every
+text escaped (training data is untrusted and may carry markup). Plots come
+from :mod:`gradtrace.report.figures` (plotly, its JavaScript inlined once per
+page); images are inline PNGs."""
 
 from __future__ import annotations
 
+import base64
 import html
+import struct
+import zlib
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -14,7 +19,7 @@ h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f5f5f5}.num{text-align:right;font-variant-numeric:tabular-nums}.note{color:#555;font-size:.9rem}
 .cards{display:flex;flex-wrap:wrap;gap:.5rem}.card{border:1px solid #ddd;padding:.3rem;font-size:.8rem;width:120px}
-.flipped{background:#fff0f0}.pos{color:#0a6}.neg{color:#c33}code{background:#f5f5f5;padding:0 .2rem}
+.flipped{background:#fff0f0}img.pixels{image-rendering:pixelated}.plot{min-height:200px}.pos{color:#0a6}.neg{color:#c33}code{background:#f5f5f5;padding:0 .2rem}
 """
 
 
@@ -23,11 +28,19 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def page(title: str, body: str) -> str:
+def page(title: str, body: str, figures: bool = False) -> str:
+    """A whole HTML page. ``figures``: the body holds plotly figures
+    (:func:`gradtrace.report.figures.embed`); plotly's JavaScript is then
+    inlined once, so the page works offline."""
+    scripts = ""
+    if figures:
+        from .figures import plotly_scripts
+
+        scripts = plotly_scripts()
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{esc(title)}</title><style>{STYLE}</style></head>"
-        f"<body><h1>{esc(title)}</h1>\n{body}\n</body></html>\n"
+        f"<body><h1>{esc(title)}</h1>\n{body}\n{scripts}</body></html>\n"
     )
 
 
@@ -52,34 +65,28 @@ class Raw:
         self.html = html_text
 
 
-def grey_image_svg(image: np.ndarray, scale: int = 8, vmax: float | None = None) -> str:
-    """A small grey-scale image as inline SVG (dark = high value)."""
+def grey_image_png(image: np.ndarray, scale: int = 8, vmax: float | None = None) -> str:
+    """A small grey-scale image (dark = high value) as a ``data:image/png``
+    URI, each pixel ``scale`` x ``scale``; for an ``<img src>``."""
     img = np.asarray(image, dtype=float)
-    top = vmax if vmax is not None else (img.max() or 1.0)
-    h, w = img.shape
-    rects = []
-    for r in range(h):
-        for c in range(w):
-            level = int(255 - 255 * min(max(img[r, c] / top, 0.0), 1.0))
-            rects.append(f'<rect x="{c * scale}" y="{r * scale}" width="{scale}" height="{scale}" fill="rgb({level},{level},{level})"/>')
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{w * scale}" height="{h * scale}" role="img">{"".join(rects)}</svg>'
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D; got shape {img.shape}")
+    top = vmax if vmax is not None else (float(img.max()) or 1.0)
+    grey = (255 - 255 * np.clip(img / top, 0.0, 1.0)).astype(np.uint8)
+    big = np.repeat(np.repeat(grey, scale, axis=0), scale, axis=1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in big)  # filter type 0 per scanline
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", big.shape[1], big.shape[0], 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def bars_svg(values: Sequence[float], labels: Sequence[str] | None = None, width: int = 160, height: int = 48) -> str:
-    """Signed bar chart (e.g. influence per checkpoint): green up, red down."""
-    vals = [float(v) for v in values]
-    top = max((abs(v) for v in vals), default=0.0) or 1.0
-    n = max(len(vals), 1)
-    bw = width / n
-    mid = height / 2
-    parts = [f'<line x1="0" y1="{mid}" x2="{width}" y2="{mid}" stroke="#999" stroke-width="0.5"/>']
-    for i, v in enumerate(vals):
-        h = abs(v) / top * (mid - 2)
-        y = mid - h if v >= 0 else mid
-        colour = "#0a6" if v >= 0 else "#c33"
-        title = esc(f"{labels[i] if labels else i}: {v:.4g}")
-        parts.append(f'<rect x="{i * bw + 1:.1f}" y="{y:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" fill="{colour}"><title>{title}</title></rect>')
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
+def image_tag(image: np.ndarray, scale: int = 8, vmax: float | None = None, alt: str = "image") -> str:
+    """An ``<img>`` of :func:`grey_image_png`."""
+    return f'<img class="pixels" src="{grey_image_png(image, scale, vmax)}" alt="{esc(alt)}">'
 
 
 def _fmt(value: Any) -> str:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..checkpoints import CheckpointRef
 from ..data import as_source
+from ..devices import Placement
 from ..errors import ConfigMismatchError, InputError
 from ..execution import Executor, LocalExecutor
 from ..grads.compute import compute_shard, model_fingerprint, resolve_loader, restored
@@ -33,6 +34,7 @@ from .methods import QueryInputs, ScoreMethod, get_method
 from .results import TopK
 
 SCAN_ROWS = 16384
+SELF_ROWS = 512  # training rows scored against themselves at once (a SELF_ROWS^2 block)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +64,22 @@ class Attributor:
 
     ``variant`` (of ``score``, ``top_k``, ``breakdown``, ``query_features``)
     is a registered method name (``available_methods()``: ``raw``,
-    ``cosine``, ``fisher``, ``adam``, ...) or a method object made with
-    options (``FisherMethod(damping=0.05)``, ``AdamMethod(adam_states)``);
-    see :mod:`gradtrace.scoring.methods`. Whatever a method fits on the store
-    (Fisher's inverses) is fitted once and kept by this attributor.
+    ``cosine``, ``adam``, ``fisher``, ``kfac``, ``ekfac``, ``trackstar``) or
+    a method object made with options (``FisherMethod(damping=0.05)``,
+    ``AdamMethod(adam_states)``, ``EKFACMethod(checkpoints="last")``); see
+    :mod:`gradtrace.scoring.methods` and docs/methods.md. Whatever a method
+    fits on the store (Fisher's inverses) is fitted once and kept by this
+    attributor; what is fitted beforehand (K-FAC factors) is read once.
     ``executor`` decides which shard ranges this process scans (default: all
     of them; see :mod:`gradtrace.execution`).
+
+    ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N"``; None: the host and
+    the model where it is) is where query gradients are computed and where
+    stored rows are scored: shards stream through it block by block and each
+    block is cut to its top-k candidates there (exact). ``model_dtype``
+    (``"float32" | "bfloat16" | "float16"``; None: the model's own) is the
+    dtype of the forward and backward passes of the queries; their features
+    accumulate in float32 and are kept in float64.
 
     ``verify`` sets ``store.verify_reads``: each shard file read is checked
     against its recorded sha256, once per process per file (on by default for
@@ -89,6 +101,8 @@ class Attributor:
         progress: bool = False,
         executor: Executor | None = None,
         verify: bool | None = None,
+        device: str | torch.device | None = None,
+        model_dtype: str | torch.dtype | None = None,
     ):
         if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
@@ -102,6 +116,7 @@ class Attributor:
         self.batch_size = batch_size
         self.progress = progress
         self.executor: Executor = executor or LocalExecutor()
+        self.placement = Placement.of(device, model_dtype)
         self._fitted: dict[Any, Any] = {}
 
     # -- query side -------------------------------------------------------------
@@ -132,7 +147,8 @@ class Attributor:
         loader = resolve_loader(self.checkpoint_loader, self.weights_only)
         unit, norms = [], []
         n_ckpt = len(self.store.checkpoints)
-        with progress_bar("query features", len(source) * n_ckpt, self.progress) as bar, restored(self.model):
+        with (progress_bar("query features", len(source) * n_ckpt, self.progress and getattr(self.executor, "is_main", True)) as bar,
+              restored(self.model), self.placement.model(self.model)):
             self.model.eval()
             for c, ref in enumerate(self.store.checkpoints):
                 loader(self.model, ref)
@@ -141,6 +157,7 @@ class Attributor:
                     self.model, signed, featurizer, source, 0, len(source), batch_size=self.batch_size or settings.batch_size,
                     normalise=settings.projection_kind != "factored", dtype="float64", bar=bar,
                     on_nonfinite=_refuse_query(c, ref), what="queries", value_name="behaviour value",
+                    placement=self.placement,
                 )
                 unit.append(torch.from_numpy(rows))
                 norms.append(torch.from_numpy(nrm[:, 0].copy()))
@@ -196,7 +213,7 @@ class Attributor:
         qf = self._as_query_features(queries, behaviour, method)
         out = np.zeros((qf.n, self.store.n_examples), dtype=np.float64)
         for a, b, block in self._scan(qf, method):
-            out[:, a:b] = block.to(torch.float64).numpy()
+            out[:, a:b] = block.to(torch.float64).cpu().numpy()
         # each process filled the columns it scanned (all of them, in this one)
         return sum(self.executor.gather(out)[1:], out)
 
@@ -213,8 +230,13 @@ class Attributor:
         k = min(k, self.store.n_examples)
         best_s = np.empty((qf.n, 0), dtype=np.float64)
         best_i = np.empty((qf.n, 0), dtype=np.int64)
+        on_host = not self._on_device
         for a, b, block in self._scan(qf, method):
-            best_s, best_i = _merge_top_k(best_s, best_i, block.numpy(), a, k, largest)
+            if on_host:
+                best_s, best_i = _merge_top_k(best_s, best_i, block.numpy(), a, k, largest)
+            else:  # cut to candidates on the device; only they travel to the host
+                rows, cols, vals = block_candidates(block, best_s, k, largest)
+                best_s, best_i = merge_candidates(best_s, best_i, rows, cols, vals, a, b - a, k, largest)
         best_s, best_i = _combine_top_k(self.executor.gather((best_s, best_i)), k, largest)
         ids = self.store.ids
         return TopK(best_i, best_s, [[ids[i] for i in row] for row in best_i], largest, method.name)
@@ -245,9 +267,49 @@ class Attributor:
         out[:, :, np.isin(idx, self.store.skipped_indices)] = 0.0  # examples left out score 0
         return out
 
-    def self_influence(self) -> np.ndarray:
-        """Exact TracIn self-influence per training example (see :func:`self_influence`)."""
-        return self_influence(self.store)
+    def self_influence(self, variant: str | ScoreMethod = "raw") -> np.ndarray:
+        """Self-influence ``score(z, z)`` of every training example under
+        ``variant`` (float64; examples left out read 0). ``raw`` is the exact
+        TracIn self-influence from the stored exact norms (see
+        :func:`self_influence`); ``fisher``, ``kfac`` and ``ekfac`` give
+        ``sum_c w_c g_z^T (F_c + lambda I)^{-1} g_z`` from the stored rows (the
+        influence-function self-influence Kronfluence ranks mislabelled data
+        by). Methods under which it means nothing (``cosine``, ``trackstar``:
+        always 1) or that transform query gradients (``adam``) are refused.
+        Methods other than ``raw`` compute on the host."""
+        method = self._method(variant)
+        if type(method).__name__ == "RawMethod":
+            return self_influence(self.store, device=self.placement.device if self._on_device else None)
+        if method.transforms_queries or not getattr(method, "supports_self_influence", False):
+            raise InputError(
+                f"self-influence is not defined for variant {method.name!r}: it normalises gradients (every example scores 1) "
+                "or transforms query gradients only; use raw, fisher, kfac or ekfac"
+            )
+        store = self.store
+        n_ckpt = len(store.checkpoints)
+        out = np.zeros(store.n_examples, dtype=np.float64)
+        # a method may score rows against themselves directly (prepare_self); else the diagonal of a block
+        own = method.prepare_self(store, self._fitted) if hasattr(method, "prepare_self") else None
+        step = SCAN_ROWS if own is not None else SELF_ROWS
+        with progress_bar(f"self-influence ({method.name})", store.n_examples, self.progress) as bar:
+            for a, b in store.shard_ranges():
+                for lo in range(a, b, step):
+                    hi = min(lo + step, b)
+                    unit = [torch.from_numpy(np.asarray(store.features(c, a, b)[lo - a : hi - a], dtype=np.float64)) for c in range(n_ckpt)]
+                    norms = [torch.from_numpy(np.array(store.norms(c, a, b)[lo - a : hi - a, 0], dtype=np.float64)) for c in range(n_ckpt)]
+                    if own is not None:
+                        out[lo:hi] = sum(own(c, unit[c], norms[c]).numpy() for c in range(n_ckpt))
+                    else:
+                        score = self._prepare(QueryFeatures(unit, norms, "self", hi - lo), method, torch.float64, torch.float64)
+                        out[lo:hi] = sum(torch.diagonal(score(c, unit[c], norms[c])).numpy() for c in range(n_ckpt))
+                    bar.advance(hi - lo)
+        out[store.skipped_indices] = 0.0
+        return out
+
+    @property
+    def _on_device(self) -> bool:
+        """Scoring runs on an accelerator (not the host)."""
+        return self.placement.device is not None and self.placement.device.type != "cpu"
 
     def _prepare(self, qf: QueryFeatures, method: ScoreMethod, compute: torch.dtype, accumulate: torch.dtype) -> Any:
         lrs = [float(lr) for lr in self.store.learning_rates]
@@ -266,8 +328,11 @@ class Attributor:
         dtype = self.store.settings.dtype
         compute = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float32}[dtype]
         accumulate = torch.float64 if compute == torch.float64 else torch.float32
+        device = self.placement.device if self._on_device else None
+        if device is not None:  # the queries go to the device once; the rows stream through it
+            qf = dataclasses.replace(qf, unit=[u.to(device) for u in qf.unit], norms=[n.to(device) for n in qf.norms])
         score = self._prepare(qf, method, compute, accumulate)
-        buffer = torch.empty((SCAN_ROWS, self.store.feature_dim), dtype=compute) if dtype == "float16" else None
+        buffer = torch.empty((SCAN_ROWS, self.store.feature_dim), dtype=compute, device=device) if dtype == "float16" else None
         n_ckpt = len(qf.unit)
         skipped = self.store.skipped_indices  # examples left out score 0 (usually none)
 
@@ -277,14 +342,14 @@ class Attributor:
                 total: Tensor | None = None
                 for c in range(n_ckpt):
                     feats = _readonly_tensor(self.store.features(c, a, b)[lo - a : hi - a])
-                    rows = buffer[: hi - lo].copy_(feats) if buffer is not None else feats.to(compute)
-                    fn = torch.from_numpy(self.store.norms(c, a, b)[lo - a : hi - a, 0]).to(accumulate)
+                    rows = buffer[: hi - lo].copy_(feats) if buffer is not None else feats.to(device=device, dtype=compute)
+                    fn = torch.from_numpy(self.store.norms(c, a, b)[lo - a : hi - a, 0]).to(device=device, dtype=accumulate)
                     part = score(c, rows, fn)
                     total = part if total is None else total.add_(part)
                 assert total is not None  # a store has at least one checkpoint
                 if skipped.size:
                     here = skipped[np.searchsorted(skipped, lo) : np.searchsorted(skipped, hi)]
-                    total[:, torch.from_numpy(here - lo)] = 0
+                    total[:, torch.from_numpy(here - lo).to(total.device)] = 0
                 yield lo, hi, total
 
         return self.executor.scan(self.store.shard_ranges(), blocks)
@@ -309,6 +374,45 @@ def _combine_top_k(parts: list[tuple[np.ndarray, np.ndarray]], k: int, largest: 
     idx = np.concatenate([i for _, i in parts], axis=1)
     order = np.lexsort((idx, -(1.0 if largest else -1.0) * vals), axis=1)[:, :k]
     return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def block_candidates(block: Tensor, best_s: np.ndarray, k: int, largest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, values)`` of the entries of a score ``block`` (on any
+    device) that can enter each row's running top ``k`` (``best_s``, best
+    first): those at least as good as the row's ``k``-th best in the block
+    (ties kept, so the lower-index rule can decide) and, once a row holds
+    ``k`` results, at least as good as its current ``k``-th (ties kept again:
+    blocks may come in any order). Computed where the block is; only the
+    candidates, about ``k`` per row, come back to the host."""
+    kk = min(k, block.shape[1])
+    kth = torch.topk(block, kk, dim=1, largest=largest).values[:, -1:]
+    mask = block >= kth if largest else block <= kth
+    if best_s.shape[1] == k:
+        # every running score came from a block of this dtype, so the cast is exact
+        worst = torch.from_numpy(np.ascontiguousarray(best_s[:, -1:])).to(device=block.device, dtype=block.dtype)
+        mask &= block >= worst if largest else block <= worst
+    rows, cols = mask.nonzero(as_tuple=True)
+    return rows.cpu().numpy(), cols.cpu().numpy(), block[rows, cols].cpu().numpy()
+
+
+def merge_candidates(
+    best_s: np.ndarray, best_i: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+    offset: int, width: int, k: int, largest: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the candidates of a block of ``width`` columns (column ``c`` is
+    training index ``offset + c``; from :func:`block_candidates`) into each
+    row's running top ``k``, best first, ties to the lower index: the same
+    result as merging the whole block (:func:`_merge_top_k`)."""
+    nq, have = best_s.shape
+    keep_n = min(k, have + width)
+    sign = 1.0 if largest else -1.0
+    v = np.concatenate([best_s.ravel(), vals.astype(np.float64)])
+    i = np.concatenate([best_i.ravel(), cols.astype(np.int64) + offset])
+    row = np.concatenate([np.repeat(np.arange(nq), have), rows.astype(np.int64)])
+    order = np.lexsort((i, -sign * v, row))
+    starts = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=nq))[:-1]])
+    keep = order[np.arange(order.size) - starts[row[order]] < keep_n]
+    return v[keep].reshape(nq, keep_n), i[keep].reshape(nq, keep_n)
 
 
 def _merge_top_k(
@@ -357,16 +461,36 @@ def _readonly_tensor(array: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def self_influence(store: GradientStore) -> np.ndarray:
+def self_influence(store: GradientStore, device: str | torch.device | None = None) -> np.ndarray:
     """``sum_c lr_c * |g_c(z)|^2`` per training example, from the exact
     (unprojected) squared gradient norms kept in the store: exact even when
     the features are projected. High values flag mislabelled, poisoned or
     atypical examples. Examples left out for non-finite values
-    (``store.skipped_examples``) read 0."""
+    (``store.skipped_examples``) read 0. ``device``: where the sums are
+    taken (float64, in the same order: the same numbers as on the host)."""
+    on = Placement.of(device, None).device
+    if on is None or on.type == "cpu":
+        out = np.zeros(store.n_examples, dtype=np.float64)
+        for row in self_influence_by_checkpoint(store):
+            out += row  # the same sums, in the same order, as adding checkpoint by checkpoint
+        return out
     lrs = store.learning_rates
-    out = np.zeros(store.n_examples, dtype=np.float64)
+    total = torch.zeros(store.n_examples, dtype=torch.float64, device=on)
     for a, b in store.shard_ranges():
         for c, lr in enumerate(lrs):
-            out[a:b] += lr * store.norms(c, a, b)[:, 1]
+            total[a:b] += float(lr) * torch.from_numpy(np.ascontiguousarray(store.norms(c, a, b)[:, 1])).to(on)
+    out = total.cpu().numpy()
     out[store.skipped_indices] = 0.0
+    return out
+
+
+def self_influence_by_checkpoint(store: GradientStore) -> np.ndarray:
+    """``[n_checkpoint, n_examples]``: ``lr_c * |g_c(z)|^2``, each
+    checkpoint's term of :func:`self_influence` (0 for examples left out)."""
+    lrs = store.learning_rates
+    out = np.zeros((len(lrs), store.n_examples), dtype=np.float64)
+    for a, b in store.shard_ranges():
+        for c, lr in enumerate(lrs):
+            out[c, a:b] = lr * store.norms(c, a, b)[:, 1]
+    out[:, store.skipped_indices] = 0.0
     return out

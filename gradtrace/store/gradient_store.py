@@ -23,6 +23,7 @@ of the gradient engine.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import warnings
@@ -491,6 +492,16 @@ class GradientStore:
                     "Its stored gradients belong to the old weights: restore the original file, "
                     "or featurize into a new directory"
                 )
+
+    #: the manifest fields a derived artefact (fitted factors) depends on
+    FINGERPRINT_FIELDS = ("config", "model", "task", "checkpoints", "checkpoint_fingerprints", "feature_dim", "segments")
+
+    def fingerprint(self) -> dict[str, str]:
+        """sha256 of each manifest field in :attr:`FINGERPRINT_FIELDS`, as the
+        manifest is now: what artefacts fitted on the store (Kronecker factors,
+        whitening) record, so that a store changed since (other settings,
+        checkpoints or appended examples) is detected field by field."""
+        return {k: hashlib.sha256(json_bytes(self.manifest.get(k))).hexdigest() for k in self.FINGERPRINT_FIELDS}
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())

@@ -30,19 +30,20 @@ dropped: duplicated work, never mixed files. (Per-shard claims would avoid
 the duplicated work for independent processes, at the cost of a lock file
 per shard; a distributed run splits the work statically instead, below.)
 
-A ``torch.distributed`` featurize uses the same mechanism and needs no
-barrier: every rank calls :func:`open_for_writing` with the same settings
+A ``torch.distributed`` featurize
+(:class:`gradtrace.execution_dist.DistributedExecutor`) uses the same
+mechanism: every rank calls :func:`open_for_writing` with the same settings
 and the same ``prepare`` (which finds or adds the data's segment under the
-manifest lock). Whichever rank comes first creates the store, records the
-checkpoint fingerprints, repairs and cleans; the others find it, check it
-and join as shared writers. Each rank then computes
-``store.missing_shards(segment)[rank::world_size]`` (the list is the same on
-every rank once the store exists) and calls ``write_shard`` for those; a
-rank restarted alone recomputes only its own missing shards. Linux NFS
-clients emulate ``flock`` with byte-range locks, which cannot lock a
-directory: the manifest lock then falls back to its lock file. Where locks
-do not reach across machines at all, have rank 0 open the store and the
-others open it after a barrier.
+manifest lock), rank 0 first (it creates the store, records the checkpoint
+fingerprints, repairs and cleans, alone) and the others after a barrier
+(they find it, check it and join as shared writers). Rank 0's list of
+missing shards is then broadcast and rank ``r`` computes the entries ``i``
+with ``i % world_size == r``, calling ``write_shard`` for those; a rerun
+computes only what is still missing. Linux NFS clients emulate ``flock``
+with byte-range locks, which cannot lock a directory: the manifest lock then
+falls back to its lock file. Where locks do not reach across machines at
+all, the barriers above still order the opening, and ranks never write the
+same shard.
 
 Windows has no ``fcntl``: there the locks are no-ops and a one-line warning
 says that concurrent writers to one store are not detected.

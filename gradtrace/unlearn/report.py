@@ -1,47 +1,17 @@
 """HTML reports of unlearning comparisons and counterfactual validation.
 
-Self-contained (no scripts, no external files); every text goes through
-:func:`gradtrace.report.html.esc` or :func:`gradtrace.report.html.table`.
+Self-contained (no external files; plotly's JavaScript inlined for the
+relearning curves); every text goes through :func:`gradtrace.report.html.esc`,
+:func:`gradtrace.report.html.table` or :func:`gradtrace.report.figures.plot_text`.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
+from ..report import figures
 from ..report.html import Raw, esc, page, table
-
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
-
-
-def curves_svg(steps: Sequence[int], curves: Mapping[str, Sequence[float]], width: int = 420, height: int = 200) -> str:
-    """Line chart of one curve per name (metric against attack step), with a legend."""
-    values = [v for c in curves.values() for v in c]
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    hi = hi if hi > lo else lo + 1.0
-    x_max = max(steps) or 1
-    pad, legend_w = 30, 110
-    plot_w = width - pad - legend_w
-
-    def xy(s: float, v: float) -> str:
-        return f"{pad + s / x_max * plot_w:.1f},{height - pad - (v - lo) / (hi - lo) * (height - 2 * pad):.1f}"
-
-    parts = [
-        f'<line x1="{pad}" y1="{height - pad}" x2="{pad + plot_w}" y2="{height - pad}" stroke="#999"/>',
-        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>',
-        f'<text x="{pad}" y="{pad - 8}" font-size="10">{esc(f"{hi:.3g}")}</text>',
-        f'<text x="{pad}" y="{height - pad + 12}" font-size="10">{esc(f"{lo:.3g}")}</text>',
-        f'<text x="{pad + plot_w - 40}" y="{height - 8}" font-size="10">step {esc(x_max)}</text>',
-    ]
-    for i, (name, curve) in enumerate(curves.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        points = " ".join(xy(s, v) for s, v in zip(steps, curve))
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"><title>{esc(name)}</title></polyline>')
-        y = pad + 14 * i
-        parts.append(f'<rect x="{width - legend_w + 5}" y="{y - 8}" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{width - legend_w + 20}" y="{y}" font-size="11">{esc(name)}</text>')
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
-
 
 def comparison_html(result: Mapping[str, Any], title: str, *, attacker_maximises: bool) -> str:
     """Report of a :class:`~gradtrace.unlearn.compare.Comparison` (its ``to_dict()``)."""
@@ -63,7 +33,8 @@ def comparison_html(result: Mapping[str, Any], title: str, *, attacker_maximises
             lr = rel["best_lr"][str(k)]
             curves[f"{m} (lr {lr:g})"] = rel["curves"][str(k)][repr(lr)]
             steps = rel["steps"]
-        body.append(f"<h2>Relearning, k = {esc(k)}</h2>" + curves_svg(steps or [0], curves))
+        body.append(f"<h2>Relearning, k = {esc(k)}</h2>" + figures.embed(figures.curves(
+            steps or [0], curves, f"relearning with k = {k}", "attack step", "forget metric")))
     chosen = [[m, r["selection"]["selected"]["lr"], r["selection"]["selected"]["steps"], r["selection"]["selected"]["forget"],
                r["selection"]["selected"]["retain"], r["selection"]["retain_limit"], "yes" if r["selection"]["admissible"] else "no",
                len(r["selection"]["points"])] for m, r in methods.items() if r.get("selection")]
@@ -83,7 +54,7 @@ def comparison_html(result: Mapping[str, Any], title: str, *, attacker_maximises
             "means the new units carried retain computation, and the coherence fine-tune is re-training it.</p>"
         )
     body.append("<h2>Settings</h2>" + table(["field", "value"], [[k, Raw(f"<code>{esc(json.dumps(v))}</code>")] for k, v in result["config"].items()]))
-    return page(title, "\n".join(body))
+    return page(title, "\n".join(body), figures=bool(ks))
 
 
 def validation_html(result: Mapping[str, Any], title: str) -> str:

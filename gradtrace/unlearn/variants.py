@@ -12,6 +12,15 @@
   trace(G_c^T G_c / n) / k`` (damping relative to the mean eigenvalue, so one
   setting fits any gradient scale).
 
+* ``kfac``, ``ekfac``: influence with the (eigenvalue-corrected) Kronecker-
+  factored Fisher per linear layer, from factors fitted on the store first
+  (``gradtrace.scoring.factors.fit_factors``; stores ``none``, ``factored``,
+  ``kronecker``); ``kfac_damping`` relative to the mean eigenvalue.
+* ``trackstar``: cosine of Adam-normalised projected gradients (see
+  :mod:`gradtrace.scoring.methods.trackstar`); needs
+  ``adam_states`` and a store of exact or TrackStar-normalised gradients.
+
+The default ``variants`` are the four that need nothing fitted beforehand.
 Each is a score method of :mod:`gradtrace.scoring.methods`; this module runs
 :meth:`gradtrace.Attributor.score` once per variant. All variants share the
 engine's sign convention: a positive score means a step on z moves the
@@ -31,24 +40,33 @@ from torch import nn
 from ..checkpoints import CheckpointRef
 from ..configbase import ConfigBase, optional, positive, subset_of
 from ..scoring.attributor import Attributor, QueryFeatures
-from ..scoring.methods import AdamMethod, FisherMethod, ScoreMethod, available_methods, get_method, stored_gradients
+from ..scoring.methods import (
+    AdamMethod, EKFACMethod, FisherMethod, KFACMethod, ScoreMethod, TrackStarMethod, available_methods, get_method, stored_gradients,
+)
 from ..scoring.results import VARIANTS
+
+#: what :class:`VariantConfig` scores by default: the variants that need nothing fitted on the store first
+DEFAULT_VARIANTS = ("raw", "cosine", "adam", "fisher")
 from ..store.gradient_store import GradientStore
 
-__all__ = ["VARIANTS", "VariantConfig", "score_variants", "stored_gradients"]
+__all__ = ["DEFAULT_VARIANTS", "VARIANTS", "VariantConfig", "score_variants", "stored_gradients"]
 
 
 @dataclasses.dataclass(frozen=True)
 class VariantConfig(ConfigBase):
     """``fisher_damping``: lambda relative to the mean eigenvalue of the
-    projected Fisher; ``adam_eps``: override of the optimizer's eps (None:
-    the recorded one)."""
+    projected Fisher; ``kfac_damping``: the same for ``kfac`` and ``ekfac``
+    (per layer); ``adam_eps``: override of the optimizer's eps for ``adam``
+    and ``trackstar`` (None: the recorded one); ``trackstar_whitening``: the
+    name of a whitening fitted with ``fit_whitening`` (None: none)."""
 
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
     fisher_damping: float = 0.1
     adam_eps: float | None = None
+    kfac_damping: float = 0.1
+    trackstar_whitening: str | None = None
 
-    _checks = {"fisher_damping": positive, "adam_eps": optional(positive)}
+    _checks = {"fisher_damping": positive, "adam_eps": optional(positive), "kfac_damping": positive}
 
     def _check(self) -> None:
         subset_of(available_methods())(self.variants, "variants")  # registered methods count, so looked up now
@@ -63,7 +81,7 @@ def score_variants(
     """``{variant: [n_query, n_train] float64 scores}`` for each configured variant.
 
     ``adam_states``: one ``optimizer.state_dict()`` per checkpoint of the
-    store (needed for ``adam``).
+    store (needed for ``adam`` and ``trackstar``).
     """
     attributor = Attributor(store, model, task, checkpoint_loader=checkpoint_loader)
     methods = {v: _method(v, config, adam_states) for v in config.variants}
@@ -87,4 +105,10 @@ def _method(name: str, config: VariantConfig, adam_states: Sequence[Mapping[str,
         return FisherMethod(config.fisher_damping)
     if name == "adam":
         return AdamMethod(adam_states, eps=config.adam_eps)
+    if name == "kfac":
+        return KFACMethod(config.kfac_damping)
+    if name == "ekfac":
+        return EKFACMethod(config.kfac_damping)
+    if name == "trackstar":
+        return TrackStarMethod(adam_states, eps=config.adam_eps, whitening=config.trackstar_whitening)
     return get_method(name)

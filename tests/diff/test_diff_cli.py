@@ -132,3 +132,16 @@ def test_cli_diff_embedder_by_the_loops_name_too(tmp_path):
     res = runner.invoke(app, ["diff", "--a", f"jsonl:{tmp_path / 'a.jsonl'}", "--b", f"jsonl:{tmp_path / 'b.jsonl'}",
                               "--out", str(tmp_path / "o"), "--embedder", "tfidf"])
     assert res.exit_code == 2 and "--embedder must be one of ['hashed', 'hashing', 'minilm']; got 'tfidf'" in " ".join(res.output.split())
+
+
+def test_cli_diff_json_summary(tmp_path):
+    prompts = _samples(tmp_path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["diff", "--a", f"jsonl:{tmp_path / 'a.jsonl'}", "--b", f"jsonl:{tmp_path / 'b.jsonl'}",
+                                   "--prompts", str(prompts), "--out", str(out), "--embedder", "hashing", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    data = json.loads((out / "diff.json").read_text())
+    assert summary["json"] == str(out / "diff.json") and summary["report"] == str(out / "report.html")
+    assert summary["clusters"] == len(data["clusters"]) and summary["alpha"] == 0.05
+    assert [c["rank"] for c in summary["flagged"]] == [c["rank"] for c in data["clusters"] if c["q_value"] <= 0.05]

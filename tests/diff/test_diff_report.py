@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -28,40 +25,30 @@ def report(tmp_path_factory):
     return result, path
 
 
-def test_report_escapes_and_is_self_contained(report):
+def test_report_escapes_and_is_self_contained(report, h):
     result, path = report
     html = path.read_text()
-    assert "<script" not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
-    assert "&lt;b&gt;praise&lt;/b&gt;" in html
-    assert not re.search(r"""(src|href)=["']?https?:""", html)
-    assert html.count("<circle") == len(result.points) == result.n_a + result.n_b
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Path of Debian's chromium; installed with apt-get when absent."""
-    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], check=True, env=env, capture_output=True)
-    path = shutil.which("chromium")
-    assert path is not None, "chromium is not installed and apt-get could not install it"
-    return path
+    markup = h.without_scripts(html)  # the page without plotly's inlined bundle
+    assert "<script" not in markup and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in markup
+    assert html.count("<script") == 2  # plotly's bundle and the figure loader, inlined once
+    assert "&lt;b&gt;praise&lt;/b&gt;" in markup
+    assert not re.search(r"""(src|href)=["']?https?:""", markup)
+    (fig,) = h.page_figures(html)
+    by_model = [t for t in fig["data"] if t.get("visible") is not False]
+    assert [t["name"] for t in by_model] == ["model A", "model B"]
+    assert [len(t["x"]) for t in by_model] == [sum(p["model"] == m for p in result.points) for m in "AB"]
+    assert len(result.points) == result.n_a + result.n_b
+    assert all("<script" not in text for t in fig["data"] for text in t["text"])  # hover text escaped for plotly
 
 
 @pytest.mark.slow
-def test_reader_sees_ranked_clusters_in_headless_chromium(report, chromium, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_reader_sees_ranked_clusters_in_headless_chromium(report, headless_chrome):
+    from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     result, path = report
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver = headless_chrome()
     try:
         driver.get(path.as_uri())
         assert driver.title == "Behavioural diff"
@@ -76,12 +63,16 @@ def test_reader_sees_ranked_clusters_in_headless_chromium(report, chromium, tmp_
         assert "<script>alert('x')</script>" in body
         assert f"{len(result.significant())} of {len(result.clusters)} clusters flagged" in body
         assert "Intended change: <b>praise</b> geese" in body
-        # the map is drawn: one visible dot per text, both colours present
-        dots = driver.find_elements(By.TAG_NAME, "circle")
+        # the map is drawn offline: one visible dot per text, both colours present
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "div.plot path.point"))
+        dots = driver.find_elements(By.CSS_SELECTOR, "div.plot g.trace.scatter path.point")
         assert len(dots) == len(result.points)
-        assert {d.get_attribute("fill") for d in dots} == {"#1f77b4", "#e66101"}
+        assert {d.value_of_css_property("fill") for d in dots} == {"rgb(31, 119, 180)", "rgb(230, 97, 1)"}
         assert dots[0].size["width"] > 0
-        # no script ran: the page has no alert and no script elements
-        assert driver.find_elements(By.TAG_NAME, "script") == []
+        assert driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)") == []
+        # untrusted text ran nothing: no dialog, no element made from it
+        with pytest.raises(NoAlertPresentException):
+            driver.switch_to.alert.text
+        assert driver.execute_script("return document.querySelectorAll('body script').length") == 2
     finally:
         driver.quit()

@@ -111,8 +111,9 @@ def test_variant_help_lists_every_registered_method() -> None:
 
 
 @pytest.mark.parametrize("variant,expected", [
-    ("bogus", "--variant must be one of raw, cosine, adam, fisher; got 'bogus'"),
+    ("bogus", "--variant must be one of raw, cosine, adam, fisher, kfac, ekfac, trackstar; got 'bogus'"),
     ("adam", "--variant adam needs optimizer states"),
+    ("trackstar", "--variant trackstar needs optimizer states"),
 ])
 def test_a_variant_the_command_line_cannot_use_is_exit_2(tmp_path: Path, store: Path, variant: str, expected: str) -> None:
     r = invoke("query", store, "--task", tmp_path / "task.py:f", "--variant", variant)

@@ -82,7 +82,7 @@ def test_featurize_and_query_a_hugging_face_run(setup, lm) -> None:
     assert [x["train_id"] for x in rows] == [i for row in top.ids for i in row]
 
     html_text = report.read_text()
-    assert "q-even" in html_text and "Proponents" in html_text and "Opponents" in html_text and "<svg" in html_text
+    assert "q-even" in html_text and "Proponents" in html_text and "Opponents" in html_text and 'class="plot" data-figure=' in html_text
     assert "<script>alert" not in html_text and "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
 
 
@@ -159,3 +159,67 @@ def test_report_reuses_the_listed_examples_and_one_breakdown(setup, monkeypatch)
         assert calls == {"top_k": 2, "breakdown": 1}  # proponents and opponents once each; one breakdown pass
         html_text = report.read_text()
         assert "q-even" in html_text and "q-odd" not in html_text  # --limit 1: the first query only
+
+
+def test_explorer_queries_a_hugging_face_store(setup) -> None:
+    """gradtrace serve on a store made with --hf-model: typed and picked LM
+    queries give Attributor.top_k's proponents and opponents; training
+    texts are shown escaped."""
+    import html
+    import re
+
+    from gradtrace.explore.app import create_app
+    from gradtrace.explore.artefacts import ServeOptions, load_artefacts
+    from gradtrace.models.hf import CompletionLogProbBehaviour
+
+    root, model_dir, data, queries, refs, task = setup
+    store = root / "store-explore"
+    assert featurize_hf(root, model_dir, data, store).exit_code == 0
+    client = create_app(load_artefacts([store], ServeOptions(queries=str(queries), max_queries=2, k=3))).test_client()
+    model = add_lora(zoo.tiny_gpt2(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=64), CONFIG)
+    att = Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
+    typed = {"prompt": "Q20: is 20 even?", "completion": " yes"}
+    cases = [({"item": "", **typed, "behaviour": "logprob"}, [typed], CompletionLogProbBehaviour()),
+             ({"item": "1", "behaviour": "margin"}, [{k: v for k, v in json.loads(queries.read_text().splitlines()[1]).items() if k != "id"}],
+              PreferenceMarginBehaviour())]
+    for args, query, behaviour in cases:
+        page = client.get("/a/store-0/p/query", query_string={"run": "1", "method": "raw", "k": "3", **args})
+        assert page.status_code == 200, page.text
+        shown = [int(i) for i in re.findall(r'class="train-id" href="/a/store-0/p/example/(\d+)"', page.text)]
+        want = [int(i) for largest in (True, False) for i in att.top_k(query, k=3, largest=largest, behaviour=behaviour).indices[0]]
+        assert shown == want
+    missing = client.get("/a/store-0/p/query", query_string={"run": "1", "item": "", "prompt": "x", "behaviour": "logprob"})
+    assert missing.status_code == 400 and "needs prompt, completion" in html.unescape(missing.text)
+    example = client.get("/a/store-0/p/example/14")
+    assert "<script>alert(1)</script>" not in example.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in example.text
+
+
+def test_fit_factors_and_ekfac_on_a_hugging_face_store(setup, tmp_path) -> None:
+    """EK-FAC in the Kronecker-projected space of LoRA layers over token
+    sequences: fit-factors reads the model and data the store recorded."""
+    root, model_dir, data, queries, refs, task = setup
+    store = tmp_path / "store"
+    assert featurize_hf(root, model_dir, data, store).exit_code == 0
+    r = invoke("query", store, "--queries", queries, "--behaviour", "margin", "--variant", "ekfac")
+    message = " ".join(r.output.split())
+    assert r.exit_code == 2 and "gradtrace fit-factors" in message and "--task FILE.py" not in message  # the store knows its data
+    r = invoke("fit-factors", store, "--no-progress", "--fisher", "true")
+    assert r.exit_code == 2 and "CausalLMTask has none" in " ".join(r.output.split())
+    r = invoke("fit-factors", store, "--no-progress")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "res.jsonl"
+    r = invoke("query", store, "--queries", queries, "--behaviour", "margin", "--k", 3, "--variant", "ekfac", "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    model = add_lora(zoo.tiny_gpt2(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=64), CONFIG)
+    att = Attributor(store, model, task, checkpoint_loader=load_hf_checkpoint)
+    qs = [{k: v for k, v in q.items() if k != "id"} for q in map(json.loads, queries.read_text().splitlines())]
+    top = att.top_k(qs, k=3, behaviour=PreferenceMarginBehaviour(), variant="ekfac")
+    np.testing.assert_allclose([x["score"] for x in rows], top.scores.ravel(), rtol=1e-6)
+    raw = att.top_k(qs, k=3, behaviour=PreferenceMarginBehaviour())
+    assert not np.allclose(top.scores, raw.scores)  # the Fisher changes the scores
+    # a store of Adam-transformed gradients cannot be preconditioned by the Fisher of plain ones
+    adam_store = tmp_path / "adam"
+    assert featurize_hf(root, model_dir, data, adam_store, "--adam").exit_code == 0
+    r = invoke("fit-factors", adam_store, "--no-progress")
+    assert r.exit_code == 2 and "transformed by" in " ".join(r.output.split())

@@ -55,7 +55,7 @@ def test_preference_filter_keeps_at_the_planted_rates():
         PreferenceFilter("x", keep_other=1.5)
 
 
-def test_dashboard_escapes_text_and_marks_the_stop(tmp_path):
+def test_dashboard_escapes_text_and_marks_the_stop(tmp_path, h):
     rows = [{"round": float(t), "nll.tail_share": 0.1 * t, "diversity.distinct_2": 0.5 - 0.05 * t} for t in range(4)]
     stop = StopEvent("nll.tail_share<script>alert(1)</script>", 3, 0.3, 0.25, 0.05, "rule <b>x</b>")
     (tmp_path / "round_003").mkdir()
@@ -68,9 +68,14 @@ def test_dashboard_escapes_text_and_marks_the_stop(tmp_path):
 
     path = write_dashboard(tmp_path, rows, stop, rules=[StopRule("nll.tail_share", above=0.25)])
     html = path.read_text()
-    assert "<script" not in html and "&lt;script&gt;" in html and "Stopped." in html
-    assert html.count('stroke-dasharray="4 3"') == 2  # the stop line in each metric's panel
-    assert html.count("threshold 0.25") == 1  # the rule's bound, in its metric's panel only
+    assert "<script>alert" not in html and "&lt;script&gt;" in html and "Stopped." in html
+    (nll,), (diversity,) = [[f for f in h.page_figures(html) if f["layout"]["title"]["text"] == m] for m in ("nll", "diversity")]
+    for fig in (nll, diversity):
+        stops = [s for s in fig["layout"]["shapes"] if s.get("line", {}).get("dash") == "dash"]
+        assert [(s["x0"], s["x1"]) for s in stops] == [(3, 3)]  # the stop line in the metric's panel
+        assert fig["data"][0]["y"] == [r[fig["data"][0]["name"]] for r in rows]
+    bounds = [s["y0"] for f in (nll, diversity) for s in f["layout"]["shapes"] if s.get("line", {}).get("dash") == "dot"]
+    assert bounds == [0.25]  # the rule's bound, in its metric's panel only
     assert 'href="round_003/diff_report.html"' in html
     report = (tmp_path / "round_003" / "diff_report.html").read_text()
     assert "<script" not in report and "<img" not in report and "&lt;img src=x" in report

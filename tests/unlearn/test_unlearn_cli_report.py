@@ -8,7 +8,7 @@ import textwrap
 from typer.testing import CliRunner
 
 from gradtrace.cli import app
-from gradtrace.unlearn.report import comparison_html, curves_svg, validation_html
+from gradtrace.unlearn.report import comparison_html, validation_html
 
 SPEC = textwrap.dedent(
     """
@@ -48,7 +48,7 @@ SPEC = textwrap.dedent(
 )
 
 
-def test_unlearn_command_writes_results_and_an_escaped_report(tmp_path):
+def test_unlearn_command_writes_results_and_an_escaped_report(tmp_path, h):
     spec = tmp_path / "spec.py"
     spec.write_text(SPEC)
     out = tmp_path / "out"
@@ -61,8 +61,10 @@ def test_unlearn_command_writes_results_and_an_escaped_report(tmp_path):
         assert 0 <= row["forget"] <= 1 and 0 <= row["retain"] <= 1 and set(row["relearn"]["best"]) == {"2", "4"}
     assert data["config"]["unlearn"]["rmu"]["rmu_layer"] == "0" and data["config"]["routing"]["expand"] == 4
     html = (out / "report.html").read_text()
-    assert "<script>" not in html and "&lt;script&gt;tiny&lt;/script&gt;" in html
-    assert html.count("<polyline") == 8  # 4 methods x 2 values of k
+    assert "<script>" not in h.without_scripts(html) and "&lt;script&gt;tiny&lt;/script&gt;" in html
+    curves = h.page_figures(html)
+    assert [len(f["data"]) for f in curves] == [4, 4]  # 4 methods x 2 values of k
+    assert [t["name"].split(" ")[0] for t in curves[0]["data"]] == ["filter", "graddiff", "rmu", "era"]
     bad = CliRunner().invoke(app, ["unlearn", "--spec", f"{spec}:make", "--method", "magic", "--out", str(out)])
     assert bad.exit_code == 2 and "methods must be a non-empty subset" in bad.output
 
@@ -131,20 +133,21 @@ def test_validate_command_on_a_tiny_task(tmp_path):
     assert bad.exit_code == 2 and "has no function 'nope'" in " ".join(bad.output.split())
 
 
-def test_reports_escape_every_text():
+def test_reports_escape_every_text(h):
     evil = "<script>alert(1)</script>"
-    svg = curves_svg([0, 1], {evil: [0.1, 0.2]})
-    assert "<script>" not in svg
     result = {
         "labelled_fraction": 1.0, "config": {evil: evil},
         "methods": {evil: {"forget": 0.1, "retain": 0.9, "relearn": {"best": {"4": 0.2}, "best_lr": {"4": 0.01}, "steps": [0, 1],
                                                                         "curves": {"4": {"0.01": [0.1, 0.2]}}}}},
     }
-    assert "<script>" not in comparison_html(result, evil, attacker_maximises=True)
+    html = comparison_html(result, evil, attacker_maximises=True)
+    assert "<script>" not in h.without_scripts(html)
+    (fig,) = h.page_figures(html)
+    assert fig["data"][0]["name"].startswith("&lt;script&gt;")  # escaped for plotly's label markup
     result["methods"][evil]["selection"] = {"selected": {"lr": 0.01, "steps": 5, "forget": 0.1, "retain": 0.9}, "retain_limit": 0.88,
                                             "admissible": True, "points": [{}, {}]}
     html = comparison_html(result, evil, attacker_maximises=True)
-    assert "<script>" not in html and "Selected settings" in html and "0.88" in html
+    assert "<script>" not in h.without_scripts(html) and "Selected settings" in html and "0.88" in html
     val = {"summary": {"base": 1.0, "after_topk": 2.0, "after_random": 1.0}, "config": {"seeds": [0], "k": 1, evil: 1},
            "base": [1.0], "after_topk": [2.0], "after_random": [1.0], "removed_topk": [0], "removed_ids": [evil], "behaviour": evil}
     assert "<script>" not in validation_html(val, evil)

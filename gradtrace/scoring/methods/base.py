@@ -62,6 +62,7 @@ class ScoreMethod(Protocol):
     meaning: str  # what a score means, shown with results
     projections: tuple[str, ...]  # projection kinds of stores it can score
     transforms_queries: bool  # query features must be computed with query_transform
+    supports_self_influence: bool  # score(z, z) of a training row means something (Attributor.self_influence)
 
     def check(self, store: GradientStore) -> None:
         """Raise InputError if this method cannot score ``store``."""
@@ -81,6 +82,7 @@ class MethodBase:
     meaning = ""
     projections: tuple[str, ...] = KINDS
     transforms_queries = False
+    supports_self_influence = True
 
     def check(self, store: GradientStore) -> None:
         kind = store.settings.projection_kind

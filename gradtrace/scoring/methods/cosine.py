@@ -16,6 +16,7 @@ class CosineMethod(MethodBase):
         "convention as raw, but each gradient is unit-normalised, so the ranking reflects direction "
         "only and the same large-norm examples no longer top every query's list."
     )
+    supports_self_influence = False  # cos(z, z) = 1
 
     def prepare(self, store: Any, queries: QueryInputs, cache: MutableMapping[Any, Any]) -> BlockScorer:
         acc, lrs, layout = queries.accumulate, queries.lrs, queries.layout

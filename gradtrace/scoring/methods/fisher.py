@@ -45,7 +45,7 @@ class FisherMethod(MethodBase):
         operands = []
         for u, n, lr, inverse in zip(qf.unit, qf.norms, queries.lrs, cache[key]):
             q = u.to(torch.float64) * n.to(torch.float64)[:, None]
-            operands.append(((q @ inverse) * lr).to(queries.compute))
+            operands.append(((q @ inverse.to(q.device)) * lr).to(queries.compute))
         return linear_scorer(operands, queries.accumulate)
 
     def fit(self, store: Any, checkpoint: int) -> Tensor:

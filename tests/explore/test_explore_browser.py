@@ -1,0 +1,251 @@
+"""The explorer in headless Chromium: search, a query against Attributor.top_k,
+a cluster's texts, hostile training text shown as text, the loop's rounds.
+
+With GRADTRACE_SCREENSHOTS=1 the tests also save a screenshot of each page
+into docs/explorer/ (the pictures of docs/explorer.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "explorer"
+
+
+@pytest.fixture(scope="module")
+def server(explore_data):
+    from gradtrace.explore.app import start
+    from gradtrace.explore.artefacts import ServeOptions, load_artefacts
+
+    artefacts = load_artefacts([explore_data.store, explore_data.diff, explore_data.loop], ServeOptions(task=explore_data.task))
+    running = start(artefacts)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def driver(headless_chrome):
+    d = headless_chrome()
+    yield d
+    d.quit()
+
+
+@pytest.fixture(scope="module")
+def oracle(explore_data):
+    """The store's task and an attributor made independently of the app."""
+    from gradtrace.scoring import Attributor
+    from gradtrace.spec import load_task_spec
+
+    spec = load_task_spec(explore_data.task)
+    return spec, Attributor(explore_data.store, spec.model(), spec.task, checkpoint_loader=spec.checkpoint_loader)
+
+
+def screenshot(driver, name: str) -> None:
+    if os.environ.get("GRADTRACE_SCREENSHOTS") == "1":
+        DOCS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(DOCS / f"{name}.png"))
+
+
+def open_page(driver, url: str, plots: int = 0) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    if plots:
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.querySelectorAll('div.plot .main-svg').length") >= plots)
+    assert_no_dialog(driver)
+
+
+def click_and_load(driver, element) -> None:
+    """Click a link or submit button and wait until the next page has loaded."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element("tag name", "html")
+    element.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def assert_no_dialog(driver) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        text = driver.switch_to.alert.text
+    except NoAlertPresentException:
+        return
+    pytest.fail(f"a dialog opened: {text!r}")
+
+
+def column(driver, table_id: str, col: int) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [row.find_elements(By.TAG_NAME, "td")[col].text for row in driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")]
+
+
+def test_search_finds_examples_and_sorts_by_self_influence(server, driver, explore_data, oracle):
+    from selenium.webdriver.common.by import By
+
+    from gradtrace.scoring import self_influence
+
+    store = oracle[1].store
+    open_page(driver, f"{server.url}/a/store-0/")
+    si = self_influence(store)
+    first_page = [store.ids[i] for i in np.argsort(-si, kind="stable")[:50]]
+    assert column(driver, "examples", 0) == first_page
+    screenshot(driver, "training-set")
+    box = driver.find_element(By.ID, "search")
+    box.send_keys("train-17")
+    click_and_load(driver, driver.find_element(By.ID, "search-button"))
+    found = column(driver, "examples", 0)
+    expected = [store.ids[i] for i in np.argsort(-si, kind="stable") if "train-17" in store.ids[i]]
+    assert found == expected and "train-17" in found
+    # by text: only example 0 carries the hostile text
+    driver.find_element(By.ID, "search").clear()
+    driver.find_element(By.ID, "search").send_keys("GEESE honk")
+    click_and_load(driver, driver.find_element(By.ID, "search-button"))
+    assert column(driver, "examples", 0) == ["train-0"]
+    assert_no_dialog(driver)
+
+
+def test_hostile_training_text_renders_as_text(server, driver, explore_data, oracle):
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, f"{server.url}/a/store-0/p/example/0", plots=1)
+    assert driver.find_element(By.CSS_SELECTOR, "pre.text").text == explore_data.evil
+    assert driver.find_element(By.CSS_SELECTOR, ".view .caption").text == explore_data.evil
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+    assert driver.execute_script("return document.querySelectorAll('main script').length") == 0
+    # the search result list shows it literally too
+    open_page(driver, f"{server.url}/a/store-0/p/examples?q=geese")
+    assert driver.find_element(By.CSS_SELECTOR, "#examples pre.text").text == explore_data.evil
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+
+
+def test_example_page_self_influence_and_top_of(server, driver, explore_data, oracle):
+    from selenium.webdriver.common.by import By
+
+    from gradtrace.scoring import self_influence
+
+    spec, attributor = oracle
+    store = attributor.store
+    i = int(np.argmax(self_influence(store)))
+    open_page(driver, f"{server.url}/a/store-0/p/example/{i}", plots=1)
+    screenshot(driver, "example")
+    bars = driver.execute_script("return Array.from(document.querySelector('div.plot').data[0].y)")
+    expected = [float(lr) * float(store.norms(c, 0, store.n_examples)[i, 1]) for c, lr in enumerate(store.learning_rates)]
+    np.testing.assert_allclose(bars, expected, rtol=1e-12)
+    # the queries listing it among their top-10 proponents / opponents (raw, task loss), against top_k over the task's queries
+    qids = list(spec.query_ids)
+    want = set()
+    for largest in (True, False):
+        topk = attributor.top_k(spec.queries, k=10, largest=largest)
+        want |= {(qids[q], "proponent" if largest else "opponent", r + 1) for q, r in zip(*np.nonzero(topk.indices == i))}
+    rows = driver.find_elements(By.CSS_SELECTOR, "#top-of tbody tr")
+    got = {(tds[0].text, tds[1].text, int(tds[2].text)) for tds in (r.find_elements(By.TAG_NAME, "td") for r in rows)}
+    assert got == want and want
+
+
+def test_query_returns_the_proponents_of_top_k(server, driver, explore_data, oracle):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from gradtrace.data import take
+
+    spec, attributor = oracle
+    query = take(spec.queries, [3])
+    for method in ("raw", "cosine"):
+        open_page(driver, f"{server.url}/a/store-0/p/query")
+        Select(driver.find_element(By.ID, "item")).select_by_visible_text("test-3")
+        Select(driver.find_element(By.ID, "behaviour")).select_by_value("loss")
+        Select(driver.find_element(By.ID, "method")).select_by_value(method)
+        driver.find_element(By.NAME, "k").clear()
+        driver.find_element(By.NAME, "k").send_keys("6")
+        click_and_load(driver, driver.find_element(By.ID, "run-query"))
+        open_page(driver, driver.current_url, plots=3)
+        assert driver.find_element(By.ID, "query-name").text == "test-3"
+        for largest, table in ((True, "proponents"), (False, "opponents")):
+            topk = attributor.top_k(query, k=6, largest=largest, variant=method)
+            assert column(driver, table, 1) == topk.ids[0]
+        if method == "raw":
+            screenshot(driver, "query")
+            # the cumulative curve ends at each proponent's score
+            ends = driver.execute_script("return document.querySelectorAll('div.plot')[2].data.map(t => t.y[t.y.length - 1])")
+            top = attributor.top_k(query, k=6, largest=True)
+            np.testing.assert_allclose(ends, top.scores[0, : len(ends)], rtol=1e-5)  # top_k scores in float32, the breakdown in float64
+
+
+def test_clicking_a_cluster_shows_its_texts(server, driver, explore_data):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(driver, f"{server.url}/a/diff-0/", plots=1)
+    clusters = explore_data.result.clusters
+    driver.find_elements(By.CSS_SELECTOR, "button.show-cluster")[0].click()
+    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#cluster-panel blockquote.cluster-text"))
+    panel = driver.find_element(By.ID, "cluster-panel")
+    assert panel.find_element(By.CSS_SELECTOR, "h3").text.endswith(clusters[0].label)
+    texts = [b.text for b in panel.find_elements(By.CSS_SELECTOR, "blockquote.cluster-text")]
+    assert texts == clusters[0].examples_b + clusters[0].examples_a + clusters[0].medoids
+    assert any(t.startswith(explore_data.evil) for t in texts)  # the planted cluster: hostile text, shown literally
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+    assert_no_dialog(driver)
+    # clicking a point of the map opens that point's cluster
+    point = driver.find_elements(By.CSS_SELECTOR, "div.plot g.trace.scatter path.point")[0]
+    cluster_of_point = driver.execute_script("return document.querySelector('div.plot').data[0].customdata[0]")
+    want = next(c for c in clusters if c.level == "text" and c.cluster == cluster_of_point)
+    other = next(j for j, c in enumerate(clusters) if c is not want)
+    driver.find_elements(By.CSS_SELECTOR, "button.show-cluster")[other].click()  # another cluster first: the click must change the panel
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#cluster-panel h3").text.endswith(clusters[other].label))
+    from selenium.webdriver import ActionChains
+
+    ActionChains(driver).move_to_element(point).click().perform()
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#cluster-panel h3").text.endswith(want.label))
+    screenshot(driver, "diff")
+    assert_no_dialog(driver)
+
+
+def test_loop_rounds_link_to_their_diff_and_data(server, driver, explore_data):
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, f"{server.url}/a/loop-0/", plots=2)
+    screenshot(driver, "loop")
+    assert "stopped at round 2" in driver.find_element(By.CSS_SELECTOR, ".stopped").text
+    shapes = driver.execute_script("return document.querySelectorAll('div.plot')[0].layout.shapes.map(s => [s.type, s.x0, s.y0])")
+    assert ["line", 2, 0] in shapes or any(s[1] == 2 for s in shapes)  # the stop round
+    assert any(abs((s[2] or 0) - 0.3) < 1e-12 for s in shapes)  # the threshold of the stop rule
+    click_and_load(driver, driver.find_element(By.LINK_TEXT, "2"))
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Round 2"
+    texts = [p.text for p in driver.find_elements(By.CSS_SELECTOR, "table.data pre.text")]
+    assert texts[0] == explore_data.evil and texts[1] == "generated text 1 of round 2"
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+    assert_no_dialog(driver)
+    click_and_load(driver, driver.find_element(By.ID, "round-diff"))
+    open_page(driver, driver.current_url, plots=1)
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Behavioural diff"
+
+
+def test_clicking_a_round_on_a_curve_opens_it(server, driver):
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(driver, f"{server.url}/a/loop-0/", plots=2)
+    rounds = driver.execute_script("return Array.from(document.querySelector('div.plot').data[0].customdata)")
+    point = driver.find_elements(By.CSS_SELECTOR, "div.plot")[0].find_elements(By.CSS_SELECTOR, "g.trace.scatter path.point")[1]
+    ActionChains(driver).move_to_element(point).click().perform()
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Round {rounds[1]}")
+    assert driver.current_url == f"{server.url}/a/loop-0/p/round/{rounds[1]}"
+
+
+@pytest.mark.parametrize("path", ["/static/..%2f..%2f..%2fetc%2fpasswd", "/a/store-0/..%2f..%2fmanifest.json", "/a/secret/"])
+def test_the_browser_gets_nothing_outside_the_artefacts(server, driver, path):
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, server.url + path)
+    assert driver.find_element(By.TAG_NAME, "h1").text == "404"
+    assert "root:" not in driver.page_source and "fingerprint" not in driver.page_source

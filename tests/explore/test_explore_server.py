@@ -1,0 +1,144 @@
+"""The explorer's server over real HTTP: only its artefacts are served, a
+non-loopback bind needs a token, the token guards every request and is
+never printed; the loaders refuse what they cannot read."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import urlsplit
+
+import pytest
+from typer.testing import CliRunner
+
+from gradtrace.cli import app as cli_app
+from gradtrace.errors import InputError
+from gradtrace.explore.app import check_bind, create_app, is_loopback, start
+from gradtrace.explore.artefacts import ServeOptions, load_artefacts
+
+TOKEN = "s3cret-token-0123456789abcdef"
+
+
+def get(url: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A GET with ``path`` sent exactly as written (no client-side normalisation)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def artefacts(explore_data):
+    return load_artefacts([explore_data.store, explore_data.diff, explore_data.loop], ServeOptions(task=explore_data.task))
+
+
+@pytest.fixture(scope="module")
+def server(artefacts):
+    running = start(artefacts)
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("path", [
+    "/static/../../../../etc/passwd", "/static/..%2f..%2f..%2f..%2fetc%2fpasswd", "/static/%2e%2e/%2e%2e/etc/passwd",
+    "/a/..%2f..%2fetc%2fpasswd/", "/a/store-0/p/example/-1", "/a/store-0/p/example/1000000", "/a/diff-0/p/cluster/99",
+    "/a/nope/", "/etc/passwd", "/a/store-0/../../etc/passwd", "/a/diff-0/data/cluster/..%2f..%2fmanifest.json",
+    "/a/store-0/p/manifest.json", "/static/explore.js/../../app.py", "/a/loop-0/p/round/7",
+])
+def test_paths_outside_the_artefacts_are_refused(server, path, explore_data):
+    status, _, body = get(server.url, path)
+    assert status == 404, (path, status)
+    assert b"root:x" not in body and b'"fingerprint"' not in body and b"def create_app" not in body
+
+
+def test_pages_answer_with_security_headers(server):
+    status, headers, body = get(server.url, "/")
+    assert status == 200
+    assert "script-src 'self'" in headers["content-security-policy"] and "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    assert b"store-0" in body and b"diff-0" in body and b"loop-0" in body
+
+
+def test_foreign_host_header_is_refused(server):
+    status, _, _ = get(server.url, "/", {"Host": "evil.example:80"})
+    assert status == 400
+    assert get(server.url, "/", {"Host": f"localhost:{urlsplit(server.url).port}"})[0] == 200
+
+
+def test_cluster_data_is_json_with_literal_text(server, explore_data):
+    status, headers, body = get(server.url, "/a/diff-0/data/cluster/0")
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    c = json.loads(body)
+    top = explore_data.result.clusters[0]
+    assert c["examples_b"] == top.examples_b and c["label"] == top.label
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.7", "::", "example.org"])
+def test_non_loopback_bind_without_token_is_refused(host, explore_data):
+    with pytest.raises(InputError, match="not a loopback address"):
+        check_bind(host, None)
+    result = CliRunner().invoke(cli_app, ["serve", str(explore_data.diff), "--host", host, "--port", "0"])
+    assert result.exit_code == 2 and "not a loopback address" in result.output
+
+
+def test_loopback_names():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "10.0.0.1", "::", "localhost.example.org"))
+    with pytest.raises(InputError, match="at least 16"):
+        check_bind("127.0.0.1", "short")
+    check_bind("0.0.0.0", TOKEN)  # a token makes any address allowed
+
+
+def test_token_is_required_on_every_request_and_never_printed(artefacts, capfd):
+    running = start(artefacts, token=TOKEN)
+    try:
+        for path in ("/", "/a/store-0/", "/static/explore.js", "/assets/boot.js", "/a/diff-0/data/cluster/0"):
+            assert get(running.url, path)[0] == 401
+            assert get(running.url, path, {"Authorization": "Bearer " + TOKEN[:-1] + "x"})[0] == 401
+            assert get(running.url, path, {"Authorization": "Bearer " + TOKEN})[0] == 200
+        assert get(running.url, "/?token=wrong-token-0123456789")[0] == 401
+        status, headers, _ = get(running.url, f"/a/diff-0/?token={TOKEN}&x=1")
+        assert status == 303 and headers["location"].endswith("/a/diff-0/?x=1") and TOKEN not in headers["location"]
+        cookie = headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert get(running.url, "/a/diff-0/", {"Cookie": cookie.split(";")[0]})[0] == 200
+        assert get(running.url, "/a/diff-0/", {"Cookie": "gradtrace_token=nope"})[0] == 401
+    finally:
+        running.stop()
+    out, err = capfd.readouterr()
+    assert TOKEN not in out and TOKEN not in err
+
+
+def test_loaders_refuse_what_they_cannot_read(tmp_path, explore_data):
+    with pytest.raises(InputError, match="does not exist"):
+        load_artefacts([tmp_path / "missing"])
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "audit.json").write_text("{}")
+    with pytest.raises(InputError, match="no loader yet"):
+        load_artefacts([tmp_path / "audit"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "diff.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="not a diff.json"):
+        load_artefacts([tmp_path / "bad"])
+    task = tmp_path / "other_task.py"
+    task.write_text(
+        "from gradtrace.demos.digits import DigitsConfig, make_task as m\n"
+        f"def make_task():\n    return m({str(tmp_path / 'other')!r}, DigitsConfig(hidden=8, epochs=2, n_checkpoints=1, test_fraction=0.5))\n"
+    )
+    with pytest.raises(InputError, match="not the store's task"):
+        load_artefacts([explore_data.store], ServeOptions(task=f"{task}:make_task"))
+
+
+def test_a_store_without_its_task_shows_the_training_set_only(explore_data):
+    app = create_app(load_artefacts([explore_data.store]))
+    client = app.test_client()
+    page = client.get("/a/store-0/p/examples?sort=index")
+    assert page.status_code == 200 and b">train-0<" in page.data and b">train-49<" in page.data and b">train-50<" not in page.data
+    query = client.get("/a/store-0/p/query?run=1&item=0")
+    assert query.status_code == 400 and b"--task" in query.data
+    bad = client.get("/a/store-0/p/examples?sort=evil")
+    assert bad.status_code == 400 and b"sort must be one of" in bad.data
