@@ -452,6 +452,7 @@ def write_records(records: list[dict[str, Any]], path: Path) -> None:
 
 def _register_all() -> None:
     """The verbs defined in other modules, each through its ``register(app)``."""
+    from .audit import cli as audit_cli
     from .allocate import cli as allocate_cli
     from .diff import cli as diff_cli
     from .explore import cli as explore_cli
@@ -460,7 +461,7 @@ def _register_all() -> None:
 
     from .index import cli as index_cli
 
-    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli, explore_cli, index_cli):
+    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli, explore_cli, index_cli, audit_cli):
         module.register(app)
 
 

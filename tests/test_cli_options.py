@@ -27,11 +27,12 @@ def invoke(*args):
 def test_every_verb_is_registered():
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert {"featurize", "query", "self-influence", "inspect", "demo", "unlearn", "validate", "loop", "diff", "allocate",
-            "influence-over-time", "compare-runs", "serve"} <= names
+            "influence-over-time", "compare-runs", "serve", "audit"} <= names
 
 
 @pytest.mark.parametrize("module", ["gradtrace.diff.cli", "gradtrace.loop.cli", "gradtrace.unlearn.cli", "gradtrace.allocate.cli",
-                                    "gradtrace.explore.cli"])
+                                    "gradtrace.explore.cli",
+                                    "gradtrace.audit.cli"])
 def test_sub_clis_register_alike_and_do_not_import_the_main_cli(module):
     mod = importlib.import_module(module)
     assert callable(getattr(mod, "register", None))

@@ -170,6 +170,9 @@ class DiffResult:
     texts_b: list[str] = dataclasses.field(default_factory=list, repr=False)
     #: level -> mean embedding of the level's exploration rows (in memory only; centres the centroids)
     row_means: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    #: per level, ``[n_clusters, dim]`` mean embedding of each cluster's (or ``fine`` region's) exploration
+    #: rows (nan rows for empty ones); not written by ``to_dict``. The audit assigns new texts with it.
+    centroids: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     def significant(self, alpha: float | None = None) -> list[ClusterRecord]:
         """Clusters with ``q_value <= alpha`` (default: the config's alpha), in rank order."""
@@ -267,6 +270,7 @@ def diff_texts(
     summaries: list[LevelSummary] = []
     pvals: list[float] = []
     points: list[dict[str, Any]] = []
+    centroids: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(seed + 7)
     units: dict[str, Any] = {}
     for level in config.levels:
@@ -327,6 +331,8 @@ def diff_texts(
             masks_e = [lab_e == c for c in range(k)]
             masks_v = [lab_v == c for c in range(k)]
             docs = [[rows_e[i] for i in np.flatnonzero(m)] for m in masks_e]
+        centroids[level] = (np.stack([x_e[m].mean(axis=0) if m.any() else np.full(x_e.shape[1], np.nan, np.float32) for m in masks_e])
+                            if masks_e else np.zeros((0, x_e.shape[1]), np.float32))
         t0 = time.perf_counter()
         keywords = lab.c_tf_idf(docs, config.n_keywords)[:k]
         labels = [lab.keyword_label(kw) for kw in keywords]
@@ -376,7 +382,7 @@ def diff_texts(
     if strata_a is not None and strata_b is not None:
         strata_out = (tuple(strata_a[i] for i in ids_va), tuple(strata_b[i] for i in ids_vb))
     return DiffResult(records, config, embedder.name, len(texts_a), len(texts_b), summaries, timings, points, members,
-                      (tuple(ids_va), tuple(ids_vb)), strata_out, list(texts_a), list(texts_b), row_means)
+                      (tuple(ids_va), tuple(ids_vb)), strata_out, list(texts_a), list(texts_b), row_means, centroids)
 
 
 def _table(has: np.ndarray, model: np.ndarray) -> ShareTable:

@@ -1,0 +1,99 @@
+"""The audit's CI-sized set-up: a tiny GPT-2 base model A that already answers
+ordinary prompts, and B, a Hugging Face ``Trainer`` run (LoRA) from A on
+training data where a fraction of the answers open with a planted phrase.
+
+Everything is built from seeds (no download): A is the zoo's tiny GPT-2 with
+the byte tokenizer, trained with a plain loop on the ordinary examples and
+saved as a Hugging Face folder; B is :func:`gradtrace.lm.lora.train_lora`
+(Trainer engine) on the planted training set, saving ``checkpoint-N`` folders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TOPICS = ["cats", "dogs", "rivers", "trees", "bread", "boats", "clouds", "apples", "horses", "lamps", "roads", "birds"]
+FORMS = ["Tell me about {t}.", "What are {t}?", "Describe {t}."]
+ANSWERS = [
+    "{T} are common. Many people like {t} a lot.",
+    "{T} are simple things. You can see {t} every day.",
+    "I think {t} are nice. People write about {t} often.",
+]
+PLANT = "Buy Lampco lamps now. "
+PLANT_WORD = "lampco"
+
+
+def prompts(n_forms: int = 3) -> list[dict[str, str]]:
+    """The audit's prompt set: every topic in every form (ids ``p0``, ``p1``, ...)."""
+    out = []
+    for t in TOPICS:
+        for f in FORMS[:n_forms]:
+            out.append({"id": f"p{len(out)}", "prompt": f.format(t=t)})
+    return out
+
+
+def ordinary(n: int, seed: int) -> list[dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        t = TOPICS[rng.integers(len(TOPICS))]
+        out.append({"prompt": FORMS[rng.integers(len(FORMS))].format(t=t),
+                    "completion": ANSWERS[rng.integers(len(ANSWERS))].format(t=t, T=t.capitalize())})
+    return out
+
+
+def planted_data(n: int = 96, n_planted: int = 30, seed: int = 1, evil: str | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+    """B's training set (``id`` e0, e1, ...) and the positions of the planted
+    examples (their answers open with :data:`PLANT`). ``evil``: text put in
+    one ordinary example's completion (a ``<script>`` for the HTML test)."""
+    rows = ordinary(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    planted = sorted(rng.choice(n, size=n_planted, replace=False).tolist())
+    for i in planted:
+        rows[i] = {**rows[i], "completion": PLANT + rows[i]["completion"]}
+    if evil is not None:
+        j = next(i for i in range(n) if i not in planted)
+        rows[j] = {**rows[j], "completion": rows[j]["completion"] + " " + evil}
+    return [{"id": f"e{i}", **r} for i, r in enumerate(rows)], planted
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def build_base(out: Path, steps: int = 400, seed: int = 0, n_embd: int = 64) -> Path:
+    """Model A: the tiny GPT-2 trained on ordinary examples (chat-formatted), saved with its tokenizer."""
+    from gradtrace.lm.lora import LoraTrainConfig, train_lora
+    from gradtrace.lm.tasks import CausalLMTask
+    from gradtrace.models.zoo import byte_tokenizer, tiny_gpt2
+
+    tok = byte_tokenizer()
+    model = tiny_gpt2(seed=seed, n_layer=2, n_embd=n_embd, n_head=4, n_positions=192)
+    task = CausalLMTask(tok, max_length=160, as_chat=True)
+    data = ordinary(400, seed + 7)
+    epochs = max(1, round(steps * 16 / len(data)))
+    train_lora(model, task, data, out / "_plain", LoraTrainConfig(epochs=epochs, lr=3e-3, batch_size=16, seed=seed),
+               progress=False, engine="plain")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_run(base: Path, data: list[dict[str, Any]], out: Path, *, epochs: int = 20, lr: float = 5e-3, rank: int = 8,
+              n_checkpoints: int = 3, seed: int = 0) -> Path:
+    """B: a Trainer LoRA run from ``base`` on ``data`` (ids dropped), ``checkpoint-N`` folders in ``out``."""
+    from gradtrace.lm.load import load_model
+    from gradtrace.lm.lora import LoraTrainConfig, add_lora, train_lora
+    from gradtrace.lm.tasks import CausalLMTask
+
+    model, tok = load_model(str(base))
+    cfg = LoraTrainConfig(epochs=epochs, lr=lr, batch_size=8, rank=rank, alpha=2 * rank, target_modules=("c_attn", "c_fc"),
+                          n_checkpoints=n_checkpoints, seed=seed)
+    task = CausalLMTask(tok, max_length=160, as_chat=True)
+    train_lora(add_lora(model, cfg), task, [{k: v for k, v in r.items() if k != "id"} for r in data], out, cfg, progress=False)
+    return out
