@@ -325,7 +325,7 @@ def _clean(x: float) -> float | None:
 
 def _entry(job: dict[str, Any], variant: str, score: float | None, extra: dict[str, Any]) -> dict[str, Any]:
     return {"score": _clean(score) if score is not None else None, "seconds": job["variants"][variant],
-            "cpu_seconds": job["cpu_seconds"].get(variant), "peak_mib": job["peak_mib"], "variant": variant, **extra}
+            "cpu_seconds": job.get("cpu_seconds", {}).get(variant), "peak_mib": job["peak_mib"], "variant": variant, **extra}
 
 
 def evaluate_lds(case_dir: Path, jobs: dict[str, dict[str, Any]], dev: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -382,7 +382,7 @@ def evaluate_mislabel(case_dirs: dict[float, Path], jobs: dict[float, dict[str, 
         score = None if any(a is None for a in at10) else float(np.mean(at10))
         entries[key] = {"score": score, "found": per_flip, "variant": variant,
                         "seconds": float(sum(jobs[f][key]["variants"][variant] for f in jobs)),
-                        "cpu_seconds": float(sum(jobs[f][key]["cpu_seconds"].get(variant, float("nan")) for f in jobs)),
+                        "cpu_seconds": float(sum(jobs[f][key].get("cpu_seconds", {}).get(variant, float("nan")) for f in jobs)),
                         "peak_mib": float(max(jobs[f][key]["peak_mib"] for f in jobs)), "variants": all_variants}
     return entries
 
