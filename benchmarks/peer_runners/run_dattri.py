@@ -4,7 +4,7 @@ benchmarks/.peers/dattri.
 TracIn: gradient dot products over the checkpoints weighted by their
 learning rates, projected with dattri's random projection (its default 512
 dimensions, and 4096). TRAK: dattri's TRAK over the final checkpoint alone
-projected to 512 and 1024 dimensions (below the 1,437 training examples, so
+projected to 512 and 1024 dimensions (below the 1,438 training examples, so
 X^T X stays invertible without regularisation), and over the 5 checkpoints
 as its ensemble at 512; its output function is the margin log(p / (1 - p))
 of the label (dattri's examples), whose increase is the query loss's decrease.
@@ -62,7 +62,7 @@ def run(case: Case, method: str, rec: Recorder) -> None:
                     att = TRAKAttributor(task=task, correct_probability_func=correct_probability,
                                          projector_kwargs={"proj_dim": dim, "proj_seed": 0, "device": "cpu"}, device="cpu")
                     if not pairwise:  # dattri's self_attribute reads its own loader, not a cached one
-                        return att.self_attribute(train)
+                        return att.self_attribute(train).flatten()  # dattri returns [n_train, 1]
                     att.cache(train)
                     return att.attribute(loader("query")).T
                 rec.variant(f"{ck}_proj{dim}", trak)
