@@ -84,3 +84,50 @@ def test_peer_that_fails_to_install_is_recorded_as_error(peers, tmp_path: Path) 
     assert entries == {"kronfluence/ekfac": {"error": job["error"]}} and chosen == {}
     summary = peers.summarise(entries)
     assert summary["peer_best"] is None and summary["gradtrace_best"] is None
+
+
+FAKE_RUNNER = '''
+import json, sys
+from pathlib import Path
+import numpy as np
+case_dir, method, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+if method == "crash":
+    sys.exit("ImportError: no module named kronfluence")
+scores = np.load(Path(case_dir) / "planted.npy")
+np.save(out / "good.npy", scores)
+np.save(out / "flipped_sign.npy", -scores)
+json.dump({"seconds": {"good": 1.5, "flipped_sign": 2.5}, "cpu_seconds": {"good": 1.0, "flipped_sign": 2.0}, "errors": {}},
+          (out / "meta.json").open("w"))
+'''
+
+
+def test_jobs_run_in_subprocesses_and_the_dev_draw_picks_the_variant(peers, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    runners = tmp_path / "runners"
+    runners.mkdir()
+    (runners / "run_fake.py").write_text(FAKE_RUNNER)
+    monkeypatch.setattr(peers, "RUNNERS", runners)
+    case = tmp_path / "case"
+    case.mkdir()
+    rng = np.random.default_rng(0)
+    n_query, n_train = 3, 20
+    w = rng.normal(size=(n_query, n_train))
+    np.save(case / "planted.npy", w)
+    draws = {}
+    for name, n_sub in (("dev", 8), ("test", 12)):
+        masks = rng.random((n_sub, n_train)) < 0.5
+        draws[name] = {"masks": masks, "outputs": -(masks @ w.T) + 0.01 * rng.normal(size=(n_sub, n_query))}
+
+    crashed = peers.run_job(Path(sys.executable), "fake", "crash", case, timeout_s=60)
+    assert set(crashed) == {"error", "peak_mib", "process_seconds"} and "no module named kronfluence" in crashed["error"]
+    assert not (case / "out" / "fake__crash" / "job.json").exists()  # a failure runs again next time
+
+    job = peers.run_job(Path(sys.executable), "fake", "lds", case, timeout_s=60)
+    assert job["variants"] == {"good": 1.5, "flipped_sign": 2.5} and job["peak_mib"] > 0
+    assert peers.run_job(Path(sys.executable), "fake", "lds", case, timeout_s=60) == job  # kept and reused
+    entries, chosen = peers.evaluate_lds(case, {"fake/lds": job, "fake/crash": crashed}, draws["dev"], draws["test"])
+    assert chosen == {"fake/lds": "good"}
+    e = entries["fake/lds"]
+    assert e["score"] == pytest.approx(peers.lds_spearman(w, draws["test"]["masks"], draws["test"]["outputs"]))
+    assert e["score"] > 0.9 and e["variants"]["flipped_sign"]["test"] < -0.9
+    assert (e["seconds"], e["cpu_seconds"]) == (1.5, 1.0)
+    assert entries["fake/crash"] == {"error": crashed["error"]}
