@@ -27,7 +27,7 @@ from .execution import Executor, LocalExecutor, ShardTask
 from .grads.compute import CheckpointLoader, compute_shard, model_fingerprint, resolve_loader, restored
 from .grads.per_example import GradientFeaturizer
 from .grads.selection import select_parameters
-from .progress import Progress, progress_bar
+from .progress import Progress, human_bytes, progress_bar
 from .store.gradient_store import GradientStore, Segment
 from .task import Task, check_task, describe
 
@@ -56,13 +56,13 @@ class Estimate:
     def describe(self) -> str:
         text = (
             f"{self.n_examples} examples x {self.n_checkpoints} checkpoints; gradient dim {self.grad_dim:,}, "
-            f"feature dim {self.feature_dim:,}; store needs ~{_human(self.disk_bytes)} on disk, "
-            f"peak working memory ~{_human(self.peak_memory_bytes)} beyond the model"
+            f"feature dim {self.feature_dim:,}; store needs ~{human_bytes(self.disk_bytes)} on disk, "
+            f"peak working memory ~{human_bytes(self.peak_memory_bytes)} beyond the model"
         )
         if self.device is not None:
-            free = "" if self.device_free_bytes is None else f" of {_human(self.device_free_bytes)} free"
+            free = "" if self.device_free_bytes is None else f" of {human_bytes(self.device_free_bytes)} free"
             text += (
-                f"; on {self.device} ~{_human(self.device_memory_bytes)}{free} for weights, projection factors "
+                f"; on {self.device} ~{human_bytes(self.device_memory_bytes)}{free} for weights, projection factors "
                 "and a batch of features, plus the activations of one batch (they grow with batch size x tokens)"
             )
         return text
@@ -355,9 +355,3 @@ def _check_ids(ids: Sequence[str] | None, n: int, start: int) -> list[str]:
     return ids
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"

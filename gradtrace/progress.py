@@ -50,3 +50,12 @@ def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Progre
     with RichProgress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(for_terminal(description), total=total)
         yield _Rich(bar, task, console)
+
+
+def human_bytes(n: float) -> str:
+    """A byte count for people: ``512 B``, ``1.5 KiB``, ... (for estimates before long work)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"

@@ -36,7 +36,7 @@ from ..configbase import non_negative_int, positive_int
 from ..errors import InputError, MissingDependencyError, StoreError
 from ..fileio import atomic_write_bytes, json_bytes, write_temporary_with
 from ..fingerprint import file_sha256
-from ..progress import progress_bar
+from ..progress import human_bytes, progress_bar
 from ..store.gradient_store import GradientStore
 from ..store.settings import dict_differences
 from .vectors import NORM_MARGIN, augment, check_store, check_variant, store_vectors, vector_dim
@@ -216,8 +216,8 @@ class Estimate:
 
     def describe(self) -> str:
         return (
-            f"index {self.kind} over {self.n:,} vectors in {self.buckets} norm bucket(s): reads ~{_human(self.read_bytes)} of "
-            f"the store, needs ~{_human(self.disk_bytes)} on disk and ~{_human(self.memory_bytes)} of memory, "
+            f"index {self.kind} over {self.n:,} vectors in {self.buckets} norm bucket(s): reads ~{human_bytes(self.read_bytes)} of "
+            f"the store, needs ~{human_bytes(self.disk_bytes)} on disk and ~{human_bytes(self.memory_bytes)} of memory, "
             f"roughly {_duration(self.seconds)} on this machine"
         )
 
@@ -646,12 +646,6 @@ def open_index(
     return StoreIndex(path, meta, indexes)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
 
 
 def _duration(seconds: float) -> str:
