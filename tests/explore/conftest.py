@@ -84,7 +84,8 @@ def audit_dir(explore_data) -> types.SimpleNamespace:
     """An audit folder as ``run_audit`` lays it out, over the fixture's diff
     (so no model is trained): the diff stage written by the audit's
     StageCache, behaviours grouped, assigned and measured by the audit's own
-    functions, ``audit.json`` assembled by its ``_assemble``. Only the
+    functions, ``audit.json`` assembled by its ``_assemble`` and rendered by
+its ``write_report``. Only the
     traces (scores, per-checkpoint contributions) and the verification
     (retraining) are made up, in the shapes the audit writes them. Training
     example 0 and every third text of B carry hostile markup."""
@@ -148,6 +149,9 @@ def audit_dir(explore_data) -> types.SimpleNamespace:
     audit = _assemble(AuditConfig(top_k=5, verify_k=k), "tiny-A", run, "train.jsonl", beh, traces, queries, verification,
                       train_rows, ids, result, {"n_examples": n_train}, {}, None, one_behaviour_per_cluster)
     atomic_write_bytes(out / "audit.json", (json.dumps(_nan_to_none(audit), indent=1, allow_nan=False, sort_keys=True) + "\n").encode())
+    from gradtrace.audit.report import write_report
+
+    write_report(audit, out / "report.html")  # as run_audit does: the audit's own report reads every field it shows
     return types.SimpleNamespace(path=out, audit=audit, traced=traced, texts_b=texts_b, train_rows=train_rows)
 
 
