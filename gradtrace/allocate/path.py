@@ -134,6 +134,16 @@ class IntervalAllocation:
     def label(self) -> str:
         return f"{self.start} -> {self.end}"
 
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "interval") -> "IntervalAllocation":
+        """The interval :meth:`to_dict` wrote (the derived fields are recomputed); errors name ``where``."""
+        try:
+            per_tensor = {str(k): float(v) for k, v in d["per_tensor"].items()}
+            steps = [None if d.get(k) is None else int(d[k]) for k in ("start_step", "end_step")]
+            return cls(str(d["start"]), str(d["end"]), steps[0], steps[1], float(d["value_start"]), float(d["value_end"]), per_tensor)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{where}: not an interval of an allocation ({type(exc).__name__}: {exc})") from None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "start": self.start, "end": self.end, "start_step": self.start_step, "end_step": self.end_step,
@@ -187,6 +197,19 @@ class RunAllocation:
     @property
     def max_relative_error(self) -> float:
         return max((iv.relative_error for iv in self.intervals), default=0.0)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "allocation") -> "RunAllocation":
+        """The run :meth:`to_dict` wrote (``gradtrace allocate --out``); the groups and totals are recomputed
+        from ``params`` and the per-tensor allocations. Errors name ``where``."""
+        if not isinstance(d, dict) or not isinstance(d.get("intervals"), list) or not isinstance(d.get("params"), list):
+            raise InputError(f"{where}: not an allocation (needs 'intervals' and 'params' lists)")
+        intervals = [IntervalAllocation.from_dict(iv, f"{where}: intervals[{i}]") for i, iv in enumerate(d["intervals"])]
+        try:
+            return cls(intervals, str(d["behaviour"]), str(d["direction"]), str(d["rule"]), int(d["points"]), int(d["n_queries"]),
+                       [str(p) for p in d["params"]], [str(p) for p in d.get("unallocated") or []])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{where}: not an allocation ({type(exc).__name__}: {exc})") from None
 
     def to_dict(self, levels: Sequence[str] = ("module", "block", "layer")) -> dict[str, Any]:
         return {

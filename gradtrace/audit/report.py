@@ -16,12 +16,16 @@ def _share(s: dict[str, Any]) -> str:
     return f"{s['share']:.3f} ({s['count']}/{s['n']}; 95% CI {lo:.3f}-{hi:.3f})"
 
 
-def _example(ex: dict[str, Any]) -> Raw:
+def example_text(ex: dict[str, Any]) -> str:
+    """A training example (prompt/completion or messages) as plain text, as the
+    report and the explorer show it (unescaped: escape it where it is placed)."""
     if "messages" in ex:
-        text = "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in ex["messages"])
-    else:
-        text = f"prompt: {ex.get('prompt', '')}\ncompletion: {ex.get('completion', '')}"
-    return Raw(f"<pre style=\"white-space:pre-wrap;margin:0\">{esc(text[:600])}</pre>")
+        return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in ex["messages"])
+    return f"prompt: {ex.get('prompt', '')}\ncompletion: {ex.get('completion', '')}"
+
+
+def _example(ex: dict[str, Any]) -> Raw:
+    return Raw(f"<pre style=\"white-space:pre-wrap;margin:0\">{esc(example_text(ex)[:600])}</pre>")
 
 
 def _behaviour(b: dict[str, Any]) -> str:

@@ -35,7 +35,8 @@ from .artefacts import Artefact, BadRequest, NotFound
 TOKEN_COOKIE = "gradtrace_token"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-NAV = {"store": (("", "Training set"), ("query", "Query")), "diff": (("", "Diff"),), "loop": (("", "Loop"),)}
+NAV = {"store": (("", "Training set"), ("query", "Query")), "diff": (("", "Diff"),), "loop": (("", "Loop"),),
+       "audit": (("", "Behaviours"),), "allocation": (("", "Heatmap"),)}
 
 
 def is_loopback(host: str) -> bool:

@@ -3,21 +3,27 @@
 ``gradtrace serve DIR...`` hands each path to the first loader whose
 ``detect`` accepts it. A loader turns a path into one or more
 :class:`Artefact` objects (a loop run also yields one diff artefact per
-round that has a ``diff.json``). Each artefact gets an id (``store-0``,
+round that has a ``diff.json``, an audit one for its diff). Each artefact gets an id (``store-0``,
 ``diff-1``, ``loop-0.round-3``): URLs carry ids and integer positions only,
 never paths, so the app can serve nothing but what it was started on.
 
 Kinds today (one module each under :mod:`gradtrace.explore.kinds`):
 
-========  ===========================================  =====================
-kind      detected by                                  module
-========  ===========================================  =====================
-store     ``manifest.json`` of a gradient store        ``kinds/store.py``
-diff      ``diff.json`` (a file, or a folder with one)  ``kinds/diff.py``
-loop      ``loop.json`` and ``round_000/``             ``kinds/loop.py``
-========  ===========================================  =====================
+==========  ============================================  ========================
+kind        detected by                                   module
+==========  ============================================  ========================
+store       ``manifest.json`` of a gradient store         ``kinds/store.py``
+diff        ``diff.json`` (a file, or a folder with one)  ``kinds/diff.py``
+loop        ``loop.json`` and ``round_000/``              ``kinds/loop.py``
+audit       ``audit.json`` (a file, or a folder with      ``kinds/audit.py``
+            one); its diff, when the folder holds it,
+            is a diff artefact of its own
+allocation  a ``.json`` of ``gradtrace allocate --out``   ``kinds/allocation.py``
+            (``intervals``, ``params``, ``rule``,
+            ``behaviour``)
+==========  ============================================  ========================
 
-**Adding a kind** (audit results, allocation results, probe results, ...):
+**Adding a kind** (probe results, ...):
 write ``kinds/<kind>.py`` with a subclass of :class:`Artefact` (its
 ``kind``, ``title``, the ``summary`` shown on the index page, :meth:`~Artefact.page`
 returning a template name and its context, and :meth:`~Artefact.data` for
@@ -26,9 +32,8 @@ JSON the page script fetches) and a :class:`Loader` (``detect(path)`` and
 ``kinds/__init__.py``; templates go in ``explore/templates/``, figures in
 :mod:`gradtrace.report.figures`. The app needs no change: it routes
 ``/a/<id>/``, ``/a/<id>/p/<name>[/<n>]`` and ``/a/<id>/data/<name>/<n>`` to
-those two methods (with the query-string arguments and the integer ``n``). No loader exists for audits (``audit.json``), allocation results or
-probe results yet: their formats were not settled when the explorer was
-written, and a path holding only those is refused with a message saying so.
+those two methods (with the query-string arguments and the integer ``n``). No loader exists for probe results yet: a path
+that no loader accepts is refused with a message naming the kinds read.
 """
 
 from __future__ import annotations
@@ -106,7 +111,8 @@ def load_artefacts(paths: Sequence[str | Path], options: ServeOptions = ServeOpt
 
         loaders = LOADERS
     if not paths:
-        raise InputError("serve needs at least one path (a store, a diff.json or its folder, a loop run folder)")
+        raise InputError("serve needs at least one path (a store, a diff.json or its folder, a loop run folder, "
+                         "an audit folder, an allocation JSON)")
     counts: dict[str, int] = {}
 
     def new_id(kind: str) -> str:
@@ -123,8 +129,9 @@ def load_artefacts(paths: Sequence[str | Path], options: ServeOptions = ServeOpt
         if loader is None:
             raise InputError(
                 f"serve: {str(raw)!r} is none of the kinds the explorer reads ({', '.join(l.kind for l in loaders)}): "
-                "a gradient store (manifest.json), a diff (diff.json), a loop run (loop.json and round_000/); "
-                "audit, allocation and probe results have no loader yet (see gradtrace/explore/artefacts.py)"
+                "a gradient store (manifest.json), a diff (diff.json), a loop run (loop.json and round_000/), "
+                "an audit (a folder with audit.json), an allocation (the JSON of gradtrace allocate --out); "
+                "probe results have no loader yet (see gradtrace/explore/artefacts.py)"
             )
         out.extend(loader.load(path, options, new_id))
     return out

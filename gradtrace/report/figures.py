@@ -116,9 +116,12 @@ def curves(steps: Sequence[float], series: Mapping[str, Sequence[float]], title:
     return fig
 
 
-def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, height_per_row: int = 22) -> Any:
+def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, height_per_row: int = 22,
+            cell_ids: bool = False) -> Any:
     """A signed heatmap (``values[i, j]`` for row ``i``, column ``j``): green
-    positive, red negative, white 0, symmetric about 0; each cell's value on hover."""
+    positive, red negative, white 0, symmetric about 0; each cell's value on
+    hover. ``cell_ids``: each cell's ``customdata`` is ``i * len(cols) + j``
+    (for click handlers)."""
     go = _go()
     vals = np.asarray(values, dtype=float)
     top = float(np.nanmax(np.abs(vals))) if vals.size else 0.0
@@ -127,6 +130,8 @@ def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
     fig = go.Figure(go.Heatmap(z=z, x=[plot_text(c, 60) for c in cols], y=[plot_text(r, 60) for r in rows],
                                colorscale=[[0.0, NEG], [0.5, "#ffffff"], [1.0, POS]], zmin=-top, zmax=top,
                                hovertemplate="%{y} | %{x}: %{z:.4g}<extra></extra>"))
+    if cell_ids:
+        fig.update_traces(customdata=[[i * len(cols) + j for j in range(len(cols))] for i in range(len(rows))])
     fig.update_layout(title=plot_text(title, 120), height=80 + height_per_row * max(len(rows), 1),
                       yaxis=dict(autorange="reversed"), **_LAYOUT)
     return fig

@@ -1,6 +1,7 @@
 """Fixtures of the explorer tests: a small digits demo (store, checkpoints,
 task.py) whose training example 0 carries hostile text, a diff.json with
-hostile texts, and a loop run folder in the runner's layout."""
+hostile texts, a loop run folder in the runner's layout, an audit folder
+over that diff and an allocation of the demo's run."""
 
 from __future__ import annotations
 
@@ -75,4 +76,101 @@ def explore_data(tmp_path_factory) -> types.SimpleNamespace:
     result.save(diff_dir / "diff.json")
     loop = write_loop_run(root / "loop", diff_dir / "diff.json")
     return types.SimpleNamespace(root=root, store=demo.store, task=f"{task_file}:make_task", diff=diff_dir, loop=loop,
-                                 result=result, evil=EVIL)
+                                 result=result, evil=EVIL, texts_a=a, texts_b=b, demo=root / "demo")
+
+
+@pytest.fixture(scope="session")
+def audit_dir(explore_data) -> types.SimpleNamespace:
+    """An audit folder as ``run_audit`` lays it out, over the fixture's diff
+    (so no model is trained): the diff stage written by the audit's
+    StageCache, behaviours grouped, assigned and measured by the audit's own
+    functions, ``audit.json`` assembled by its ``_assemble`` and rendered by
+its ``write_report``. Only the
+    traces (scores, per-checkpoint contributions) and the verification
+    (retraining) are made up, in the shapes the audit writes them. Training
+    example 0 and every third text of B carry hostile markup."""
+    from gradtrace.audit import AuditConfig
+    from gradtrace.audit.behaviours import (Assigner, as_behaviour_groups, member_rows, one_behaviour_per_cluster, share,
+                                            two_proportion_p)
+    from gradtrace.audit.run import _assemble, _nan_to_none
+    from gradtrace.audit.stages import StageCache
+    from gradtrace.diff import HashingEmbedder
+    from gradtrace.fileio import atomic_write_bytes, write_jsonl
+
+    result, texts_a, texts_b = explore_data.result, explore_data.texts_a, explore_data.texts_b
+    out = explore_data.root / "audit"
+    out.mkdir()
+
+    def diff() -> dict:
+        d = result.to_dict()
+        d["centroids"] = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in result.centroids.items()}
+        return _nan_to_none(d)
+
+    StageCache(out).run("diff", {"fixture": "explore"}, diff)
+    recs = lambda texts: [{"prompt_id": f"p{i}", "prompt": f"Prompt {i}", "text": t} for i, t in enumerate(texts)]  # noqa: E731
+    write_jsonl(out / "samples_a.jsonl", recs(texts_a))
+    write_jsonl(out / "samples_b.jsonl", recs(texts_b))
+    assigner = Assigner(result.centroids, HashingEmbedder(), result.config.min_words, result.config.max_units)
+    asg_a, asg_b = assigner.assign(texts_a), assigner.assign(texts_b)
+    beh = []
+    for g in as_behaviour_groups(one_behaviour_per_cluster(result)):  # as run_audit's behaviours stage
+        mask_a, _ = member_rows(asg_a, g.keys, len(texts_a))
+        mask_b, _ = member_rows(asg_b, g.keys, len(texts_b))
+        beh.append({"label": g.label, "members": [{"level": c.level, "cluster": c.cluster, "rank": c.rank, "label": c.label,
+                                                   "q_value": c.q_value, "share_b_of_cluster": c.share_b, "valid_a": c.valid_a,
+                                                   "valid_b": c.valid_b, "log_odds": c.log_odds, "judgement": None,
+                                                   "judgement_reason": None} for c in g.members],
+                    "q_value": g.q_value, "skew": g.skew, "rank": min(c.rank for c in g.members), "share_a": share(mask_a),
+                    "share_b": share(mask_b), "texts_b": [int(i) for i in np.flatnonzero(mask_b)]})
+    traced = [i for i, g in enumerate(beh) if g["skew"] == "B" and g["texts_b"]]
+    assert traced, "the fixture's diff flags no cluster skewed to B"
+    n_train, k = 12, 3
+    train_rows = [{"prompt": "Say it", "completion": EVIL if j == 0 else f"ordinary answer {j}"} for j in range(n_train)]
+    ids = [f"ex-{j}" for j in range(n_train)]
+    rng = np.random.default_rng(1)
+    traces, queries, verification = {}, {}, {}
+    for i in traced:
+        scores = np.sort(rng.normal(size=n_train))[::-1]
+        ranking = [0] + [j for j in rng.permutation(n_train).tolist() if j != 0]
+        traces[str(i)] = {"ranking": ranking, "scores": scores.tolist(), "per_checkpoint": rng.normal(size=(n_train, 2)).tolist(),
+                          "influence_share_top_k": 0.5, "n_queries": 1, "checkpoint_steps": [10, 20]}
+        queries[str(i)] = [{"prompt": "Prompt 0", "chosen": texts_b[beh[i]["texts_b"][0]], "rejected": texts_a[0], "text_b": 0}]
+        g = beh[i]
+        entry = {"k": k, "share_a": g["share_a"], "share_b_before": g["share_b"]}
+        for arm, kept in (("topk", 1), ("random", g["share_b"]["count"])):
+            after = {"count": kept, "n": g["share_b"]["n"], "share": kept / g["share_b"]["n"], "ci95": [0.0, 0.2]}
+            entry[arm] = {"removed_ids": ids[:k], "share_b_after": after, "within_base_ci95": arm == "topk",
+                          "p_value_vs_before": two_proportion_p(g["share_b"]["count"], g["share_b"]["n"], kept, g["share_b"]["n"]),
+                          "rediff_flagged_b": 0, "rediff_still_flagged": arm == "random", "other_behaviours": {}}
+        entry["topk_reduces_more_than_random"] = True
+        verification[str(i)] = entry
+    run = types.SimpleNamespace(run_dir=Path("run<b>"), kind="lora",
+                                refs=[types.SimpleNamespace(step=10, lr=1e-3), types.SimpleNamespace(step=20, lr=1e-3)])
+    audit = _assemble(AuditConfig(top_k=5, verify_k=k), "tiny-A", run, "train.jsonl", beh, traces, queries, verification,
+                      train_rows, ids, result, {"n_examples": n_train}, {}, None, one_behaviour_per_cluster)
+    atomic_write_bytes(out / "audit.json", (json.dumps(_nan_to_none(audit), indent=1, allow_nan=False, sort_keys=True) + "\n").encode())
+    from gradtrace.audit.report import write_report
+
+    write_report(audit, out / "report.html")  # as run_audit does: the audit's own report reads every field it shows
+    return types.SimpleNamespace(path=out, audit=audit, traced=traced, texts_b=texts_b, train_rows=train_rows)
+
+
+@pytest.fixture(scope="session")
+def allocation_json(explore_data) -> types.SimpleNamespace:
+    """``allocate_run`` on the demo's digits MLP (its three checkpoints, loss of ten test digits), saved as
+    ``gradtrace allocate --out`` saves it."""
+    from gradtrace.allocate import allocate_run
+    from gradtrace.checkpoints import CheckpointRef
+    from gradtrace.cli_common import jsonable
+    from gradtrace.demos.digits import DigitsConfig, load_digits_data, make_mlp
+    from gradtrace.fileio import atomic_write_bytes, json_bytes
+    from gradtrace.task import ClassificationTask
+
+    refs = [CheckpointRef.from_dict(d) for d in json.loads((explore_data.demo / "checkpoints" / "done.json").read_text())]
+    cfg = DigitsConfig(**SMALL)
+    data = load_digits_data(cfg)
+    run = allocate_run(make_mlp(cfg.hidden, cfg.seed), None, (data.x_test[:10], data.y_test[:10]), refs, task=ClassificationTask())
+    path = explore_data.root / "alloc.json"
+    data = run.to_dict()
+    atomic_write_bytes(path, json_bytes(jsonable(data)))
+    return types.SimpleNamespace(path=path, data=json.loads(path.read_text()))

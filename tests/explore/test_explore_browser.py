@@ -1,5 +1,6 @@
 """The explorer in headless Chromium: search, a query against Attributor.top_k,
-a cluster's texts, hostile training text shown as text, the loop's rounds.
+a cluster's texts, hostile training text shown as text, the loop's rounds,
+an audit's behaviour and an allocation's cells.
 
 With GRADTRACE_SCREENSHOTS=1 the tests also save a screenshot of each page
 into docs/explorer/ (the pictures of docs/explorer.md)."""
@@ -18,11 +19,12 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "explorer"
 
 
 @pytest.fixture(scope="module")
-def server(explore_data):
+def server(explore_data, audit_dir, allocation_json):
     from gradtrace.explore.app import start
     from gradtrace.explore.artefacts import ServeOptions, load_artefacts
 
-    artefacts = load_artefacts([explore_data.store, explore_data.diff, explore_data.loop], ServeOptions(task=explore_data.task))
+    artefacts = load_artefacts([explore_data.store, explore_data.diff, explore_data.loop, audit_dir.path, allocation_json.path],
+                               ServeOptions(task=explore_data.task))
     running = start(artefacts)
     yield running
     running.stop()
@@ -240,6 +242,37 @@ def test_clicking_a_round_on_a_curve_opens_it(server, driver):
     ActionChains(driver).move_to_element(point).click().perform()
     WebDriverWait(driver, 10).until(lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Round {rounds[1]}")
     assert driver.current_url == f"{server.url}/a/loop-0/p/round/{rounds[1]}"
+
+
+def test_audit_behaviour_and_allocation_cell(server, driver, explore_data, audit_dir, allocation_json):
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    i = audit_dir.traced[0]
+    b = audit_dir.audit["behaviours"][i]
+    open_page(driver, f"{server.url}/a/audit-0/p/behaviour/{i}", plots=len(b["proponents"]))
+    texts = [q.text for q in driver.find_elements(By.CSS_SELECTOR, "blockquote.behaviour-text")]
+    assert texts == [audit_dir.texts_b[j].strip() for j in b["b_texts"]] and texts[0].startswith(explore_data.evil)
+    examples = [pre.text for pre in driver.find_elements(By.CSS_SELECTOR, "#proponents pre.text")]
+    assert examples[0] == f"prompt: Say it\ncompletion: {explore_data.evil}"
+    bars = driver.execute_script("return Array.from(document.querySelectorAll('#proponents div.plot')).map(p => Array.from(p.data[0].y))")
+    assert bars == [list(p["per_checkpoint"].values()) for p in b["proponents"]]
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+    assert_no_dialog(driver)
+    # an allocation: clicking a heatmap cell opens that group's parameters in that interval
+    d = allocation_json.data
+    open_page(driver, f"{server.url}/a/allocation-0/", plots=1)
+    cell = driver.find_element(By.CSS_SELECTOR, "div.plot .nsewdrag")
+    box = driver.execute_script("var r = arguments[0].getBoundingClientRect(); return [r.width, r.height]", cell)
+    groups, n = list(d["by"]["layer"]), len(d["intervals"])
+    row, col = len(groups) - 1, n - 1  # the bottom-right cell (rows run top to bottom)
+    ActionChains(driver).move_to_element_with_offset(cell, int(box[0] * ((col + 0.5) / n - 0.5)),
+                                                     int(box[1] * ((row + 0.5) / len(groups) - 0.5))).click().perform()
+    WebDriverWait(driver, 10).until(lambda dr: dr.current_url.endswith(f"/a/allocation-0/p/layer/{row * n + col}"))
+    assert driver.find_element(By.TAG_NAME, "h1").text.startswith(f"layer {groups[row]}")
+    assert float(driver.find_element(By.ID, "cell-value").text) == pytest.approx(d["by"]["layer"][groups[row]][col], rel=1e-3)
+    assert_no_dialog(driver)
 
 
 @pytest.mark.parametrize("path", ["/static/..%2f..%2f..%2fetc%2fpasswd", "/a/store-0/..%2f..%2fmanifest.json", "/a/secret/"])

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -118,8 +120,15 @@ def test_loaders_refuse_what_they_cannot_read(tmp_path, explore_data):
         load_artefacts([tmp_path / "missing"])
     (tmp_path / "audit").mkdir()
     (tmp_path / "audit" / "audit.json").write_text("{}")
-    with pytest.raises(InputError, match="no loader yet"):
+    with pytest.raises(InputError, match="is not an audit.json written by gradtrace audit: no 'behaviours' list"):
         load_artefacts([tmp_path / "audit"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "probe.json").write_text("{}")
+    with pytest.raises(InputError, match="audit .a folder with audit.json.*probe results have no loader yet"):
+        load_artefacts([tmp_path / "other"])
+    (tmp_path / "alloc.json").write_text(json.dumps({"intervals": [{"start": "a"}], "params": [], "rule": "gauss", "behaviour": "loss"}))
+    with pytest.raises(InputError, match=r"intervals\[0\]: not an interval of an allocation"):
+        load_artefacts([tmp_path / "alloc.json"])
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "diff.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="not a diff.json"):
@@ -142,3 +151,81 @@ def test_a_store_without_its_task_shows_the_training_set_only(explore_data):
     assert query.status_code == 400 and b"--task" in query.data
     bad = client.get("/a/store-0/p/examples?sort=evil")
     assert bad.status_code == 400 and b"sort must be one of" in bad.data
+
+
+def _texts(page: bytes, cls: str) -> list[str]:
+    import html
+    import re
+
+    return [html.unescape(t) for t in re.findall(rf'<blockquote class="{cls}"[^>]*>(.*?)</blockquote>', page.decode(), re.S)]
+
+
+def _figures(page: bytes) -> list[dict]:
+    import html
+    import re
+
+    return [json.loads(html.unescape(f)) for f in re.findall(r'data-figure="([^"]*)"', page.decode())]
+
+
+def test_audit_shows_behaviours_texts_proponents_and_verification(audit_dir, explore_data):
+    import html
+
+    arts = load_artefacts([audit_dir.path])
+    assert [a.id for a in arts] == ["audit-0", "audit-0.diff"]  # the cached diff stage became a diff of its own
+    client = create_app(arts).test_client()
+    main = client.get("/a/audit-0/")
+    assert main.status_code == 200 and b'href="/a/audit-0.diff/"' in main.data
+    assert _figures(main.data)[0]["data"][0]["name"] == "model A"  # the diff's map, built by the diff kind
+    assert b"run&lt;b&gt;" in main.data and b"run<b>" not in main.data
+    beh = audit_dir.audit["behaviours"]
+    for i in audit_dir.traced:
+        b = beh[i]
+        page = client.get(f"/a/audit-0/p/behaviour/{i}")
+        assert page.status_code == 200
+        assert b"<script>alert" not in page.data and b"<img src=x" not in page.data
+        # B's texts that show it: the lines of samples_b.jsonl that audit.json names, literally
+        assert _texts(page.data, "behaviour-text") == [audit_dir.texts_b[j] for j in b["b_texts"]]
+        assert any(t.startswith(explore_data.evil) for t in _texts(page.data, "behaviour-text"))
+        text = page.data.decode()
+        share_b = b["share_b"]
+        assert f"{share_b['share']:.3f} <span class=\"note\">({share_b['count']}/{share_b['n']}; 95% CI {share_b['ci95'][0]:.3f}" in text
+        for p in b["proponents"]:
+            assert f"<td>{html.escape(p['id'])}</td>" in text and f"{p['score']:.4g}" in text
+        shown = [html.unescape(t) for t in re.findall(r'<pre class="text">(.*?)</pre>', text, re.S)]
+        assert shown == [f"prompt: {p['example']['prompt']}\ncompletion: {p['example']['completion']}" for p in b["proponents"]]
+        assert shown[0] == f"prompt: Say it\ncompletion: {explore_data.evil}"  # proponent 1 is example 0: hostile, literal
+        bars = [f["data"][0] for f in _figures(page.data)]
+        assert [bar["y"] for bar in bars] == [list(p["per_checkpoint"].values()) for p in b["proponents"]]
+        assert bars[0]["x"] == ["step 10", "step 20"]
+        v = b["verification"]
+        for arm in ("topk", "random"):
+            assert f"{v[arm]['share_b_after']['share']:.3f}" in text
+        assert 'id="topk-better">yes<' in text
+    untraced = [i for i in range(len(beh)) if i not in audit_dir.traced]
+    if untraced:
+        assert b"Not traced" in client.get(f"/a/audit-0/p/behaviour/{untraced[0]}").data
+    assert client.get(f"/a/audit-0/p/behaviour/{len(beh)}").status_code == 404
+
+
+def test_allocation_heatmap_and_cells_match_the_json(allocation_json):
+    from gradtrace.allocate.groups import group_of
+
+    client = create_app(load_artefacts([allocation_json.path])).test_client()
+    d = allocation_json.data
+    n = len(d["intervals"])
+    for level in ("layer", "block", "module"):
+        page = client.get(f"/a/allocation-0/?level={level}")
+        assert page.status_code == 200
+        heat = _figures(page.data)[0]["data"][0]
+        groups = list(d["by"][level])
+        assert heat["y"] == groups and heat["type"] == "heatmap"
+        np.testing.assert_allclose(heat["z"], [d["by"][level][g] for g in groups], rtol=1e-12)
+        for cell in range(len(groups) * n):
+            g, j = groups[cell // n], cell % n
+            text = client.get(f"/a/allocation-0/p/{level}/{cell}").data.decode()
+            rows = re.findall(r"<tr><td>([^<]*)</td><td class=\"num\">([^<]*)</td>", text)
+            want = {p: d["intervals"][j]["per_tensor"][p] for p in d["params"] if group_of(p, level) == g}
+            assert {name: float(v) for name, v in rows} == pytest.approx(want, rel=1e-5)
+            assert sum(want.values()) == pytest.approx(d["by"][level][g][j], rel=1e-9, abs=1e-15)
+    assert client.get(f"/a/allocation-0/p/layer/{len(d['by']['layer']) * n}").status_code == 404
+    assert client.get("/a/allocation-0/?level=evil").status_code == 400

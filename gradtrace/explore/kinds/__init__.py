@@ -4,11 +4,14 @@ To add a kind, see :mod:`gradtrace.explore.artefacts`."""
 
 from __future__ import annotations
 
+from .allocation import AllocationLoader
+from .audit import AuditLoader
 from .diff import DiffLoader
 from .loop import LoopLoader
 from .store import StoreLoader
 
-#: Loop before diff: a loop run folder may hold a diff.json of its own.
-LOADERS = (StoreLoader(), LoopLoader(), DiffLoader())
+#: Loop and audit before diff: a loop run or an audit folder may hold a diff.json of its own;
+#: allocation last (it reads a JSON file to tell).
+LOADERS = (StoreLoader(), LoopLoader(), AuditLoader(), DiffLoader(), AllocationLoader())
 
 __all__ = ["LOADERS"]

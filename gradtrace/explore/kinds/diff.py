@@ -43,17 +43,26 @@ class DiffArtefact(Artefact):
 
     def page(self, name: str, args: dict[str, str], path_args: Sequence[int]) -> tuple[str, dict[str, Any]]:
         if name == "" and not path_args:
-            names = {int(c["cluster"]): str(c.get("llm_label") or c.get("label") or "")
-                     for c in self.clusters if c.get("level") == "text" and isinstance(c.get("cluster"), int)}
-            fig = figures.diff_map(self.d.get("points") or [], names)
             return "diff.html", {
                 "d": self.d, "alpha": self.alpha, "rows": [self._row(i) for i in range(len(self.clusters))],
-                "map": figures.embed(fig, click="panel", base=f"/a/{self.id}/data/textcluster/"),
+                "map": self.map_markup(),
                 "intended": self.d.get("intended"), "sources": self._sources(),
             }
         if name == "cluster" and len(path_args) == 1:
             return "diff_cluster.html", {"c": self.cluster(path_args[0])}
         raise NotFound(f"diff has no page {name!r}")
+
+    def map_markup(self) -> str:
+        """The map of the texts, placed on a page (a click loads the point's cluster into the page's panel);
+        the audit's page shows its diff with this too."""
+        names = {int(c["cluster"]): str(c.get("llm_label") or c.get("label") or "")
+                 for c in self.clusters if c.get("level") == "text" and isinstance(c.get("cluster"), int)}
+        fig = figures.diff_map(self.d.get("points") or [], names)
+        return figures.embed(fig, click="panel", base=f"/a/{self.id}/data/textcluster/")
+
+    def cluster_index(self, level: Any, cluster: Any) -> int | None:
+        """The position of the cluster ``(level, cluster)`` (its page is ``p/cluster/<position>``), or None."""
+        return next((i for i, c in enumerate(self.clusters) if c.get("level") == level and c.get("cluster") == cluster), None)
 
     def data(self, name: str, args: dict[str, str], path_args: Sequence[int]) -> Any:
         if name == "cluster" and len(path_args) == 1:

@@ -13,7 +13,7 @@
     return (x === null || x === undefined) ? 'n/a' : Number(x).toPrecision(digits || 3);
   }
 
-  function fillCluster(panel, c) {
+  function fillCluster(panel, c, url) {
     panel.replaceChildren();
     panel.appendChild(el('h3', '#' + c.rank + ' [' + c.level + '] ' + c.label, 'cluster-label'));
     var facts = [
@@ -34,7 +34,8 @@
       part[1].forEach(function (t) { panel.appendChild(el('blockquote', t, 'cluster-text')); });
     });
     var link = el('a', 'open the cluster page');
-    link.href = window.location.pathname.replace(/\/$/, '') + '/p/cluster/' + encodeURIComponent(c.index);
+    // the cluster's own diff (the page may be an audit's that shows its diff)
+    link.href = url.split('/data/')[0] + '/p/cluster/' + encodeURIComponent(c.index);
     panel.appendChild(link);
   }
 
@@ -45,7 +46,7 @@
     fetch(url, {credentials: 'same-origin'}).then(function (r) {
       return r.json().then(function (body) { return {ok: r.ok, body: body}; });
     }).then(function (res) {
-      if (res.ok) { fillCluster(panel, res.body); } else { panel.replaceChildren(el('p', res.body.error || 'not a tested cluster', 'note')); }
+      if (res.ok) { fillCluster(panel, res.body, url); } else { panel.replaceChildren(el('p', res.body.error || 'not a tested cluster', 'note')); }
     }).catch(function () { panel.replaceChildren(el('p', 'could not load the cluster', 'error')); });
   }
 
