@@ -364,9 +364,10 @@ def _register_all() -> None:
     """The verbs defined in other modules, each through its ``register(app)``."""
     from .diff import cli as diff_cli
     from .loop import cli as loop_cli
+    from .probes import cli as probes_cli
     from .unlearn import cli as unlearn_cli
 
-    for module in (unlearn_cli, loop_cli, diff_cli):
+    for module in (unlearn_cli, loop_cli, diff_cli, probes_cli):
         module.register(app)
 
 

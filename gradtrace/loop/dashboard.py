@@ -52,6 +52,51 @@ def line_svg(rounds: Sequence[int], values: Sequence[float], stop_round: int | N
     return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
 
 
+PALETTE = ("#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f", "#5d4037", "#455a64")
+
+
+def multi_line_svg(rounds: Sequence[int], series: Mapping[str, Sequence[float]], stop_round: int | None, width: int = 560,
+                   height: int = 200) -> str:
+    """Several metrics over rounds in one chart (one coloured line each, a
+    legend below); a dashed red line at ``stop_round``."""
+    legend_h = 14 * ((len(series) + 2) // 3)
+    pad_l, pad_r, pad_t, pad_b = 44, 8, 8, 18 + legend_h
+    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+    values = [v for vs in series.values() for v in vs if isinstance(v, (int, float)) and math.isfinite(v)]
+    parts = [f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="none" stroke="#ccc"/>']
+    if values and rounds:
+        lo, hi = min(values), max(values)
+        if hi == lo:
+            lo, hi = lo - 0.5 * (abs(lo) or 1), hi + 0.5 * (abs(hi) or 1)
+        r0, r1 = min(rounds), max(max(rounds), min(rounds) + 1)
+
+        def x(r: float) -> float:
+            return pad_l + (r - r0) / (r1 - r0) * w
+
+        def y(v: float) -> float:
+            return pad_t + (hi - v) / (hi - lo) * h
+
+        parts.append(f'<text x="{pad_l - 4}" y="{pad_t + 8}" font-size="9" text-anchor="end">{esc(f"{hi:.3g}")}</text>')
+        parts.append(f'<text x="{pad_l - 4}" y="{pad_t + h}" font-size="9" text-anchor="end">{esc(f"{lo:.3g}")}</text>')
+        for r in sorted(set(rounds)):
+            parts.append(f'<text x="{x(r):.1f}" y="{pad_t + h + 12}" font-size="9" text-anchor="middle">{int(r)}</text>')
+        if stop_round is not None:
+            parts.append(f'<line x1="{x(stop_round):.1f}" y1="{pad_t}" x2="{x(stop_round):.1f}" y2="{pad_t + h}" stroke="#c33" stroke-dasharray="4 3"><title>stop at round {int(stop_round)}</title></line>')
+        for i, (name, vs) in enumerate(series.items()):
+            colour = PALETTE[i % len(PALETTE)]
+            pts = [(r, v) for r, v in zip(rounds, vs) if isinstance(v, (int, float)) and math.isfinite(v)]
+            if pts:
+                path = " ".join(f"{'M' if j == 0 else 'L'}{x(r):.1f},{y(v):.1f}" for j, (r, v) in enumerate(pts))
+                parts.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="1.5"><title>{esc(name)}</title></path>')
+                for r, v in pts:
+                    parts.append(f'<circle cx="{x(r):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colour}"><title>{esc(f"{name}, round {int(r)}: {v:.5g}")}</title></circle>')
+    for i, name in enumerate(series):
+        lx, ly = pad_l + (i % 3) * (w / 3), pad_t + h + 26 + 14 * (i // 3)
+        parts.append(f'<rect x="{lx:.1f}" y="{ly - 8:.1f}" width="10" height="3" fill="{PALETTE[i % len(PALETTE)]}"/>'
+                     f'<text x="{lx + 14:.1f}" y="{ly:.1f}" font-size="10">{esc(name)}</text>')
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
+
+
 def write_diff_report(diff_json: Path, out: Path) -> Path:
     """A small HTML page of a round's behavioural diff (``diff.json``): the
     clusters ranked, their shares, q-values, labels and example texts. Used
@@ -92,6 +137,11 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
     if last_diff is not None:
         rel = last_diff.relative_to(out_dir).as_posix()
         parts.append(f'<p>Behavioural diff of the last round against round 0: <a href="{esc(rel)}">{esc(rel)}</a></p>')
+    probe_acc = [m for m in metrics if m.startswith("probes.") and m.endswith(".accuracy")]
+    if probe_acc:
+        series = {m[len("probes."):-len(".accuracy")]: [r.get(m, float("nan")) for r in rows] for m in probe_acc}
+        parts.append('<h2>probes: per-subtask accuracy</h2><figure style="margin:0">'
+                     + multi_line_svg(rounds, series, stop_round) + "</figure>")
     for monitor, names in groups.items():
         panels = "".join(
             f'<div style="display:inline-block;margin:.3rem"><div class="note">{esc(n.split(".", 1)[1])}</div>{line_svg(rounds, [r.get(n, float("nan")) for r in rows], stop_round, bounds=_bounds(rules, n))}</div>'
