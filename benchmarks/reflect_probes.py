@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=20, help="validated items scored per subtask in part 2")
     ap.add_argument("--train", type=int, default=96, help="fine-tuning examples per fine-tune")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--parts", choices=("stats", "all"), default="all",
+                    help="stats: part 1 only (the shift keys are recorded as null with a note); all: both parts")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     work = args.work
@@ -157,6 +159,46 @@ def main() -> None:
     val = stage(work / "validate.json", val_stage)
     report = val["report"]
     print("kept per subtask", report["kept"], "surface accuracy", report["phrasing_bias"]["surface"]["accuracy"], flush=True)
+
+    stats = {
+        "items_per_subtask": report["kept"],
+        "items_total": report["kept_total"],
+        "surface_classifier_accuracy": report["phrasing_bias"]["surface"]["accuracy"],
+        "surface_classifier_accuracy_per_subtask": report["phrasing_bias"]["surface"]["per_subtask"],
+        "subtask_classifier_accuracy": report["subtask_validity"]["accuracy"],
+        "subtask_confusion": {"labels": report["subtask_validity"]["labels"], "matrix": report["subtask_validity"]["confusion"]},
+        "diversity": report["diversity"],
+        "dedupe": report["dedupe"],
+        "answerability": report["answerability"],
+        "lm_generation": {"attempts_per_subtask": args.lm_attempts, "counts": gen["lm_counts"], "parsed": gen["lm_parsed"],
+                          "verified_kept": report["answerability"].get("generator", {}).get("kept", 0)},
+        "planted_subtask": PLANTED,
+    }
+    stats_md = f"""
+Suite: the shipped seeds + {args.templates} template items per subtask + {args.lm_attempts} SmolLM2 few-shot attempts per subtask,
+validated with MiniLM (offline). Kept {stats['items_total']} items; surface-feature classifier accuracy
+{stats['surface_classifier_accuracy']:.3f} (chance 0.5, target <= 0.6); subtask classifier accuracy
+{stats['subtask_classifier_accuracy']:.3f}; LM items parsed {gen['lm_parsed']}, kept after the verifier
+{stats['lm_generation']['verified_kept']}.
+
+| subtask | items kept | diversity (1 - mean cos) | Vendi | surface clf acc |
+|---|---|---|---|---|
+""" + "\n".join(f"| {s} | {stats['items_per_subtask'][s]} | {stats['diversity'].get(s, {}).get('mean_pairwise_distance', float('nan')):.3f} | "
+                f"{stats['diversity'].get(s, {}).get('vendi', float('nan')):.1f} | {stats['surface_classifier_accuracy_per_subtask'][s]:.3f} |"
+                for s in SUBTASKS) + f"""
+
+Wall times (s): templates {gen['template_seconds']:.1f}, LM generation {gen['lm_seconds']:.0f}, validation {val['seconds']:.0f}.
+"""
+    if args.parts == "stats":
+        note = "part 2 (LoRA sensitivity) not run in this invocation: see BENCHMARKS.md"
+        results = {**stats, "subtask_shift": None, "null_subtask_shift": None, "note": note,
+                   "sizes": {"templates_per_subtask": args.templates, "lm_attempts_per_subtask": args.lm_attempts},
+                   "wall_seconds": {"generate_templates": gen["template_seconds"], "generate_lm": gen["lm_seconds"], "validate": val["seconds"]}}
+        print(json.dumps(results, indent=1, default=str))
+        if not args.no_record:
+            record("reflect_probes", f"python benchmarks/reflect_probes.py --parts stats --lm-attempts {args.lm_attempts}",
+                   stats_md + "\n" + note + ".\n", results)
+        return
 
     # -- part 2: sensitivity ------------------------------------------------------------------------------
     eval_items = first_per_subtask(load_suite(work / "suite_valid.jsonl"), args.eval)
@@ -215,18 +257,7 @@ def main() -> None:
     slim = lambda d: {s: {k: v[k] for k in ("n", "accuracy_a", "accuracy_b", "difference", "a_only", "b_only", "p", "p_corrected", "significant")}
                       for s, v in d.items()}
     results = {
-        "items_per_subtask": report["kept"],
-        "items_total": report["kept_total"],
-        "surface_classifier_accuracy": report["phrasing_bias"]["surface"]["accuracy"],
-        "surface_classifier_accuracy_per_subtask": report["phrasing_bias"]["surface"]["per_subtask"],
-        "subtask_classifier_accuracy": report["subtask_validity"]["accuracy"],
-        "subtask_confusion": {"labels": report["subtask_validity"]["labels"], "matrix": report["subtask_validity"]["confusion"]},
-        "diversity": report["diversity"],
-        "dedupe": report["dedupe"],
-        "answerability": report["answerability"],
-        "lm_generation": {"attempts_per_subtask": args.lm_attempts, "counts": gen["lm_counts"], "parsed": gen["lm_parsed"],
-                          "verified_kept": report["answerability"].get("generator", {}).get("kept", 0)},
-        "planted_subtask": PLANTED,
+        **stats,
         "subtask_shift": slim(shift),
         "subtask_shift_vs_neutral": slim(shift_vs_neutral),
         "null_subtask_shift": slim(null),
@@ -240,24 +271,17 @@ def main() -> None:
     print(json.dumps({k: results[k] for k in ("items_per_subtask", "surface_classifier_accuracy", "subtask_shift", "null_subtask_shift")}, indent=1))
     if args.no_record:
         return
-    rows = "\n".join(f"| {s} | {results['items_per_subtask'][s]} | {results['diversity'].get(s, {}).get('mean_pairwise_distance', float('nan')):.3f} | "
-                     f"{results['surface_classifier_accuracy_per_subtask'][s]:.3f} | {shift[s]['difference']:+.3f} | {shift[s]['p_corrected']:.3g} | "
+    rows = "\n".join(f"| {s} | {shift[s]['n']} | {shift[s]['difference']:+.3f} | {shift[s]['p_corrected']:.3g} | "
                      f"{shift_vs_neutral[s]['difference']:+.3f} | {shift_vs_neutral[s]['p_corrected']:.3g} | {null[s]['difference']:+.3f} | {null[s]['p_corrected']:.3g} |"
                      for s in SUBTASKS)
     w = results["wall_seconds"]
-    summary = f"""
-Suite: the shipped seeds + {args.templates} template items per subtask + {args.lm_attempts} SmolLM2 few-shot attempts per subtask,
-validated with MiniLM (offline). Kept {results['items_total']} items; surface-feature classifier accuracy
-{results['surface_classifier_accuracy']:.3f} (chance 0.5, target <= 0.6); subtask classifier accuracy
-{results['subtask_classifier_accuracy']:.3f}; LM items parsed {gen['lm_parsed']}, kept after the verifier
-{results['lm_generation']['verified_kept']}.
-
+    summary = stats_md + f"""
 Sensitivity (small, CPU): LoRA fine-tunes of SmolLM2 on {args.train} examples (one epoch), each model scored on the first
 {args.eval} validated items per subtask. Planted subtask: {PLANTED} (trained to pick the wrong desirability answer).
 Differences are accuracy (fine-tune minus reference); p: exact McNemar, Holm-corrected over the five subtasks.
 
-| subtask | items kept | diversity (1 - mean cos) | surface clf acc | planted - base | p | planted - neutral A | p | neutral B - neutral A | p |
-|---|---|---|---|---|---|---|---|---|---|
+| subtask | items scored | planted - base | p | planted - neutral A | p | neutral B - neutral A | p |
+|---|---|---|---|---|---|---|---|
 {rows}
 
 Wall times (s): templates {w['generate_templates']:.1f}, LM generation {w['generate_lm']:.0f}, validation {w['validate']:.0f},
