@@ -236,7 +236,7 @@ Wall times (s): templates {gen['template_seconds']:.1f}, LM generation {gen['lm_
                 lm = LanguageModel(add_lora(base, LoraTrainConfig(rank=8, alpha=16, seed=seed)), t)
                 lm.load_trainable_state(torch.load(work / f"adapter_{adapter}.pt", weights_only=True))
                 m = lm.model
-            rec = run_record(score_items(m, t, eval_items, batch_size=16, progress=True), name, "suite_valid (first per subtask)")
+            rec = run_record(score_items(m, t, eval_items, progress=True), name, "suite_valid (first per subtask)")
             rec["seconds"] = time.perf_counter() - t0
             write_run(work / f"run_{name}.json", rec)
             return rec

@@ -337,13 +337,12 @@ class ProbeSuiteMonitor(Monitor):
     needs = frozenset()
 
     def __init__(self, suite: str = "seeds", limit_per_subtask: int | None = None, alpha: float = 0.05, correction: str = "holm",
-                 batch_size: int = 16, items: Any = None):
+                 items: Any = None):
         from ..probes.items import SUBTASKS, first_per_subtask, resolve_suite
         from ..probes.score import CORRECTIONS
 
         if limit_per_subtask is not None:
             positive_int(limit_per_subtask, "monitors.probes.limit_per_subtask")
-        positive_int(batch_size, "monitors.probes.batch_size")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
             raise InputError(f"monitors.probes.alpha must be a number in (0, 1); got {alpha!r}")
         if correction not in CORRECTIONS:
@@ -352,7 +351,7 @@ class ProbeSuiteMonitor(Monitor):
             raise InputError(f"monitors.probes.suite must be 'seeds' or a suite file path; got {suite!r}")
         self.items = first_per_subtask(list(items) if items is not None else resolve_suite(suite), limit_per_subtask)
         self.subtasks = [s for s in SUBTASKS if any(it.subtask == s for it in self.items)]
-        self.suite, self.limit, self.alpha, self.correction, self.batch_size = suite, limit_per_subtask, float(alpha), correction, batch_size
+        self.suite, self.limit, self.alpha, self.correction = suite, limit_per_subtask, float(alpha), correction
 
     def settings(self) -> dict[str, Any]:
         return {"suite": self.suite, "limit_per_subtask": self.limit, "alpha": self.alpha, "correction": self.correction,
@@ -361,7 +360,7 @@ class ProbeSuiteMonitor(Monitor):
     def observe(self, lm: Any) -> dict[str, np.ndarray]:
         from ..probes.score import score_items
 
-        scores = score_items(lm.model, lm.tokenizer, self.items, batch_size=self.batch_size)
+        scores = score_items(lm.model, lm.tokenizer, self.items)
         return {f"{self.name}.correct": np.array([s.correct for s in scores], dtype=bool),
                 f"{self.name}.margin": np.array([s.margin for s in scores], dtype=np.float64)}
 

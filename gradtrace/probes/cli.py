@@ -158,7 +158,6 @@ def run_cmd(
     out: Optional[Path] = typer.Option(None, help="write per-item results and the summary here (.json; what compare reads)"),
     report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
     limit_per_subtask: Optional[int] = typer.Option(None, help="score only the first N items of each subtask"),
-    batch_size: int = typer.Option(16),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
 ) -> None:
@@ -169,12 +168,11 @@ def run_cmd(
 
     def go() -> None:
         positive_option(limit_per_subtask, "--limit-per-subtask")
-        positive_option(batch_size, "--batch-size")
         output_file(out, "--out", (".json",))
         output_file(report, "--report", (".html",))
         items = first_per_subtask(resolve_suite(suite), limit_per_subtask)
         m, tok = load_model(model, what="--model")
-        scores = score_items(m, tok, items, batch_size=batch_size, progress=progress)
+        scores = score_items(m, tok, items, progress=progress)
         record = run_record(scores, model, str(suite))
         if out is not None:
             write_run(out, record)

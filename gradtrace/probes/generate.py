@@ -131,11 +131,11 @@ def endpoint_completer(spec: str, api_key_env: str = "OPENAI_API_KEY", timeouts:
     return complete
 
 
-def make_verifier(model: Any, tokenizer: Any, batch_size: int = 16) -> Callable[[Sequence[Item]], list[bool]]:
+def make_verifier(model: Any, tokenizer: Any) -> Callable[[Sequence[Item]], list[bool]]:
     """True for each item whose key the model picks (log-probability scoring over all option orders)."""
     from .score import score_items
 
     def verify(items: Sequence[Item]) -> list[bool]:
-        return [s.correct for s in score_items(model, tokenizer, list(items), batch_size=batch_size)] if items else []
+        return [s.correct for s in score_items(model, tokenizer, list(items))] if items else []
 
     return verify

@@ -69,53 +69,60 @@ def continuation(option: str) -> str:
     return " " + option.strip()
 
 
-@torch.no_grad()
-def mean_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
-                  max_length: int = 512, bar: Any = None) -> np.ndarray:
-    """Mean log-probability per token (nats) of each continuation after its
-    prompt, float64. Prompt and continuation are tokenized separately (no
-    special tokens) and joined; a prompt too long for ``max_length`` (or the
-    model's context window, if shorter) loses its first tokens."""
-    positive_int(batch_size, "batch_size")
+def _window(model: Any, max_length: int) -> int:
     config = getattr(model, "config", None)
     window = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    if isinstance(window, int) and window > 0:
-        max_length = min(max_length, window)  # the model's own context window
-    seqs, starts = [], []
-    for prompt, cont in pairs:
-        p = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        c = list(tokenizer(cont, add_special_tokens=False)["input_ids"])
-        if not c:
-            raise InputError(f"continuation {cont!r} has no tokens")
-        if len(c) >= max_length:
-            raise InputError(f"an option of {len(c)} tokens does not fit max_length {max_length}")
-        p = p[-(max_length - len(c)):] if len(p) + len(c) > max_length else p
-        if not p:
-            raise InputError("a prompt has no tokens")
-        seqs.append(p + c)
-        starts.append(len(p))
+    return min(max_length, window) if isinstance(window, int) and window > 0 else max_length
+
+
+@torch.no_grad()
+def option_logprobs(model: Any, tokenizer: Any, groups: Sequence[tuple[str, Sequence[str]]], *, max_length: int = 512,
+                    bar: Any = None) -> list[np.ndarray]:
+    """For each ``(prompt, continuations)``: the mean log-probability per
+    token (nats, float64) of each continuation after the prompt.
+
+    Prompt and continuations are tokenized separately (no special tokens)
+    and joined. The prompt runs once and its key/value cache is shared by
+    the continuations (one forward pass over them, right-padded). A prompt
+    too long for ``max_length`` (or the model's context window, if shorter)
+    loses its first tokens."""
+    limit = _window(model, max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    out = np.zeros(len(seqs))
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     was_training = model.training
     model.eval()
+    out = []
     try:
-        for a in range(0, len(order), batch_size):
-            idx = order[a : a + batch_size]
-            ids, mask = pad_right([seqs[i] for i in idx], int(pad))
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            # only the positions that predict continuation tokens: row r, positions start-1 .. len-2
-            rows = torch.cat([torch.full((len(seqs[i]) - starts[i],), r) for r, i in enumerate(idx)])
-            pos = torch.cat([torch.arange(starts[i] - 1, len(seqs[i]) - 1) for i in idx])
-            logp = torch.log_softmax(logits[rows, pos].double(), dim=-1).gather(-1, ids[rows, pos + 1].to(device)[:, None])[:, 0].cpu()
-            a_tok = 0
-            for i in idx:
-                n_tok = len(seqs[i]) - starts[i]
-                out[i] = float(logp[a_tok : a_tok + n_tok].mean())
-                a_tok += n_tok
+        for prompt, conts in groups:
+            c_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in conts]
+            if any(not c for c in c_ids):
+                raise InputError(f"a continuation of {list(conts)!r} has no tokens")
+            longest = max(len(c) for c in c_ids)
+            if longest >= limit:
+                raise InputError(f"an option of {longest} tokens does not fit the context of {limit} tokens")
+            p_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])[-(limit - longest):]
+            if not p_ids:
+                raise InputError("a prompt has no tokens")
+            first = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True)
+            last = torch.log_softmax(first.logits[0, -1].double(), dim=-1)
+            cache = first.past_key_values
+            k, n_p = len(c_ids), len(p_ids)
+            cache.batch_repeat_interleave(k)
+            ids, mask = pad_right(c_ids, int(pad))
+            ids, mask = ids.to(device), mask.to(device)
+            full_mask = torch.cat([torch.ones(k, n_p, dtype=mask.dtype, device=device), mask], dim=1)
+            positions = (n_p + torch.arange(ids.shape[1], device=device)).expand(k, -1)
+            logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache, use_cache=True).logits
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            values = np.zeros(k)
+            for r, c in enumerate(c_ids):
+                total = float(last[c[0]])
+                if len(c) > 1:
+                    total += float(logp[r, torch.arange(len(c) - 1, device=device), torch.tensor(c[1:], device=device)].sum())
+                values[r] = total / len(c)
+            out.append(values)
             if bar is not None:
-                bar.advance(len(idx))
+                bar.advance(1)
     finally:
         model.train(was_training)
     return out
@@ -149,24 +156,21 @@ class ItemScore:
                 "correct": self.correct, "margin": self.margin, "paraphrase_of": self.paraphrase_of}
 
 
-def score_items(model: Any, tokenizer: Any, items: Sequence[Item], *, batch_size: int = 16, max_length: int = 512,
-                progress: bool = False) -> list[ItemScore]:
-    """Every item scored (see the module docstring)."""
-    pairs: list[tuple[str, str]] = []
-    where: list[tuple[int, int]] = []  # (item, option) per pair
-    for i, item in enumerate(items):
+def score_items(model: Any, tokenizer: Any, items: Sequence[Item], *, max_length: int = 512, progress: bool = False) -> list[ItemScore]:
+    """Every item scored (see the module docstring); each prompt runs once, its options as one batch."""
+    groups: list[tuple[str, list[str]]] = []
+    for item in items:
         for order in option_orders(len(item.options)):
-            prompt = render_prompt(item, order)
-            for o in range(len(item.options)):
-                pairs.append((prompt, continuation(item.options[o])))
-                where.append((i, o))
-    with progress_bar("probes: score", len(pairs), progress) as bar:
-        lp = mean_logprobs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, bar=bar)
-    sums = [np.zeros(len(it.options)) for it in items]
-    for (i, o), value in zip(where, lp):
-        sums[i][o] += value
-    return [ItemScore(it.id, it.subtask, it.key, tuple(float(x) for x in s / len(it.options)), it.paraphrase_of)
-            for it, s in zip(items, sums)]
+            groups.append((render_prompt(item, order), [continuation(o) for o in item.options]))
+    with progress_bar("probes: score", len(groups), progress) as bar:
+        lp = option_logprobs(model, tokenizer, groups, max_length=max_length, bar=bar)
+    out, g = [], 0
+    for it in items:
+        k = len(it.options)
+        mean = np.mean(lp[g : g + k], axis=0)
+        g += k
+        out.append(ItemScore(it.id, it.subtask, it.key, tuple(float(x) for x in mean), it.paraphrase_of))
+    return out
 
 
 def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

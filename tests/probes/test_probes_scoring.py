@@ -45,7 +45,7 @@ def _hand_logprob(model, tok, prompt: str, cont: str) -> float:
 def test_scores_equal_a_hand_computed_logprob_comparison(tiny):
     model, tok = tiny
     items = _items()
-    scores = score_items(model, tok, items, batch_size=3)
+    scores = score_items(model, tok, items)
     for it, sc in zip(items, scores):
         k = len(it.options)
         assert option_orders(k) == [[(s + j) % k for j in range(k)] for s in range(k)]
