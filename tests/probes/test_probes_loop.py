@@ -122,3 +122,27 @@ def test_cli_generate_and_validate_templates(tmp_path):
     assert res.exit_code == 0, res.output
     r = json.loads(report.read_text())
     assert r["format"]["failed"] == 0 and r["kept_total"] == len(kept.read_text().splitlines())
+
+
+def test_a_loop_run_with_the_probes_monitor_records_and_resumes(tmp_path):
+    from gradtrace.demos.loop_corpus import write_example_data
+    from gradtrace.loop import LoopConfig, SelfTrainingLoop
+    from gradtrace.loop.config import DataConfig, GenerationConfig, ModelConfig, TrainConfig
+
+    files = write_example_data(tmp_path / "data", seed=0, n_train=60, n_heldout=10)
+    config = LoopConfig(
+        data=DataConfig(train=str(files["train.jsonl"]), heldout=str(files["heldout.jsonl"]), prompts=str(files["prompts.txt"]),
+                        probes=str(files["probes.txt"])),
+        rounds=1, seed=0, model=ModelConfig(n_layer=1, n_embd=32, n_head=2),
+        generation=GenerationConfig(n_per_prompt=2, max_new_tokens=8, temperature=0.9),
+        train=TrainConfig(base_steps=4, steps=2, batch_size=8, lr=3e-3, checkpoint_every=2),
+        monitors={"probes": {"limit_per_subtask": 2}}, stop=(RULE,), embedder="hashed",
+    )
+    result = SelfTrainingLoop(config, tmp_path / "run", progress=False).run()
+    assert [int(r["round"]) for r in result.rows] == [0, 1]
+    assert result.rows[0]["probes.significant_drops"] == 0 and all(result.rows[0][f"probes.{s}.change"] == 0 for s in SUBTASKS)
+    obs = Observation.load(tmp_path / "run" / "round_001")
+    assert obs.extras["probes.correct"].shape == (2 * len(SUBTASKS),)
+    assert "probes: per-subtask accuracy" in (tmp_path / "run" / "dashboard.html").read_text()
+    again = SelfTrainingLoop.resume(tmp_path / "run", progress=False).run()
+    assert again.rows == result.rows
