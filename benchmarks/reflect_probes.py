@@ -111,6 +111,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--parts", choices=("stats", "all"), default="all",
                     help="stats: part 1 only (the shift keys are recorded as null with a note); all: both parts")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="run only these part-2 stages and exit: finetune_planted finetune_neutral_a finetune_neutral_b "
+                         "score_base score_planted score_neutral_a score_neutral_b (to run stages in parallel processes)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     work = args.work
@@ -136,9 +139,11 @@ def main() -> None:
         t_tpl = time.perf_counter() - t0
         save_suite(work / "suite_templates.jsonl", items)
         t1 = time.perf_counter()
-        m, t = smollm2()
-        made, counts = generate_lm_items(local_completer(m, t, max_new_tokens=120), seed_items(), args.lm_attempts,
-                                         generator="smollm2", seed=0, progress=True)
+        made, counts = [], {}
+        if args.lm_attempts:
+            m, t = smollm2()
+            made, counts = generate_lm_items(local_completer(m, t, max_new_tokens=120), seed_items(), args.lm_attempts,
+                                             generator="smollm2", seed=0, progress=True)
         save_suite(work / "suite_lm.jsonl", made) if made else (work / "suite_lm.jsonl").write_text("")
         return {"template_seconds": t_tpl, "lm_seconds": time.perf_counter() - t1, "lm_counts": counts, "lm_parsed": len(made),
                 "n_input": len(items) + len(made)}
@@ -190,14 +195,44 @@ validated with MiniLM (offline). Kept {stats['items_total']} items; surface-feat
 Wall times (s): templates {gen['template_seconds']:.1f}, LM generation {gen['lm_seconds']:.0f}, validation {val['seconds']:.0f}.
 """
     if args.parts == "stats":
-        note = "part 2 (LoRA sensitivity) not run in this invocation: see BENCHMARKS.md"
-        results = {**stats, "subtask_shift": None, "null_subtask_shift": None, "note": note,
-                   "sizes": {"templates_per_subtask": args.templates, "lm_attempts_per_subtask": args.lm_attempts},
-                   "wall_seconds": {"generate_templates": gen["template_seconds"], "generate_lm": gen["lm_seconds"], "validate": val["seconds"]}}
+        # part 2 as far as it ran (stages run with --only): the comparisons whose two runs exist
+        have = {n: json.loads((work / f"run_{n}.json").read_text()) for n in ("base", "planted", "neutral_a", "neutral_b")
+                if (work / f"run_{n}.json").is_file()}
+        fts = {n: json.loads((work / f"finetune_{n}.json").read_text()) for n in ("planted", "neutral_a", "neutral_b")
+               if (work / f"finetune_{n}.json").is_file()}
+
+        def cmp(a: str, b: str):
+            if a not in have or b not in have:
+                return None
+            ca = {r["id"]: (r["subtask"], bool(r["correct"])) for r in have[a]["items"]}
+            cb = {r["id"]: (r["subtask"], bool(r["correct"])) for r in have[b]["items"]}
+            return compare_correct(ca, cb, "holm")
+
+        shift, null = cmp("base", "planted"), cmp("neutral_a", "neutral_b")
+        missing = [n for n in ("base", "planted", "neutral_a", "neutral_b") if n not in have]
+        note = (f"part 2 ran only partly: scored {sorted(have) or 'no model'}; not run: {missing}" if missing else "part 2 complete")
+        results = {**stats, "subtask_shift": shift, "null_subtask_shift": null, "note": note,
+                   "accuracy": {n: {s: v["accuracy"] for s, v in r["summary"].items()} for n, r in have.items()},
+                   "finetunes": fts,
+                   "sizes": {"templates_per_subtask": args.templates, "lm_attempts_per_subtask": args.lm_attempts,
+                             "eval_items_per_subtask": args.eval, "train_examples": args.train, "lora_rank": 8, "epochs": 1, "lr": args.lr},
+                   "wall_seconds": {"generate_templates": gen["template_seconds"], "generate_lm": gen["lm_seconds"], "validate": val["seconds"],
+                                    **{f"finetune_{k}": v["seconds"] for k, v in fts.items()},
+                                    **{f"score_{k}": v["seconds"] for k, v in have.items()}}}
         print(json.dumps(results, indent=1, default=str))
+        md = stats_md + "\n" + note + ".\n"
+        if have:
+            md += ("\nPer-subtask accuracy of the scored models (first " + str(args.eval) + " validated items per subtask):\n\n| model | "
+                   + " | ".join(SUBTASKS) + " | wall s |\n|---" * 1 + "|---" * (len(SUBTASKS) + 1) + "|\n"
+                   + "\n".join(f"| {n} | " + " | ".join(f"{r['summary'][s]['accuracy']:.3f}" for s in SUBTASKS) + f" | {r['seconds']:.0f} |"
+                                for n, r in have.items()) + "\n")
+        for title, c in (("planted - base", shift), ("neutral B - neutral A", null)):
+            if c is not None:
+                md += (f"\n{title} (exact McNemar, Holm over five subtasks):\n\n| subtask | n | difference | p | p corrected |\n|---|---|---|---|---|\n"
+                       + "\n".join(f"| {s} | {v['n']} | {v['difference']:+.3f} | {v['p']:.3g} | {v['p_corrected']:.3g} |" for s, v in c.items()) + "\n")
         if not args.no_record:
-            record("reflect_probes", f"python benchmarks/reflect_probes.py --parts stats --lm-attempts {args.lm_attempts}",
-                   stats_md + "\n" + note + ".\n", results)
+            record("reflect_probes", f"python benchmarks/reflect_probes.py --parts stats --lm-attempts {args.lm_attempts} --eval {args.eval} "
+                   f"--train {args.train} (after --only stages)", md, results)
         return
 
     # -- part 2: sensitivity ------------------------------------------------------------------------------
@@ -243,6 +278,15 @@ Wall times (s): templates {gen['template_seconds']:.1f}, LM generation {gen['lm_
 
         return stage(work / f"run_{name}.json", go)
 
+    if args.only is not None:
+        plan = {"finetune_planted": lambda: finetune("planted", "planted", 11), "finetune_neutral_a": lambda: finetune("neutral_a", "neutral", 21),
+                "finetune_neutral_b": lambda: finetune("neutral_b", "neutral", 22), "score_base": lambda: score("base", None, 0),
+                "score_planted": lambda: score("planted", "planted", 11), "score_neutral_a": lambda: score("neutral_a", "neutral_a", 21),
+                "score_neutral_b": lambda: score("neutral_b", "neutral_b", 22)}
+        for name in args.only:
+            result = plan[name]()
+            print(name, json.dumps(result.get("summary", result), default=str)[:2000], flush=True)
+        return
     fts = {"planted": finetune("planted", "planted", 11), "neutral_a": finetune("neutral_a", "neutral", 21),
            "neutral_b": finetune("neutral_b", "neutral", 22)}
     runs = {"base": score("base", None, 0), "planted": score("planted", "planted", 11),
