@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None,
                     help="run only these part-2 stages and exit: finetune_planted finetune_neutral_a finetune_neutral_b "
                          "score_base score_planted score_neutral_a score_neutral_b (to run stages in parallel processes)")
+    ap.add_argument("--note", default="", help="a reading of the numbers, added to the BENCHMARKS.md section and the JSON")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     work = args.work
@@ -220,7 +221,9 @@ Wall times (s): templates {gen['template_seconds']:.1f}, LM generation {gen['lm_
                                     **{f"finetune_{k}": v["seconds"] for k, v in fts.items()},
                                     **{f"score_{k}": v["seconds"] for k, v in have.items()}}}
         print(json.dumps(results, indent=1, default=str))
-        md = stats_md + "\n" + note + ".\n"
+        if args.note:
+            results["reading"] = args.note
+        md = stats_md + "\n" + note + ".\n" + (f"\n**Reading.** {args.note}\n" if args.note else "")
         if have:
             md += ("\nPer-subtask accuracy of the scored models (first " + str(args.eval) + " validated items per subtask):\n\n| model | "
                    + " | ".join(SUBTASKS) + " | wall s |\n|---" * 1 + "|---" * (len(SUBTASKS) + 1) + "|\n"
