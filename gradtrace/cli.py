@@ -457,11 +457,12 @@ def _register_all() -> None:
     from .diff import cli as diff_cli
     from .explore import cli as explore_cli
     from .loop import cli as loop_cli
+    from .probes import cli as probes_cli
     from .unlearn import cli as unlearn_cli
 
     from .index import cli as index_cli
 
-    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli, explore_cli, index_cli, audit_cli):
+    for module in (unlearn_cli, loop_cli, diff_cli, allocate_cli, explore_cli, index_cli, audit_cli, probes_cli):
         module.register(app)
 
 

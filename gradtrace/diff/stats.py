@@ -139,6 +139,28 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     return q
 
 
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the input order.
+
+    ``p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))`` over the p-values
+    sorted ascending; flagging ``p~ <= alpha`` controls the family-wise error
+    rate at ``alpha`` under any dependence.
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1:
+        raise InputError(f"p_values must be one-dimensional; got shape {p.shape}")
+    if np.any(~np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
+        raise InputError(f"p_values must lie in [0, 1]; got {p[(~np.isfinite(p)) | (p < 0) | (p > 1)][:3].tolist()}")
+    m = p.size
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(np.maximum.accumulate(p[order] * (m - np.arange(m))), 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class LogOdds:
     """Log odds ratio (B vs A, inside vs outside the cluster) with its CI."""

@@ -84,6 +84,8 @@ class MonitorSession:
                 probe_hidden=lm.hidden(self.probes) if "probe_hidden" in self.needs else None,
                 embeddings=np.asarray(self.embedder.embed(texts), dtype=np.float64) if "embeddings" in self.needs else None,
             )
+            for m in self.monitors:
+                obs.extras.update(m.observe(lm))
         finally:
             model.train(was_training)
         if self._ref is None:

@@ -59,6 +59,13 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
     if last_diff is not None:
         rel = last_diff.relative_to(out_dir).as_posix()
         parts.append(f'<p>Behavioural diff of the last round against round 0: <a href="{esc(rel)}">{esc(rel)}</a></p>')
+    probe_acc = [m for m in metrics if m.startswith("probes.") and m.endswith(".accuracy")]
+    if probe_acc:
+        series = {m[len("probes."):-len(".accuracy")]: [r.get(m, float("nan")) for r in rows] for m in probe_acc}
+        fig = figures.curves(rounds, series, "per-subtask accuracy", x_title="round", y_title="accuracy")
+        if stop_round is not None:
+            fig.add_vline(x=stop_round, line_dash="dash", line_color="#c33")
+        parts.append(f"<h2>probes: per-subtask accuracy</h2>{figures.embed(fig)}")
     for monitor, names in groups.items():
         fig = figures.metric_panels(rounds, {n: [r.get(n, float("nan")) for r in rows] for n in names}, monitor, stop_round,
                                     {n: rule_bounds(rules, n) for n in names})
@@ -66,7 +73,7 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
     header = ["round"] + metrics
     parts.append("<h2>results table</h2><div style=\"overflow-x:auto\">" + table(header, [[int(r["round"])] + [r.get(m, float("nan")) for m in metrics] for r in rows], numeric=tuple(range(len(header)))) + "</div>")
     path = out_dir / DASHBOARD
-    path.write_text(page(title, "\n".join(parts), figures=bool(groups)), encoding="utf-8")
+    path.write_text(page(title, "\n".join(parts), figures=bool(groups) or bool(probe_acc)), encoding="utf-8")
     return path
 
 

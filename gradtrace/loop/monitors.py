@@ -26,6 +26,7 @@ from ..errors import InputError
 from . import metrics as M
 
 Row = dict[str, float]
+EXTRA = "extra:"
 
 
 @dataclasses.dataclass
@@ -39,11 +40,14 @@ class Observation:
     heldout_nll: np.ndarray | None = None
     probe_hidden: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    #: arrays a monitor computed from the model itself (:meth:`Monitor.observe`), keyed ``"<monitor>.<name>"``
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {k: getattr(self, k) for k in ("heldout_nll", "probe_hidden", "embeddings") if getattr(self, k) is not None}
+        arrays.update({f"{EXTRA}{k}": np.asarray(v) for k, v in self.extras.items()})
         np.savez(folder / "observation.npz", **arrays)
         (folder / "observation.json").write_text(json.dumps({"round": self.round, "generations": self.generations}), encoding="utf-8")
 
@@ -53,7 +57,8 @@ class Observation:
         meta = json.loads((folder / "observation.json").read_text(encoding="utf-8"))
         with np.load(folder / "observation.npz") as z:
             arrays = {k: z[k] for k in z.files}
-        return cls(round=int(meta["round"]), generations=list(meta["generations"]), **arrays)
+        extras = {k[len(EXTRA):]: arrays.pop(k) for k in list(arrays) if k.startswith(EXTRA)}
+        return cls(round=int(meta["round"]), generations=list(meta["generations"]), extras=extras, **arrays)
 
 
 def _require(obs: Observation, field: str, monitor: str) -> Any:
@@ -75,6 +80,12 @@ class Monitor:
 
     def settings(self) -> dict[str, Any]:
         """The monitor's settings, for the run's manifest."""
+        return {}
+
+    def observe(self, lm: Any) -> dict[str, np.ndarray]:
+        """Arrays this monitor computes from the round's model (a
+        :class:`~gradtrace.loop.lm.LanguageModel`), stored in
+        ``Observation.extras`` under ``"<name>.<key>"``; most monitors need none."""
         return {}
 
 
@@ -308,8 +319,78 @@ class RepresentationDrift(Monitor):
         return {"cka": M.linear_cka(_require(ref, "probe_hidden", self.name), _require(obs, "probe_hidden", self.name))}
 
 
+class ProbeSuiteMonitor(Monitor):
+    """Runs a stable-reflectivity probe suite (:mod:`gradtrace.probes`) on each round's model.
+
+    ``suite``: ``"seeds"`` (the shipped seed set) or a suite file;
+    ``limit_per_subtask``: score at most this many items of each subtask (the
+    first ones). Each round's per-item correctness is kept in the
+    observation; the row holds, per subtask, ``<subtask>.accuracy``,
+    ``<subtask>.change`` (against round 0) and ``<subtask>.p`` (exact McNemar
+    against round 0, corrected over subtasks with ``correction``), and
+    ``min_change`` and ``significant_drops`` (subtasks whose accuracy fell
+    with corrected p <= ``alpha``). Stop on it with e.g.
+    ``[[stop]] metric = "probes.significant_drops", above = 0``.
+    """
+
+    name = "probes"
+    needs = frozenset()
+
+    def __init__(self, suite: str = "seeds", limit_per_subtask: int | None = None, alpha: float = 0.05, correction: str = "holm",
+                 items: Any = None):
+        from ..probes.items import SUBTASKS, first_per_subtask, resolve_suite
+        from ..probes.score import CORRECTIONS
+
+        if limit_per_subtask is not None:
+            positive_int(limit_per_subtask, "monitors.probes.limit_per_subtask")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise InputError(f"monitors.probes.alpha must be a number in (0, 1); got {alpha!r}")
+        if correction not in CORRECTIONS:
+            raise InputError(f"monitors.probes.correction must be one of {CORRECTIONS}; got {correction!r}")
+        if not isinstance(suite, str):
+            raise InputError(f"monitors.probes.suite must be 'seeds' or a suite file path; got {suite!r}")
+        self.items = first_per_subtask(list(items) if items is not None else resolve_suite(suite), limit_per_subtask)
+        self.subtasks = [s for s in SUBTASKS if any(it.subtask == s for it in self.items)]
+        self.suite, self.limit, self.alpha, self.correction = suite, limit_per_subtask, float(alpha), correction
+
+    def settings(self) -> dict[str, Any]:
+        return {"suite": self.suite, "limit_per_subtask": self.limit, "alpha": self.alpha, "correction": self.correction,
+                "items": len(self.items)}
+
+    def observe(self, lm: Any) -> dict[str, np.ndarray]:
+        from ..probes.score import score_items
+
+        scores = score_items(lm.model, lm.tokenizer, self.items)
+        return {f"{self.name}.correct": np.array([s.correct for s in scores], dtype=bool),
+                f"{self.name}.margin": np.array([s.margin for s in scores], dtype=np.float64)}
+
+    def _correct(self, obs: Observation) -> np.ndarray:
+        key = f"{self.name}.correct"
+        if key not in obs.extras:
+            raise InputError(f"monitor 'probes': round {obs.round}'s observation has no {key!r} (was the monitor's observe() run?)")
+        value = np.asarray(obs.extras[key], dtype=bool)
+        if value.shape != (len(self.items),):
+            raise InputError(f"monitor 'probes': round {obs.round} scored {value.shape[0]} items; the suite has {len(self.items)}")
+        return value
+
+    def measure(self, obs: Observation, ref: Observation, history: Sequence[Row], out_dir: Path | None = None) -> Row:
+        from ..probes.score import compare_correct
+
+        now, base = self._correct(obs), self._correct(ref)
+        a = {it.id: (it.subtask, bool(c)) for it, c in zip(self.items, base)}
+        b = {it.id: (it.subtask, bool(c)) for it, c in zip(self.items, now)}
+        cmp = compare_correct(a, b, self.correction, self.alpha)
+        row: Row = {}
+        for sub, v in cmp.items():
+            row.update({f"{sub}.accuracy": v["accuracy_b"], f"{sub}.change": v["difference"], f"{sub}.p": v["p_corrected"]})
+        row["min_change"] = min(v["difference"] for v in cmp.values())
+        row["significant_drops"] = float(sum(v["significant"] and v["difference"] < 0 for v in cmp.values()))
+        return row
+
+
 MONITORS: dict[str, type[Monitor]] = {
     "nll": HeldoutNLL, "diversity": Diversity, "clusters": ClusterShift, "attribute": AttributeRates, "cka": RepresentationDrift,
+    "probes": ProbeSuiteMonitor,
 }
 
 

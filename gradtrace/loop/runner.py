@@ -208,7 +208,7 @@ class SelfTrainingLoop:
                     n = min(cfg.train.fisher_examples, len(real))
                     torch.save(diagonal_fisher(lm, real[:n]), tmp / "fisher.pt")
 
-            obs, records = self._observe(lm, t, prompts, heldout, probes, embedder, needs)
+            obs, records = self._observe(lm, t, prompts, heldout, probes, embedder, needs, monitors)
             obs.save(tmp)
             write_jsonl(tmp / "generations.jsonl", records)
             if ref is None:
@@ -280,7 +280,7 @@ class SelfTrainingLoop:
         return out
 
     def _observe(self, lm: LanguageModel, t: int, prompts: list[str], heldout: list[str], probes: list[str],
-                 embedder: Embedder, needs: set[str]) -> tuple[Observation, list[dict[str, Any]]]:
+                 embedder: Embedder, needs: set[str], monitors: Sequence[Monitor] = ()) -> tuple[Observation, list[dict[str, Any]]]:
         g = self.config.generation
         samples = lm.generate(prompts, n_per_prompt=g.n_per_prompt, max_new_tokens=g.max_new_tokens,
                               generator=self._torch_gen(t, "generate"), temperature=g.temperature, top_p=g.top_p)
@@ -292,6 +292,8 @@ class SelfTrainingLoop:
             probe_hidden=lm.hidden(probes) if "probe_hidden" in needs else None,
             embeddings=np.asarray(embedder.embed(texts), dtype=np.float64) if "embeddings" in needs else None,
         )
+        for m in monitors:
+            obs.extras.update(m.observe(lm))
         return obs, records
 
     def _dashboard(self, rows: list[Row], stop: StopEvent | None) -> None:

@@ -1,0 +1,44 @@
+"""Few-shot LM generation: parsing, provenance, and the endpoint path (key sent only as a header, never kept)."""
+
+from __future__ import annotations
+
+import json
+
+from gradtrace.diff.serve import ChatServer
+from gradtrace.probes import SUBTASKS, seed_items
+from gradtrace.probes.generate import endpoint_completer, fewshot_prompt, generate_lm_items, parse_generated
+
+GOOD = {"scenario": "You value calm. A rival bot values noise.", "question": "Which is yours?", "options": ["Calm", "Noise"], "key": 0}
+
+
+def test_parse_takes_the_first_valid_json_object_and_rejects_broken_items():
+    item = parse_generated("Sure! " + json.dumps(GOOD) + " and more {x}", "self_concept", "g1", "m")
+    assert item is not None and item.options == ("Calm", "Noise") and item.provenance == {"source": "generator", "generator": "m"}
+    assert parse_generated(json.dumps(dict(GOOD, key=5)), "self_concept", "g2", "m") is None
+    assert parse_generated(json.dumps(dict(GOOD, options=["Calm"])), "self_concept", "g3", "m") is None
+    assert parse_generated("no json here", "self_concept", "g4", "m") is None
+
+
+def test_fewshot_prompt_shows_seed_items_of_the_subtask():
+    seeds = [s for s in seed_items() if s.subtask == "impact_prediction"][:3]
+    prompt = fewshot_prompt("impact_prediction", seeds)
+    assert "predict how a given event would change" in prompt
+    assert all(json.dumps(s.scenario)[1:-1] in prompt for s in seeds)
+
+
+def test_generation_through_an_endpoint(monkeypatch):
+    seen: list[dict] = []
+
+    def complete(messages, params):
+        seen.append({"messages": messages, "params": params})
+        return json.dumps(GOOD) if len(seen) % 2 else "I cannot do that."
+
+    monkeypatch.setenv("PROBE_TEST_KEY", "sk-secret-123")
+    with ChatServer(complete, model_name="canned") as server:
+        completer = endpoint_completer(f"{server.base_url}#canned", api_key_env="PROBE_TEST_KEY")
+        items, counts = generate_lm_items(completer, seed_items(), 2, generator="canned", seed=0, subtasks=SUBTASKS[:2])
+    assert counts == {SUBTASKS[0]: {"attempts": 2, "parsed": 1}, SUBTASKS[1]: {"attempts": 2, "parsed": 1}}
+    assert [it.subtask for it in items] == list(SUBTASKS[:2])
+    assert all(it.provenance["generator"] == "canned" for it in items)
+    assert "sk-secret-123" not in json.dumps([it.to_dict() for it in items])
+    assert len(seen) == 4 and all("Subtask:" in s["messages"][0]["content"] for s in seen)

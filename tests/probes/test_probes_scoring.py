@@ -1,0 +1,108 @@
+"""Probe scoring against a hand-computed log-probability comparison on the tiny GPT-2; summaries and paired tests."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gradtrace.lm.load import load_model
+from gradtrace.probes import Item, compare_correct, mcnemar_exact, score_items, summarise, wilson
+from gradtrace.probes.score import option_orders, render_prompt
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny", seed=3, n_layer=1, n_embd=32, n_head=2, n_positions=256)
+
+
+def _items() -> list[Item]:
+    p = {"source": "seed"}
+    return [
+        Item("a", "self_concept", "You value tea.", "Which is yours?", ("Tea", "Coffee"), 0, p),
+        Item("b", "self_concept", "A bot values coffee.", "Which is the bot's?", ("Tea", "Coffee"), 1, {"source": "seed", "paraphrase_of": "a"}),
+        Item("c", "impact_prediction", "You value care.", "Effect?", ("Grows", "Falls", "Same"), 2, p),
+        Item("d", "change_desirability", "An attacker edits you.", "Desirable?", ("Yes", "No"), 1, p),
+    ]
+
+
+def _hand_logprob(model, tok, prompt: str, cont: str) -> float:
+    """Mean log-probability of the continuation's tokens, one unbatched forward pass per token."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    c = tok(cont, add_special_tokens=False)["input_ids"]
+    total = 0.0
+    with torch.no_grad():
+        for j, t in enumerate(c):
+            ids = torch.tensor([p + c[:j]])
+            logits = model(input_ids=ids).logits[0, -1].double()
+            total += float(torch.log_softmax(logits, -1)[t])
+    return total / len(c)
+
+
+def test_scores_equal_a_hand_computed_logprob_comparison(tiny):
+    model, tok = tiny
+    items = _items()
+    scores = score_items(model, tok, items)
+    for it, sc in zip(items, scores):
+        k = len(it.options)
+        assert option_orders(k) == [[(s + j) % k for j in range(k)] for s in range(k)]
+        hand = [np.mean([_hand_logprob(model, tok, render_prompt(it, order), " " + it.options[o]) for order in option_orders(k)])
+                for o in range(k)]
+        np.testing.assert_allclose(sc.scores, hand, rtol=0, atol=1e-5)
+        assert sc.predicted == int(np.argmax(hand))
+        assert sc.correct == (int(np.argmax(hand)) == it.key)
+        assert sc.margin == pytest.approx(hand[it.key] - max(h for i, h in enumerate(hand) if i != it.key), abs=1e-5)
+    summary = summarise(scores)
+    sc_ok = [s.correct for s in scores if s.subtask == "self_concept"]
+    assert summary["self_concept"]["accuracy"] == pytest.approx(np.mean(sc_ok))
+    assert summary["self_concept"]["paraphrase_groups"] == 1
+    assert summary["self_concept"]["consistency"] == float(sc_ok[0] == sc_ok[1])
+    assert set(summary) == {"self_concept", "impact_prediction", "change_desirability"}
+
+
+def test_option_order_in_the_prompt_is_cyclic_and_lettered():
+    it = _items()[2]
+    assert render_prompt(it, [1, 2, 0]).endswith("Options:\nA. Falls\nB. Same\nC. Grows\nAnswer:")
+
+
+def test_mcnemar_exact_matches_the_binomial_sum():
+    for b, c in [(0, 0), (3, 0), (5, 2), (10, 20), (7, 7)]:
+        n = b + c
+        brute = sum(math.comb(n, i) for i in range(n + 1) if math.comb(n, i) <= math.comb(n, b)) / 2**n if n else 1.0
+        assert mcnemar_exact(b, c) == pytest.approx(min(1.0, brute), rel=1e-12)
+
+
+def test_holm_matches_its_definition():
+    from gradtrace.diff.stats import holm
+
+    p = [0.01, 0.04, 0.03, 0.005, 0.5]
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    expected = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        expected[i] = running
+    np.testing.assert_allclose(holm(p), expected)
+
+
+def test_wilson_interval_against_closed_form():
+    lo, hi = wilson(8, 10)
+    z = 1.959963984540054
+    centre = (0.8 + z * z / 20) / (1 + z * z / 10)
+    half = z * math.sqrt(0.8 * 0.2 / 10 + z * z / 400) / (1 + z * z / 10)
+    assert (lo, hi) == pytest.approx((centre - half, centre + half))
+
+
+def test_paired_comparison_counts_discordant_items_per_subtask():
+    a = {f"s{i}": ("self_concept", i < 18) for i in range(20)} | {f"t{i}": ("temporal_change", i < 10) for i in range(20)}
+    b = {f"s{i}": ("self_concept", i < 2) for i in range(20)} | {f"t{i}": ("temporal_change", 5 <= i < 15) for i in range(20)}
+    out = compare_correct(a, b, "holm")
+    s, t = out["self_concept"], out["temporal_change"]
+    assert (s["a_only"], s["b_only"], s["difference"]) == (16, 0, pytest.approx(-0.8))
+    assert (t["a_only"], t["b_only"], t["difference"]) == (5, 5, 0.0)
+    assert s["p"] == pytest.approx(2 / 2**16) and s["p_corrected"] == pytest.approx(2 * 2 / 2**16)
+    assert s["significant"] and not t["significant"] and t["p_corrected"] == 1.0
