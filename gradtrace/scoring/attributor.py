@@ -583,12 +583,14 @@ def self_influence(store: GradientStore, device: str | torch.device | None = Non
     (``store.skipped_examples``) read 0. ``device``: where the sums are
     taken (float64, in the same order: the same numbers as on the host)."""
     on = Placement.of(device, None).device
+    lrs = store.learning_rates
     if on is None or on.type == "cpu":
         out = np.zeros(store.n_examples, dtype=np.float64)
-        for row in self_influence_by_checkpoint(store):
-            out += row  # the same sums, in the same order, as adding checkpoint by checkpoint
+        for a, b in store.shard_ranges():  # streamed: one float64 per example, whatever the number of checkpoints
+            for c, lr in enumerate(lrs):
+                out[a:b] += lr * store.norms(c, a, b)[:, 1]
+        out[store.skipped_indices] = 0.0
         return out
-    lrs = store.learning_rates
     total = torch.zeros(store.n_examples, dtype=torch.float64, device=on)
     for a, b in store.shard_ranges():
         for c, lr in enumerate(lrs):

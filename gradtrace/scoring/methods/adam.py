@@ -44,13 +44,7 @@ class AdamMethod(MethodBase):
 
     def check(self, store: Any) -> None:
         super().check(store)
-        n = len(store.manifest["checkpoints"])
-        if self.adam_states is None or len(self.adam_states) != n:
-            got = None if self.adam_states is None else len(self.adam_states)
-            raise InputError(
-                f"adam_states: need one optimizer state dict per checkpoint ({n}); got {got} "
-                "(pass variant=gradtrace.scoring.methods.AdamMethod(adam_states))"
-            )
+        check_adam_states(self.adam_states, store, "need", "AdamMethod")
 
     def query_transform(self, model: nn.Module, checkpoint: int, param_names: list[str]) -> GradTransform | None:
         if self.adam_states is None or not 0 <= checkpoint < len(self.adam_states):
@@ -60,3 +54,16 @@ class AdamMethod(MethodBase):
     def prepare(self, store: Any, queries: QueryInputs, cache: MutableMapping[Any, Any]) -> BlockScorer:
         # the query features already carry D_c: what is left is raw TracIn
         return linear_scorer(scaled_queries(queries), queries.accumulate)
+
+
+def check_adam_states(states: Sequence[Any] | None, store: Any, needs: str, method_class: str) -> None:
+    """Refuse optimizer states that are not one per checkpoint of ``store``
+    (``needs``: how the message starts, e.g. ``"need"``; ``method_class``: the
+    class to pass them to)."""
+    n = len(store.manifest["checkpoints"])
+    if states is None or len(states) != n:
+        got = None if states is None else len(states)
+        raise InputError(
+            f"adam_states: {needs} one optimizer state dict per checkpoint ({n}); got {got} "
+            f"(pass variant=gradtrace.scoring.methods.{method_class}(adam_states))"
+        )

@@ -37,6 +37,7 @@ from ...grads.adam import DiagonalTransform, adam_diagonals
 from ...grads.per_example import GradTransform
 from ..factors import load_artefact, save_artefact, states_digest
 from .base import BlockScorer, MethodBase, QueryInputs
+from .adam import check_adam_states
 
 WHITENING_KIND = "trackstar-whitening"
 MAX_WHITENING_DIM = 8192
@@ -107,13 +108,7 @@ class TrackStarMethod(MethodBase):
 
     def check(self, store: Any) -> None:
         super().check(store)
-        n = len(store.manifest["checkpoints"])
-        if self.adam_states is None or len(self.adam_states) != n:
-            got = None if self.adam_states is None else len(self.adam_states)
-            raise InputError(
-                f"adam_states: trackstar needs one optimizer state dict per checkpoint ({n}); got {got} "
-                "(pass variant=gradtrace.scoring.methods.TrackStarMethod(adam_states))"
-            )
+        check_adam_states(self.adam_states, store, "trackstar needs", "TrackStarMethod")
         transform = store.manifest["model"].get("train_transform")
         kind = store.settings.projection_kind
         if transform is None and kind != "none":
