@@ -16,19 +16,24 @@ loads them into the adapted model.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..checkpoints import CheckpointRef
+from ..data import read_jsonl_objects
 from ..errors import InputError
-from ..lm.tasks import TextNLLTask
+from ..lm.tasks import TextNLLTask, pad_right
+from ..progress import human_bytes
 from ..spec import TaskSpec
+from ..textsafe import for_terminal
 from .config import LoopConfig
 from .lm import load_state
-from .runner import CONFIG_FILE, SelfTrainingLoop, round_dir
+from .runner import CONFIG_FILE, SelfTrainingLoop, read_texts, round_dir
 
 
 def loop_checkpoints(out: str | Path) -> list[CheckpointRef]:
@@ -74,3 +79,297 @@ def loop_task_spec(out: str | Path, rounds: Sequence[int] | None = None, max_per
 
     return TaskSpec(model=model, task=task, checkpoints=loop_checkpoints(out), train=train, train_ids=ids, train_tags=tags,
                     checkpoint_loader=loader)
+
+
+# -- the stop trace: which rounds' data drove the monitor that fired ------------------------------------------
+
+STOP_TRACE_DIR = "stop_trace"
+SCORES_FILE = "scores.jsonl"
+
+#: How each metric moves with the target's raw quantity R (+1: the metric rises when R rises; -1: it falls).
+#: R is the mean NLL of held-out texts for ``nll``, the log-probability contrast of the texts that show the
+#: attribute against those that do not for ``attribute``, and that of the stop round's generations against
+#: round 0's for ``diversity`` and ``clusters`` (the model concentrating on what it now generates).
+METRIC_SIGNS: dict[str, dict[str, float]] = {
+    "nll": {"mean": 1.0, "p90": 1.0, "mean_change": 1.0, "tail_share": 1.0},
+    "attribute": {"rate": 1.0, "count": 1.0, "trend_z": 1.0, "trend_p": -1.0},
+    "diversity": {"distinct_1": -1.0, "distinct_2": -1.0, "distinct_3": -1.0, "vendi": -1.0, "effective_rank": -1.0,
+                  "self_bleu": 1.0, "compression_ratio": 1.0},
+    "clusters": {"js": 1.0, "skewed_clusters": 1.0},
+}
+
+
+def rule_direction(rules: Sequence[Any], event: Any) -> float:
+    """+1 when the fired rule watches for a rise of its metric, -1 for a fall."""
+    for rule in rules:
+        if rule.metric == event.metric and rule.describe() == event.rule:
+            if rule.kind == "threshold":
+                return 1.0 if rule.above is not None else -1.0
+            return 1.0 if rule.direction == "up" else -1.0
+    raise InputError(f"stop event: no stop rule of the config is {event.rule!r} on {event.metric!r} (was the config changed?)")
+
+
+def _spread(items: Sequence[Any], n: int) -> list[Any]:
+    """At most ``n`` of ``items``, evenly spaced, in order."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def _generations(out: Path, t: int) -> list[str]:
+    return [str(r["text"]) for r in read_jsonl_objects(round_dir(out, t) / "generations.jsonl")]
+
+
+def stop_target(config: LoopConfig, out: str | Path, event: Any, classifiers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The attribution target of a stop event: texts with weights whose
+    weighted log-probability under the model rises when the fired metric
+    moves toward its breach. ``{"supported": False, "reason"}`` for a metric
+    with no such target (``cka``, ``probes``, ``curated``, ``train``).
+
+    ``queries``: ``[{"text", "weight", "side"}]``; the target is
+    ``T = sum_q weight_q log p(text_q)`` (log p: minus the mean next-token
+    NLL per text, as the loop trains), so a training example's TracIn score
+    on ``T`` is the sum of its scores on each text times the text's weight.
+    """
+    from .monitors import AttributeRates, HeldoutNLL, Observation, build_monitors
+
+    out = Path(out)
+    monitor, _, stat = event.metric.partition(".")
+    n = config.stop_trace.max_queries
+    if monitor == "attribute":
+        name, _, stat = stat.rpartition(".")
+    sign = METRIC_SIGNS.get(monitor, {}).get(stat)
+    if sign is None:
+        return {"supported": False, "reason": f"no attribution target for the metric {event.metric!r} (the stop trace covers "
+                                               f"{', '.join(f'{m}.*' for m in METRIC_SIGNS)})"}
+    if event.round < 1:
+        return {"supported": False, "reason": "the rule fired at round 0: no later round's data moved the metric"}
+    direction = rule_direction(config.stop, event)
+    d = direction * sign
+    t = event.round
+    if monitor == "nll":
+        texts = read_texts(config.data.heldout)
+        margin = next(m.margin for m in build_monitors({"nll": config.monitors.get("nll", {})}) if isinstance(m, HeldoutNLL))
+        now, base = Observation.load(round_dir(out, t)).heldout_nll, Observation.load(round_dir(out, 0)).heldout_nll
+        if stat == "tail_share":
+            rise = now - base
+            idx = [int(i) for i in np.argsort(-rise, kind="stable") if rise[i] > margin] or [int(i) for i in np.argsort(-rise, kind="stable")]
+            chosen = idx[:n]
+            what = f"mean NLL of the held-out texts whose NLL rose most since round 0 (by more than {margin:g} nats/token where any did)"
+        elif stat == "p90":
+            cut = np.quantile(now, 0.9)
+            chosen = _spread([i for i in range(len(texts)) if now[i] >= cut], n)
+            what = "mean NLL of the held-out texts at or above the 90th percentile of NLL at the stop round"
+        else:
+            chosen = _spread(list(range(len(texts))), n)
+            what = "mean NLL of the held-out texts"
+        queries = [{"text": texts[i], "weight": -d / len(chosen), "side": "heldout"} for i in chosen]
+        kind = "heldout_nll"
+    elif monitor == "attribute":
+        clfs: dict[str, Any] = {}
+        for m in build_monitors({"attribute": config.monitors.get("attribute", {})} if "attribute" in config.monitors else {}, None, classifiers):
+            if isinstance(m, AttributeRates):
+                clfs = m.classifiers
+        if name not in clfs:
+            return {"supported": False, "reason": f"the classifier {name!r} of {event.metric!r} is not available (pass it with classifiers=)"}
+        sides = []
+        for r in (t, 0):  # the stop round's generations; round 0's for a side the stop round has none of
+            gens = _generations(out, r)
+            hits = np.asarray(clfs[name](gens), dtype=bool)
+            sides.append(([g for g, h in zip(gens, hits) if h], [g for g, h in zip(gens, hits) if not h]))
+        pos, pos_from = (sides[0][0], t) if sides[0][0] else (sides[1][0], 0)
+        neg, neg_from = (sides[0][1], t) if sides[0][1] else (sides[1][1], 0)
+        pos, neg = _spread(pos, n), _spread(neg, n)
+        queries = [{"text": x, "weight": d / len(pos), "side": f"shows (round {pos_from})"} for x in pos]
+        queries += [{"text": x, "weight": -d / len(neg), "side": f"lacks (round {neg_from})"} for x in neg]
+        what = (f"mean log-probability per token of generations that show {name!r} minus that of generations that do not "
+                "(each side's mean; the stop round's generations, or round 0's for a side the stop round has none of)")
+        kind = "attribute_contrast"
+    else:
+        now_g, ref_g = _spread(_generations(out, t), n), _spread(_generations(out, 0), n)
+        queries = [{"text": x, "weight": d / len(now_g), "side": f"round {t}"} for x in now_g]
+        queries += [{"text": x, "weight": -d / len(ref_g), "side": "round 0"} for x in ref_g]
+        what = (f"mean log-probability per token of round {t}'s generations minus that of round 0's (the model concentrating "
+                "on what it now samples)")
+        kind = "generation_contrast"
+    queries = [q for q in queries if q["weight"] != 0]
+    if not queries:
+        return {"supported": False, "reason": f"no text to build the target of {event.metric!r} from (no generation, or every weight 0)"}
+    toward = "rise" if direction > 0 else "fall"
+    return {"supported": True, "kind": kind, "metric": event.metric, "direction": toward, "queries": queries,
+            "description": f"{what}; signed so that a positive score pushed {event.metric} to {toward} (as the rule watches)"}
+
+
+def round_checkpoints(out: str | Path, config: LoopConfig, t: int) -> list[CheckpointRef]:
+    """Round ``t``'s weights to score at, with TracIn weights: the round's
+    start (round ``t-1``'s final weights, round 0's with ``train.init =
+    "base"``, the untrained model for round 0: ``out/stop_trace/init.pt``)
+    and each of its checkpoints. Between two of them the round took ``k``
+    steps at learning rate ``lr``; the trapezoid rule gives each end half of
+    ``lr x k``, and every weight is divided by the size ``n`` of the round's
+    training set (a mean-loss step visits an example ``batch / n`` times), so
+    an example's score estimates how much training on it in that round moved
+    the target."""
+    out = Path(out)
+    n = len(read_jsonl_objects(round_dir(out, t) / "train.jsonl"))
+    start = SelfTrainingLoop(config, out).global_step(t)
+    if t == 0:
+        start_path = _initial_weights(out, config)
+    else:
+        start_path = round_dir(out, 0 if config.train.init == "base" else t - 1) / "model.pt"
+    points = [(start_path, start, 0.0)]
+    for c in json.loads((round_dir(out, t) / "checkpoints.json").read_text(encoding="utf-8")):
+        points.append((out / c["path"], int(c["step"]), float(c["lr"])))
+    weights = [0.0] * len(points)
+    for i in range(1, len(points)):
+        area = points[i][2] * (points[i][1] - points[i - 1][1]) / n  # lr x steps / n of the interval ending at point i
+        weights[i - 1] += area / 2
+        weights[i] += area / 2
+    return [CheckpointRef(path=str(Path(p).resolve()), lr=w, step=step) for (p, step, _), w in zip(points, weights)]
+
+
+def _initial_weights(out: Path, config: LoopConfig) -> Path:
+    """The untrained round-0 model (the start of round 0), saved once under ``out/stop_trace/``."""
+    from ..fileio import atomic_write_bytes
+    from .lm import checkpoint_state
+    from .models import build_lm
+
+    path = out / STOP_TRACE_DIR / "init.pt"
+    if not path.is_file():
+        import io
+
+        buf = io.BytesIO()
+        torch.save(checkpoint_state(build_lm(config.model)), buf)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        sys.stderr.write(for_terminal(text) + "\n")
+        sys.stderr.flush()
+
+
+def trace_stop(config: LoopConfig, out: str | Path, event: Any, classifiers: Mapping[str, Any] | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Attribute the fired monitor's quantity to the training data of rounds
+    1..``event.round`` (0.. with ``stop_trace.include_base``): TracIn (raw)
+    over each round's own checkpoints (:func:`round_checkpoints`), one
+    gradient store per round under ``out/stop_trace/`` (featurized once,
+    resumed at its first missing shard), each round's scores cached by the
+    store, the checkpoints and the target. Returns the stop report's
+    ``attribution`` (docs/loop.md: what the numbers mean) and writes every
+    example's score to ``out/stop_trace/scores.jsonl``."""
+    from ..audit.stages import StageCache
+    from ..config import FeaturizeConfig
+    from ..featurize import featurize
+    from ..fileio import write_jsonl
+    from ..fingerprint import checkpoint_fingerprint
+    from ..grads.projection import ProjectionConfig
+    from ..scoring import Attributor
+    from ..unlearn.cache import fingerprint
+    from .models import build_lm
+
+    out = Path(out)
+    st = config.stop_trace
+    target = stop_target(config, out, event, classifiers)
+    if not target["supported"]:
+        return {"traced": False, "metric": event.metric, "stop_round": event.round, "reason": target["reason"]}
+    rounds = list(range(0 if st.include_base else 1, event.round + 1))
+    rounds = [t for t in rounds if json.loads((round_dir(out, t) / "checkpoints.json").read_text(encoding="utf-8"))]  # round 0 of 0 steps has none
+    if not rounds:
+        return {"traced": False, "metric": event.metric, "stop_round": event.round, "reason": "no traced round has checkpoints"}
+    kind = st.projection if st.projection != "auto" else ("dense" if config.model.kind == "tiny_gpt2" else "kronecker")
+    fc = FeaturizeConfig(params="all", projection=ProjectionConfig(kind, None if kind == "none" else st.dim, st.seed),
+                         batch_size=st.batch_size, dtype=st.dtype)
+    lm = build_lm(config.model)
+    task = TextNLLTask(pad_id=lm.pad_id)
+    queries = target["queries"]
+    weights = np.array([q["weight"] for q in queries], dtype=np.float64)
+    query_ids = [torch.tensor(x, dtype=torch.long) for x in lm.encode([q["text"] for q in queries])]
+
+    def loader(m: nn.Module, ref: CheckpointRef) -> None:
+        load_state(m, torch.load(ref.path, map_location="cpu", weights_only=True))
+
+    plan = []
+    for t in rounds:
+        records = read_jsonl_objects(round_dir(out, t) / "train.jsonl")[: st.max_per_round]
+        refs = round_checkpoints(out, config, t)
+        plan.append((t, records, refs))
+    cache = StageCache(out / STOP_TRACE_DIR)
+    n_rows = sum(len(r) * len(refs) for _, r, refs in plan)
+    n_params = sum(p.numel() for p in lm.trainable().values())
+    width = n_params if kind == "none" else st.dim
+    if progress:
+        secs = _seconds_per_text(lm, [r["text"] for r in plan[0][1][:8]])
+        n_ckpt = sum(len(refs) for _, _, refs in plan)
+        _say(progress, (f"stop trace: {event.metric} fired at round {event.round}; scoring the training data of rounds "
+                        f"{rounds[0]}-{rounds[-1]} ({sum(len(r) for _, r, _ in plan)} texts, {n_rows} text x checkpoint gradients) "
+                        f"against {len(queries)} target texts; ~{human_bytes(n_rows * width * {'float16': 2, 'float32': 4, 'float64': 8}[st.dtype])} "
+                        f"of gradient stores under {out / STOP_TRACE_DIR}; estimated ~{secs * (n_rows + len(queries) * n_ckpt):.0f} s "
+                        "on this machine (cached: a rerun reads it back)"))
+    per_round: list[tuple[int, list[dict[str, Any]], np.ndarray]] = []
+    for t, records, refs in plan:
+        ckpt_keys = [{"step": r.step, "lr": r.lr, "sha256": (checkpoint_fingerprint(r.path) or {}).get("sha256")} for r in refs]
+        texts = [str(r["text"]) for r in records]
+        store_parts = {"featurize": fc.to_dict(), "model": config.model.to_dict(), "checkpoints": ckpt_keys, "texts": fingerprint(texts)}
+        parts = {"round": t, "store": store_parts, "queries": fingerprint([[q["text"], q["weight"]] for q in queries])}
+
+        def compute(t: int = t, texts: list[str] = texts, refs: list[CheckpointRef] = refs, store_parts: dict = store_parts) -> dict[str, Any]:
+            _say(progress, f"stop trace: round {t} ({len(texts)} texts x {len(refs)} checkpoints)")
+            store_dir = out / STOP_TRACE_DIR / "stores" / f"round_{t:03d}-{fingerprint(store_parts)[:12]}"
+            train = [torch.tensor(x, dtype=torch.long) for x in lm.encode(texts)]
+            ids = [f"r{t}-{j}" for j in range(len(texts))]
+            featurize(lm.model, task, refs, train, store_dir, fc, ids=ids, checkpoint_loader=loader, progress=progress)
+            scores = Attributor(store_dir, lm.model, task, checkpoint_loader=loader, progress=progress).score(query_ids)
+            return {"scores": [float(v) for v in weights @ scores]}
+
+        got = cache.run("round", parts, compute)
+        per_round.append((t, records, np.asarray(got["scores"], dtype=np.float64)))
+    return _attribution(config, event, target, per_round, out, fc, write_jsonl)
+
+
+def _seconds_per_text(lm: Any, texts: list[str]) -> float:
+    """Seconds for one text's forward and backward pass on this machine (a timed batch)."""
+    import time
+
+    if not texts:
+        return 0.0
+    ids, mask = pad_right(lm.encode(texts), lm.pad_id)
+    t0 = time.perf_counter()
+    lm.model.zero_grad(set_to_none=True)
+    lm.token_nll(ids.to(lm.device), mask.to(lm.device)).sum().backward()
+    lm.model.zero_grad(set_to_none=True)
+    return (time.perf_counter() - t0) / len(texts)
+
+
+def _attribution(config: LoopConfig, event: Any, target: dict[str, Any], per_round: list[tuple[int, list[dict[str, Any]], np.ndarray]],
+                 out: Path, fc: Any, write_jsonl: Any) -> dict[str, Any]:
+    st = config.stop_trace
+    total = float(sum(s.sum() for _, _, s in per_round))
+    positive_total = float(sum(np.clip(s, 0, None).sum() for _, _, s in per_round))
+    rows, every = [], []
+    for t, records, s in per_round:
+        infl, pos = float(s.sum()), float(np.clip(s, 0, None).sum())
+        rows.append({"round": t, "n_examples": len(read_jsonl_objects(round_dir(out, t) / "train.jsonl")), "n_scored": len(records),
+                     "influence": infl, "share": infl / total if total > 0 else None,
+                     "positive_influence": pos, "positive_share": pos / positive_total if positive_total > 0 else None})
+        for j, (r, v) in enumerate(zip(records, s)):
+            every.append({"id": f"r{t}-{j}", "round": t, "source": r.get("source"), "text": str(r["text"]), "score": float(v)})
+    write_jsonl(out / STOP_TRACE_DIR / SCORES_FILE, [{k: e[k] for k in ("id", "round", "source", "score")} for e in every])
+    order = sorted(range(len(every)), key=lambda i: (-every[i]["score"], i))[: st.top_k]
+    top = [{"rank": r + 1, **every[i]} for r, i in enumerate(order)]
+    largest = max(rows, key=lambda r: r["influence"])["round"]  # ties: the earliest round
+    sides: dict[str, int] = {}
+    for q in target["queries"]:
+        sides[q["side"]] = sides.get(q["side"], 0) + 1
+    return {
+        "traced": True, "metric": event.metric, "stop_round": event.round,
+        "target": {"kind": target["kind"], "description": target["description"], "direction": target["direction"], "n_queries": sides},
+        "method": ("TracIn (raw) over each round's start and checkpoints (trapezoid rule: each point weighted by half the "
+                   "learning rate x steps of the intervals it ends or starts, over the round's training-set size)"),
+        "projection": fc.projection.to_dict(),
+        "rounds": rows, "total_influence": total, "largest_share_round": largest, "top_examples": top,
+        "scores_file": f"{STOP_TRACE_DIR}/{SCORES_FILE}", "settings": st.to_dict(),
+    }
