@@ -227,12 +227,13 @@ class LoopConfig(ConfigBase):
         d = dict(d)
         d.pop(_OUT, None)
         trace = d.pop(STOP_TRACE_KEY, None)
+        kw: dict[str, Any] = {} if trace is None else {STOP_TRACE_KEY: StopTraceConfig.from_dict(trace, where="stop_trace")}
         check_unknown_keys(d, cls.saved_fields(), "config")
         if "data" not in d:
             raise InputError("data: the [data] table is missing (train, heldout, prompts, probes)")
         data = DataConfig.from_dict(d.pop("data"), where="data").resolved(Path(base) if base is not None else Path.cwd())
         sections = {"model": ModelConfig, "generation": LoopGenerationConfig, "train": LoopTrainConfig}
-        kw: dict[str, Any] = {k: sections[k].from_dict(d.pop(k), where=k) for k in list(sections) if k in d}
+        kw.update({k: sections[k].from_dict(d.pop(k), where=k) for k in list(sections) if k in d})
         stop = d.pop("stop", [])
         if not isinstance(stop, list):
             raise InputError(f"stop must be a list of tables ([[stop]]); got {type(stop).__name__}")
@@ -241,8 +242,6 @@ class LoopConfig(ConfigBase):
         if not isinstance(curation, list) or not all(isinstance(c, Mapping) for c in curation):
             raise InputError("curation must be a list of tables ([[curation]])")
         kw["curation"] = tuple(curation)
-        if trace is not None:
-            kw[STOP_TRACE_KEY] = StopTraceConfig.from_dict(trace, where="stop_trace")
         return cls(data=data, **kw, **d)
 
     def to_file_dict(self) -> dict[str, Any]:

@@ -318,7 +318,8 @@ def trace_stop(config: LoopConfig, out: str | Path, event: Any, classifiers: Map
 
         def compute(t: int = t, texts: list[str] = texts, refs: list[CheckpointRef] = refs, store_parts: dict = store_parts) -> dict[str, Any]:
             _say(progress, f"stop trace: round {t} ({len(texts)} texts x {len(refs)} checkpoints)")
-            store_dir = out / STOP_TRACE_DIR / "stores" / f"round_{t:03d}-{fingerprint(store_parts)[:12]}"
+            # the store's manifest names the checkpoints by path: a run folder moved since gets a store of its own
+            store_dir = out / STOP_TRACE_DIR / "stores" / f"round_{t:03d}-{fingerprint(store_parts, [r.path for r in refs])[:12]}"
             train = [torch.tensor(x, dtype=torch.long) for x in lm.encode(texts)]
             ids = [f"r{t}-{j}" for j in range(len(texts))]
             featurize(lm.model, task, refs, train, store_dir, fc, ids=ids, checkpoint_loader=loader, progress=progress)
@@ -348,12 +349,13 @@ def _attribution(config: LoopConfig, event: Any, target: dict[str, Any], per_rou
                  out: Path, fc: Any, write_jsonl: Any) -> dict[str, Any]:
     st = config.stop_trace
     total = float(sum(s.sum() for _, _, s in per_round))
+    absolute = float(sum(abs(s.sum()) for _, _, s in per_round))
     positive_total = float(sum(np.clip(s, 0, None).sum() for _, _, s in per_round))
     rows, every = [], []
     for t, records, s in per_round:
         infl, pos = float(s.sum()), float(np.clip(s, 0, None).sum())
         rows.append({"round": t, "n_examples": len(read_jsonl_objects(round_dir(out, t) / "train.jsonl")), "n_scored": len(records),
-                     "influence": infl, "share": infl / total if total > 0 else None,
+                     "influence": infl, "share": infl / absolute if absolute > 0 else None,
                      "positive_influence": pos, "positive_share": pos / positive_total if positive_total > 0 else None})
         for j, (r, v) in enumerate(zip(records, s)):
             every.append({"id": f"r{t}-{j}", "round": t, "source": r.get("source"), "text": str(r["text"]), "score": float(v)})
