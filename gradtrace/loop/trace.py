@@ -11,6 +11,13 @@ learning rates in training order, and every round's training texts (ids
 featurizes the whole loop, and a query scores each text of each round. LoRA
 runs store only adapters in their checkpoints; the spec's checkpoint loader
 loads them into the adapted model.
+
+:func:`trace_stop` is what the loop runs when a stop rule fires (the stop
+trace, docs/loop.md): :func:`stop_target` turns the fired metric into a
+weighted sum of texts' log-probabilities, and each round's training texts are
+scored against it with TracIn at that round's own weights only
+(:func:`round_checkpoints`), through one gradient store per round; the
+result is ``stop.json``'s ``attribution``.
 """
 
 from __future__ import annotations
