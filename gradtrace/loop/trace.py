@@ -306,8 +306,10 @@ def trace_stop(config: LoopConfig, out: str | Path, event: Any, classifiers: Map
         plan.append((t, records, refs))
     cache = StageCache(out / STOP_TRACE_DIR)
     n_rows = sum(len(r) * len(refs) for _, r, refs in plan)
-    n_params = sum(p.numel() for p in lm.trainable().values())
-    width = n_params if kind == "none" else st.dim
+    from ..grads.per_example import GradientFeaturizer
+    from ..grads.selection import select_parameters
+
+    width = GradientFeaturizer(select_parameters(lm.model, fc.params), fc.projection, fc.method).feature_dim(lm.model)
     if progress:
         secs = _seconds_per_text(lm, [r["text"] for r in plan[0][1][:8]])
         n_ckpt = sum(len(refs) for _, _, refs in plan)
