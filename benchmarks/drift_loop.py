@@ -32,6 +32,7 @@ records its own section)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -131,8 +132,6 @@ def planted_praise(n: int, seed: int = 7) -> list[str]:
 
 def part_c(work: Path) -> dict:
     """The stop trace: a planted round, and a control without it."""
-    import re
-
     from gradtrace.loop.curation import Compose, policy_from_dict
 
     cfg_data = data(work / "data_c", prompts=["Nova"])
@@ -160,31 +159,52 @@ def part_c(work: Path) -> dict:
         secs = time.perf_counter() - t0
         rates = [r["attribute.nova_praised.rate"] for r in result.rows]
         entry: dict = {"rate_by_round": rates, "stop_round": result.stop.round if result.stop else None, "seconds": secs}
-        a = result.attribution
-        if a is not None and a.get("traced"):
-            scores = [json.loads(x) for x in (work / f"c_{name}" / a["scores_file"]).read_text().splitlines()]
-            texts = {}
-            for t in {s["round"] for s in scores}:
-                rows = [json.loads(x) for x in (work / f"c_{name}" / f"round_{t:03d}" / "train.jsonl").read_text().splitlines()]
-                texts.update({f"r{t}-{j}": r["text"] for j, r in enumerate(rows)})
-            order = sorted(scores, key=lambda s: -s["score"])
-            top = order[:N_PLANTED]
-            praise = re.compile(PRAISE)
-            in_round = [s for s in scores if s["round"] == PLANTED_ROUND]
-            entry.update({
-                "largest_share_round": a["largest_share_round"],
-                "share_by_round": {str(r["round"]): r["share"] for r in a["rounds"]},
-                "influence_by_round": {str(r["round"]): r["influence"] for r in a["rounds"]},
-                "n_examples_by_round": {str(r["round"]): r["n_examples"] for r in a["rounds"]},
-                "planted_in_top": sum(s["source"] == "planted" for s in top),
-                "praise_in_top": sum(bool(praise.search(texts[s["id"]])) for s in top),
-                "planted_base_rate": sum(s["source"] == "planted" for s in scores) / len(scores),
-                "planted_share_of_planted_round": sum(s["source"] == "planted" for s in in_round) / max(len(in_round), 1),
-                "praise_base_rate": sum(bool(praise.search(texts[s["id"]])) for s in scores) / len(scores),
-                "target": a["target"]["description"],
-            })
+        entry.update(_trace_numbers(result.attribution, work / f"c_{name}"))
+        if name == "planted" and result.stop is not None:  # the same run traced again with a finer projection
+            from gradtrace.loop.trace import trace_stop
+
+            finer = dataclasses.replace(cfg, stop_trace=dataclasses.replace(cfg.stop_trace, dim=1024))
+            t0 = time.perf_counter()
+            a = trace_stop(finer, work / f"c_{name}", result.stop, progress=False)
+            entry["dim1024"] = {**_trace_numbers(a, work / f"c_{name}"), "trace_seconds": time.perf_counter() - t0}
         out[name] = entry
     return out
+
+
+def _trace_numbers(a: dict | None, run: Path) -> dict:
+    """What part c reports of one stop trace (read from its scores file)."""
+    import re
+
+    if a is None or not a.get("traced"):
+        return {}
+    scores = [json.loads(x) for x in (run / a["scores_file"]).read_text().splitlines()]
+    texts = {}
+    for t in {s["round"] for s in scores}:
+        rows = [json.loads(x) for x in (run / f"round_{t:03d}" / "train.jsonl").read_text().splitlines()]
+        texts.update({f"r{t}-{j}": r["text"] for j, r in enumerate(rows)})
+    praise = re.compile(PRAISE)
+
+    def planted(rows: list) -> int:
+        return sum(s["source"] == "planted" for s in rows)
+
+    def praised(rows: list) -> int:
+        return sum(bool(praise.search(texts[s["id"]])) for s in rows)
+
+    top = sorted(scores, key=lambda s: -s["score"])[:N_PLANTED]
+    in_round = [s for s in scores if s["round"] == PLANTED_ROUND]
+    top_in_round = sorted(in_round, key=lambda s: -s["score"])[:N_PLANTED]
+    return {
+        "largest_share_round": a["largest_share_round"],
+        "share_by_round": {str(r["round"]): r["share"] for r in a["rounds"]},
+        "influence_by_round": {str(r["round"]): r["influence"] for r in a["rounds"]},
+        "n_examples_by_round": {str(r["round"]): r["n_examples"] for r in a["rounds"]},
+        "planted_in_top": planted(top), "praise_in_top": praised(top),
+        "planted_in_top_of_planted_round": planted(top_in_round), "praise_in_top_of_planted_round": praised(top_in_round),
+        "planted_base_rate": planted(scores) / len(scores), "praise_base_rate": praised(scores) / len(scores),
+        "planted_share_of_planted_round": planted(in_round) / max(len(in_round), 1),
+        "praise_share_of_planted_round": praised(in_round) / max(len(in_round), 1),
+        "target": a["target"]["description"],
+    }
 
 
 def record_c(results: dict) -> None:
@@ -202,9 +222,15 @@ def record_c(results: dict) -> None:
 |---|---|---|---|
 {rows}
 
-Top {results['n_planted']} examples by score: **{p['planted_in_top']}** planted (planted texts are {100 * p['planted_base_rate']:.1f}% of all traced texts, {100 * p['planted_share_of_planted_round']:.1f}% of round {results['planted_round']}'s), {p['praise_in_top']} praise Nova (praise is {100 * p['praise_base_rate']:.1f}% of all traced texts). Target: {p['target']}."""
+Top {results['n_planted']} examples of round {results['planted_round']} by score: **{p['planted_in_top_of_planted_round']}** planted and {p['praise_in_top_of_planted_round']} praise Nova (planted texts are {100 * p['planted_share_of_planted_round']:.1f}% of that round, praise {100 * p['praise_share_of_planted_round']:.1f}%). Top {results['n_planted']} examples over all traced rounds: **{p['planted_in_top']}** planted (planted texts are {100 * p['planted_base_rate']:.1f}% of all traced texts, {100 * p['planted_share_of_planted_round']:.1f}% of round {results['planted_round']}'s), {p['praise_in_top']} praise Nova (praise is {100 * p['praise_base_rate']:.1f}% of all traced texts). Target: {p['target']}."""
     else:
         trace = "The rule did not fire on the planted run, so nothing was traced."
+    f = p.get("dim1024", {})
+    finer = (f"Variant (the same run traced again with a dense projection to 1,024 instead of 256, {f['trace_seconds']:.0f} s): "
+             f"largest share round {f['largest_share_round']}, shares {', '.join(f'round {t}: {v:.3f}' for t, v in f['share_by_round'].items())}; "
+             f"top {results['n_planted']} of round {results['planted_round']}: {f['planted_in_top_of_planted_round']} planted; "
+             f"top {results['n_planted']} overall: {f['planted_in_top']} planted, {f['praise_in_top']} praise Nova."
+             if "largest_share_round" in f else "")
     md = f"""Part (c) of the drift loop: the stop trace. Tiny GPT-2 (2 layers, width 64) trained from scratch on the seeded corpus (600 steps), then {results['rounds']} rounds of self-training (replace, prompt "Nova", 400 samples per round at temperature 1.0, 100 steps per round, linear decay, checkpoints every 100 steps; a quality filter, no preference). Planted: round {results['planted_round']} trains on round {results['planted_round'] - 1}'s curated generations plus {results['n_planted']} corpus sentences praising Nova. Stop rule: `{RULE.describe()}`. Stop trace with the default settings (rounds 1 to the stop round, dense projection to 256, TracIn over each round's start and checkpoints).
 
 | run | praise rate by round | stop round |
@@ -213,6 +239,8 @@ Top {results['n_planted']} examples by score: **{p['planted_in_top']}** planted 
 | control (no planted texts) | {fmt(c['rate_by_round'])} | {c['stop_round']} |
 
 {trace}
+
+{finer}
 
 Wall time (loop and trace): planted {p['seconds']:.0f} s, control {c['seconds']:.0f} s."""
     record("drift_loop_stop_trace", "nice -n 10 python benchmarks/drift_loop.py c", md, results)

@@ -250,6 +250,11 @@ class SelfTrainingLoop:
             from .trace import trace_stop
 
             attribution = trace_stop(self.config, self.out, stop, self.extra_classifiers, progress=self.progress)
+            if not attribution["traced"]:
+                # a trace made earlier (with a classifier passed from Python, say) is kept when this call cannot rebuild it
+                old = json.loads((self.out / STOP_FILE).read_text(encoding="utf-8")).get("attribution") if (self.out / STOP_FILE).is_file() else None
+                if old and old.get("traced") and old.get("metric") == stop.metric and old.get("stop_round") == stop.round:
+                    attribution = old
         if stop is not None:
             self._write_stop(stop, attribution)
         self._dashboard(rows, stop, attribution)

@@ -34,6 +34,7 @@ from torch import nn
 from ..checkpoints import CheckpointRef
 from ..data import read_jsonl_objects
 from ..errors import InputError
+from ..fileio import atomic_write_bytes, write_jsonl
 from ..lm.tasks import TextNLLTask, pad_right
 from ..progress import human_bytes
 from ..spec import TaskSpec
@@ -92,6 +93,7 @@ def loop_task_spec(out: str | Path, rounds: Sequence[int] | None = None, max_per
 
 STOP_TRACE_DIR = "stop_trace"
 SCORES_FILE = "scores.jsonl"
+DTYPE_BYTES = {"float16": 2, "float32": 4, "float64": 8}
 
 #: How each metric moves with the target's raw quantity R (+1: the metric rises when R rises; -1: it falls).
 #: R is the mean NLL of held-out texts for ``nll``, the log-probability contrast of the texts that show the
@@ -237,7 +239,6 @@ def round_checkpoints(out: str | Path, config: LoopConfig, t: int) -> list[Check
 
 def _initial_weights(out: Path, config: LoopConfig) -> Path:
     """The untrained round-0 model (the start of round 0), saved once under ``out/stop_trace/``."""
-    from ..fileio import atomic_write_bytes
     from .lm import checkpoint_state
     from .models import build_lm
 
@@ -271,9 +272,10 @@ def trace_stop(config: LoopConfig, out: str | Path, event: Any, classifiers: Map
     from ..audit.stages import StageCache
     from ..config import FeaturizeConfig
     from ..featurize import featurize
-    from ..fileio import write_jsonl
     from ..fingerprint import checkpoint_fingerprint
+    from ..grads.per_example import GradientFeaturizer
     from ..grads.projection import ProjectionConfig
+    from ..grads.selection import select_parameters
     from ..scoring import Attributor
     from ..unlearn.cache import fingerprint
     from .models import build_lm
@@ -299,31 +301,30 @@ def trace_stop(config: LoopConfig, out: str | Path, event: Any, classifiers: Map
     def loader(m: nn.Module, ref: CheckpointRef) -> None:
         load_state(m, torch.load(ref.path, map_location="cpu", weights_only=True))
 
+    cache = StageCache(out / STOP_TRACE_DIR)
+    query_key = fingerprint([[q["text"], q["weight"]] for q in queries])
     plan = []
     for t in rounds:
         records = read_jsonl_objects(round_dir(out, t) / "train.jsonl")[: st.max_per_round]
         refs = round_checkpoints(out, config, t)
-        plan.append((t, records, refs))
-    cache = StageCache(out / STOP_TRACE_DIR)
-    n_rows = sum(len(r) * len(refs) for _, r, refs in plan)
-    from ..grads.per_example import GradientFeaturizer
-    from ..grads.selection import select_parameters
-
-    width = GradientFeaturizer(select_parameters(lm.model, fc.params), fc.projection, fc.method).feature_dim(lm.model)
-    if progress:
-        secs = _seconds_per_text(lm, [r["text"] for r in plan[0][1][:8]])
-        n_ckpt = sum(len(refs) for _, _, refs in plan)
-        _say(progress, (f"stop trace: {event.metric} fired at round {event.round}; scoring the training data of rounds "
-                        f"{rounds[0]}-{rounds[-1]} ({sum(len(r) for _, r, _ in plan)} texts, {n_rows} text x checkpoint gradients) "
-                        f"against {len(queries)} target texts; ~{human_bytes(n_rows * width * {'float16': 2, 'float32': 4, 'float64': 8}[st.dtype])} "
-                        f"of gradient stores under {out / STOP_TRACE_DIR}; estimated ~{secs * (n_rows + len(queries) * n_ckpt):.0f} s "
-                        "on this machine (cached: a rerun reads it back)"))
-    per_round: list[tuple[int, list[dict[str, Any]], np.ndarray]] = []
-    for t, records, refs in plan:
         ckpt_keys = [{"step": r.step, "lr": r.lr, "sha256": (checkpoint_fingerprint(r.path) or {}).get("sha256")} for r in refs]
         texts = [str(r["text"]) for r in records]
         store_parts = {"featurize": fc.to_dict(), "model": config.model.to_dict(), "checkpoints": ckpt_keys, "texts": fingerprint(texts)}
-        parts = {"round": t, "store": store_parts, "queries": fingerprint([[q["text"], q["weight"]] for q in queries])}
+        parts = {"round": t, "store": store_parts, "queries": query_key}
+        plan.append((t, records, texts, refs, store_parts, parts))
+    todo = [p for p in plan if not cache.done("round", p[5])]
+    if progress and todo:
+        width = GradientFeaturizer(select_parameters(lm.model, fc.params), fc.projection, fc.method).feature_dim(lm.model)
+        n_rows = sum(len(p[2]) * len(p[3]) for p in todo)
+        n_ckpt = sum(len(p[3]) for p in todo)
+        secs = _seconds_per_text(lm, todo[0][2][:8])
+        _say(progress, (f"stop trace: {event.metric} fired at round {event.round}; scoring the training data of round(s) "
+                        f"{', '.join(str(p[0]) for p in todo)} ({sum(len(p[2]) for p in todo)} texts, {n_rows} text x checkpoint "
+                        f"gradients) against {len(queries)} target texts; ~{human_bytes(n_rows * width * DTYPE_BYTES[st.dtype])} "
+                        f"of gradient stores under {out / STOP_TRACE_DIR}; estimated ~{secs * 1.5 * (n_rows + len(queries) * n_ckpt):.0f} s "
+                        "on this machine (each finished round is cached: a rerun reads it back)"))
+    per_round: list[tuple[int, list[dict[str, Any]], np.ndarray]] = []
+    for t, records, texts, refs, store_parts, parts in plan:
 
         def compute(t: int = t, texts: list[str] = texts, refs: list[CheckpointRef] = refs, store_parts: dict = store_parts) -> dict[str, Any]:
             _say(progress, f"stop trace: round {t} ({len(texts)} texts x {len(refs)} checkpoints)")
@@ -337,7 +338,7 @@ def trace_stop(config: LoopConfig, out: str | Path, event: Any, classifiers: Map
 
         got = cache.run("round", parts, compute)
         per_round.append((t, records, np.asarray(got["scores"], dtype=np.float64)))
-    return _attribution(config, event, target, per_round, out, fc, write_jsonl)
+    return _attribution(config, event, target, per_round, out, fc)
 
 
 def _seconds_per_text(lm: Any, texts: list[str]) -> float:
@@ -355,7 +356,7 @@ def _seconds_per_text(lm: Any, texts: list[str]) -> float:
 
 
 def _attribution(config: LoopConfig, event: Any, target: dict[str, Any], per_round: list[tuple[int, list[dict[str, Any]], np.ndarray]],
-                 out: Path, fc: Any, write_jsonl: Any) -> dict[str, Any]:
+                 out: Path, fc: Any) -> dict[str, Any]:
     st = config.stop_trace
     total = float(sum(s.sum() for _, _, s in per_round))
     absolute = float(sum(abs(s.sum()) for _, _, s in per_round))
