@@ -323,7 +323,7 @@ def trace_stop(config: LoopConfig, out: str | Path, event: Any, classifiers: Map
                         f"gradients) against {len(queries)} target texts; ~{human_bytes(n_rows * width * DTYPE_BYTES[st.dtype])} "
                         f"of gradient stores under {out / STOP_TRACE_DIR}; estimated ~{secs * 1.5 * (n_rows + len(queries) * n_ckpt):.0f} s "
                         "on this machine (each finished round is cached: a rerun reads it back)"))
-    per_round: list[tuple[int, list[dict[str, Any]], np.ndarray]] = []
+    per_round: list[tuple[int, list[dict[str, Any]], np.ndarray, float]] = []
     for t, records, texts, refs, store_parts, parts in plan:
 
         def compute(t: int = t, texts: list[str] = texts, refs: list[CheckpointRef] = refs, store_parts: dict = store_parts) -> dict[str, Any]:
@@ -334,11 +334,43 @@ def trace_stop(config: LoopConfig, out: str | Path, event: Any, classifiers: Map
             ids = [f"r{t}-{j}" for j in range(len(texts))]
             featurize(lm.model, task, refs, train, store_dir, fc, ids=ids, checkpoint_loader=loader, progress=progress)
             scores = Attributor(store_dir, lm.model, task, checkpoint_loader=loader, progress=progress).score(query_ids)
-            return {"scores": [float(v) for v in weights @ scores]}
+            exact = round_influence(lm.model, task, refs, train, query_ids, weights, loader, st.batch_size)
+            return {"scores": [float(v) for v in weights @ scores], "influence": exact}
 
         got = cache.run("round", parts, compute)
-        per_round.append((t, records, np.asarray(got["scores"], dtype=np.float64)))
+        per_round.append((t, records, np.asarray(got["scores"], dtype=np.float64), float(got["influence"])))
     return _attribution(config, event, target, per_round, out, fc)
+
+
+def round_influence(model: nn.Module, task: Any, refs: Sequence[CheckpointRef], train: Sequence[torch.Tensor],
+                    queries: Sequence[torch.Tensor], weights: np.ndarray, loader: Any, batch_size: int) -> float:
+    """The exact sum of a round's TracIn scores on the target, with no
+    projection: at each point ``c`` (weight ``w_c``), ``w_c`` times the inner
+    product of the target's gradient ``sum_q weight_q grad loss_q`` with the
+    gradient of the round's summed loss ``sum_z grad loss_z`` (TracIn is
+    linear in both, so this equals the sum of the per-example scores an
+    unprojected store gives). Leaves the model holding the last point's weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    total = 0.0
+    model.eval()
+
+    def summed_grad(items: Sequence[torch.Tensor], coef: torch.Tensor | None) -> list[torch.Tensor]:
+        acc = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        for a in range(0, len(items), batch_size):
+            loss = task.per_example_loss(model, task.collate(list(items[a : a + batch_size])))
+            value = (loss.double() * coef[a : a + len(loss)]).sum() if coef is not None else loss.double().sum()
+            for g_acc, g in zip(acc, torch.autograd.grad(value, params, allow_unused=True)):
+                if g is not None:
+                    g_acc += g.double()
+        return acc
+
+    for ref in refs:
+        loader(model, ref)
+        g_target = summed_grad(queries, w)
+        g_data = summed_grad(train, None)
+        total += ref.lr * float(sum((a * b).sum() for a, b in zip(g_target, g_data)))
+    return total
 
 
 def _seconds_per_text(lm: Any, texts: list[str]) -> float:
@@ -355,17 +387,17 @@ def _seconds_per_text(lm: Any, texts: list[str]) -> float:
     return (time.perf_counter() - t0) / len(texts)
 
 
-def _attribution(config: LoopConfig, event: Any, target: dict[str, Any], per_round: list[tuple[int, list[dict[str, Any]], np.ndarray]],
+def _attribution(config: LoopConfig, event: Any, target: dict[str, Any], per_round: list[tuple[int, list[dict[str, Any]], np.ndarray, float]],
                  out: Path, fc: Any) -> dict[str, Any]:
     st = config.stop_trace
-    total = float(sum(s.sum() for _, _, s in per_round))
-    absolute = float(sum(abs(s.sum()) for _, _, s in per_round))
-    positive_total = float(sum(np.clip(s, 0, None).sum() for _, _, s in per_round))
+    total = float(sum(x for *_, x in per_round))
+    absolute = float(sum(abs(x) for *_, x in per_round))
+    positive_total = float(sum(np.clip(s, 0, None).sum() for _, _, s, _ in per_round))
     rows, every = [], []
-    for t, records, s in per_round:
-        infl, pos = float(s.sum()), float(np.clip(s, 0, None).sum())
+    for t, records, s, infl in per_round:
+        pos = float(np.clip(s, 0, None).sum())
         rows.append({"round": t, "n_examples": len(read_jsonl_objects(round_dir(out, t) / "train.jsonl")), "n_scored": len(records),
-                     "influence": infl, "share": infl / absolute if absolute > 0 else None,
+                     "influence": infl, "influence_from_scores": float(s.sum()), "share": infl / absolute if absolute > 0 else None,
                      "positive_influence": pos, "positive_share": pos / positive_total if positive_total > 0 else None})
         for j, (r, v) in enumerate(zip(records, s)):
             every.append({"id": f"r{t}-{j}", "round": t, "source": r.get("source"), "text": str(r["text"]), "score": float(v)})
@@ -380,7 +412,9 @@ def _attribution(config: LoopConfig, event: Any, target: dict[str, Any], per_rou
         "traced": True, "metric": event.metric, "stop_round": event.round,
         "target": {"kind": target["kind"], "description": target["description"], "direction": target["direction"], "n_queries": sides},
         "method": ("TracIn (raw) over each round's start and checkpoints (trapezoid rule: each point weighted by half the "
-                   "learning rate x steps of the intervals it ends or starts, over the round's training-set size)"),
+                   "learning rate x steps of the intervals it ends or starts, over the round's training-set size); a round's "
+                   "influence exact (unprojected gradients of the round's summed loss), the examples' scores through the "
+                   "projected store"),
         "projection": fc.projection.to_dict(),
         "rounds": rows, "total_influence": total, "largest_share_round": largest, "top_examples": top,
         "scores_file": f"{STOP_TRACE_DIR}/{SCORES_FILE}", "settings": st.to_dict(),

@@ -107,10 +107,11 @@ def _grad(lm, text: str) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1).double() for p in lm.model.parameters()])
 
 
-def test_round_influence_equals_a_brute_force_sum_of_per_example_scores(planted):
+@pytest.fixture(scope="module")
+def brute(planted):
+    """Every traced example's TracIn score on the target, by one backward pass per text at every point."""
     config, out, result = planted
-    a = result.attribution
-    # the target, rebuilt: every stop-round generation (max_queries exceeds each side), +1/n for the marker, -1/n without
+    # the target, rebuilt: every stop-round generation (max_queries exceeds each side), +1/n with the marker, -1/n without
     # (a side the stop round has none of comes from round 0's generations)
     def sides(t):
         gens = [json.loads(x)["text"] for x in (out / f"round_{t:03d}" / "generations.jsonl").read_text().splitlines()]
@@ -121,8 +122,7 @@ def test_round_influence_equals_a_brute_force_sum_of_per_example_scores(planted)
     assert 0 < len(pos) <= 64 and 0 < len(neg) <= 64
     target = [(g, 1.0 / len(pos)) for g in pos] + [(g, -1.0 / len(neg)) for g in neg]
     lm = build_lm(config.model)
-    scores_file = {r["id"]: r["score"] for r in map(json.loads, (out / "stop_trace" / "scores.jsonl").read_text().splitlines())}
-    totals = {}
+    scores = {}
     for t in (0, 1, 2):
         texts = [json.loads(x)["text"] for x in (out / f"round_{t:03d}" / "train.jsonl").read_text().splitlines()]
         score = np.zeros(len(texts))
@@ -130,14 +130,41 @@ def test_round_influence_equals_a_brute_force_sum_of_per_example_scores(planted)
             load_state(lm.model, torch.load(path, weights_only=True))
             g_target = sum(wq * _grad(lm, q) for q, wq in target)  # gradient of sum_q w_q NLL_q
             score += [w * float(g_target @ _grad(lm, x)) for x in texts]
+        scores[t] = score
+    return scores
+
+
+def test_round_influence_equals_a_brute_force_sum_of_per_example_scores(planted, brute):
+    config, out, result = planted
+    a = result.attribution
+    scores_file = {r["id"]: r["score"] for r in map(json.loads, (out / "stop_trace" / "scores.jsonl").read_text().splitlines())}
+    for t, score in brute.items():
         for j, s in enumerate(score):
             assert scores_file[f"r{t}-{j}"] == pytest.approx(s, rel=1e-4, abs=1e-9)
-        totals[t] = score.sum()
-    grand = sum(totals.values())
+    totals = {t: s.sum() for t, s in brute.items()}
+    absolute = sum(abs(v) for v in totals.values())
     for r in a["rounds"]:
         assert r["influence"] == pytest.approx(totals[r["round"]], rel=1e-4, abs=1e-9)
-        assert r["share"] == pytest.approx(totals[r["round"]] / sum(abs(v) for v in totals.values()), rel=1e-4)
-    assert a["total_influence"] == pytest.approx(grand, rel=1e-4)
+        assert r["influence_from_scores"] == pytest.approx(totals[r["round"]], rel=1e-4, abs=1e-9)
+        assert r["share"] == pytest.approx(totals[r["round"]] / absolute, rel=1e-4)
+    assert a["total_influence"] == pytest.approx(sum(totals.values()), rel=1e-4)
+
+
+def test_round_influence_is_exact_under_a_projection(planted, brute, tmp_path):
+    """Through a dense projection to 32 the examples' scores are estimates, the rounds' influence still exact."""
+    from gradtrace.loop.trace import trace_stop
+
+    config, out, result = planted
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("stop_trace"))
+    dense = config.__class__(**{**{f: getattr(config, f) for f in config.__dataclass_fields__},
+                                "stop_trace": StopTraceConfig(**{**config.stop_trace.to_dict(), "projection": "dense", "dim": 32, "dtype": "float32"})})
+    a = trace_stop(dense, copy, result.stop, progress=False)
+    for r in a["rounds"]:
+        assert r["influence"] == pytest.approx(brute[r["round"]].sum(), rel=1e-4, abs=1e-9)
+    projected = [r["influence_from_scores"] for r in a["rounds"]]
+    assert projected != pytest.approx([r["influence"] for r in a["rounds"]], rel=1e-6)  # the projection changed the scores
+    assert a["projection"]["kind"] == "dense" and a["projection"]["dim"] == 32
 
 
 def test_rerun_reads_the_cache_and_a_lost_round_is_redone_alone(planted, tmp_path, monkeypatch):
