@@ -93,9 +93,9 @@ def attribution_html(a: Mapping[str, Any]) -> str:
     rounds = a["rounds"]
     fig = figures.per_checkpoint([r["influence"] for r in rounds], [f"round {r['round']}" for r in rounds],
                                  f"influence on {a['metric']} by round's training data")
-    table_rounds = table(["round", "examples", "scored", "influence", "share", "positive share"],
-                         [[r["round"], r["n_examples"], r["n_scored"], r["influence"], percent(r["share"]), percent(r["positive_share"])]
-                          for r in rounds], numeric=(0, 1, 2, 3, 4, 5))
+    table_rounds = table(["round", "examples", "scored", "influence", "share", "sum of the listed scores", "positive share"],
+                         [[r["round"], r["n_examples"], r["n_scored"], r["influence"], percent(r["share"]), r["influence_from_scores"],
+                           percent(r["positive_share"])] for r in rounds], numeric=(0, 1, 2, 3, 4, 5, 6))
     top = table(["rank", "id", "round", "source", "score", "text"],
                 [[e["rank"], e["id"], e["round"], e.get("source"), e["score"], e["text"]] for e in a["top_examples"]], numeric=(0, 2, 4))
     return (
