@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -120,6 +121,8 @@ def part_b(work: Path, results: dict, timings: dict) -> None:
 
 PLANTED_ROUND = 2
 N_PLANTED = 200
+#: The stop trace's settings tried on the same planted run besides the defaults (all are recorded).
+VARIANTS_C = {"queries_400": {"max_queries": 400}, "dim1024": {"dim": 1024}}
 ROUNDS_C = 3
 
 
@@ -160,13 +163,14 @@ def part_c(work: Path) -> dict:
         rates = [r["attribute.nova_praised.rate"] for r in result.rows]
         entry: dict = {"rate_by_round": rates, "stop_round": result.stop.round if result.stop else None, "seconds": secs}
         entry.update(_trace_numbers(result.attribution, work / f"c_{name}"))
-        if name == "planted" and result.stop is not None:  # the same run traced again with a finer projection
+        if name == "planted" and result.stop is not None:  # the same run traced again with other settings
             from gradtrace.loop.trace import trace_stop
 
-            finer = dataclasses.replace(cfg, stop_trace=dataclasses.replace(cfg.stop_trace, dim=1024))
-            t0 = time.perf_counter()
-            a = trace_stop(finer, work / f"c_{name}", result.stop, progress=False)
-            entry["dim1024"] = {**_trace_numbers(a, work / f"c_{name}"), "trace_seconds": time.perf_counter() - t0}
+            for key, change in VARIANTS_C.items():
+                other = dataclasses.replace(cfg, stop_trace=dataclasses.replace(cfg.stop_trace, **change))
+                t0 = time.perf_counter()
+                a = trace_stop(other, work / f"c_{name}", result.stop, progress=False)
+                entry[key] = {**_trace_numbers(a, work / f"c_{name}"), "trace_seconds": time.perf_counter() - t0, "settings": change}
         out[name] = entry
     return out
 
@@ -225,12 +229,17 @@ def record_c(results: dict) -> None:
 Top {results['n_planted']} examples of round {results['planted_round']} by score: **{p['planted_in_top_of_planted_round']}** planted and {p['praise_in_top_of_planted_round']} praise Nova (planted texts are {100 * p['planted_share_of_planted_round']:.1f}% of that round, praise {100 * p['praise_share_of_planted_round']:.1f}%). Top {results['n_planted']} examples over all traced rounds: **{p['planted_in_top']}** planted (planted texts are {100 * p['planted_base_rate']:.1f}% of all traced texts, {100 * p['planted_share_of_planted_round']:.1f}% of round {results['planted_round']}'s), {p['praise_in_top']} praise Nova (praise is {100 * p['praise_base_rate']:.1f}% of all traced texts). Target: {p['target']}."""
     else:
         trace = "The rule did not fire on the planted run, so nothing was traced."
-    f = p.get("dim1024", {})
-    finer = (f"Variant (the same run traced again with a dense projection to 1,024 instead of 256, {f['trace_seconds']:.0f} s): "
-             f"largest share round {f['largest_share_round']}, shares {', '.join(f'round {t}: {v:.3f}' for t, v in f['share_by_round'].items())}; "
-             f"top {results['n_planted']} of round {results['planted_round']}: {f['planted_in_top_of_planted_round']} planted; "
-             f"top {results['n_planted']} overall: {f['planted_in_top']} planted, {f['praise_in_top']} praise Nova."
-             if "largest_share_round" in f else "")
+    lines = []
+    for key in VARIANTS_C:
+        f = p.get(key, {})
+        if "largest_share_round" in f:
+            lines.append(f"| {', '.join(f'{k} = {v}' for k, v in f['settings'].items())} | {f['largest_share_round']} | "
+                         f"{', '.join(f'{v:.3f}' for _, v in sorted(f['share_by_round'].items(), key=lambda kv: int(kv[0])))} | "
+                         f"{f['planted_in_top_of_planted_round']} | {f['planted_in_top']} | {f['praise_in_top']} | {f['trace_seconds']:.0f} s |")
+    finer = ("Variants: the same planted run traced again with other `[stop_trace]` settings (every variant tried is listed).\n\n"
+             f"| settings | largest share round | shares by round | planted in round {results['planted_round']}'s top {results['n_planted']} | "
+             f"planted in the top {results['n_planted']} | praise in the top {results['n_planted']} | trace time |\n|---|---|---|---|---|---|---|\n"
+             + "\n".join(lines)) if lines else ""
     md = f"""Part (c) of the drift loop: the stop trace. Tiny GPT-2 (2 layers, width 64) trained from scratch on the seeded corpus (600 steps), then {results['rounds']} rounds of self-training (replace, prompt "Nova", 400 samples per round at temperature 1.0, 100 steps per round, linear decay, checkpoints every 100 steps; a quality filter, no preference). Planted: round {results['planted_round']} trains on round {results['planted_round'] - 1}'s curated generations plus {results['n_planted']} corpus sentences praising Nova. Stop rule: `{RULE.describe()}`. Stop trace with the default settings (rounds 1 to the stop round, dense projection to 256, TracIn over each round's start and checkpoints).
 
 | run | praise rate by round | stop round |
@@ -250,10 +259,14 @@ def main() -> None:
     only = sys.argv[1] if len(sys.argv) > 1 else None  # "a" or "b": one part, printed, not recorded; "c": part c, recorded
     if only == "c":
         work = Path(tempfile.mkdtemp(prefix="drift_loop_c_"))
+        if os.environ.get("GT_DRIFT_WORK"):  # keep the runs (for a look at them afterwards)
+            work = Path(os.environ["GT_DRIFT_WORK"])
+            work.mkdir(parents=True, exist_ok=True)
         results = part_c(work)
         record_c(results)
         print(json.dumps(results, indent=1))
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("GT_DRIFT_WORK"):
+            shutil.rmtree(work, ignore_errors=True)
         return
     work = Path(tempfile.mkdtemp(prefix="drift_loop_"))
     results: dict = {"rounds": ROUNDS, "tail_margin_nats": MARGIN}
@@ -264,7 +277,8 @@ def main() -> None:
         part_b(work, results, timings)
     if only is not None:
         print(json.dumps(results, indent=1))
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("GT_DRIFT_WORK"):
+            shutil.rmtree(work, ignore_errors=True)
         return
     rule = RULE
     results["stop_rule"] = rule.describe()

@@ -274,3 +274,13 @@ def test_stop_trace_settings_are_checked_by_name():
         StopTraceConfig(max_queries=0)
     with pytest.raises(InputError, match=r"stop_trace.*unknown fields \['bogus'\]"):
         LoopConfig.from_dict({"data": {}, "stop_trace": {"bogus": 1}})
+
+
+def test_stage_cache_says_what_is_done(tmp_path):
+    from gradtrace.audit.stages import StageCache
+
+    cache = StageCache(tmp_path)
+    assert not cache.done("round", {"round": 1})
+    assert cache.run("round", {"round": 1}, lambda: {"scores": [1.5]}) == {"scores": [1.5]}
+    assert cache.done("round", {"round": 1}) and not cache.done("round", {"round": 2})
+    assert StageCache(tmp_path).run("round", {"round": 1}, lambda: {"scores": [0.0]}) == {"scores": [1.5]}  # read back
