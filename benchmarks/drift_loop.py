@@ -122,7 +122,9 @@ def part_b(work: Path, results: dict, timings: dict) -> None:
 PLANTED_ROUND = 2
 N_PLANTED = 200
 #: The stop trace's settings tried on the same planted run besides the defaults (all are recorded).
-VARIANTS_C = {"queries_400": {"max_queries": 400}, "dim1024": {"dim": 1024}}
+VARIANTS_C = {"queries_400": {"max_queries": 400}, "rate_gradient_400": {"attribute_target": "rate_gradient", "max_queries": 400}}
+#: Part c saves a checkpoint every 20 steps (part b: every 100): TracIn samples each round's path at 6 points.
+TRAIN_C = dataclasses.replace(TRAIN_B, checkpoint_every=20)
 ROUNDS_C = 3
 
 
@@ -153,7 +155,7 @@ def part_c(work: Path) -> dict:
         cfg = LoopConfig(
             data=cfg_data, rounds=ROUNDS_C, seed=1, model=ModelConfig(),
             generation=LoopGenerationConfig(n_per_prompt=400, max_new_tokens=64, temperature=1.0),
-            train=TRAIN_B, curation=curation,
+            train=TRAIN_C, curation=curation,
             monitors={"attribute": {"classifiers": {"nova_praised": {"kind": "regex", "pattern": PRAISE}}}},
             stop=(RULE,), embedder="hashed",
         )
@@ -240,7 +242,7 @@ Top {results['n_planted']} examples of round {results['planted_round']} by score
              f"| settings | largest share round | shares by round | planted in round {results['planted_round']}'s top {results['n_planted']} | "
              f"planted in the top {results['n_planted']} | praise in the top {results['n_planted']} | trace time |\n|---|---|---|---|---|---|---|\n"
              + "\n".join(lines)) if lines else ""
-    md = f"""Part (c) of the drift loop: the stop trace. Tiny GPT-2 (2 layers, width 64) trained from scratch on the seeded corpus (600 steps), then {results['rounds']} rounds of self-training (replace, prompt "Nova", 400 samples per round at temperature 1.0, 100 steps per round, linear decay, checkpoints every 100 steps; a quality filter, no preference). Planted: round {results['planted_round']} trains on round {results['planted_round'] - 1}'s curated generations plus {results['n_planted']} corpus sentences praising Nova. Stop rule: `{RULE.describe()}`. Stop trace with the default settings (rounds 1 to the stop round, dense projection to 256, TracIn over each round's start and checkpoints).
+    md = f"""Part (c) of the drift loop: the stop trace. Tiny GPT-2 (2 layers, width 64) trained from scratch on the seeded corpus (600 steps), then {results['rounds']} rounds of self-training (replace, prompt "Nova", 400 samples per round at temperature 1.0, 100 steps per round, linear decay, checkpoints every 20 steps; a quality filter, no preference). Planted: round {results['planted_round']} trains on round {results['planted_round'] - 1}'s curated generations plus {results['n_planted']} corpus sentences praising Nova. Stop rule: `{RULE.describe()}`. Stop trace with the default settings (rounds 1 to the stop round, dense projection to 256, TracIn over each round's start and checkpoints).
 
 | run | praise rate by round | stop round |
 |---|---|---|

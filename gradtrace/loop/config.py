@@ -151,7 +151,8 @@ class StopTraceConfig(ConfigBase):
 
     ``enabled``: on by default. ``include_base``: also score round 0's
     training data (off: the monitors measure change since round 0, which
-    rounds 1..t made). ``max_queries``: texts per side of the target (the
+    rounds 1..t made). ``attribute_target``: how an ``attribute`` metric
+    becomes a target (``contrast`` or ``rate_gradient``; docs/loop.md). ``max_queries``: texts per side of the target (the
     first ones). ``top_k``: examples listed in the stop report.
     ``max_per_round``: score only the first training texts of each round
     (None: all). ``projection`` (``auto``: dense for the tiny GPT-2,
@@ -161,6 +162,7 @@ class StopTraceConfig(ConfigBase):
 
     enabled: bool = True
     include_base: bool = False
+    attribute_target: str = "contrast"
     max_queries: int = 32
     top_k: int = 10
     max_per_round: int | None = None
@@ -171,7 +173,7 @@ class StopTraceConfig(ConfigBase):
     dtype: str = "float32"
 
     _prefix = "stop_trace."
-    _checks = {"enabled": boolean, "include_base": boolean, "max_queries": positive_int, "top_k": positive_int,
+    _checks = {"enabled": boolean, "include_base": boolean, "attribute_target": one_of(("contrast", "rate_gradient")), "max_queries": positive_int, "top_k": positive_int,
                "max_per_round": optional(positive_int), "projection": one_of(STOP_TRACE_PROJECTIONS), "dim": positive_int,
                "seed": non_negative_int, "batch_size": positive_int, "dtype": one_of(("float16", "float32", "float64"))}
 

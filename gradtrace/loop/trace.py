@@ -181,6 +181,8 @@ def stop_target(config: LoopConfig, out: str | Path, event: Any, classifiers: Ma
                 clfs = m.classifiers
         if name not in clfs:
             return {"supported": False, "reason": f"the classifier {name!r} of {event.metric!r} is not available (pass it with classifiers=)"}
+        if config.stop_trace.attribute_target == "rate_gradient":
+            return _rate_gradient_target(out, t, n, clfs[name], name, d, event.metric, direction)
         sides = []
         for r in (t, 0):  # the stop round's generations; round 0's for a side the stop round has none of
             gens = _generations(out, r)
@@ -209,6 +211,32 @@ def stop_target(config: LoopConfig, out: str | Path, event: Any, classifiers: Ma
             "description": f"{what}; signed so that a positive score pushed {event.metric} to {toward} (as the rule watches)"}
 
 
+def _rate_gradient_target(out: Path, t: int, n: int, clf: Any, name: str, d: float, metric: str, direction: float) -> dict[str, Any]:
+    """``sum_x (h(x) - rate) log p(x) / N`` over the stop round's generations
+    ``x`` (at most ``n``), ``h`` the classifier, ``log p`` the whole text's
+    log-probability: its gradient at the stop round's model is the
+    score-function estimate of the gradient of the rate. A saturated rate (0
+    or 1) pools round 0's generations in."""
+    gens = _spread(_generations(out, t), n)
+    hits = np.asarray(clf(gens), dtype=bool)
+    pooled = ""
+    if hits.all() or not hits.any():
+        ref = _spread(_generations(out, 0), n)
+        gens, hits = gens + ref, np.concatenate([hits, np.asarray(clf(ref), dtype=bool)])
+        pooled = " pooled with round 0's"
+    rate = float(hits.mean())
+    queries = [{"text": x, "weight": d * (float(h) - rate) / len(gens), "side": "shows" if h else "lacks", "sum_tokens": True}
+               for x, h in zip(gens, hits)]
+    queries = [q for q in queries if q["weight"] != 0]
+    if not queries:
+        return {"supported": False, "reason": f"no generation to build the target of {metric!r} from (the rate is 0 or 1 in round 0 too)"}
+    toward = "rise" if direction > 0 else "fall"
+    return {"supported": True, "kind": "attribute_rate_gradient", "metric": metric, "direction": toward, "queries": queries,
+            "description": (f"sum over the stop round's generations{pooled} of (shows {name!r} - the rate) x the text's "
+                            f"log-probability / their number (the score-function gradient of the rate); signed so that a positive "
+                            f"score pushed {metric} to {toward} (as the rule watches)")}
+
+
 def round_checkpoints(out: str | Path, config: LoopConfig, t: int) -> list[CheckpointRef]:
     """Round ``t``'s weights to score at, with TracIn weights: the round's
     start (round ``t-1``'s final weights, round 0's with ``train.init =
@@ -226,15 +254,22 @@ def round_checkpoints(out: str | Path, config: LoopConfig, t: int) -> list[Check
         start_path = _initial_weights(out, config)
     else:
         start_path = round_dir(out, 0 if config.train.init == "base" else t - 1) / "model.pt"
-    points = [(start_path, start, 0.0)]
+    tc = config.train
+    steps, rate = (tc.base_steps, tc.base_lr or tc.lr) if t == 0 else (tc.steps, tc.lr)
+
+    def lr_at(j: int) -> float:  # the learning rate of the round's step j (1-based), as LanguageModel.train sets it
+        return rate if tc.schedule == "constant" else rate * (steps - j + 1) / steps
+
+    points = [(start_path, start)]
     for c in json.loads((round_dir(out, t) / "checkpoints.json").read_text(encoding="utf-8")):
-        points.append((out / c["path"], int(c["step"]), float(c["lr"])))
+        points.append((out / c["path"], int(c["step"])))
     weights = [0.0] * len(points)
     for i in range(1, len(points)):
-        area = points[i][2] * (points[i][1] - points[i - 1][1]) / n  # lr x steps / n of the interval ending at point i
+        # the sum of the learning rates of the interval's steps (lr x steps at a constant rate), over n
+        area = sum(lr_at(j) for j in range(points[i - 1][1] - start + 1, points[i][1] - start + 1)) / n
         weights[i - 1] += area / 2
         weights[i] += area / 2
-    return [CheckpointRef(path=str(Path(p).resolve()), lr=w, step=step) for (p, step, _), w in zip(points, weights)]
+    return [CheckpointRef(path=str(Path(p).resolve()), lr=w, step=step) for (p, step), w in zip(points, weights)]
 
 
 def _initial_weights(out: Path, config: LoopConfig) -> Path:
@@ -295,8 +330,10 @@ def trace_stop(config: LoopConfig, out: str | Path, event: Any, classifiers: Map
     lm = build_lm(config.model)
     task = TextNLLTask(pad_id=lm.pad_id)
     queries = target["queries"]
-    weights = np.array([q["weight"] for q in queries], dtype=np.float64)
-    query_ids = [torch.tensor(x, dtype=torch.long) for x in lm.encode([q["text"] for q in queries])]
+    encoded = lm.encode([q["text"] for q in queries])
+    # the task's loss is a text's mean NLL per token; a whole text's log-probability is that times its predicted tokens
+    weights = np.array([q["weight"] * (max(len(x) - 1, 1) if q.get("sum_tokens") else 1) for q, x in zip(queries, encoded)], dtype=np.float64)
+    query_ids = [torch.tensor(x, dtype=torch.long) for x in encoded]
 
     def loader(m: nn.Module, ref: CheckpointRef) -> None:
         load_state(m, torch.load(ref.path, map_location="cpu", weights_only=True))

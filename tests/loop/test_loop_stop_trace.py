@@ -284,3 +284,39 @@ def test_stage_cache_says_what_is_done(tmp_path):
     assert cache.run("round", {"round": 1}, lambda: {"scores": [1.5]}) == {"scores": [1.5]}
     assert cache.done("round", {"round": 1}) and not cache.done("round", {"round": 2})
     assert StageCache(tmp_path).run("round", {"round": 1}, lambda: {"scores": [0.0]}) == {"scores": [1.5]}  # read back
+
+
+def test_round_weights_sum_the_learning_rates_of_each_interval(tmp_path, loop_data):
+    """Linear decay, checkpoints every 4 of 10 steps: each point gets half the rates of the steps on either side, over n."""
+    from gradtrace.loop.trace import round_checkpoints
+
+    config = LoopConfig(data=loop_data, rounds=2, train=TrainConfig(base_steps=20, steps=10, lr=0.5, schedule="linear", checkpoint_every=4))
+    folder = tmp_path / "round_001"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(5)))
+    (folder / "checkpoints.json").write_text(json.dumps([{"path": f"round_001/checkpoints/step_{s:06d}.pt", "lr": 0.0, "step": s}
+                                                         for s in (24, 28, 30)]))
+    refs = round_checkpoints(tmp_path, config, 1)
+    rates = {j: 0.5 * (10 - j + 1) / 10 for j in range(1, 11)}  # step j of the round
+    a1, a2, a3 = (sum(rates[j] for j in js) / 5 for js in ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10)))
+    assert [r.step for r in refs] == [20, 24, 28, 30]
+    assert refs[0].path.endswith("round_000/model.pt")
+    assert [r.lr for r in refs] == pytest.approx([a1 / 2, (a1 + a2) / 2, (a2 + a3) / 2, a3 / 2])
+
+
+def test_rate_gradient_target(planted):
+    from gradtrace.loop.trace import stop_target
+
+    config, out, result = planted
+    other = config.__class__(**{**{f: getattr(config, f) for f in config.__dataclass_fields__},
+                                "stop_trace": StopTraceConfig(attribute_target="rate_gradient", max_queries=64)})
+    target = stop_target(other, out, result.stop)
+    gens = [json.loads(x)["text"] for x in (out / f"round_{K:03d}" / "generations.jsonl").read_text().splitlines()]
+    hits = [bool(re.search(MARK, g)) for g in gens]
+    if all(hits) or not any(hits):  # saturated: round 0's generations pooled in
+        gens += [json.loads(x)["text"] for x in (out / "round_000" / "generations.jsonl").read_text().splitlines()]
+        hits = [bool(re.search(MARK, g)) for g in gens]
+    rate = sum(hits) / len(hits)
+    expected = [(g, (h - rate) / len(gens)) for g, h in zip(gens, hits) if h != rate]
+    assert [(q["text"], q["weight"]) for q in target["queries"]] == [(g, pytest.approx(w)) for g, w in expected]
+    assert sum(q["weight"] for q in target["queries"]) == pytest.approx(0.0, abs=1e-12) and all(q["sum_tokens"] for q in target["queries"])
