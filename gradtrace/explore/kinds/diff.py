@@ -44,7 +44,7 @@ class DiffArtefact(Artefact):
     def page(self, name: str, args: dict[str, str], path_args: Sequence[int]) -> tuple[str, dict[str, Any]]:
         if name == "" and not path_args:
             return "diff.html", {
-                "d": self.d, "alpha": self.alpha, "rows": [self._row(i) for i in range(len(self.clusters))],
+                "d": self.d, "alpha": self.alpha, "rows": [self.row(i) for i in range(len(self.clusters))],
                 "map": self.map_markup(),
                 "intended": self.d.get("intended"), "sources": self._sources(),
             }
@@ -82,7 +82,8 @@ class DiffArtefact(Artefact):
                 out.append(f"{side.upper()}: " + ", ".join(f"{k}={v}" for k, v in src.items()))
         return out
 
-    def _row(self, i: int) -> dict[str, Any]:
+    def row(self, i: int) -> dict[str, Any]:
+        """Cluster ``i``'s line in a table of clusters (the diff's page, a loop round's page)."""
         c = self.clusters[i]
         return {"index": i, "rank": c.get("rank"), "level": c.get("level"), "label": c.get("llm_label") or c.get("label"),
                 "share_b": _num(c.get("share_b")), "valid_a": c.get("valid_a"), "valid_b": c.get("valid_b"),
