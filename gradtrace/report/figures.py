@@ -40,12 +40,14 @@ def _go() -> Any:
 
 
 def plot_text(value: Any, limit: int | None = 300) -> str:
-    """``value`` as text plotly shows literally (its HTML subset escaped),
-    cut to ``limit`` characters (None: whole)."""
+    """``value`` as text plotly shows literally (its HTML subset escaped:
+    ``&``, ``<`` and ``>``, so no tag can form; quotes stay as they are,
+    since plotly would show ``&quot;`` as written), cut to ``limit``
+    characters (None: whole)."""
     text = str(value)
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "\u2026"
-    return html.escape(text, quote=True)
+    return html.escape(text, quote=False)
 
 
 def _finite(values: Sequence[Any]) -> list[float | None]:

@@ -64,6 +64,7 @@ def test_monitor_observes_a_model_and_its_extras_survive_save_and_load(tmp_path)
     extras = monitor.observe(LanguageModel(model, tok))
     direct = score_items(model, tok, monitor.items)
     assert extras["probes.correct"].tolist() == [s.correct for s in direct]
+    assert extras["probes.predicted"].tolist() == [s.predicted for s in direct]
     obs = Observation(round=0, generations=["x"], extras=extras)
     obs.save(tmp_path)
     back = Observation.load(tmp_path)
@@ -102,10 +103,21 @@ def test_cli_run_compare_and_a_malformed_suite(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert set(data["summary"]) == set(SUBTASKS) and len(data["items"]) == 2 * len(SUBTASKS)
-    res = runner.invoke(app, ["probes", "compare", str(out), str(out), "--json"])
+    # each item's result carries its texts (what gradtrace serve shows)
+    from gradtrace.probes import first_per_subtask
+
+    suite = {it.id: it for it in first_per_subtask(seed_items(), 2)}
+    assert [(r["scenario"], r["question"], r["options"]) for r in data["items"]] == [
+        (suite[r["id"]].scenario, suite[r["id"]].question, list(suite[r["id"]].options)) for r in data["items"]]
+    res = runner.invoke(app, ["probes", "compare", str(out), str(out), "--json", "--out", str(tmp_path / "cmp.json")])
     assert res.exit_code == 0, res.output
-    cmp = json.loads(res.output)["subtasks"]
+    printed = json.loads(res.output)
+    cmp = printed["subtasks"]
     assert all(v["difference"] == 0 and v["p_corrected"] == 1.0 for v in cmp.values())
+    written = json.loads((tmp_path / "cmp.json").read_text())
+    assert written == {k: v for k, v in printed.items() if k != "out"} and written["a"] == str(out)
+    res = runner.invoke(app, ["probes", "compare", str(out), str(out), "--out", str(tmp_path / "cmp.txt")])
+    assert res.exit_code == 2 and "--out" in res.output
     bad = tmp_path / "bad.jsonl"
     good = seed_items()[0].to_dict()
     bad.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, id="z", key=7)) + "\n")
