@@ -107,6 +107,14 @@ def test_search_finds_examples_and_sorts_by_self_influence(server, driver, explo
     found = column(driver, "examples", 0)
     expected = [store.ids[i] for i in np.argsort(-si, kind="stable") if "train-17" in store.ids[i]]
     assert found == expected and "train-17" in found
+    # by tag (the demo tags examples "clean" or "flipped"; no id or caption holds "clean"), case-insensitive
+    driver.find_element(By.ID, "search").clear()
+    driver.find_element(By.ID, "search").send_keys("CLEAN")
+    click_and_load(driver, driver.find_element(By.ID, "search-button"))
+    clean = [store.ids[i] for i in np.argsort(-si, kind="stable") if store.tags[i] == "clean"]
+    assert len(clean) < store.n_examples and column(driver, "examples", 0) == clean[:50]
+    assert set(column(driver, "examples", 1)) == {"clean"}
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#examples img.pixels")) == sum(i != "train-0" for i in clean[:50])  # digits as images
     # by text: only example 0 carries the hostile text
     driver.find_element(By.ID, "search").clear()
     driver.find_element(By.ID, "search").send_keys("GEESE honk")
@@ -171,9 +179,13 @@ def test_query_returns_the_proponents_of_top_k(server, driver, explore_data, ora
         click_and_load(driver, driver.find_element(By.ID, "run-query"))
         open_page(driver, driver.current_url, plots=3)
         assert driver.find_element(By.ID, "query-name").text == "test-3"
-        for largest, table in ((True, "proponents"), (False, "opponents")):
+        for j, (largest, table) in enumerate(((True, "proponents"), (False, "opponents"))):
             topk = attributor.top_k(query, k=6, largest=largest, variant=method)
             assert column(driver, table, 1) == topk.ids[0]
+            # each one's contribution per checkpoint (the grouped bars under the table): Attributor.breakdown
+            bars = driver.execute_script(f"return document.querySelectorAll('div.plot')[{j}].data.map(t => Array.from(t.y))")
+            want = attributor.breakdown(query, topk.indices[0], variant=method)[:, 0, :].T
+            np.testing.assert_allclose(bars, want, rtol=1e-9, atol=1e-15)
         if method == "raw":
             screenshot(driver, "query")
             # the cumulative curve ends at each proponent's score
@@ -221,6 +233,19 @@ def test_clicking_a_cluster_shows_its_texts(server, driver, explore_data):
     assert explore_data.evil in hover and hover.startswith("model B")
     assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == [] and driver.find_elements(By.CSS_SELECTOR, "div.plot script") == []
     assert_no_dialog(driver)
+    # the map's buttons colour it by cluster (one trace per cluster) and back by model
+    def visible() -> list:
+        return driver.execute_script("return document.querySelector('div.plot').data.map(t => t.visible !== false)")
+
+    points = driver.execute_script("return document.querySelector('div.plot').data.map(t => Array.from(t.customdata))")
+    assert visible()[:2] == [True, True] and not any(visible()[2:])
+    buttons = {b.text: b for b in driver.find_elements(By.CSS_SELECTOR, "div.plot g.updatemenu-button")}
+    buttons["colour by cluster"].click()
+    WebDriverWait(driver, 10).until(lambda d: visible()[:2] == [False, False])
+    assert all(visible()[2:]) and sorted(c for t in points[2:] for c in t) == sorted(points[0] + points[1])
+    assert all(len(set(t)) == 1 for t in points[2:])  # one cluster per trace
+    driver.find_elements(By.CSS_SELECTOR, "div.plot g.updatemenu-button")[0].click()
+    WebDriverWait(driver, 10).until(lambda d: visible()[:2] == [True, True])
 
 
 def test_loop_rounds_link_to_their_diff_and_data(server, driver, explore_data):
@@ -278,6 +303,13 @@ def test_audit_behaviour_and_allocation_cell(server, driver, explore_data, audit
     open_page(driver, f"{server.url}/a/audit-0/", plots=1)
     assert column(driver, "behaviours", 1) == [str(x["label"]) for x in audit_dir.audit["behaviours"]]
     screenshot(driver, "audit")
+    # a point of the audit's map opens its cluster in the panel
+    cluster = driver.execute_script("return document.querySelector('div.plot').data[1].customdata[0]")
+    label = next(c.label for c in explore_data.result.clusters if c.level == "text" and c.cluster == cluster)
+    point = driver.find_elements(By.CSS_SELECTOR, "div.plot g.trace.scatter")[1].find_elements(By.CSS_SELECTOR, "path.point")[0]
+    ActionChains(driver).move_to_element(point).click().perform()
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#cluster-panel h3").text.endswith(label))
+    assert_no_dialog(driver)
     click_and_load(driver, driver.find_element(By.CSS_SELECTOR, f"#behaviours a[href$='/p/behaviour/{i}']"))
     open_page(driver, driver.current_url, plots=len(b["proponents"]))
     texts = [q.text for q in driver.find_elements(By.CSS_SELECTOR, "blockquote.behaviour-text")]
