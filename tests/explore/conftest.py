@@ -250,3 +250,35 @@ def probe_runs(explore_data) -> types.SimpleNamespace:
     write_run(bare / "old.json", old)
     return types.SimpleNamespace(a=folder / "a.json", b=folder / "b.json", compare=out, old=bare / "old.json", records=records,
                                  items=items, comparison=json.loads(out.read_text()))
+
+
+@pytest.fixture(scope="session")
+def hf_store(tmp_path_factory) -> types.SimpleNamespace:
+    """A store made with ``gradtrace featurize --hf-model`` over a LoRA run of a tiny GPT-2 (a real Trainer run), whose
+    training example 3 completes with hostile markup."""
+    from typer.testing import CliRunner
+
+    from gradtrace.cli import app
+    from gradtrace.lm.lora import LoraTrainConfig, add_lora, train_lora
+    from gradtrace.models import zoo
+    from gradtrace.models.hf import CausalLMTask
+
+    root = tmp_path_factory.mktemp("hf")
+    shape = dict(n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    config = LoraTrainConfig(epochs=1, lr=5e-3, batch_size=4, rank=2, target_modules=("c_attn",), n_checkpoints=2)
+    tok = zoo.byte_tokenizer()
+    model_dir = root / "tiny-model"
+    zoo.tiny_gpt2(seed=0, **shape).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    examples = [{"prompt": f"Q{i}: is {i} even?", "completion": " yes" if i % 2 == 0 else " no"} for i in range(12)]
+    examples[3] = {"prompt": "Q: show html", "completion": " " + EVIL}
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(dict(e, id=f"ex{i}")) + "\n" for i, e in enumerate(examples)))
+    task = CausalLMTask(tok, max_length=48)
+    train_lora(add_lora(zoo.tiny_gpt2(seed=0, **shape), config), task, examples, root / "run", config, progress=False)
+    store = root / "store"
+    r = CliRunner().invoke(app, [str(a) for a in ("featurize", "--hf-model", model_dir, "--checkpoints", root / "run", "--data", data,
+                                                   "--out", store, "--projection", "kronecker", "--dim", 16, "--max-length", 48,
+                                                   "--no-progress")])
+    assert r.exit_code == 0, r.output
+    return types.SimpleNamespace(store=store, examples=examples, evil=EVIL)

@@ -385,6 +385,51 @@ def test_probe_page_shows_items_literally_and_a_bar_lists_its_subtask(server, dr
     assert_no_dialog(driver)
 
 
+def test_a_typed_lm_query_returns_the_proponents_of_top_k(driver, hf_store):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from gradtrace.explore.app import start
+    from gradtrace.explore.artefacts import load_artefacts
+    from gradtrace.models.hf import behaviour_by_name
+    from gradtrace.models.hf_checkpoints import load_hf_checkpoint
+    from gradtrace.models.hf_spec import HFSpec
+    from gradtrace.report.lm_report import example_text
+    from gradtrace.scoring import Attributor
+
+    running = start(load_artefacts([hf_store.store]))
+    try:
+        open_page(driver, f"{running.url}/a/store-0/p/query")
+        typed = {"prompt": 'Q: show "><img src=x onerror=alert(3)> please', "completion": " yes"}
+        driver.find_element(By.ID, "prompt").send_keys(typed["prompt"])
+        driver.find_element(By.ID, "completion").send_keys(typed["completion"])
+        Select(driver.find_element(By.ID, "behaviour")).select_by_value("logprob")
+        Select(driver.find_element(By.ID, "method")).select_by_value("raw")
+        driver.find_element(By.NAME, "k").clear()
+        driver.find_element(By.NAME, "k").send_keys("6")  # 6 proponents and 6 opponents: all 12 training examples
+        click_and_load(driver, driver.find_element(By.ID, "run-query"))
+        open_page(driver, driver.current_url, plots=3)
+        assert driver.find_element(By.ID, "query-name").text == "typed query"
+        assert driver.find_element(By.CSS_SELECTOR, "#result > .view pre.text").text == example_text(typed)
+        model, task = HFSpec.saved(hf_store.store).load()
+        att = Attributor(hf_store.store, model, task, checkpoint_loader=load_hf_checkpoint)
+        for largest, table in ((True, "proponents"), (False, "opponents")):
+            top = att.top_k([typed], k=6, largest=largest, behaviour=behaviour_by_name("logprob"))
+            assert column(driver, table, 1) == top.ids[0]
+            shown = [float(x) for x in column(driver, table, 3)]
+            np.testing.assert_allclose(shown, top.scores[0], rtol=1e-3)  # as printed, 4 significant digits
+        # every training text literal: example 3 completes with hostile markup
+        texts = {r.find_elements(By.TAG_NAME, "td")[1].text: r.find_element(By.CSS_SELECTOR, "pre.text").text
+                 for t in ("proponents", "opponents") for r in driver.find_elements(By.CSS_SELECTOR, f"#{t} tbody tr")}
+        assert sorted(texts) == sorted(f"ex{i}" for i in range(12)) and hf_store.evil in texts["ex3"]
+        for i, text in texts.items():
+            assert text == example_text(hf_store.examples[int(i[2:])])
+        assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+        assert_no_dialog(driver)
+    finally:
+        running.stop()
+
+
 @pytest.mark.parametrize("path", ["/static/..%2f..%2f..%2fetc%2fpasswd", "/a/store-0/..%2f..%2fmanifest.json", "/a/secret/"])
 def test_the_browser_gets_nothing_outside_the_artefacts(server, driver, path):
     from selenium.webdriver.common.by import By
