@@ -84,15 +84,21 @@ def test_dashboard_draws_per_subtask_accuracy_curves(tmp_path, h):
         assert t["y"] == [r[f"probes.{sub}.accuracy"] for r in rows] and t["x"] == [r["round"] for r in rows]
 
 
-def test_untrusted_item_text_is_escaped_in_the_html_report():
+def test_untrusted_item_text_is_escaped_in_the_html_report(h):
     evil = Item("<img src=x onerror=alert(1)>", "self_concept", "<script>alert('s')</script>", "Which is <b>yours</b>?",
                 ("<i>mine</i>", "theirs & co"), 0, {"source": "seed"})
     from gradtrace.probes.score import ItemScore
 
     record = run_record([ItemScore(evil.id, evil.subtask, 0, (-1.0, -2.0))], "<model>", "<suite>")
-    html = run_report_html(record, [evil])
-    assert "<script>" not in html and "<img" not in html and "<b>yours" not in html and "<i>mine" not in html
+    page = run_report_html(record, [evil])
+    html = h.without_scripts(page)  # the page without plotly's inlined bundle and the figure loader
+    assert page.count("<script") == 2
+    assert "<script" not in html and "<img" not in html and "<b>yours" not in html and "<i>mine" not in html
     assert "&lt;script&gt;" in html and "&lt;img src=x" in html and "theirs &amp; co" in html
+    # the accuracy figure, as gradtrace serve draws it; the model's name escaped for plotly's label markup
+    (fig,) = h.page_figures(page)
+    (bars,) = fig["data"]
+    assert bars["x"] == ["self_concept"] and bars["y"] == [1.0] and bars["name"] == "&lt;model&gt;"
 
 
 def test_cli_run_compare_and_a_malformed_suite(tmp_path):
