@@ -206,6 +206,7 @@ def test_clicking_a_cluster_shows_its_texts(server, driver, explore_data):
     assert panel.find_element(By.CSS_SELECTOR, "h3").text.endswith(clusters[0].label)
     texts = [b.text for b in panel.find_elements(By.CSS_SELECTOR, "blockquote.cluster-text")]
     assert texts == clusters[0].examples_b + clusters[0].examples_a + clusters[0].medoids
+    assert panel.find_element(By.CSS_SELECTOR, "a.cluster-page").get_attribute("href") == f"{server.url}/a/diff-0/p/cluster/0"
     assert any(t.startswith(explore_data.evil) for t in texts)  # the planted cluster: hostile text, shown literally
     assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
     assert_no_dialog(driver)
@@ -303,15 +304,29 @@ def test_audit_behaviour_and_allocation_cell(server, driver, explore_data, audit
     open_page(driver, f"{server.url}/a/audit-0/", plots=1)
     assert column(driver, "behaviours", 1) == [str(x["label"]) for x in audit_dir.audit["behaviours"]]
     screenshot(driver, "audit")
-    # a point of the audit's map opens its cluster in the panel
-    cluster = driver.execute_script("return document.querySelector('div.plot').data[1].customdata[0]")
+    # a point of the audit's map opens its cluster in the panel, with the behaviour it belongs to:
+    # its top training examples and the verification, a click away from the behaviour's page
+    (cluster,) = [m["cluster"] for m in b["members"] if m["level"] == "text"]
     label = next(c.label for c in explore_data.result.clusters if c.level == "text" and c.cluster == cluster)
-    point = driver.find_elements(By.CSS_SELECTOR, "div.plot g.trace.scatter")[1].find_elements(By.CSS_SELECTOR, "path.point")[0]
+    j = driver.execute_script("return document.querySelector('div.plot').data[1].customdata.indexOf(arguments[0])", cluster)
+    point = driver.find_elements(By.CSS_SELECTOR, "div.plot g.trace.scatter")[1].find_elements(By.CSS_SELECTOR, "path.point")[j]
     ActionChains(driver).move_to_element(point).click().perform()
     WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#cluster-panel h3").text.endswith(label))
+    assert driver.find_element(By.CSS_SELECTOR, "#cluster-panel a.behaviour-link").text == str(b["label"])
+    index = next(k for k, c in enumerate(explore_data.result.clusters) if c.level == "text" and c.cluster == cluster)
+    href = driver.find_element(By.CSS_SELECTOR, "#cluster-panel a.cluster-page").get_attribute("href")
+    assert href == f"{server.url}/a/audit-0.diff/p/cluster/{index}"  # the cluster's page is the audit's diff's
+    ids = [r.find_elements(By.TAG_NAME, "td")[1].text for r in driver.find_elements(By.CSS_SELECTOR, "#cluster-panel table.panel-proponents tr")]
+    assert ids == [p["id"] for p in b["proponents"][:5]]
+    v = b["verification"]
+    assert driver.find_element(By.CSS_SELECTOR, "#cluster-panel .panel-verification").text == (
+        f"verification: B's share {v['share_b_before']['share']:.3} before, {v['topk']['share_b_after']['share']:.3} after removing the top "
+        f"{v['k']} proponents, {v['random']['share_b_after']['share']:.3} after removing {v['k']} random examples; top-K lowered it more: yes")
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
     assert_no_dialog(driver)
-    click_and_load(driver, driver.find_element(By.CSS_SELECTOR, f"#behaviours a[href$='/p/behaviour/{i}']"))
+    click_and_load(driver, driver.find_element(By.CSS_SELECTOR, "#cluster-panel a.behaviour-link"))
     open_page(driver, driver.current_url, plots=len(b["proponents"]))
+    assert driver.current_url == f"{server.url}/a/audit-0/p/behaviour/{i}"
     texts = [q.text for q in driver.find_elements(By.CSS_SELECTOR, "blockquote.behaviour-text")]
     assert texts == [audit_dir.texts_b[j].strip() for j in b["b_texts"]] and texts[0].startswith(explore_data.evil)
     examples = [pre.text for pre in driver.find_elements(By.CSS_SELECTOR, "#proponents pre.text")]

@@ -201,6 +201,15 @@ def test_audit_shows_behaviours_texts_proponents_and_verification(audit_dir, exp
         for arm in ("topk", "random"):
             assert f"{v[arm]['share_b_after']['share']:.3f}" in text
         assert 'id="topk-better">yes<' in text
+        # the map's click on the behaviour's cluster: the cluster, with the behaviour's first proponents and verification
+        (cluster,) = [m["cluster"] for m in b["members"] if m["level"] == "text"]
+        data = client.get(f"/a/audit-0/data/textcluster/{cluster}").get_json()
+        assert data["diff"] == "audit-0.diff" and data["cluster"] == cluster
+        (panel,) = [x for x in data["behaviours"] if x["index"] == i]
+        assert panel["label"] == b["label"] and [p["id"] for p in panel["proponents"]] == [p["id"] for p in b["proponents"][:5]]
+        assert (panel["verification"]["before"], panel["verification"]["topk"], panel["verification"]["random"]) == (
+            v["share_b_before"]["share"], v["topk"]["share_b_after"]["share"], v["random"]["share_b_after"]["share"])
+    assert client.get("/a/audit-0/data/textcluster/999").status_code == 404
     untraced = [i for i in range(len(beh)) if i not in audit_dir.traced]
     if untraced:
         assert b"Not traced" in client.get(f"/a/audit-0/p/behaviour/{untraced[0]}").data
