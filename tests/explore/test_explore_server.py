@@ -394,3 +394,35 @@ def test_probe_loaders_refuse_what_they_cannot_read(tmp_path, probe_runs):
     page = create_app(load_artefacts([moved])).test_client().get("/a/probes-0/")
     assert page.status_code == 200 and len(_table(page.data, "shift-0")) == len(probe_runs.comparison["subtasks"])
     assert b"Run A (&#39;gone/a.json&#39;) was not found" in page.data and b"No per-item results" in page.data
+
+
+def test_a_loop_whose_suite_moved_or_kept_no_choices_still_shows_its_probes(explore_data, tmp_path):
+    import shutil
+
+    from gradtrace.loop.monitors import Observation
+
+    rows = [json.loads((explore_data.loop / f"round_{t:03d}" / "metrics.json").read_text())["row"] for t in range(3)]
+    # an older run: the observations kept whether each item was right, not the option chosen
+    older = tmp_path / "older"
+    shutil.copytree(explore_data.loop, older)
+    for t in range(3):
+        folder = older / f"round_{t:03d}"
+        obs = Observation.load(folder)
+        del obs.extras["probes.predicted"]
+        obs.save(folder)
+    page = create_app(load_artefacts([older])).test_client().get("/a/loop-0.probes/")
+    cells = [r[6:9] for r in _table(page.data, "probe-items")]
+    assert cells and all(c.split()[0] == "n/a" and c.split()[1] in "✓✗" for row in cells for c in row)
+    # the suite moved: accuracies and shifts from the rounds' metrics, no items, a note saying why
+    moved = tmp_path / "moved"
+    shutil.copytree(explore_data.loop, moved)
+    config = json.loads((moved / "loop.json").read_text())
+    config["monitors"]["probes"]["suite"] = str(tmp_path / "gone.jsonl")
+    (moved / "loop.json").write_text(json.dumps(config))
+    page = create_app(load_artefacts([moved])).test_client().get("/a/loop-0.probes/")
+    assert page.status_code == 200 and b"gone.jsonl" in page.data and b"No per-item results" in page.data
+    subs = [r[0] for r in _table(page.data, "shift-1")]
+    assert [r[4] for r in _table(page.data, "shift-1")] == [f"{rows[2][f'probes.{s}.change']:+.3f}" for s in subs]
+    assert [r[8] for r in _table(page.data, "shift-1")] == [f"{rows[2][f'probes.{s}.p']:.3g}" for s in subs]
+    bars = _figures(page.data)[0]["data"]
+    assert [b["y"] for b in bars] == [[rows[t][f"probes.{s}.accuracy"] for s in subs] for t in range(3)]
