@@ -65,6 +65,15 @@ def test_pages_answer_with_security_headers(server):
     assert b"store-0" in body and b"diff-0" in body and b"loop-0" in body
 
 
+def test_the_page_scripts_never_parse_text_as_html(server):
+    """Untrusted text reaches the DOM through textContent only: the app's own scripts use no HTML-parsing sink."""
+    for path in ("/static/explore.js", "/assets/boot.js"):
+        status, _, body = get(server.url, path)
+        assert status == 200 and len(body) > 100
+        for sink in (b"innerHTML", b"outerHTML", b"insertAdjacentHTML", b"document.write", b"eval(", b"new Function"):
+            assert sink not in body, (path, sink)
+
+
 def test_foreign_host_header_is_refused(server):
     status, _, _ = get(server.url, "/", {"Host": "evil.example:80"})
     assert status == 400
