@@ -7,6 +7,7 @@ with a hostile item."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import types
 from pathlib import Path
@@ -221,8 +222,8 @@ def allocation_json(explore_data) -> types.SimpleNamespace:
 @pytest.fixture(scope="session")
 def probe_runs(explore_data) -> types.SimpleNamespace:
     """Two runs of the fixture's probe suite (tiny GPT-2s of two seeds, scored for real) as ``gradtrace probes run
-    --out`` writes them, their comparison written by ``gradtrace probes compare --out``, and a run file of the older
-    kind without item texts (its suite, named relative, lies beside it)."""
+    --out`` writes them, their comparison written by ``gradtrace probes compare a.json b.json --out`` (run in their
+    folder), and a run file of the older kind without item texts (its suite, named relative, lies beside it)."""
     from typer.testing import CliRunner
 
     from gradtrace.cli import app
@@ -240,7 +241,8 @@ def probe_runs(explore_data) -> types.SimpleNamespace:
         records[side] = run_record(scores, f"tiny-{seed} <i>", str(explore_data.suite), items)
         write_run(folder / f"{side}.json", records[side])
     out = folder / "compare.json"
-    res = CliRunner().invoke(app, ["probes", "compare", str(folder / "a.json"), str(folder / "b.json"), "--out", str(out)])
+    with contextlib.chdir(folder):  # the runs named relative to here: the explorer finds them beside the comparison
+        res = CliRunner().invoke(app, ["probes", "compare", "a.json", "b.json", "--out", str(out)])
     assert res.exit_code == 0, res.output
     bare = folder / "bare"
     bare.mkdir()
