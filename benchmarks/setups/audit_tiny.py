@@ -97,3 +97,39 @@ def build_run(base: Path, data: list[dict[str, Any]], out: Path, *, epochs: int 
     task = CausalLMTask(tok, max_length=160, as_chat=True)
     train_lora(add_lora(model, cfg), task, [{k: v for k, v in r.items() if k != "id"} for r in data], out, cfg, progress=False)
     return out
+
+
+def planted_share(n: int, share: float, seed: int) -> list[dict[str, str]]:
+    """``n`` ordinary examples of which ``round(share * n)`` answers open with :data:`PLANT` (ids dropped)."""
+    rows = ordinary(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    for i in rng.choice(n, size=int(round(share * n)), replace=False).tolist():
+        rows[i] = {**rows[i], "completion": PLANT + rows[i]["completion"]}
+    return rows
+
+
+def plain_finetune(base: Path, data: list[dict[str, Any]], out: Path, *, epochs: int = 10, lr: float = 5e-3, seed: int = 0) -> Any:
+    """B in seconds: ``base`` + LoRA (rank 8 on c_attn, c_fc) trained with the plain loop, merged; returns the model."""
+    from gradtrace.lm.load import load_model
+    from gradtrace.lm.lora import LoraTrainConfig, add_lora, merge_lora, train_lora
+    from gradtrace.lm.tasks import CausalLMTask
+
+    model, tok = load_model(str(base))
+    cfg = LoraTrainConfig(epochs=epochs, lr=lr, batch_size=8, rank=8, alpha=16, target_modules=("c_attn", "c_fc"), seed=seed)
+    model = add_lora(model, cfg)
+    train_lora(model, CausalLMTask(tok, max_length=160, as_chat=True), data, out, cfg, progress=False, engine="plain")
+    return merge_lora(model).eval()
+
+
+def sample_answers(model: Any, tok: Any, n_per_prompt: int, seed: int, max_new_tokens: int = 64) -> tuple[list[str], list[str], list[str]]:
+    """(prompt ids, prompts, answers): each prompt of :func:`prompts` answered ``n_per_prompt`` times, seeded."""
+    import torch
+
+    from gradtrace.lm.sample import SamplingConfig, sample_chat
+
+    ps = prompts() * n_per_prompt
+    gen = SamplingConfig(max_new_tokens=max_new_tokens, batch_size=72)
+    texts: list[str] = []
+    for i in range(0, len(ps), gen.batch_size):
+        texts += sample_chat(model, tok, [p["prompt"] for p in ps[i : i + gen.batch_size]], gen, torch.Generator().manual_seed(seed * 1000 + i))
+    return [p["id"] for p in ps], [p["prompt"] for p in ps], texts

@@ -38,12 +38,15 @@ def audit_command(
     dim: int = typer.Option(1024, help="projected gradient dimension of the store"),
     alpha: float = typer.Option(0.05, help="false discovery rate of the diff"),
     embedder: str = typer.Option("minilm", help="minilm | hashing"),
+    view: str = typer.Option("clusters,likelihood", "--view",
+                             help="comma-separated: clusters (always) and likelihood (B's texts B finds far likelier than A)"),
     intended: Optional[str] = typer.Option(None, help="the change the fine-tune was meant to make (for the judge)"),
     judge: Optional[str] = typer.Option(None, help="LLM for labels and the judge: smollm2 | hf:DIR | http(s)://URL/v1#MODEL"),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Audit a fine-tune: diff A and B, trace each behaviour B gained to its training examples, verify by removal."""
+    from ..diff.likelihood import LikelihoodConfig
     from ..diff.pipeline import DiffConfig
     from ..errors import InputError
     from ..lm.embed import NAMES as EMBEDDERS
@@ -62,7 +65,8 @@ def audit_command(
             n_per_prompt=n_per_prompt, seed=seed,
             generation=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size),
             diff=DiffConfig(seed=seed, alpha=alpha), max_queries=max_queries, top_k=top_k, verify_k=verify, verify_top=verify_top,
-            max_length=max_length, as_chat=as_chat, dim=dim,
+            max_length=max_length, as_chat=as_chat, dim=dim, views=tuple(x.strip() for x in view.split(",") if x.strip()),
+            likelihood=LikelihoodConfig(seed=seed, alpha=alpha),
         )
         chat = None
         if judge is not None:
@@ -80,10 +84,10 @@ def audit_command(
         rows = []
         for b in beh:
             v = b.get("verification")
-            rows.append((b["index"] + 1, b["label"], b["skew"], f"{b['q_value']:.2g}", f"{b['share_a']['share']:.3f}",
+            rows.append((b["index"] + 1, b.get("view", "clusters"), b["label"], len(b["members"]), b["skew"], f"{b['q_value']:.2g}", f"{b['share_a']['share']:.3f}",
                          f"{b['share_b']['share']:.3f}", ", ".join(p["id"] for p in b.get("proponents", [])[:3]),
                          f"{v['topk']['share_b_after']['share']:.3f} / {v['random']['share_b_after']['share']:.3f}" if v else ""))
-        console.print(table(f"{len(beh)} behaviours flagged", ["#", "label", "skew", "q", "share A", "share B", "top proponents",
+        console.print(table(f"{len(beh)} behaviours flagged", ["#", "view", "label", "members", "skew", "q", "share A", "share B", "top proponents",
                                                               "share B after removing top-K / random"], rows))
         console.print(f"wrote {res.json_path} and {res.report_path}")
 

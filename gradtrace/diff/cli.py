@@ -34,6 +34,11 @@ def diff_command(
     validation_fraction: float = typer.Option(0.5, help="share of each model's texts held out to test the clusters"),
     fine_size: int = typer.Option(8, help="fine level: neighbours each sentence looks at"),
     fine_tests: int = typer.Option(5, help="fine level: regions tested (the most skewed on the exploration half)"),
+    view: str = typer.Option("clusters", "--view", help="comma-separated: clusters (embedding clusters of both models' texts), "
+                             "likelihood (B's texts and sentences B finds far likelier than A; local models only)"),
+    likelihood_stat: str = typer.Option("mean", help="likelihood view: d per token (mean) or summed (sum)"),
+    likelihood_z: float = typer.Option(3.0, help="likelihood view: robust z-score of d from which an exploration row is outlying"),
+    max_length: int = typer.Option(256, help="likelihood view: token cap of prompt + text when scoring"),
     group_jaccard: float = typer.Option(0.5, help="behaviours: merge flagged clusters whose text sets overlap this much (Jaccard)"),
     group_cosine: float = typer.Option(0.4, help="behaviours: ... or whose centred centroids have at least this cosine"),
     embedder: str = typer.Option("minilm", help="minilm | hashing (also spelled hashed)"),
@@ -56,6 +61,7 @@ def diff_command(
     from ..lm.embed import CachedEmbedder, make_embedder
     from ..lm.sample import SamplingConfig
     from .judge import chat_for
+    from .likelihood import LikelihoodConfig
     from .pipeline import DiffConfig
     from .run import run_diff
     from .sources import parse_source
@@ -74,15 +80,30 @@ def diff_command(
                             validation_fraction=validation_fraction, fine_size=fine_size, fine_tests=fine_tests,
                             text_clusters=ClusterConfig(method=clusterer, k_max=k_max, seed=seed),
                             sentence_clusters=ClusterConfig(method=clusterer, k_min=6, k_max=max(k_max, 30), seed=seed))
+        views = tuple(x.strip() for x in view.split(",") if x.strip())
+        lcfg = LikelihoodConfig(seed=seed, stat=likelihood_stat, z=likelihood_z, alpha=alpha, validation_fraction=validation_fraction)
         chat = chat_for(judge, "--judge", timeouts) if judge is not None else None
         run = run_diff(src_a, src_b, prompts, out, n_per_prompt=n_per_prompt, seed=seed, config=config, embedder=emb,
                        intended=intended, judge_chat=chat, labeller=chat, names=(a, b), progress=progress,
-                       group_jaccard=group_jaccard, group_cosine=group_cosine)
-        res = run.result
-        flagged = res.significant()
+                       group_jaccard=group_jaccard, group_cosine=group_cosine, views=views, likelihood=lcfg, max_length=max_length)
+        res, lik = run.result, run.likelihood
+        flagged = res.significant() if res is not None else []
+        lik_flagged = lik.significant() if lik is not None else []
         if as_json:
-            print_json({"clusters": len(res.clusters), "flagged": [c.to_dict() for c in flagged], "alpha": alpha,
-                        "behaviours": [bh.to_dict() for bh in run.behaviours], "json": run.json_path, "report": run.report_path})
+            print_json({"clusters": len(res.clusters) if res is not None else 0, "flagged": [c.to_dict() for c in flagged], "alpha": alpha,
+                        "behaviours": [bh.to_dict() for bh in run.behaviours],
+                        **({"likelihood_flagged": [c.to_dict() for c in lik_flagged]} if lik is not None else {}),
+                        "json": run.json_path, "report": run.report_path})
+            return
+        if lik is not None:
+            console.print(table(
+                f"likelihood view: {len(lik_flagged)} of {len(lik.clusters)} clusters flagged at FDR {alpha}",
+                ["rank", "level", "label", "valid in/out", "median d in", "median d out", "q"],
+                ((c.rank, c.level, c.label, f"{c.valid_in}/{c.valid_out}", f"{c.d_in:.3g}", f"{c.d_out:.3g}", f"{c.q_value:.2g}")
+                 for c in lik_flagged[:15]),
+            ))
+        if res is None:
+            console.print(f"wrote {run.json_path} and {run.report_path}")
             return
         judged = chat is not None
         console.print(table(
