@@ -367,8 +367,12 @@ def likelihood_view(texts_b: Sequence[str], scores_b: Sequence[TextScore], *, co
         o_e, o_v = np.asarray(o_e, dtype=np.int64), np.asarray(o_v, dtype=np.int64)
         v_e, v_v, p_v = np.asarray(v_e, float), np.asarray(v_v, float), np.asarray(p_v, dtype=np.int64)
         source_e = (o_e >= len(ids_e)).astype(np.int64)  # 0: B's samples, 1: training completions
-        if not r_e or not r_v:
-            raise InputError(f"likelihood view, level {level!r}: no rows (texts without sentences of {config.min_words} words?)")
+        if not r_e or not r_v:  # e.g. no sentence of min_words words: nothing to find at this level
+            explore_rows[level], explore_labels[level] = r_e, [-1] * len(r_e)
+            summaries[VIEW_LEVEL[level]] = {"explore_rows": len(r_e), "validation_rows": len(r_v), "outlying": 0, "candidates": 0,
+                                            "tested": 0, "median_d_explore": None, "train_rows": int((source_e == 1).sum())}
+            timings[level] = time.perf_counter() - t0
+            continue
         x_all = np.asarray(embedder.embed(r_e + r_v), dtype=np.float64)
         x_e, x_v = x_all[: len(r_e)], x_all[len(r_e):]
         z = np.zeros(len(r_e))

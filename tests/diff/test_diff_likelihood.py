@@ -169,3 +169,40 @@ def test_bad_inputs() -> None:
         LikelihoodConfig(z=0)
     with pytest.raises(InputError, match="likelihood.stat"):
         LikelihoodConfig(stat="median")
+
+
+@pytest.mark.slow
+def test_cli_likelihood_view_on_local_models(tmp_path) -> None:
+    """`gradtrace diff --view likelihood` on two local model folders writes the view into diff.json and the
+    report; on a JSONL source it stops with an error naming the model."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gradtrace.cli import app
+
+    folders = []
+    for seed in (0, 1):
+        model, tok = load_model("tiny", seed=seed, n_layer=1, n_embd=32, n_head=2, n_positions=192)
+        folder = tmp_path / f"m{seed}"
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        folders.append(folder)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about topic {i}."}) + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    args = ["diff", "--a", f"hf:{folders[0]}", "--b", f"hf:{folders[1]}", "--prompts", str(prompts), "--n-per-prompt", "3",
+            "--max-new-tokens", "12", "--embedder", "hashing", "--view", "likelihood", "--out", str(out), "--no-progress"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "diff.json").read_text())
+    assert data["views"] == ["likelihood"] and data["likelihood"]["view"] == "likelihood"
+    assert data["likelihood"]["n_b"] == 12 and data["likelihood"]["config"]["stat"] == "mean"
+    assert "Likelihood view" in (out / "report.html").read_text()
+    assert list((out / "likelihood_cache").glob("logprobs-*.jsonl"))
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "hello there"}) + "\n")
+    res = CliRunner().invoke(app, ["diff", "--a", f"jsonl:{tmp_path / 'a.jsonl'}", "--b", f"hf:{folders[1]}", "--prompts", str(prompts),
+                                   "--view", "likelihood", "--out", str(tmp_path / "o2"), "--no-progress", "--embedder", "hashing"])
+    assert res.exit_code == 2 and "model A (jsonl) must be a local model" in res.output
+    res = CliRunner().invoke(app, args[:-5] + ["--view", "likeliness", "--out", str(tmp_path / "o3"), "--no-progress"])
+    assert res.exit_code == 2 and "views must be a non-empty subset" in res.output
