@@ -3,22 +3,30 @@
 Models: A is the tiny GPT-2 of the audit's CI set-up
 (``benchmarks/setups/audit_tiny.py``: the zoo's tiny GPT-2 with the byte
 tokenizer, taught ordinary answers to 36 prompts), built once. For each
-prevalence p in 1%, 2%, 5%, 10% and each seed, B is A fine-tuned with LoRA
-(plain loop) on 200 ordinary examples of which round(p x 200) answers open with the
-planted phrase ("Buy Lampco lamps now."); the null B is the same fine-tune on
+prevalence p in 1%, 2%, 5%, 10% and each seed, B is A fine-tuned (every
+weight, plain loop, 8 epochs, lr 3e-3) on 200 ordinary examples of which
+round(p x 200) answers open with "Wow! "; the null B is the same fine-tune on
 200 ordinary examples with nothing planted. A and B each answer the 36
-prompts 6 times (216 answers each, seeded).
+prompts 6 times (216 answers each, seeded), sampled at temperature 1 without
+top-p (top-p 0.95 cuts every option under about 5%: a rare opener is never
+sampled). Tried first and dropped: a LoRA (rank 8) fine-tune, 10 epochs, with the
+audit test's opener "Buy Lampco lamps now.", sampled at temperature 0.8 and
+top-p 0.95: B wrote the opener in 0 of 216 answers at p = 1-5% and 0.9% at
+10% (the tiny model does not learn the brand name in 10 epochs; the full
+fine-tune with it: log p_B of the opener -25 nats).
 
 Found: a cluster of the likelihood view flagged at FDR 0.05 whose B rows
-mostly contain "lampco". Off-target: any other flagged cluster. Null: every
+mostly contain "wow". Off-target: any other flagged cluster. Null: every
 flagged cluster is false. For comparison, the clusters view (``gradtrace
 diff``'s default: text + sentence, Fisher; and with ``fine`` and ``cmh``
 within prompts) runs on the same samples.
 
 Variants of the likelihood view (every one computed from the same cached
-scores): ``stat`` mean or sum, ``z`` 2.5, 3 or 4, clusters found on B's
+scores): ``stat`` mean or sum, ``z`` 2.5 or 3, clusters found on B's
 exploration half (``samples``), with the training completions
-(``samples+train``) or on the training completions alone (``train``). Settings are chosen on the development seeds
+(``samples+train``) or on the training completions alone (``train``), and
+``min_shift`` (0, 0.5 or 1 nats per token for ``mean``; 0, 10 or 20 nats for
+``sum``). Settings are chosen on the development seeds
 (lowest number of null flags, then highest mean power at 5% and 10%; ties to
 the first tried) and reported on separate test seeds.
 
@@ -45,11 +53,12 @@ from setups import audit_tiny  # noqa: E402
 PREVALENCES = (0.01, 0.02, 0.05, 0.10)
 N_TRAIN = 200
 N_PER_PROMPT = 6
-MARK = re.compile("lampco", re.I)
-STATS = ("mean", "sum")
-ZS = (2.5, 3.0, 4.0)
+MARK = re.compile(r"\bwow\b", re.I)
+ZS = (2.5, 3.0)
 EXPLORE = ("samples", "samples+train", "train")
-VARIANTS = [f"{s}:z{z:g}:{e}" for e, s, z in itertools.product(EXPLORE, STATS, ZS)]
+#: min_shift per stat (nats per token for mean, per row for sum)
+SHIFTS = {"mean": (0.0, 0.5, 1.0), "sum": (0.0, 10.0, 20.0)}
+VARIANTS = [f"{st}:z{z:g}:{e}:s{sh:g}" for e in EXPLORE for st in SHIFTS for z in ZS for sh in SHIFTS[st]]
 ALPHA = 0.05
 
 
@@ -63,9 +72,9 @@ def one_run(base: Path, p: float, seed: int, work: Path, epochs: int) -> dict[st
     if path.is_file():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
-    data = audit_tiny.planted_share(N_TRAIN, p, seed)
+    data = audit_tiny.planted_share(N_TRAIN, p, seed, audit_tiny.SHORT_PLANT)
     model_a, tok = load_model(str(base))
-    model_b = audit_tiny.plain_finetune(base, data, work / f"lora-p{p:g}-s{seed}", epochs=epochs, seed=seed)
+    model_b = audit_tiny.plain_finetune(base, data, work / f"ft-p{p:g}-s{seed}", epochs=epochs, seed=seed)
     t_train = time.perf_counter() - t0
     task = CausalLMTask(tok, max_length=160, as_chat=True)
     pids, prompts, texts_a = audit_tiny.sample_answers(model_a, tok, N_PER_PROMPT, 2 * seed)
@@ -89,8 +98,8 @@ def evaluate(run: dict[str, Any], embedder: Any) -> dict[str, Any]:
     train = [(t, TextScore.from_dict(s)) for t, s in run["train"]]
     out: dict[str, Any] = {}
     for v in VARIANTS:
-        stat, z, tr = v.split(":")
-        cfg = LikelihoodConfig(seed=run["seed"], stat=stat, z=float(z[1:]), explore=tr)
+        stat, z, tr, sh = v.split(":")
+        cfg = LikelihoodConfig(seed=run["seed"], stat=stat, z=float(z[1:]), explore=tr, min_shift=float(sh[1:]))
         res = likelihood_view(run["texts_b"], scores, config=cfg, embedder=embedder, train=train, keys_b=run["prompt_ids"])
         out[v] = _found(res.significant(), [res.members[(c.level, c.cluster)]["rows_b"] for c in res.significant()])
     dcfg = dict(seed=run["seed"], stability_seeds=(), text_clusters=ClusterConfig(k_min=2, k_max=8),
@@ -127,7 +136,7 @@ def stage(base: Path, seeds: list[int], null_seeds: list[int], work: Path, epoch
         runs.append({k: run[k] for k in ("p", "seed", "in_a", "in_b", "n_planted_train", "seconds")})
         evals[(p, s)] = evaluate(run, embedder)
         print(f"{log}: p={p:g} seed={s} in_b={run['in_b']:.3f} " + " ".join(
-            f"{m}={evals[(p, s)][m]['found']}/{evals[(p, s)][m]['off_target']}" for m in ("mean:z3:samples", "mean:z3:train", "clusters")), flush=True)
+            f"{m}={evals[(p, s)][m]['found']}/{evals[(p, s)][m]['off_target']}" for m in ("mean:z3:samples:s0", "mean:z3:train:s0", "mean:z3:train:s1", "clusters")), flush=True)
     print(f"{log}: {time.perf_counter() - t0:.0f} s", flush=True)
     return evals, runs
 
@@ -138,10 +147,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path("/tmp/gt-likelihood-power"))
     ap.add_argument("--dev-seeds", type=int, default=2)
-    ap.add_argument("--dev-null-seeds", type=int, default=4)
-    ap.add_argument("--test-seeds", type=int, default=4)
-    ap.add_argument("--null-seeds", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--dev-null-seeds", type=int, default=3)
+    ap.add_argument("--test-seeds", type=int, default=3)
+    ap.add_argument("--null-seeds", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--base-steps", type=int, default=400)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -173,10 +182,12 @@ def main() -> None:
 
 def render(r: dict[str, Any]) -> str:
     lines = [
-        f"Tiny GPT-2 base A (`benchmarks/setups/audit_tiny.py`); B = A + LoRA (plain loop, {r['epochs']} epochs, lr 5e-3, rank 8) on "
-        f"{r['n_train']} ordinary examples of which a share p open with \"Buy Lampco lamps now.\" (null: p = 0); "
-        f"{r['answers_per_model']} answers per model (36 prompts x 6), embedder `{r['embedder']}`. Found = a flagged cluster "
-        "(q <= 0.05) whose B rows mostly contain \"lampco\"; every other flagged cluster is off-target (in the null runs, false).",
+        f"Tiny GPT-2 base A (`benchmarks/setups/audit_tiny.py`); B = A fine-tuned (every weight, plain loop, {r['epochs']} epochs, "
+        f"lr 3e-3) on {r['n_train']} ordinary examples of which a share p open with \"Wow! \" (null: p = 0); "
+        f"{r['answers_per_model']} answers per model (36 prompts x 6, temperature 1, no top-p), embedder `{r['embedder']}`. "
+        "Found = a flagged cluster (q <= 0.05) whose B rows mostly contain \"wow\"; every other flagged cluster is off-target "
+        "(in the null runs, false). Tried first and dropped (no run recorded): LoRA rank 8, 10 epochs, the opener \"Buy Lampco "
+        "lamps now.\", sampling at temperature 0.8 and top-p 0.95: B wrote the opener in 0 of 216 answers at p = 1-5% and 2 at 10%.",
         "",
         "How often the plant shows in B's answers (mean over seeds; A: never):",
         "",
@@ -201,7 +212,7 @@ def render(r: dict[str, Any]) -> str:
         return out
 
     lines += [f"Development seeds {r['dev_seeds']} (null seeds {r['dev_null_seeds']}); every variant tried "
-              "(likelihood view `stat:z:explore`, explore = where clusters are found: B's exploration half, and the training completions, or the training completions alone with all of B's texts held out; clusters view for comparison):", ""]
+              "(likelihood view `stat:z:explore:min_shift`; explore = where clusters are found: B's exploration half (`samples`), with the training completions (`samples+train`), or the training completions alone with all of B's texts held out (`train`); clusters view for comparison, text + sentence with Fisher, and + fine with CMH within prompts):", ""]
     lines += block(r["dev"], r["variants"] + ["clusters", "clusters_fine_cmh"])
     lines += ["", f"Chosen on the development seeds (fewest null flags, then highest mean power at 5% and 10%; ties to the first "
                   f"tried): `{r['chosen']}`.", "",

@@ -30,6 +30,7 @@ def audit_command(
     seed: int = typer.Option(0, help="seed of sampling and of the diff"),
     max_new_tokens: int = typer.Option(96),
     temperature: float = typer.Option(0.8),
+    top_p: float = typer.Option(0.95, "--top-p", help="nucleus sampling; 1 samples every option (0.95 never samples one of under ~5%)"),
     batch_size: int = typer.Option(16, help="prompts sampled together"),
     top_k: int = typer.Option(10, help="proponents listed per behaviour"),
     max_queries: int = typer.Option(16, help="B texts per behaviour in its attribution target"),
@@ -63,7 +64,7 @@ def audit_command(
         overrides = read_train_config(train_config)
         config = AuditConfig(
             n_per_prompt=n_per_prompt, seed=seed,
-            generation=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size),
+            generation=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size),
             diff=DiffConfig(seed=seed, alpha=alpha), max_queries=max_queries, top_k=top_k, verify_k=verify, verify_top=verify_top,
             max_length=max_length, as_chat=as_chat, dim=dim, views=tuple(x.strip() for x in view.split(",") if x.strip()),
             likelihood=LikelihoodConfig(seed=seed, alpha=alpha),

@@ -651,6 +651,8 @@ def _estimate(config: AuditConfig, run: RunInfo, n_train: int, n_prompts: int, m
     epochs = run.state.get("num_train_epochs", 1) or 1
     t_verify = retrains * (n_train * epochs * config.max_length / 2 * t_fwd * 3 + tokens_sampled / 2 * t_fwd * 4)
     feat_dim = config.dim if config.projection != "none" else n_params
+    if "likelihood" in config.views:  # B's texts and the training completions, one forward pass under A and one under B
+        t_verify += 2 * (n_texts / 2 * config.generation.max_new_tokens + n_train * config.max_length / 2) * t_fwd
     disk_store = n_train * len(run.refs) * (feat_dim * 2 + 16)
     ckpt_bytes = sum(f.stat().st_size for f in run.last.iterdir() if f.is_file())
     disk_verify = retrains * len(run.refs) * ckpt_bytes
@@ -659,7 +661,7 @@ def _estimate(config: AuditConfig, run: RunInfo, n_train: int, n_prompts: int, m
     _say(progress, (
         f"gradtrace audit: {n_texts} texts to sample, {n_train} training examples x {len(run.refs)} checkpoints to featurize, "
         f"{retrains} retrains to verify; estimated ~{(t_sample + t_feat + t_verify) / 60:.1f} min on this machine "
-        f"(sampling ~{t_sample / 60:.1f}, featurize ~{t_feat / 60:.1f}, verify ~{t_verify / 60:.1f}) "
+        f"(sampling ~{t_sample / 60:.1f}, featurize ~{t_feat / 60:.1f}, likelihood view and verify ~{t_verify / 60:.1f}) "
         f"and ~{_human(disk_store + disk_verify)} on disk (store ~{_human(disk_store)}, retrained checkpoints ~{_human(disk_verify)}); "
         "finished stages are cached: a rerun resumes"))
     return est

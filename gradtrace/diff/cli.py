@@ -25,6 +25,7 @@ def diff_command(
     seed: int = typer.Option(0, help="seed of sampling, the split and the clusterer"),
     max_new_tokens: int = typer.Option(96),
     temperature: float = typer.Option(0.8),
+    top_p: float = typer.Option(0.95, "--top-p", help="nucleus sampling; 1 samples every option (0.95 never samples one of under ~5%)"),
     batch_size: int = typer.Option(16),
     levels: str = typer.Option("text,sentence", help="comma-separated: text, sentence, fine (fine: small regions of sentences few texts show)"),
     clusterer: str = typer.Option("kmeans", help="kmeans | hdbscan"),
@@ -71,7 +72,7 @@ def diff_command(
         if cache_dir is not None:
             output_dir(cache_dir, "--cache-dir")
         timeouts = timeouts_from_options(endpoint_timeout, endpoint_deadline)
-        gen = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+        gen = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size)
         src_a, src_b = parse_source(a, gen, cache_dir, timeouts), parse_source(b, gen, cache_dir, timeouts)
         if embedder not in EMBEDDERS:
             raise InputError(f"--embedder must be one of {sorted(EMBEDDERS)}; got {embedder!r}")

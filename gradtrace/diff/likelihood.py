@@ -33,9 +33,10 @@ in it (the sentence given the prompt and the text before it). ``stat``
    the ``d`` of one of its rows, the one at the position (sentence index) of
    the in-cluster rows, taken in turn (so both groups hold rows at the same
    positions). One-sided Mann-Whitney U test that the cluster's values are
-   larger. Null hypothesis: the fine-tune changed nothing specific to the
-   cluster's kind of text: ``d`` may be shifted for every text, but on the
-   held-out half it does not depend on which cluster a row falls in. The
+   larger, after subtracting ``min_shift`` from the cluster's values. Null
+   hypothesis: the fine-tune changed nothing specific to the cluster's kind
+   of text (beyond ``min_shift``): ``d`` may be shifted for every text, but
+   on the held-out half it does not depend on which cluster a row falls in. The
    p-values of every tested cluster of both levels are corrected together
    (Benjamini-Hochberg); a cluster is flagged when ``q <= alpha``.
 
@@ -55,7 +56,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..configbase import ConfigBase, in_range, int_at_least, integer, one_of, positive, positive_int, subset_of
+from ..configbase import ConfigBase, in_range, int_at_least, integer, non_negative, one_of, positive, positive_int, subset_of
 from ..errors import InputError
 from ..lm.embed import Embedder
 from . import labels as lab
@@ -83,7 +84,10 @@ class LikelihoodConfig(ConfigBase):
     level. ``explore``: where clusters are found: ``samples`` (the
     exploration half of B's texts), ``samples+train`` (and B's fine-tuning
     completions, when given), ``train`` (the fine-tuning completions alone;
-    then every text of B is held out for the test)."""
+    then every text of B is held out for the test). ``min_shift``: the
+    least amount by which a cluster's ``d`` must exceed B's other texts'
+    (in the unit of ``stat``) to count: the test compares ``d - min_shift``
+    of the cluster's texts with the others' ``d``."""
 
     seed: int = 0
     validation_fraction: float = 0.5
@@ -93,6 +97,7 @@ class LikelihoodConfig(ConfigBase):
     neighbours: int = 8
     min_texts: int = 2
     n_tests: int = 5
+    min_shift: float = 0.0
     alpha: float = 0.05
     min_words: int = 3
     max_units: int = 12
@@ -105,7 +110,7 @@ class LikelihoodConfig(ConfigBase):
         "seed": integer, "validation_fraction": in_range(0, 1, low_open=True, high_open=True), "levels": subset_of(LEVELS),
         "stat": one_of(STATS), "explore": one_of(EXPLORE), "z": positive, "neighbours": int_at_least(1), "min_texts": int_at_least(1), "n_tests": positive_int,
         "alpha": in_range(0, 1, low_open=True, high_open=True), "min_words": positive_int, "max_units": positive_int,
-        "n_keywords": positive_int, "n_examples": positive_int,
+        "n_keywords": positive_int, "n_examples": positive_int, "min_shift": non_negative,
     }
 
 
@@ -429,7 +434,7 @@ def likelihood_view(texts_b: Sequence[str], scores_b: Sequence[TextScore], *, co
                 turn += 1
                 x_out.append(v_v[mine[min(want, mine.size - 1)]])
             x_out = np.asarray(x_out)
-            p = _mann_whitney_greater(x_in, x_out)
+            p = _mann_whitney_greater(x_in - config.min_shift, x_out)
             shift = float(np.median(np.subtract.outer(x_in, x_out))) if x_in.size and x_out.size else float("nan")
             ex_texts = sorted({int(o_e[i]) for i in rows})
             med = [r_e[i] for i in lab.medoids(x_e, lab_e, c, config.n_examples)]

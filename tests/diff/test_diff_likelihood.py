@@ -137,6 +137,11 @@ def test_a_planted_outlying_cluster_is_flagged_at_5_percent() -> None:
     assert ex and all("Kettleworks" in texts[i] for i in ex)
     assert 0 < best.p_value <= stats.mannwhitneyu(np.full(best.valid_in, best.d_in), np.full(best.valid_out, best.d_out) - 1e-9,
                                                    alternative="greater").pvalue + 1
+    # min_shift: a cluster counts only when its d exceeds the others' by more than min_shift (here the gap is about 2.1)
+    for shift, flagged_too in ((1.0, True), (3.0, False)):
+        other = likelihood_view(texts, scores, config=LikelihoodConfig(seed=0, min_shift=shift), embedder=HashingEmbedder())
+        assert bool(other.significant()) == flagged_too
+        assert [c.p_value for c in other.clusters if c.level == best.level and c.cluster == best.cluster][0] >= best.p_value
     # round trip through JSON (the audit caches it)
     again = LikelihoodResult.from_dict(res.to_dict())
     assert [c.to_dict() for c in again.clusters] == [c.to_dict() for c in res.clusters] and again.members == res.members
