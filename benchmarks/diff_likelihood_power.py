@@ -219,8 +219,10 @@ def render(r: dict[str, Any]) -> str:
               f"Test seeds {r['test_seeds'][0]}..{r['test_seeds'][-1]} ({len(r['test_seeds'])} per prevalence), null seeds "
               f"{r['null_seeds'][0]}..{r['null_seeds'][-1]}:", ""]
     lines += block(r["test"], [r["chosen"], "clusters", "clusters_fine_cmh"])
-    lines += ["", f"All variants on the test seeds (not used for the choice): see `test` in the results file. Wall time: base model "
-                  f"{r['base_seconds']:.0f} s, whole run {r['total_seconds']:.0f} s."]
+    gen = sum(x["seconds"] for x in r["dev_runs"] + r["test_runs"])
+    lines += ["", f"All variants on the test seeds (not used for the choice): see `test` in the results file. Wall time: fine-tunes, "
+                  f"sampling and scoring {gen:.0f} s in all (cached per run under `--work`: a rerun only evaluates); this invocation "
+                  f"{r['total_seconds']:.0f} s (base model {r['base_seconds']:.0f} s; 0 when reused from `--work`)."]
     return "\n".join(lines)
 
 
