@@ -284,7 +284,7 @@ def run_audit(
 
         lik_parts = {"samples": fingerprint(samples), "a": a_key, "b": ckpt_keys[-1], "likelihood": lcfg.to_dict(), "embedder": emb.name,
                      "max_length": config.max_length, "as_chat": config.as_chat,
-                     "train": data_key if "train" in lcfg.explore else None}
+                     "train": data_key if lcfg.explore != "samples" else None}
         lik = LikelihoodResult.from_dict(cache.run("likelihood", lik_parts, likelihood))
     timings["likelihood"] = time.perf_counter() - t0
     done("likelihood")

@@ -38,7 +38,8 @@ def diff_command(
     view: str = typer.Option("clusters", "--view", help="comma-separated: clusters (embedding clusters of both models' texts), "
                              "likelihood (B's texts and sentences B finds far likelier than A; local models only)"),
     likelihood_stat: str = typer.Option("mean", help="likelihood view: d per token (mean) or summed (sum)"),
-    likelihood_z: float = typer.Option(3.0, help="likelihood view: robust z-score of d from which an exploration row is outlying"),
+    likelihood_min_shift: float = typer.Option(0.5, help="likelihood view: how much a cluster's d must exceed B's other texts' (unit of the stat)"),
+    likelihood_z: float = typer.Option(2.5, help="likelihood view: robust z-score of d from which an exploration row is outlying"),
     max_length: int = typer.Option(256, help="likelihood view: token cap of prompt + text when scoring"),
     group_jaccard: float = typer.Option(0.5, help="behaviours: merge flagged clusters whose text sets overlap this much (Jaccard)"),
     group_cosine: float = typer.Option(0.4, help="behaviours: ... or whose centred centroids have at least this cosine"),
@@ -82,7 +83,8 @@ def diff_command(
                             text_clusters=ClusterConfig(method=clusterer, k_max=k_max, seed=seed),
                             sentence_clusters=ClusterConfig(method=clusterer, k_min=6, k_max=max(k_max, 30), seed=seed))
         views = tuple(x.strip() for x in view.split(",") if x.strip())
-        lcfg = LikelihoodConfig(seed=seed, stat=likelihood_stat, z=likelihood_z, alpha=alpha, validation_fraction=validation_fraction)
+        lcfg = LikelihoodConfig(seed=seed, stat=likelihood_stat, z=likelihood_z, alpha=alpha, validation_fraction=validation_fraction,
+                                min_shift=likelihood_min_shift)
         chat = chat_for(judge, "--judge", timeouts) if judge is not None else None
         run = run_diff(src_a, src_b, prompts, out, n_per_prompt=n_per_prompt, seed=seed, config=config, embedder=emb,
                        intended=intended, judge_chat=chat, labeller=chat, names=(a, b), progress=progress,

@@ -69,7 +69,7 @@ LEVELS = ("text", "sentence")
 #: the level names of this view's clusters (distinct from the cluster view's)
 VIEW_LEVEL = {"text": "likelihood-text", "sentence": "likelihood-sentence"}
 STATS = ("mean", "sum")
-EXPLORE = ("samples", "samples+train", "train")
+EXPLORE = ("auto", "samples", "samples+train", "train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,11 @@ class LikelihoodConfig(ConfigBase):
     level. ``explore``: where clusters are found: ``samples`` (the
     exploration half of B's texts), ``samples+train`` (and B's fine-tuning
     completions, when given), ``train`` (the fine-tuning completions alone;
-    then every text of B is held out for the test). ``min_shift``: the
+    then every text of B is held out for the test), ``auto`` (``train``
+    when the fine-tuning completions are given, else ``samples``). The
+    defaults (``mean``, ``z`` 2.5, ``auto``, ``min_shift`` 0.5 nats per
+    token) were chosen on development seeds
+    (``benchmarks/diff_likelihood_power.py``). ``min_shift``: the
     least amount by which a cluster's ``d`` must exceed B's other texts'
     (in the unit of ``stat``) to count: the test compares ``d - min_shift``
     of the cluster's texts with the others' ``d``."""
@@ -93,15 +97,15 @@ class LikelihoodConfig(ConfigBase):
     validation_fraction: float = 0.5
     levels: tuple[str, ...] = LEVELS
     stat: str = "mean"
-    z: float = 3.0
+    z: float = 2.5
     neighbours: int = 8
     min_texts: int = 2
     n_tests: int = 5
-    min_shift: float = 0.0
+    min_shift: float = 0.5
     alpha: float = 0.05
     min_words: int = 3
     max_units: int = 12
-    explore: str = "samples+train"
+    explore: str = "auto"
     n_keywords: int = 8
     n_examples: int = 4
 
@@ -338,8 +342,9 @@ def likelihood_view(texts_b: Sequence[str], scores_b: Sequence[TextScore], *, co
         from ..lm.embed import MiniLMEmbedder
 
         embedder = MiniLMEmbedder()
-    train = list(train) if "train" in config.explore else []
-    if config.explore == "train":
+    explore = config.explore if config.explore != "auto" else ("train" if train else "samples")
+    train = list(train) if "train" in explore else []
+    if explore == "train":
         if not train:
             raise InputError("likelihood view with explore='train' needs the fine-tuning completions (train)")
         ids_e, ids_v = [], sorted(range(len(texts_b)), key=lambda i: (texts_b[i], i))
@@ -505,7 +510,7 @@ def run_likelihood(model_a: Any, model_b: Any, tokenizer: Any, prompts_b: Sequen
               model_keys=model_keys)
     scores = score_texts(model_a, model_b, task, [{"prompt": p, "completion": t} for p, t in zip(prompts_b, texts_b)], **kw)
     train_pairs: list[tuple[str, TextScore]] = []
-    if "train" in config.explore and train:
+    if config.explore != "samples" and train:
         rows = [{"prompt": str(r["prompt"]), "completion": str(r["completion"])} for r in train]
         train_pairs = list(zip([r["completion"] for r in rows], score_texts(model_a, model_b, task, rows, **kw)))
     return likelihood_view(texts_b, scores, config=config, embedder=embedder, train=train_pairs, keys_b=keys_b)

@@ -155,7 +155,7 @@ def test_null_scores_flag_nothing_and_p_values_are_not_small() -> None:
     for seed in range(12):
         texts, scores = _synthetic(100 + seed, 0.0)
         for z in (3.0, 1.5):
-            res = likelihood_view(texts, scores, config=LikelihoodConfig(seed=seed, z=z), embedder=HashingEmbedder())
+            res = likelihood_view(texts, scores, config=LikelihoodConfig(seed=seed, z=z, min_shift=0.0), embedder=HashingEmbedder())
             flags[z] += bool(res.significant())
             if z == 1.5:
                 pvals += [c.p_value for c in res.clusters]
