@@ -676,7 +676,7 @@ def _assemble(config: AuditConfig, model_a: str, run: RunInfo, data: str | Path,
     behaviours = []
     for i, g in enumerate(beh):
         entry: dict[str, Any] = {
-            "index": i, "view": g["view"], "label": g["label"], "skew": g["skew"], "q_value": g["q_value"], "test": g.get("test"),
+            "index": i, "view": g.get("view", "clusters"), "label": g["label"], "skew": g["skew"], "q_value": g["q_value"], "test": g.get("test"),
             "members": g["members"], "share_a": g["share_a"], "share_b": g["share_b"], "b_texts": g["texts_b"],
         }
         t = traces.get(str(i))
