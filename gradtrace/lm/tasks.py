@@ -91,6 +91,29 @@ class CausalLMTask:
             )
         return prompt, completion[: self.max_length - len(prompt)]
 
+    def completion_spans(self, example: Mapping[str, Any], index: int | None = None) -> list[tuple[int, int]]:
+        """For each completion token of :meth:`encode` (after the cut), its character span ``[start, end)``
+        in ``example["completion"]`` (a prompt/completion example); ``(-1, -1)`` for tokens outside it
+        (the chat template's end-of-turn text, an appended end-of-sequence token). Needs a fast tokenizer
+        (offsets); the ids are those :meth:`encode` gives."""
+        where = "example" if index is None else f"example {index}"
+        prompt, completion = self.encode(example, index)
+        _, completion_text, _ = self._texts(example, where)
+        raw = example.get("completion", "") if isinstance(example, Mapping) else ""
+        shift = completion_text.find(raw) if raw else -1
+        tok = self.tokenizer
+        if not getattr(tok, "is_fast", False):
+            raise InputError("completion_spans needs a fast (Rust) Hugging Face tokenizer: character offsets come from it")
+        enc = tok(completion_text, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != completion[: len(enc["input_ids"])]:
+            raise InputError(f"{where}: tokenizing the completion with offsets gave other ids than encode()")
+        spans = []
+        for s, e in enc["offset_mapping"]:
+            s, e = s - shift, e - shift
+            spans.append((s, e) if shift >= 0 and 0 <= s < len(raw) and e > s else (-1, -1))
+        spans += [(-1, -1)] * (len(completion) - len(spans))  # an appended end-of-sequence token
+        return spans[: len(completion)]
+
     def _texts(self, example: Mapping[str, Any], where: str) -> tuple[str, str, bool]:
         if not isinstance(example, Mapping):
             raise InputError(f"{where}: must be a dict with 'prompt' and 'completion' or 'messages'; got {type(example).__name__}")
