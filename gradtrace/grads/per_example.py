@@ -58,7 +58,7 @@ class FeatureBatch:
     """Projected per-example gradients and their exact squared norms."""
 
     features: Tensor  # [b, feature_dim]
-    sqnorms: Tensor  # [b], squared norm of the unprojected gradient
+    sqnorms: Tensor | None  # [b], squared norm of the unprojected gradient; None when skipped (exact_norms=False)
     values: Tensor | None = None  # [b], the per-example function's values (detached)
 
 
@@ -67,14 +67,20 @@ class GradientFeaturizer:
 
     The layout of a feature row is fixed by ``param_names`` (exact and dense)
     or by the selected linear layers in module order (Kronecker).
+
+    ``exact_norms=False``: the Kronecker path does not compute the exact
+    squared norms (a Gram matrix of each layer's inputs and output gradients
+    per example); its batches then have ``sqnorms=None``. The other paths
+    have them at no extra cost and always return them.
     """
 
-    def __init__(self, param_names: list[str], projection: ProjectionConfig, method: str = "auto"):
+    def __init__(self, param_names: list[str], projection: ProjectionConfig, method: str = "auto", exact_norms: bool = True):
         if method not in METHODS:
             raise InputError(f"method must be one of {METHODS}; got {method!r}")
         self.param_names = list(param_names)
         self.projection = projection
         self.method = method
+        self.exact_norms = exact_norms
         self._resolved: str | None = None
         self._sites: list[LinearSite] | None = None
         self._dense: DenseProjector | None = None
@@ -340,8 +346,9 @@ class GradientFeaturizer:
                 gp = g if factors.p_out is None else g @ factors.p_out
                 feat += torch.einsum("bto,bti->boi", gp, xp)
             feats.append(feat.reshape(b, -1))
-            site_sq = _exact_sqnorm(xs, gs, b, dtype, device)
-            sq = site_sq if sq is None else sq + site_sq
+            if self.exact_norms:
+                site_sq = _exact_sqnorm(xs, gs, b, dtype, device)
+                sq = site_sq if sq is None else sq + site_sq
         return FeatureBatch(torch.cat(feats, dim=1), sq, values)
 
     def _factored(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
