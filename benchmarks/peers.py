@@ -73,6 +73,11 @@ TORCH_PIN = "torch==2.13.0"
 PEERS: dict[str, tuple[str, list[str]]] = {
     "kronfluence": ("kronfluence==1.0.1", ["accelerate", "einops", "einconv", "opt_einsum", "safetensors", "scikit-learn", "tqdm", "numpy"]),
     "dattri": ("dattri==0.3.0", ["numpy", "scipy", "pyyaml", "tqdm", "requests"]),
+    # benchmarks/scale.py --part bergson; transformers and peft pinned to the project's, so both run the same model code;
+    # torchvision, torchaudio and bitsandbytes (declared, never imported by `bergson build` on fp32) are left out
+    "bergson": ("bergson==2.5.1", ["accelerate", "datasets", "jinja2", "jaxtyping>=0.3.3", "ml_dtypes", "natsort", "numpy",
+                                   "scipy", "peft==0.21.2", "petname", "pyarrow", "pyyaml", "simple-parsing", "torchopt",
+                                   "transformers==5.24.0", "huggingface-hub>=1.13.0", "safetensors", "tqdm", "psutil", "pandas"]),
 }
 
 #: tool -> methods per case (pairwise scores for LDS, self-influence for mislabel)

@@ -163,7 +163,9 @@ class Attributor:
             raise InputError("queries: the query set is empty")
         settings = self.store.settings
         param_names = self.store.param_names
-        featurizer = GradientFeaturizer(param_names, ProjectionConfig.from_dict(settings.projection), settings.method)
+        # queries use only the row norm: exact squared norms (costly with Kronecker) only where they are it (factored)
+        featurizer = GradientFeaturizer(param_names, ProjectionConfig.from_dict(settings.projection), settings.method,
+                                        exact_norms=settings.projection_kind == "factored")
         transforms = method.transforms_queries
 
         def signed(model: nn.Module, batch: Any) -> Tensor:
@@ -588,13 +590,13 @@ def self_influence(store: GradientStore, device: str | torch.device | None = Non
         out = np.zeros(store.n_examples, dtype=np.float64)
         for a, b in store.shard_ranges():  # streamed: one float64 per example, whatever the number of checkpoints
             for c, lr in enumerate(lrs):
-                out[a:b] += lr * store.norms(c, a, b)[:, 1]
+                out[a:b] += lr * store.exact_sqnorms(c, a, b, "raw self-influence")
         out[store.skipped_indices] = 0.0
         return out
     total = torch.zeros(store.n_examples, dtype=torch.float64, device=on)
     for a, b in store.shard_ranges():
         for c, lr in enumerate(lrs):
-            total[a:b] += float(lr) * torch.from_numpy(np.ascontiguousarray(store.norms(c, a, b)[:, 1])).to(on)
+            total[a:b] += float(lr) * torch.from_numpy(np.ascontiguousarray(store.exact_sqnorms(c, a, b, "raw self-influence"))).to(on)
     out = total.cpu().numpy()
     out[store.skipped_indices] = 0.0
     return out
@@ -607,6 +609,6 @@ def self_influence_by_checkpoint(store: GradientStore) -> np.ndarray:
     out = np.zeros((len(lrs), store.n_examples), dtype=np.float64)
     for a, b in store.shard_ranges():
         for c, lr in enumerate(lrs):
-            out[c, a:b] = lr * store.norms(c, a, b)[:, 1]
+            out[c, a:b] = lr * store.exact_sqnorms(c, a, b, "raw self-influence")
     out[:, store.skipped_indices] = 0.0
     return out
