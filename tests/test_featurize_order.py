@@ -319,3 +319,18 @@ def test_a_checkpoint_the_model_was_loaded_from_is_not_read_again(tmp_path, monk
     hf_checkpoints.load_hf_checkpoint(model, CheckpointRef(str(folder), 1.0))
     zoo.tiny_gpt2(seed=7, n_layer=1, n_embd=16, n_head=2, n_positions=64).save_pretrained(folder)
     assert not holds_weights_of(model, weights)
+
+
+def test_the_explorer_ranks_a_store_without_exact_norms_by_its_projected_norms(setup, tmp_path) -> None:
+    from gradtrace.explore.artefacts import ServeOptions
+    from gradtrace.explore.kinds.store import StoreArtefact
+
+    model, task, refs = setup
+    featurize(model, task, refs, _examples(6), tmp_path / "off", _config(batch_order="length", exact_norms=False), progress=False)
+    art = StoreArtefact("store-0", tmp_path / "off", ServeOptions())
+    total, by = art.self_influence()
+    store = GradientStore.open(tmp_path / "off")
+    expected = np.stack([lr * store.norms(c, 0, store.n_examples)[:, 0] ** 2 for c, lr in enumerate(store.learning_rates)])
+    np.testing.assert_allclose(by, expected, rtol=1e-12)
+    np.testing.assert_allclose(total, expected.sum(axis=0), rtol=1e-12)
+    assert "projected gradients" in art.summary()
