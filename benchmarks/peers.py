@@ -103,7 +103,12 @@ METHODS: dict[str, dict[str, tuple[str, ...]]] = {
 LM_METHODS: dict[str, tuple[str, ...]] = {
     "gradtrace": ("raw", "cosine", "adam", "fisher", "kfac", "ekfac", "trackstar"),
     "kronfluence": ("identity", "ekfac"),
+    "bergson": ("ekfac", "trackstar"),
 }
+
+#: peers this script does not install, run from a virtualenv given on the command line (``--bergson-python``),
+#: with their runner file (Bergson's other runner, run_bergson.py, is the throughput benchmark's)
+EXTERNAL_RUNNERS: dict[str, str] = {"bergson": "run_bergson_lds.py"}
 
 
 #: the variant each method runs in the mislabel case: its defaults, not tuned on that case
@@ -238,11 +243,12 @@ def run_job(python: Path | str, tool: str, method: str, case_dir: Path, timeout_
         shutil.rmtree(out)
     out.mkdir(parents=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
-    if tool in PEERS:
+    if tool in PEERS or tool in EXTERNAL_RUNNERS:
         env.pop("PYTHONPATH", None)
     else:
         env["PYTHONPATH"] = str(ROOT)
-    cmd = [str(python), str(RUNNERS / f"run_{tool}.py"), str(case_dir), method, str(out)] + ([only] if only else [])
+    runner = RUNNERS / EXTERNAL_RUNNERS.get(tool, f"run_{tool}.py")
+    cmd = [str(python), str(runner), str(case_dir), method, str(out)] + ([only] if only else [])
     start = time.perf_counter()
     with (out / "stdout.txt").open("w") as so, (out / "stderr.txt").open("w") as se:
         proc = subprocess.Popen(cmd, stdout=so, stderr=se, env=env, cwd=str(out))
@@ -700,6 +706,8 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--peers", nargs="+", choices=("kronfluence", "dattri", "captum"), default=["kronfluence", "dattri", "captum"],
                     help="the peers of the digits cases; the LM case runs the peers of LM_METHODS among them")
+    ap.add_argument("--bergson-python", type=Path, default=None,
+                    help="the python of a virtualenv with bergson 2.5.1 (made by the throughput benchmark): adds Bergson to lm_lds")
     ap.add_argument("--fresh", action="store_true", help="rerun jobs whose outputs are kept under benchmarks/.peers/work")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
@@ -707,7 +715,7 @@ def main() -> None:
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()}
     tools = ["gradtrace"] + args.peers
-    lm_tools = [t for t in tools if t in LM_METHODS]
+    lm_tools = [t for t in tools if t in LM_METHODS] + (["bergson"] if args.bergson_python else [])
     start = time.perf_counter()
     if "retrain" in args.parts:
         retrain(settings, "dev", args.progress)
@@ -719,6 +727,9 @@ def main() -> None:
     if set(args.parts) <= {"retrain", "lm_retrain"}:
         return
     pythons = tool_pythons(tools) if {"lds", "mislabel", "lm_lds"} & set(args.parts) else {}
+    if args.bergson_python:
+        found = args.bergson_python.exists()
+        pythons["bergson"] = args.bergson_python if found else f"no python at {args.bergson_python}"
     results["install"] = {t: (str(p) if isinstance(p, Path) else {"error": p}) for t, p in pythons.items()}
     if "lds" in args.parts:
         case_dir = prepare_lds(settings)
@@ -744,7 +755,9 @@ def main() -> None:
         results["lm_planted"] = lm_planted_note()
     done = {k: results[k] for k in ("digits_lds", "digits_mislabel", "lm_lds", "lm_planted", "install") if k in results}
     current = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # another part may have finished meanwhile
+    install = {**current.get("install", {}), **done.pop("install", {})}  # the digits cases' tools are kept
     current.update(done)
+    current["install"] = install
     current["settings"] = results["settings"]
     current.setdefault("wall_seconds", {}).update({"+".join(args.parts): time.perf_counter() - start})
     current.setdefault("machine", {}).update({"+".join(args.parts): machine()})
