@@ -633,9 +633,9 @@ def _lds_tables(md: list[str], lds_r: dict[str, Any], matched: list[tuple[tuple[
             md.append(f"| {k} | {v['variant']} | {_fmt(v['dev_score'])} | {_fmt(v['score'])} | {v['seconds']:.1f} | "
                       f"{_fmt(v.get('cpu_seconds'), '.1f')} | {_fmt(v.get('cpu_seconds_ratio_to_gradtrace_best'), '.2f')} | {v['peak_mib']:.0f} |")
     md.append(_best_line(lds_r))
-    md.append("\nSame settings side by side (test LDS; seconds; CPU seconds), Kronfluence's damping heuristic being "
+    md.append("\nSame settings side by side (test LDS; seconds; CPU seconds), the peers' damping heuristic being "
               "gradtrace's rule (0.1 x mean eigenvalue):\n")
-    md.append("| gradtrace | Kronfluence | gradtrace LDS | Kronfluence LDS | gradtrace s / CPU s | Kronfluence s / CPU s |")
+    md.append("| gradtrace | peer | gradtrace LDS | peer LDS | gradtrace s / CPU s | peer s / CPU s |")
     md.append("|---|---|---|---|---|---|")
     for (gk, gv), (pk, pv) in matched:
         g_e, p_e = lds_r["entries"].get(gk, {}), lds_r["entries"].get(pk, {})
@@ -663,6 +663,9 @@ LM_MATCHED = [
     (("gradtrace/ekfac", "exact_empirical_last_damping=0.1"), ("kronfluence/ekfac", "empirical_last_damping=heuristic")),
     (("gradtrace/raw", "exact_all"), ("kronfluence/identity", "true_all_damping=heuristic")),
     (("gradtrace/raw", "exact_last"), ("kronfluence/identity", "true_last_damping=heuristic")),
+    (("gradtrace/ekfac", "exact_empirical_all_damping=0.1"), ("bergson/ekfac", "empirical_all")),
+    (("gradtrace/ekfac", "exact_empirical_last_damping=0.1"), ("bergson/ekfac", "empirical_last")),
+    (("gradtrace/trackstar", "kron256_last_whitening"), ("bergson/trackstar", "last")),
 ]
 
 

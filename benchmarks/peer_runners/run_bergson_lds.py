@@ -18,7 +18,9 @@ its default), with the linear layers' biases (``include_bias=True``).
 * ``ekfac``: ``hessian_pipeline`` with ``HessianConfig(method="kfac",
   ev_correction=True)``, exact gradients (EK-FAC takes no projection), one
   score column per query, damping ``0.1 x mean eigenvalue`` (its default
-  ``damped_inverse``, gradtrace's and Kronfluence's rule). ``last``: the
+  ``damped_inverse``, gradtrace's and Kronfluence's rule); ``true`` Fisher
+  (labels drawn from the model, its default) or ``empirical`` (the
+  dataset's labels, ``use_dataset_labels``). ``last``: the
   final checkpoint; ``all``: the learning-rate-weighted sum over the
   checkpoints (TracIn's idea, added here).
 * ``trackstar``: the ``trackstar`` pipeline (Adam normalisation from the
@@ -125,12 +127,13 @@ def run(case: Case, method: str, rec: Recorder) -> None:
                                include_bias=True, data=DataConfig(dataset=str(train)), overwrite=True, token_batch_size=TOKEN_BATCH,
                                optimizer_state=str(folder) if normalize else "")
 
-        def ekfac(c: int) -> np.ndarray:
+        def ekfac(c: int, fisher: str) -> np.ndarray:
             from bergson.hessians.pipeline import hessian_pipeline
 
-            cfg = index(c, f"ekfac_{c}", 0, False)
+            cfg = index(c, f"ekfac_{fisher}_{c}", 0, False)
             _, query = rec.cached("data", data)
-            hessian_pipeline(cfg, HessianConfig(method="kfac", ev_correction=True, hessian_dtype="fp64"), ScoreConfig(),
+            hessian = HessianConfig(method="kfac", ev_correction=True, hessian_dtype="fp64", use_dataset_labels=fisher == "empirical")
+            hessian_pipeline(cfg, hessian, ScoreConfig(),
                              PreprocessConfig(), HessianPipelineConfig(query=QuerySetConfig(dataset=str(query), aggregation="none"),
                                                                        inversion_cfg=InversionConfig(damping_factor=0.1)))
             return load(f"{cfg.run_path}/scores", n_train, n_query)
@@ -144,12 +147,17 @@ def run(case: Case, method: str, rec: Recorder) -> None:
                                           preprocess_cfg=PreprocessConfig(unit_normalize=True), stats_sample_size=None))
             return load(f"{cfg.run_path}/scores", n_train, n_query)
 
-        if method not in ("ekfac", "trackstar"):
+        if method == "ekfac":
+            for fisher in ("true", "empirical"):
+                per = lambda c: rec.cached(f"ekfac_{fisher}_{c}", lambda: ekfac(c, fisher))  # noqa: E731
+                rec.variant(f"{fisher}_last", lambda: per(last))
+                rec.variant(f"{fisher}_all", lambda: sum(case.lrs[c] * per(c) for c in range(len(case.checkpoints))))
+        elif method == "trackstar":
+            per = lambda c: rec.cached(f"trackstar_{c}", lambda: trackstar(c))  # noqa: E731
+            rec.variant("last", lambda: per(last))
+            rec.variant("all", lambda: sum(case.lrs[c] * per(c) for c in range(len(case.checkpoints))))
+        else:
             raise SystemExit(f"unknown bergson method {method!r}")
-        fn = ekfac if method == "ekfac" else trackstar
-        per = lambda c: rec.cached(f"{method}_{c}", lambda: fn(c))  # noqa: E731
-        rec.variant("last", lambda: per(last))
-        rec.variant("all", lambda: sum(case.lrs[c] * per(c) for c in range(len(case.checkpoints))))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
