@@ -76,6 +76,9 @@ WORK = PEERS_DIR / "work"
 RUNNERS = HERE / "peer_runners"
 RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
 COMMAND = "python benchmarks/peers.py"
+#: the command the LM case's numbers come from
+LM_COMMAND = ("nice -n 10 python benchmarks/peers.py --parts lm_retrain lm_lds lm_planted --peers kronfluence "
+              "--bergson-python PATH/benchmarks/.peers/bergson/bin/python --progress")
 #: what the command runs by default, in this order; "lm_retrain" trains the LM case's model and its subsets
 PARTS = ("retrain", "lds", "mislabel", "lm_retrain", "lm_lds", "lm_planted")
 TORCH_PIN = "torch==2.13.0"
@@ -425,7 +428,18 @@ def lm_planted_note() -> dict[str, Any]:
     return {"not_run": LM_PLANTED_NOT_RUN}
 
 
-LM_PLANTED_NOT_RUN = "not yet decided"
+LM_PLANTED_NOT_RUN = (
+    "not run, for any tool: no number is reported for it. The setting of `benchmarks/lm_planted.py` (SmolLM2-135M-Instruct, "
+    "LoRA on layers 26-29, 1,050 examples, 2 epochs, 3 checkpoints) took gradtrace alone 1,830 s to featurize the 3 checkpoints "
+    "and about 250 s to fine-tune (its `lm_planted` section: 0.95 s per training step of 8 examples, on a quiet machine with 2 "
+    "threads). Kronfluence's EK-FAC on the same checkpoints needs two passes over the 1,050 examples to fit its factors and one "
+    "to score, each costing about what gradtrace's featurize costs per checkpoint (about 600 s), so about 30 minutes for the final "
+    "checkpoint alone on a quiet machine, more than the whole LM part's budget of about 40 CPU-minutes on a machine at load "
+    "average 6-8, of which the lm_lds case (30 + 12 retrains and every method of the three tools) used most. A reduced size "
+    "(about 200 examples, the final checkpoint alone: an estimated 15-20 minutes under that load for the fine-tune, gradtrace and "
+    "Kronfluence) was not attempted in this session either. Kronfluence's LoRA path (peft's lora_A/lora_B are nn.Linear, which "
+    "Kronfluence tracks) was therefore not tried here."
+)
 
 
 def _clean(x: float) -> float | None:
@@ -614,7 +628,14 @@ def write_section(results: dict[str, Any]) -> None:
                   "TrackStar with its whitening), `dense1024` (fisher); `all` sums the 3 checkpoints with their learning rates, "
                   "`last` is the final checkpoint alone (with a store of that checkpoint only). Kronfluence runs exact "
                   "gradients (it stores none), `true` or `empirical` Fisher; gradtrace fits the empirical Fisher only (its LM "
-                  "task has no sampled loss).\n")
+                  "task has no sampled loss). Bergson 2.5.1 (a virtualenv made by the throughput benchmark, given with "
+                  "`--bergson-python`) runs its EK-FAC pipeline (exact gradients, `true` or `empirical` Fisher, damping 0.1 x mean "
+                  "eigenvalue) and its TrackStar pipeline (Adam normalisation, 16 x 16 projection per layer, mixed "
+                  "autocorrelation whitening, unit norm) on each checkpoint written as a Hugging Face GPT-2 folder.\n\n"
+                  f"Command of this case: `{LM_COMMAND}`. "
+                  + "".join(f"Machine ({k}): {v}. " for k, v in results.get("machine", {}).items() if "lm_lds" in k)
+                  + "Each (tool, method) ran in a fresh subprocess, one after the other, nice 10, with other helpers' jobs on "
+                  "the 2 cores: the seconds are noisy, ratios and CPU seconds steadier.\n")
         _lds_tables(md, lm, LM_MATCHED)
     planted = results.get("lm_planted")
     if planted:
