@@ -170,3 +170,30 @@ def test_lm_lds_entry_equals_brute_force_spearman_on_the_dev_choice(peers, tmp_p
     assert e["score"] == pytest.approx(brute(a if best == "a" else b, test), abs=1e-12)
     assert e["dev_score"] == pytest.approx(dev_lds[best], abs=1e-12)
     assert e["variants"]["a"]["test"] == pytest.approx(brute(a, test), abs=1e-12)
+
+
+def test_lm_section_lists_every_tool_and_variant_with_text_escaped(peers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    written = {}
+    monkeypatch.setattr(peers, "record", lambda name, command, md, results: written.update(md=md, results=results))
+    variants = {"exact_all": {"dev": 0.3, "test": 0.25, "seconds": 2.0, "cpu_seconds": 1.5},
+                "exact_last": {"dev": 0.2, "test": 0.2, "seconds": 1.0, "cpu_seconds": 0.8}}
+    entries = {"gradtrace/raw": {"score": 0.25, "dev_score": 0.3, "seconds": 2.0, "cpu_seconds": 1.5, "peak_mib": 500.0,
+                                 "variant": "exact_all", "variants": variants},
+               "kronfluence/ekfac": {"score": 0.4, "dev_score": 0.5, "seconds": 8.0, "cpu_seconds": 6.0, "peak_mib": 700.0,
+                                     "variant": "empirical_all_damping=heuristic",
+                                     "variants": {"empirical_all_damping=heuristic": {"dev": 0.5, "test": 0.4, "seconds": 8.0}}},
+               "bergson/ekfac": {"error": "Traceback ...\nValueError: bad | <shape>"}}
+    lm = peers.summarise(entries)
+    lm["case"] = {"n_params": 925_440, "n_attributed_params": 903_744, "n_train": 304, "n_query": 48, "final_train_loss": 1.1,
+                  "lrs": [0.003] * 3, "retrain_seconds": {"test": 400.0},
+                  "config": {"n_layer": 2, "n_embd": 192, "n_head": 4, "train": {"steps": 150, "batch_size": 32, "lr": 0.003}}}
+    peers.write_section({"settings": {"lm_test_subsets": 30, "lm_dev_subsets": 12, "test_train_seed": 1000, "dev_train_seed": 2000},
+                         "lm_lds": lm, "lm_planted": {"not_run": "too heavy"}})
+    md = written["md"]
+    assert "### lm_lds" in md and "0.93M parameters" in md and "903,744" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert any(r.startswith("| kronfluence/ekfac | empirical_all_damping=heuristic | 0.500 | 0.400 | 8.0 | 6.0 | 4.00 | 700 |") for r in rows)
+    assert any(r.startswith("| bergson/ekfac | error: ValueError: bad \\| &lt;shape&gt;") for r in rows)
+    assert "gradtrace/raw: exact_all 0.250, exact_last 0.200" in md  # every variant tried is listed
+    assert "the peers' best: kronfluence/ekfac (0.400, 8.0 s, 4.00x gradtrace's wall time" in md
+    assert "### lm_planted\n\ntoo heavy" in md
