@@ -104,7 +104,8 @@ def run(case: Case, method: str, rec: Recorder) -> None:
         queries = TensorDataset(*case.tensors("query")) if pairwise else None
     out_dir = tempfile.mkdtemp(prefix="kronfluence-peers-")
     fishers = {"true": False, "empirical": True} if method != "identity" else {"true": False}
-    dampings = DAMPINGS if method != "identity" else {"heuristic": None}
+    # the LM case: the heuristic damping alone (gradtrace's rule), to fit the CPU budget
+    dampings = DAMPINGS if method != "identity" and not case.is_lm else {"heuristic": None}
     ckpts = {"last": [len(case.checkpoints) - 1], "all": list(range(len(case.checkpoints)))}
     analyzers: dict[tuple[str, int], Analyzer] = {}
 
@@ -121,7 +122,10 @@ def run(case: Case, method: str, rec: Recorder) -> None:
             analyzers[fisher, c] = a
         return analyzers[fisher, c]
 
-    def scores(fisher: str, c: int, dname: str) -> np.ndarray:
+    def scores(fisher: str, c: int, dname: str) -> np.ndarray:  # each checkpoint's scores once (all reuses last's)
+        return rec.cached(f"scores_{fisher}_{c}_{dname}", lambda: compute(fisher, c, dname))
+
+    def compute(fisher: str, c: int, dname: str) -> np.ndarray:
         a = analyzer(fisher, c)
         name = f"s_{method}_{fisher}_{dname}"
         sargs = ScoreArguments(damping_factor=dampings[dname])
