@@ -640,6 +640,8 @@ def write_section(results: dict[str, Any]) -> None:
                   + "Each (tool, method) ran in a fresh subprocess, one after the other, nice 10, with other helpers' jobs on "
                   "the 2 cores: the seconds are noisy, ratios and CPU seconds steadier.\n")
         _lds_tables(md, lm, LM_MATCHED)
+        if lm.get("reading"):
+            md.append(f"\nReading (written after the run, from the numbers above): {lm['reading']}")
     planted = results.get("lm_planted")
     if planted:
         md.append(f"\n### lm_planted\n\n{planted.get('not_run') or planted.get('note', '')}")
@@ -778,6 +780,9 @@ def main() -> None:
         entries, _ = evaluate_lds(case_dir, jobs, dev, test)
         results["lm_lds"] = summarise(entries)
         results["lm_lds"]["case"] = lm_case_facts(case_dir, settings)
+        old_reading = (json.loads(RESULTS.read_text()).get("lm_lds", {}) if RESULTS.exists() else {}).get("reading")
+        if old_reading:  # a note on an earlier run's numbers is not carried over to new ones
+            results["lm_lds"]["reading_of_previous_run"] = old_reading
     if "lm_planted" in args.parts:
         results["lm_planted"] = lm_planted_note()
     done = {k: results[k] for k in ("digits_lds", "digits_mislabel", "lm_lds", "lm_planted", "install") if k in results}
