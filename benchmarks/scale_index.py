@@ -144,6 +144,7 @@ def main() -> dict:
     parser.add_argument("--pq-m", type=int)
     parser.add_argument("--sq-type", default="8bit")
     parser.add_argument("--quantizer", default="flat")
+    parser.add_argument("--metric", default="l2")
     parser.add_argument("--exact-share", type=float, help="share of rows (largest norms) searched exactly; default gradtrace's")
     parser.add_argument("--norm-buckets", type=int)
     parser.add_argument("--train-sample", type=int)
@@ -173,7 +174,7 @@ def main() -> dict:
         qf = QueryFeatures([torch.from_numpy(queries.astype(np.float64))], [torch.ones(args.queries, dtype=torch.float64)],
                            "synthetic", args.queries)
         params = IndexParams(kind=args.kind, nlist=args.nlist, pq_m=args.pq_m, nprobe=args.nprobe, sq_type=args.sq_type,
-                             quantizer=args.quantizer, exact_share=args.exact_share, norm_buckets=args.norm_buckets,
+                             quantizer=args.quantizer, metric=args.metric, exact_share=args.exact_share, norm_buckets=args.norm_buckets,
                              train_sample=args.train_sample, seed=0)
         t0 = time.perf_counter()
         index = build_index(store, args.variant, params, folder=work / "index", progress=True)
@@ -282,6 +283,8 @@ Returned scores equal the exact float64 scores of their rows (largest difference
                 command += f" {flag} {value}"
         if args.kind == "ivfsq" and args.sq_type != "8bit":
             command += f" --sq-type {args.sq_type}"
+        if args.metric != "l2":
+            command += f" --metric {args.metric}"
         if args.quantizer != "flat":
             command += f" --quantizer {args.quantizer}"
         if args.no_prune:

@@ -138,8 +138,10 @@ def planted_store(root: Path, n: int = 3000, dim: int = 32, nq: int = 5, planted
     IndexParams(kind="ivfsq", nlist=16, nprobe=4),
     IndexParams(kind="ivfsq", nlist=16, nprobe=4, sq_type="fp16", exact_share=0.0),
     IndexParams(kind="ivfsq", nlist=32, nprobe=8, quantizer="hnsw", hnsw_m=8),
+    IndexParams(kind="ivfsq", nlist=16, nprobe=4, metric="ip", norm_buckets=2),
+    IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=8, metric="ip"),
     IndexParams(kind="hnsw", hnsw_m=16),
-], ids=["ivf", "ivf-buckets", "ivfpq", "ivfsq8", "ivfsq16-no-exact-share", "ivfsq-hnsw-quantizer", "hnsw"])
+], ids=["ivf", "ivf-buckets", "ivfpq", "ivfsq8", "ivfsq16-no-exact-share", "ivfsq-hnsw-quantizer", "ivfsq-ip", "ivfpq-ip", "hnsw"])
 def test_approximate_indexes_find_the_planted_neighbours_and_return_exact_scores(tmp_path: Path, variant: str, params) -> None:
     store, qf, planted = planted_store(tmp_path / "s")
     index = build_index(store, variant, params)
@@ -215,8 +217,9 @@ def test_pruning_skips_buckets_that_cannot_reach_the_top_k_and_loses_nothing(tmp
 @pytest.mark.parametrize("params", [
     IndexParams(kind="flat"), IndexParams(kind="ivf", nlist=16), IndexParams(kind="ivfsq", nlist=16),
     IndexParams(kind="ivfsq", nlist=16, sq_type="fp16"), IndexParams(kind="ivfpq", nlist=8, pq_m=11),
-    IndexParams(kind="ivfsq", nlist=32, quantizer="hnsw", hnsw_m=8), IndexParams(kind="hnsw", hnsw_m=16),
-], ids=["flat", "ivf", "ivfsq8", "ivfsq16", "ivfpq", "ivfsq-hnsw-quantizer", "hnsw"])
+    IndexParams(kind="ivfsq", nlist=32, quantizer="hnsw", hnsw_m=8), IndexParams(kind="ivfsq", nlist=16, metric="ip"),
+    IndexParams(kind="hnsw", hnsw_m=16),
+], ids=["flat", "ivf", "ivfsq8", "ivfsq16", "ivfpq", "ivfsq-hnsw-quantizer", "ivfsq-ip", "hnsw"])
 def test_the_estimate_before_the_build_covers_every_kind(tmp_path: Path, params) -> None:
     from gradtrace.index.store_index import estimate
 
@@ -286,6 +289,7 @@ def test_a_damaged_index_file_is_refused(tmp_path: Path) -> None:
     (lambda s: build_index(s, "raw", IndexParams(kind="annoy")), "kind must be one of auto, flat, ivf, ivfsq, ivfpq, hnsw; got 'annoy'"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivfsq", sq_type="4bit")), "sq_type must be one of 8bit, fp16; got '4bit'"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivf", quantizer="lsh")), "quantizer must be one of flat, hnsw; got 'lsh'"),
+    (lambda s: build_index(s, "raw", IndexParams(kind="ivf", metric="cos")), "metric must be one of l2, ip; got 'cos'"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivf", exact_share=1.0)), "exact_share must lie in [0.0, 1.0); got 1.0"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivf", norm_buckets=12)), "norm_buckets (12) is too many for the 290 examples"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivf", nlist=4, train_sample=2)), "train_sample (2) must be at least nlist (4)"),

@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         pq_m: Optional[int] = typer.Option(None, help="ivfpq: bytes per vector (sub-quantizers; default one per 8 numbers)"),
         sq_type: str = typer.Option("8bit", help="ivfsq: code of each number: 8bit (one byte) | fp16 (two)"),
         quantizer: str = typer.Option("flat", help="ivf, ivfsq, ivfpq: coarse quantizer: flat (exact search of the lists) | hnsw (a graph; for many lists)"),
+        metric: str = typer.Option("l2", help="ivf, ivfsq, ivfpq: l2 (vectors augmented so that L2 ranks as the inner product) | ip (lists of directions, searched by inner product)"),
         exact_share: Optional[float] = typer.Option(
             None, help="share of the rows (largest vector norms) searched exactly; default raw 1/32, cosine 0",
         ),
@@ -54,7 +55,7 @@ def register(app: typer.Typer) -> None:
                 output_dir(out, "--out")
             st = GradientStore.open(store, verify=verify)
             params = IndexParams(
-                kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m, sq_type=sq_type, quantizer=quantizer, exact_share=exact_share, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m, sq_type=sq_type, quantizer=quantizer, metric=metric, exact_share=exact_share, hnsw_m=hnsw_m, ef_construction=ef_construction,
                 ef_search=ef_search, train_sample=train_sample, norm_buckets=norm_buckets, seed=seed,
             )
             built = build_index(st, variant, params, folder=out, progress=progress)

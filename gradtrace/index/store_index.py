@@ -49,6 +49,10 @@ IVF_KINDS = ("ivf", "ivfsq", "ivfpq")
 SQ_TYPES = ("8bit", "fp16")
 #: Coarse quantizers of the IVF kinds: an exact search of the list centroids, or an HNSW graph over them (many lists).
 QUANTIZERS = ("flat", "hnsw")
+#: How the IVF kinds search for large inner products: ``l2`` (each bucket's vectors augmented by one coordinate so that
+#: the L2 distance ranks as the inner product; lists are k-means cells of the augmented vectors) or ``ip`` (lists are
+#: spherical k-means cells of the vectors' directions, probed and scanned by inner product).
+METRICS = ("l2", "ip")
 #: Raw scores: the share of rows (largest vector norms) searched exactly by default.
 DEFAULT_EXACT_SHARE = 1 / 32
 #: ``kind="auto"``: ``flat`` (exact search) below this many examples, AUTO_KIND from it on.
@@ -99,6 +103,7 @@ class IndexParams:
     pq_m: int | None = None
     sq_type: str = "8bit"
     quantizer: str = "flat"
+    metric: str = "l2"
     exact_share: float | None = None
     hnsw_m: int = 32
     ef_construction: int = 80
@@ -126,6 +131,8 @@ class IndexParams:
             raise InputError(f"sq_type must be one of {', '.join(SQ_TYPES)}; got {self.sq_type!r}")
         if self.quantizer not in QUANTIZERS:
             raise InputError(f"quantizer must be one of {', '.join(QUANTIZERS)}; got {self.quantizer!r}")
+        if self.metric not in METRICS:
+            raise InputError(f"metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
         if self.exact_share is not None:
             in_range(0.0, 1.0, high_open=True)(self.exact_share, "exact_share")
         out: dict[str, Any] = {"kind": kind, "seed": self.seed, "vector_dim": dim}
@@ -144,7 +151,7 @@ class IndexParams:
             )
         out.update(norm_buckets=buckets, exact_share=float(share), exact_rows=exact_rows, nlist=self.nlist, train_sample=self.train_sample)
         if kind in IVF_KINDS:
-            out.update(nprobe=self.nprobe, quantizer=self.quantizer)
+            out.update(nprobe=self.nprobe, quantizer=self.quantizer, metric=self.metric)
             if self.quantizer == "hnsw":
                 out.update(hnsw_m=self.hnsw_m, ef_construction=self.ef_construction)
             if kind == "ivfpq":
@@ -174,7 +181,8 @@ def bucket_plan(settings: dict[str, Any], sizes: list[int]) -> list[dict[str, An
         if kind == "flat" or is_exact or rows == 0:
             plan.append({"rows": rows, "kind": "flat", "index_dim": dim, "augmented": False, "exact_share": is_exact})
             continue
-        entry: dict[str, Any] = {"rows": rows, "kind": kind, "augmented": True, "index_dim": dim + 1, "exact_share": False}
+        augmented = settings.get("metric", "l2") == "l2"
+        entry: dict[str, Any] = {"rows": rows, "kind": kind, "augmented": augmented, "index_dim": dim + augmented, "exact_share": False}
         if kind in IVF_KINDS:
             hnsw_q = settings["quantizer"] == "hnsw"
             nlist = min(settings["nlist"], max(1, rows // 39)) if settings["nlist"] is not None else default_nlist(rows, 4 if hnsw_q else 1)
@@ -190,7 +198,7 @@ def bucket_plan(settings: dict[str, Any], sizes: list[int]) -> list[dict[str, An
                         f"kind 'ivfpq' trains 256 codes per sub-vector and needs at least 256 rows per norm bucket "
                         f"(a bucket holds {rows}, train_sample {sample}); use kind 'flat', 'ivf' or 'ivfsq', or fewer norm_buckets"
                     )
-                entry["index_dim"] = math.ceil((dim + 1) / settings["pq_m"]) * settings["pq_m"]  # PQ needs pq_m | dim
+                entry["index_dim"] = math.ceil((dim + augmented) / settings["pq_m"]) * settings["pq_m"]  # PQ needs pq_m | dim
         plan.append(entry)
     return plan
 
@@ -586,25 +594,27 @@ def _new_index(faiss: Any, settings: dict[str, Any], entry: dict[str, Any]) -> A
         inner = faiss.IndexHNSWFlat(d, settings["hnsw_m"], faiss.METRIC_L2)
         inner.hnsw.efConstruction = settings["ef_construction"]
         return faiss.IndexIDMap(inner)
+    metric = faiss.METRIC_L2 if entry["augmented"] else faiss.METRIC_INNER_PRODUCT
     if entry.get("quantizer") == "hnsw":
-        quantizer = faiss.IndexHNSWFlat(d, settings["hnsw_m"], faiss.METRIC_L2)
+        quantizer = faiss.IndexHNSWFlat(d, settings["hnsw_m"], metric)
         quantizer.hnsw.efConstruction = settings["ef_construction"]
     else:
-        quantizer = faiss.IndexFlatL2(d)
+        quantizer = faiss.IndexFlatL2(d) if entry["augmented"] else faiss.IndexFlatIP(d)
     if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, d, entry["nlist"], faiss.METRIC_L2)
+        index = faiss.IndexIVFFlat(quantizer, d, entry["nlist"], metric)
     elif kind == "ivfsq":
         qtype = {"8bit": faiss.ScalarQuantizer.QT_8bit, "fp16": faiss.ScalarQuantizer.QT_fp16}[settings["sq_type"]]
-        index = faiss.IndexIVFScalarQuantizer(quantizer, d, entry["nlist"], qtype, faiss.METRIC_L2)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, entry["nlist"], qtype, metric)
     else:
-        index = faiss.IndexIVFPQ(quantizer, d, entry["nlist"], settings["pq_m"], settings["pq_bits"], faiss.METRIC_L2)
+        index = faiss.IndexIVFPQ(quantizer, d, entry["nlist"], settings["pq_m"], settings["pq_bits"], metric)
         index.pq.cp.seed = settings["seed"]
         index.pq.cp.min_points_per_centroid = 1  # the sample size is ours to choose (see bucket_plan)
     index.cp.seed = settings["seed"]
     index.cp.min_points_per_centroid = 1
+    index.cp.spherical = not entry["augmented"]  # ip: unit centroids, cells of directions
     if entry.get("quantizer") == "hnsw":
         # k-means searches its centroids exactly; the graph is built once over the final ones
-        clustering = faiss.IndexFlatL2(d)
+        clustering = faiss.IndexFlatL2(d) if entry["augmented"] else faiss.IndexFlatIP(d)
         index.clustering_index = clustering
         index.referenced_objects.append(clustering)  # alive as long as the index (FAISS does not own it)
     return index  # faiss's Python layer keeps the quantizer alive with the index
@@ -644,7 +654,9 @@ def _training_samples(
         for o in np.unique(owners[lo:hi]):
             entry = plan[o]
             sel = owners[lo:hi] == o
-            parts.setdefault(int(o), []).append(augment(vectors[sel], entry["index_dim"], entry["max_squared_norm"]))
+            parts.setdefault(int(o), []).append(
+                augment(vectors[sel], entry["index_dim"], entry["max_squared_norm"] if entry["augmented"] else None)
+            )
     for b, chunks in sorted(parts.items()):
         yield b, np.concatenate(chunks)
 
