@@ -157,6 +157,7 @@ def main() -> dict:
     parser.add_argument("--candidates-list", default="100,300,1000")
     parser.add_argument("--store-dir", help="keep the synthetic store here and reuse it when it is already there (default: a temporary folder, deleted)")
     parser.add_argument("--workdir", default="/tmp")
+    parser.add_argument("--prepare", action="store_true", help="only write the synthetic store into --store-dir (outside the timing lock), then stop")
     parser.add_argument("--label", default="", help="suffix of the recorded section name (tuning variants)")
     args = parser.parse_args()
     n, dim = SIZES[args.size]
@@ -171,6 +172,8 @@ def main() -> dict:
         store, planted, reused = open_or_build_store(root, n, dim, queries, args.planted, args.seed)
         store_s = time.perf_counter() - t0
         store_bytes = store.size_bytes()
+        if args.prepare:
+            return {"store": str(root), "n": n, "dim": dim, "seed": args.seed, "reused": reused, "seconds": store_s}
         qf = QueryFeatures([torch.from_numpy(queries.astype(np.float64))], [torch.ones(args.queries, dtype=torch.float64)],
                            "synthetic", args.queries)
         params = IndexParams(kind=args.kind, nlist=args.nlist, pq_m=args.pq_m, nprobe=args.nprobe, sq_type=args.sq_type,

@@ -132,16 +132,16 @@ def planted_store(root: Path, n: int = 3000, dim: int = 32, nq: int = 5, planted
 
 @pytest.mark.parametrize("variant", ["raw", "cosine"])
 @pytest.mark.parametrize("params", [
-    IndexParams(kind="ivf", nlist=16, nprobe=4),
+    IndexParams(kind="ivf", nlist=16, nprobe=4, metric="l2"),
     IndexParams(kind="ivf", nlist=8, nprobe=4, norm_buckets=4),  # four IVF buckets (and the exact share under raw)
-    IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=11),
+    IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=11, metric="l2"),
     IndexParams(kind="ivfsq", nlist=16, nprobe=4),
     IndexParams(kind="ivfsq", nlist=16, nprobe=4, sq_type="fp16", exact_share=0.0),
     IndexParams(kind="ivfsq", nlist=32, nprobe=8, quantizer="hnsw", hnsw_m=8),
     IndexParams(kind="ivfsq", nlist=16, nprobe=4, metric="ip", norm_buckets=2),
     IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=8, metric="ip"),
     IndexParams(kind="hnsw", hnsw_m=16),
-], ids=["ivf", "ivf-buckets", "ivfpq", "ivfsq8", "ivfsq16-no-exact-share", "ivfsq-hnsw-quantizer", "ivfsq-ip", "ivfpq-ip", "hnsw"])
+], ids=["ivf-l2", "ivf-buckets", "ivfpq-l2", "ivfsq8", "ivfsq16-no-exact-share", "ivfsq-hnsw-quantizer", "ivfsq-ip", "ivfpq-ip", "hnsw"])
 def test_approximate_indexes_find_the_planted_neighbours_and_return_exact_scores(tmp_path: Path, variant: str, params) -> None:
     store, qf, planted = planted_store(tmp_path / "s")
     index = build_index(store, variant, params)

@@ -14,14 +14,14 @@ def register(app: typer.Typer) -> None:
     @app.command("index")
     def index_cmd(
         store: Path = typer.Argument(..., help="a complete store made by 'gradtrace featurize'"),
-        kind: str = typer.Option("auto", help="flat (exact search) | ivf | ivfsq | ivfpq | hnsw | auto (flat below 100,000 examples, else ivfpq)"),
+        kind: str = typer.Option("auto", help="flat (exact search) | ivf | ivfsq | ivfpq | hnsw | auto (flat below 100,000 examples, else ivfsq)"),
         variant: str = typer.Option("raw", help="the score the index serves: raw | cosine (one index per variant)"),
         nlist: Optional[int] = typer.Option(None, help="ivf, ivfsq, ivfpq: inverted lists per norm bucket (default ~sqrt(rows), x4 with --quantizer hnsw; a power of two)"),
         nprobe: Optional[int] = typer.Option(None, help="ivf, ivfsq, ivfpq: lists searched per query (default nlist/16, at least 8)"),
         pq_m: Optional[int] = typer.Option(None, help="ivfpq: bytes per vector (sub-quantizers; default one per 8 numbers)"),
         sq_type: str = typer.Option("8bit", help="ivfsq: code of each number: 8bit (one byte) | fp16 (two)"),
         quantizer: str = typer.Option("flat", help="ivf, ivfsq, ivfpq: coarse quantizer: flat (exact search of the lists) | hnsw (a graph; for many lists)"),
-        metric: str = typer.Option("l2", help="ivf, ivfsq, ivfpq: l2 (vectors augmented so that L2 ranks as the inner product) | ip (lists of directions, searched by inner product)"),
+        metric: str = typer.Option("ip", help="ivf, ivfsq, ivfpq: ip (lists of directions, searched by inner product) | l2 (vectors augmented so that L2 ranks as the inner product)"),
         exact_share: Optional[float] = typer.Option(
             None, help="share of the rows (largest vector norms) searched exactly; default raw 1/32, cosine 0",
         ),

@@ -57,7 +57,7 @@ METRICS = ("l2", "ip")
 DEFAULT_EXACT_SHARE = 1 / 32
 #: ``kind="auto"``: ``flat`` (exact search) below this many examples, AUTO_KIND from it on.
 AUTO_FLAT_BELOW = 100_000
-AUTO_KIND = "ivfpq"
+AUTO_KIND = "ivfsq"
 #: Default norm buckets: one up to 4 x this many rows (outside the exact share); each bucket holds at least ~4 x this many.
 FLAT_BUCKET_ROWS = 65536
 #: Search-time pruning: slack on the k-th exact-bucket score, relative to |w(q)| x the largest vector norm, for float32 rounding.
@@ -105,7 +105,7 @@ class IndexParams:
     pq_m: int | None = None
     sq_type: str = "8bit"
     quantizer: str = "flat"
-    metric: str = "l2"
+    metric: str = "ip"
     exact_share: float | None = None
     hnsw_m: int = 32
     ef_construction: int = 80
