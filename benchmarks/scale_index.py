@@ -292,12 +292,10 @@ Returned scores equal the exact float64 scores of their rows (largest difference
             command += f" --quantizer {args.quantizer}"
         if args.no_prune:
             command += " --no-prune"
-        command = "OMP_NUM_THREADS=1 " + command
         if args.variant != "raw":
             command += f" --variant {args.variant}"
             name += f"_{args.variant}"
-        if not args.tune:
-            command = "flock /tmp/gt-timing.lock nice -n 10 " + command
+        command = "OMP_NUM_THREADS=1 " + ("" if args.tune else "flock /tmp/gt-timing.lock ") + "nice -n 10 " + command
         if trial and not args.tune:
             name = f"scale_index_{n}_rows{label}" + ("" if args.variant == "raw" else f"_{args.variant}")
         record(name, command, summary, results)  # a run at another size is recorded under its own name, not in scale.json
