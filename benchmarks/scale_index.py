@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import ROOT, paired_time, record  # noqa: E402
 
 from gradtrace import Attributor, GradientStore, QueryFeatures  # noqa: E402
-from gradtrace.errors import InputError  # noqa: E402
+from gradtrace.errors import InputError, StoreError  # noqa: E402
 from gradtrace.fileio import atomic_write_bytes, json_bytes  # noqa: E402
-from gradtrace.index import IndexParams, build_index, query_vectors  # noqa: E402
+from gradtrace.index import IndexParams, build_index, open_index, query_vectors  # noqa: E402
+from gradtrace.index.vectors import vector_dim  # noqa: E402
 
 SIZES = {"1m": (1_000_000, 1024), "10m": (10_000_000, 256)}
 SHARD = 65536
@@ -126,6 +128,24 @@ def merge_scale_json(keys: dict) -> None:
     atomic_write_bytes(path, json_bytes(data))
 
 
+def open_or_build_index(store: GradientStore, variant: str, params: IndexParams, folder: Path) -> tuple[Any, float, bool]:
+    """The index in ``folder`` when it was built for this store as it is with
+    these settings (its build time as recorded), else a new one built there.
+    Returns it, the build seconds and whether it was reused."""
+    want = params.resolved(store.n_examples, vector_dim(store), variant)
+    try:
+        index = open_index(store, variant, folder, verify=False)
+    except (InputError, StoreError):
+        index = None
+    if index is not None and {k: v for k, v in index.meta["settings"].items() if k != "nprobe"} == {
+        k: v for k, v in want.items() if k != "nprobe"
+    }:
+        return index, float(index.meta["built"]["seconds"]), True
+    t0 = time.perf_counter()
+    index = build_index(store, variant, params, folder=folder, progress=True)
+    return index, time.perf_counter() - t0, False
+
+
 def parse_ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -144,7 +164,7 @@ def main() -> dict:
     parser.add_argument("--pq-m", type=int)
     parser.add_argument("--sq-type", default="8bit")
     parser.add_argument("--quantizer", default="flat")
-    parser.add_argument("--metric", default="l2")
+    parser.add_argument("--metric", default="ip")
     parser.add_argument("--exact-share", type=float, help="share of rows (largest norms) searched exactly; default gradtrace's")
     parser.add_argument("--norm-buckets", type=int)
     parser.add_argument("--train-sample", type=int)
@@ -157,7 +177,8 @@ def main() -> dict:
     parser.add_argument("--candidates-list", default="100,300,1000")
     parser.add_argument("--store-dir", help="keep the synthetic store here and reuse it when it is already there (default: a temporary folder, deleted)")
     parser.add_argument("--workdir", default="/tmp")
-    parser.add_argument("--prepare", action="store_true", help="only write the synthetic store into --store-dir (outside the timing lock), then stop")
+    parser.add_argument("--prepare", action="store_true", help="only write the synthetic store into --store-dir (and, with --index-dir, build the index there), outside the timing lock, then stop")
+    parser.add_argument("--index-dir", help="keep the index here and reuse it when it was built for this store with these settings (default: a temporary folder)")
     parser.add_argument("--label", default="", help="suffix of the recorded section name (tuning variants)")
     args = parser.parse_args()
     n, dim = SIZES[args.size]
@@ -172,17 +193,17 @@ def main() -> dict:
         store, planted, reused = open_or_build_store(root, n, dim, queries, args.planted, args.seed)
         store_s = time.perf_counter() - t0
         store_bytes = store.size_bytes()
-        if args.prepare:
+        if args.prepare and not args.index_dir:
             return {"store": str(root), "n": n, "dim": dim, "seed": args.seed, "reused": reused, "seconds": store_s}
         qf = QueryFeatures([torch.from_numpy(queries.astype(np.float64))], [torch.ones(args.queries, dtype=torch.float64)],
                            "synthetic", args.queries)
         params = IndexParams(kind=args.kind, nlist=args.nlist, pq_m=args.pq_m, nprobe=args.nprobe, sq_type=args.sq_type,
                              quantizer=args.quantizer, metric=args.metric, exact_share=args.exact_share, norm_buckets=args.norm_buckets,
                              train_sample=args.train_sample, seed=0)
-        t0 = time.perf_counter()
-        index = build_index(store, args.variant, params, folder=work / "index", progress=True)
-        build_s = time.perf_counter() - t0
+        index, build_s, index_reused = open_or_build_index(store, args.variant, params, Path(args.index_dir) if args.index_dir else work / "index")
         index.set_search(prune=not args.no_prune)
+        if args.prepare:
+            return {"store": str(root), "index": str(index.path), "index_reused": index_reused, "index_build_seconds": build_s}
         index_bytes = sum(e["file"]["size"] for e in index.meta["buckets"])
         buckets = [{k: v for k, v in e.items() if k != "file"} for e in index.meta["buckets"]]
         exact_attr = Attributor(store, None, None)
@@ -206,7 +227,7 @@ def main() -> dict:
             "size": args.size, "n": n, "dim": dim, "seed": args.seed, "variant": args.variant, "queries": args.queries, "k": args.k,
             "planted_per_query": args.planted, "planted_share_of_exact_top_k": planted_share,
             "store_bytes": store_bytes, "store_write_seconds": None if reused else store_s, "store_reused": reused,
-            "index_settings": settings, "prune": not args.no_prune,
+            "index_settings": settings, "prune": not args.no_prune, "index_reused": index_reused,
             "index_build_seconds": build_s, "index_estimated_seconds": index.meta["built"]["estimated_seconds"],
             "index_bytes": index_bytes, "index_buckets": buckets, "first_exact_top_k_seconds_with_hashing": first_exact_s,
             "load_average_start": load_start,
@@ -269,7 +290,7 @@ Synthetic float16 store of {n:,} x {dim} rows ({store_bytes / 2**30:.2f} GiB; se
 | index + exact re-rank (`top_k`, `index=`), {args.queries} queries | {t_index:.3f} s (of which the index search {search_s:.3f} s) |
 | speedup (median of paired ratios) | **{ratio:.1f}x** |
 | queries that searched each bucket (kind, rows: share) | {shares} |
-| index build (train + add, one process) | {build_s:.0f} s (estimated beforehand: {index.meta['built']['estimated_seconds']:.0f} s) |
+| index build (train + add, one process{", before this run (--prepare)" if index_reused else ""}) | {build_s:.0f} s (estimated beforehand: {index.meta['built']['estimated_seconds']:.0f} s) |
 | index on disk | {index_bytes / 2**20:.0f} MiB (store: {store_bytes / 2**20:.0f} MiB) |
 | writing the synthetic store | {"reused from --store-dir" if reused else f"{store_s:.0f} s"} |
 
@@ -281,12 +302,12 @@ Returned scores equal the exact float64 scores of their rows (largest difference
         )
         for flag, value in (("--n", args.n), ("--nlist", args.nlist), ("--pq-m", args.pq_m), ("--exact-share", args.exact_share),
                             ("--norm-buckets", args.norm_buckets), ("--train-sample", args.train_sample),
-                            ("--store-dir", args.store_dir), ("--label", args.label)):
+                            ("--store-dir", args.store_dir), ("--index-dir", args.index_dir), ("--label", args.label)):
             if value is not None and value != "":
                 command += f" {flag} {value}"
         if args.kind == "ivfsq" and args.sq_type != "8bit":
             command += f" --sq-type {args.sq_type}"
-        if args.metric != "l2":
+        if args.metric != "ip":
             command += f" --metric {args.metric}"
         if args.quantizer != "flat":
             command += f" --quantizer {args.quantizer}"
