@@ -232,6 +232,30 @@ def test_the_estimate_before_the_build_covers_every_kind(tmp_path: Path, params)
     assert cost.read_bytes == store.n_examples * (32 * 4 + 16)  # float32 rows of 32 numbers, two float64 norms
 
 
+@pytest.mark.parametrize("params", [
+    IndexParams(kind="ivfsq", nlist=16, nprobe=4), IndexParams(kind="ivfsq", nlist=16, nprobe=4, sq_type="fp16", metric="l2"),
+    IndexParams(kind="ivfsq", nlist=32, nprobe=8, quantizer="hnsw", hnsw_m=8), IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=8),
+], ids=["ivfsq8-ip", "ivfsq16-l2", "ivfsq-hnsw-quantizer", "ivfpq-ip"])
+def test_a_saved_index_opens_to_the_same_search(tmp_path: Path, params) -> None:
+    store, qf, _ = planted_store(tmp_path / "s")
+    built = build_index(store, "raw", params)
+    opened = open_index(store, "raw")
+    assert opened.meta == built.meta
+    v = query_vectors(qf.unit, qf.norms, store.learning_rates, "raw")
+    np.testing.assert_array_equal(opened.search(v, 40, 10), built.search(v, 40, 10))
+    assert opened.last_searched == built.last_searched
+
+
+def test_an_index_of_an_older_format_is_refused_with_the_command_to_rebuild(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "s")
+    index = build_index(store, "raw", IndexParams(kind="flat"))
+    meta = json.loads(index.path.read_text())
+    meta["format_version"] = 1  # written before the exact share and the metric existed
+    index.path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="has index format version 1; this gradtrace reads 2: rebuild it with `gradtrace index`"):
+        open_index(store, "raw")
+
+
 def test_a_changed_store_is_refused_and_a_rebuild_serves_it(tmp_path: Path) -> None:
     store = make_store(tmp_path / "s")
     qf = queries(8)
