@@ -110,6 +110,22 @@ def test_a_flat_index_gives_the_exact_top_k_with_exact_scores(tmp_path: Path, va
     assert top.ids == exact.ids and top.variant == variant
 
 
+@pytest.mark.parametrize("variant", ["raw", "cosine"])
+def test_the_two_ways_of_re_ranking_give_the_same_exact_top_k(tmp_path: Path, variant: str, monkeypatch) -> None:
+    import gradtrace.scoring.attributor as attributor_module
+
+    store = make_store(tmp_path / "s")
+    qf = queries(8)
+    build_index(store, variant, IndexParams(kind="flat"))
+    shared = Attributor(store, None, None, index=True, candidates=30).top_k(qf, k=10, variant=variant)
+    monkeypatch.setattr(attributor_module, "RERANK_SHARED_WORK", 0)  # every shard: one scorer call per query
+    alone = Attributor(store, None, None, index=True, candidates=30).top_k(qf, k=10, variant=variant)
+    np.testing.assert_array_equal(shared.indices, alone.indices)
+    np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-13, atol=1e-15)
+    want = oracle_top_k(oracle(store, qf, variant), 10, True)
+    np.testing.assert_array_equal(alone.indices, want)
+
+
 def planted_store(root: Path, n: int = 3000, dim: int = 32, nq: int = 5, planted: int = 10, seed: int = 0):
     """Random rows plus, for each query direction, ``planted`` rows close to it
     and of a large norm (one checkpoint): they are each query's exact top
