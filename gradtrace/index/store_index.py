@@ -507,13 +507,18 @@ def build_index(
 
     ``params`` (:class:`IndexParams`): ``kind`` ``flat`` (exact inner-product
     search of float32 vectors), ``ivf`` (inverted lists, float32 vectors),
+    ``ivfsq`` (inverted lists, 8-bit or fp16 scalar codes, ``sq_type``),
     ``ivfpq`` (inverted lists, product-quantised codes of ``pq_m`` bytes),
-    ``hnsw`` (a graph), or ``auto`` (flat below 100,000 examples, ivfpq from
-    there). The approximate kinds split the rows into ``norm_buckets`` by
-    vector norm (:func:`norm_bucket_ids`; default :func:`default_norm_buckets`;
-    the small top buckets, where the large-norm rows that dominate raw
-    scores live, are searched exactly: :func:`bucket_plan`) and index each
-    bucket on its own, so the inner-product-to-distance reduction stays tight. IVF kinds train their
+    ``hnsw`` (a graph), or ``auto`` (flat below 100,000 examples, ivfsq from
+    there). The approximate kinds keep the ``exact_share`` of rows with the
+    largest norms (raw default 1/32), where the rows that dominate raw
+    scores whatever their direction live, as a flat bucket searched exactly,
+    and split the others into ``norm_buckets`` by vector norm
+    (:func:`norm_bucket_ids`; default :func:`default_norm_buckets`;
+    :func:`bucket_plan`), each indexed on its own: IVF lists of directions
+    searched by inner product (``metric="ip"``) or of augmented vectors
+    searched by L2 (``"l2"``, and ``hnsw``), with a flat or HNSW coarse
+    ``quantizer``. IVF kinds train their
     lists (and codebooks) on ``train_sample`` rows per bucket drawn with
     ``seed``. The store is read shard by shard; only the indexes (as FAISS
     holds them), the sample and one chunk of vectors are in memory. Before
