@@ -18,7 +18,8 @@ the same fine-tune on the ordinary data alone (the null): behaviours flagged
 as skewed to B; wall time of each stage.
 
 Every stage is resumable: the fine-tunes are reused when complete
-(``done.json``), and the audit caches each stage (``docs/audit.md``); rerun
+(``done.json``) and resume from their last checkpoint when interrupted, and
+the audit caches each stage (``docs/audit.md``); rerun
 the same command after an interruption.
 
     python benchmarks/audit_planted.py --size small   # a CPU check of the pipeline (numbers not meaningful)

@@ -38,7 +38,16 @@ Cases:
   top 10% and 20%. Each method runs its default settings (:data:`DEFAULTS`,
   not tuned on this case). ``score`` is the mean over the two flip rates of the share found after
   checking 10%.
-* ``lm_lds``, ``lm_planted``: not run by this script (see BENCHMARKS.md).
+* ``lm_lds``: a GPT of 0.93M parameters (transformers' GPT-2 built from a
+  config, 2 layers of width 192, ``Conv1D`` as ``nn.Linear``) trained from
+  scratch with Adam (150 steps, 3 checkpoints) on seeded generated text
+  (benchmarks/setups/lm_peers.py: made-up people's cities, foods and pets,
+  each fact in four templates, as prompt/completion pairs); the summed
+  completion NLL of 48 held-out examples; LDS over random half-subsets of
+  the 304 training examples, retrained as in ``digits_lds`` (seeds vary;
+  :data:`LM_METHODS`, fewer subsets: :class:`Settings`). Dev draw for the
+  settings, test draw reported, as for digits.
+* ``lm_planted``: see :func:`lm_planted_note` (what was and was not run).
 """
 
 from __future__ import annotations
@@ -67,12 +76,24 @@ WORK = PEERS_DIR / "work"
 RUNNERS = HERE / "peer_runners"
 RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
 COMMAND = "python benchmarks/peers.py"
+#: the command the LM case's numbers come from
+LM_COMMAND = ("nice -n 10 python benchmarks/peers.py --parts lm_retrain lm_lds lm_planted --peers kronfluence "
+              "--bergson-python PATH/benchmarks/.peers/bergson/bin/python --progress")
+#: what the command runs by default, in this order; "lm_retrain" trains the LM case's model and its subsets
+PARTS = ("retrain", "lds", "mislabel", "lm_retrain", "lm_lds", "lm_planted")
 TORCH_PIN = "torch==2.13.0"
 
 #: peer -> (the peer's own requirement, installed --no-deps; its needs, installed with their deps under the torch pin)
 PEERS: dict[str, tuple[str, list[str]]] = {
-    "kronfluence": ("kronfluence==1.0.1", ["accelerate", "einops", "einconv", "opt_einsum", "safetensors", "scikit-learn", "tqdm", "numpy"]),
+    # transformers and peft (the project's versions): the LM cases' GPT-2 and SmolLM2 LoRA models
+    "kronfluence": ("kronfluence==1.0.1", ["accelerate", "einops", "einconv", "opt_einsum", "safetensors", "scikit-learn", "tqdm", "numpy",
+                                           "transformers==5.24.0", "peft==0.21.2"]),
     "dattri": ("dattri==0.3.0", ["numpy", "scipy", "pyyaml", "tqdm", "requests"]),
+    # benchmarks/scale.py --part bergson; transformers and peft pinned to the project's, so both run the same model code;
+    # torchvision, torchaudio and bitsandbytes (declared, never imported by `bergson build` on fp32) are left out
+    "bergson": ("bergson==2.5.1", ["accelerate", "datasets", "jinja2", "jaxtyping>=0.3.3", "ml_dtypes", "natsort", "numpy",
+                                   "scipy", "peft==0.21.2", "petname", "pyarrow", "pyyaml", "simple-parsing", "torchopt",
+                                   "transformers==5.24.0", "huggingface-hub>=1.13.0", "safetensors", "tqdm", "psutil", "pandas"]),
 }
 
 #: tool -> methods per case (pairwise scores for LDS, self-influence for mislabel)
@@ -83,6 +104,19 @@ METHODS: dict[str, dict[str, tuple[str, ...]]] = {
     "dattri": {"pairwise": ("tracin", "trak"), "self": ("tracin", "trak")},
     "captum": {"pairwise": ("tracincp",), "self": ("tracincp",)},
 }
+
+
+#: tool -> methods of the LM case (pairwise). Kronfluence's K-FAC (without the eigenvalue correction) is left out
+#: of the LM case to fit the CPU budget; gradtrace's kfac shares its store and factors with ekfac's costs.
+LM_METHODS: dict[str, tuple[str, ...]] = {
+    "gradtrace": ("raw", "cosine", "adam", "fisher", "kfac", "ekfac", "trackstar"),
+    "kronfluence": ("identity", "ekfac"),
+    "bergson": ("ekfac", "trackstar"),
+}
+
+#: peers this script does not install, run from a virtualenv given on the command line (``--bergson-python``),
+#: with their runner file (Bergson's other runner, run_bergson.py, is the throughput benchmark's)
+EXTERNAL_RUNNERS: dict[str, str] = {"bergson": "run_bergson_lds.py"}
 
 
 #: the variant each method runs in the mislabel case: its defaults, not tuned on that case
@@ -110,6 +144,8 @@ class Settings:
     flips: tuple[float, ...] = (0.1, 0.2)
     job_timeout_s: int = 1800
     threads: int = 1
+    lm_test_subsets: int = 30  # the LM case: the same seeds as digits, fewer retrains (CPU budget)
+    lm_dev_subsets: int = 12
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -215,11 +251,12 @@ def run_job(python: Path | str, tool: str, method: str, case_dir: Path, timeout_
         shutil.rmtree(out)
     out.mkdir(parents=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
-    if tool in PEERS:
+    if tool in PEERS or tool in EXTERNAL_RUNNERS:
         env.pop("PYTHONPATH", None)
     else:
         env["PYTHONPATH"] = str(ROOT)
-    cmd = [str(python), str(RUNNERS / f"run_{tool}.py"), str(case_dir), method, str(out)] + ([only] if only else [])
+    runner = RUNNERS / EXTERNAL_RUNNERS.get(tool, f"run_{tool}.py")
+    cmd = [str(python), str(runner), str(case_dir), method, str(out)] + ([only] if only else [])
     start = time.perf_counter()
     with (out / "stdout.txt").open("w") as so, (out / "stderr.txt").open("w") as se:
         proc = subprocess.Popen(cmd, stdout=so, stderr=se, env=env, cwd=str(out))
@@ -251,11 +288,14 @@ def run_job(python: Path | str, tool: str, method: str, case_dir: Path, timeout_
 # ---------------------------------------------------------------------------------------------- cases
 
 
-def _save_case(case_dir: Path, mode: str, refs: list[Any], states: list[str], arrays: dict[str, np.ndarray], settings: Settings) -> None:
+def _save_case(case_dir: Path, mode: str, refs: list[Any], states: list[str], arrays: dict[str, np.ndarray], settings: Settings,
+               model: dict[str, Any] | None = None) -> None:
+    """``case.json`` (last) and ``data.npz``; ``model``: what names the model in ``case.json``
+    (default: the digits MLP, ``{"hidden": 128}``)."""
     case_dir.mkdir(parents=True, exist_ok=True)
     np.savez(case_dir / "data.npz", **arrays)
-    meta = {"mode": mode, "hidden": 128, "checkpoints": [str(Path(r.path).resolve()) for r in refs], "lrs": [float(r.lr) for r in refs],
-            "optimizer_states": [str(Path(p).resolve()) for p in states], "threads": settings.threads}
+    meta = {"mode": mode, **(model or {"hidden": 128}), "checkpoints": [str(Path(r.path).resolve()) for r in refs],
+            "lrs": [float(r.lr) for r in refs], "optimizer_states": [str(Path(p).resolve()) for p in states], "threads": settings.threads}
     (case_dir / "case.json").write_text(json.dumps(meta, indent=1))
 
 
@@ -317,6 +357,94 @@ def retrain(settings: Settings, which: str, progress: bool) -> dict[str, np.ndar
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, masks=sub.masks, outputs=sub.outputs)
     return {"masks": sub.masks, "outputs": sub.outputs}
+
+
+def prepare_lm(settings: Settings, case_dir: Path | None = None, config: Any = None) -> Path:
+    """The ``lm_lds`` case: the GPT trained on every training example (seed
+    ``full_train_seed``, 3 checkpoints with Adam's states) and what the runners read."""
+    import torch
+    from peer_runners._lm import linear_params
+    from setups.lm_peers import LMCaseConfig, LMTrainer, make_lm_data, padded
+
+    case_dir = case_dir or WORK / "lm_lds"
+    if (case_dir / "case.json").exists():
+        return case_dir
+    torch.set_num_threads(settings.threads)
+    config = config or LMCaseConfig()
+    data = make_lm_data(config)
+    trainer = LMTrainer(config, data, case_dir / "train", n_checkpoints=config.n_checkpoints)
+    model = trainer(np.arange(len(data.train)), settings.full_train_seed)
+    arrays = {f"{name}_{k}": v for name in ("train", "query", "task")
+              for k, v in padded(trainer.task, getattr(data, name), config.n_positions).items()}
+    spec = {"gpt": trainer.spec, "words": data.words, "max_length": config.n_positions, "params": linear_params(model),
+            "examples": {"train": data.train, "query": data.query, "task": data.task}, "lm_config": config.to_dict(),
+            "final_train_loss": float(np.mean(trainer.last_losses[-10:]))}
+    _save_case(case_dir, "pairwise", trainer.last_checkpoints, trainer.last_optimizer_states, arrays, settings, spec)
+    return case_dir
+
+
+def retrain_lm(settings: Settings, which: str, progress: bool, case_dir: Path | None = None, config: Any = None) -> dict[str, np.ndarray]:
+    """Masks and query losses of the LM case's ``which`` ("dev" or "test") draw, cached under the case."""
+    import torch
+    from setups.lm_peers import LMCaseConfig, LMTrainer, make_lm_data
+    from gradtrace.unlearn.lds import LDSConfig, retrain_subsets
+
+    case_dir = case_dir or WORK / "lm_lds"
+    n, seed, train_seed = ((settings.lm_dev_subsets, settings.dev_seed, settings.dev_train_seed) if which == "dev"
+                           else (settings.lm_test_subsets, settings.test_seed, settings.test_train_seed))
+    path = case_dir / f"subsets_{which}_{n}_{seed}_{train_seed}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {"masks": f["masks"], "outputs": f["outputs"]}
+    torch.set_num_threads(settings.threads)
+    config = config or LMCaseConfig()
+    data = make_lm_data(config)
+    trainer = LMTrainer(config, data, case_dir / "retrain_tmp")
+    lds_config = LDSConfig(n_subsets=n, alpha=settings.alpha, seed=seed, train_seed=train_seed, vary_train_seed=True)
+    start = time.perf_counter()
+    sub = retrain_subsets(trainer, trainer.query_loss, len(data.train), lds_config, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, masks=sub.masks, outputs=sub.outputs, seconds=time.perf_counter() - start)
+    return {"masks": sub.masks, "outputs": sub.outputs}
+
+
+def lm_case_facts(case_dir: Path, settings: Settings) -> dict[str, Any]:
+    """What the ``lm_lds`` section says about its case (sizes, settings, retraining seconds)."""
+    from peer_runners._lm import make_gpt
+
+    meta = json.loads((case_dir / "case.json").read_text())
+    model = make_gpt(meta["gpt"])
+    attributed = set(meta["params"])
+    retrain_s = {}
+    for which, n, seed, train_seed in (("dev", settings.lm_dev_subsets, settings.dev_seed, settings.dev_train_seed),
+                                       ("test", settings.lm_test_subsets, settings.test_seed, settings.test_train_seed)):
+        path = case_dir / f"subsets_{which}_{n}_{seed}_{train_seed}.npz"
+        if path.exists():
+            with np.load(path) as f:
+                if "seconds" in f.files:
+                    retrain_s[which] = float(f["seconds"])
+    return {"n_params": sum(p.numel() for p in model.parameters()),
+            "n_attributed_params": sum(p.numel() for n, p in model.named_parameters() if n in attributed),
+            "n_train": len(meta["examples"]["train"]), "n_query": len(meta["examples"]["query"]), "config": meta["lm_config"],
+            "gpt": meta["gpt"], "lrs": meta["lrs"], "final_train_loss": meta["final_train_loss"], "retrain_seconds": retrain_s}
+
+
+def lm_planted_note() -> dict[str, Any]:
+    return {"not_run": LM_PLANTED_NOT_RUN}
+
+
+LM_PLANTED_NOT_RUN = (
+    "not run, for any tool: no number is reported for it. The setting of `benchmarks/lm_planted.py` (SmolLM2-135M-Instruct, "
+    "LoRA on layers 26-29, 1,050 examples, 2 epochs, 3 checkpoints) took gradtrace alone 1,830 s to featurize the 3 checkpoints "
+    "and about 250 s to fine-tune (its `lm_planted` section: 0.95 s per training step of 8 examples, on a quiet machine with 2 "
+    "threads). Kronfluence's EK-FAC on the same checkpoints needs two passes over the 1,050 examples to fit its factors and one "
+    "to score, each costing about what gradtrace's featurize costs per checkpoint (about 600 s), so about 30 minutes for the final "
+    "checkpoint alone on a quiet machine, more than the whole LM part's budget of about 40 CPU-minutes on a machine at load "
+    "average 6-8, of which the lm_lds case (30 + 12 retrains and every method of the three tools) used most. A reduced size "
+    "(about 200 examples, the final checkpoint alone: an estimated 15-20 minutes under that load for the fine-tune, gradtrace and "
+    "Kronfluence) was not attempted in this session either. Kronfluence's LoRA path (peft's lora_A/lora_B are nn.Linear, which "
+    "Kronfluence tracks) was therefore not tried here."
+)
 
 
 def _clean(x: float) -> float | None:
@@ -464,26 +592,7 @@ def write_section(results: dict[str, Any]) -> None:
                   f"test images. LDS (Spearman, mean over queries) over {cfg['test_subsets']} random half-subsets of the 1,438 training "
                   f"images, subset j retrained with seed {cfg['test_train_seed']}+j (test draw); settings chosen on a dev draw of "
                   f"{cfg['dev_subsets']} other subsets (seeds {cfg['dev_train_seed']}+j).\n")
-        md.append("| tool/method | variant (chosen on dev) | dev LDS | test LDS | seconds | CPU s | CPU x gradtrace best | peak MiB |")
-        md.append("|---|---|---|---|---|---|---|---|")
-        for k, v in sorted(lds_r["entries"].items(), key=lambda kv: -(kv[1].get("score") or -9)):
-            if "error" in v:
-                md.append(f"| {k} | error: {_short(v['error'])} | | | | | | |")
-            else:
-                md.append(f"| {k} | {v['variant']} | {_fmt(v['dev_score'])} | {_fmt(v['score'])} | {v['seconds']:.1f} | "
-                          f"{_fmt(v.get('cpu_seconds'), '.1f')} | {_fmt(v.get('cpu_seconds_ratio_to_gradtrace_best'), '.2f')} | {v['peak_mib']:.0f} |")
-        md.append(_best_line(lds_r))
-        md.append("\nSame settings side by side (test LDS; seconds; CPU seconds), Kronfluence's damping heuristic being "
-                  "gradtrace's rule (0.1 x mean eigenvalue):\n")
-        md.append("| gradtrace | Kronfluence | gradtrace LDS | Kronfluence LDS | gradtrace s / CPU s | Kronfluence s / CPU s |")
-        md.append("|---|---|---|---|---|---|")
-        for (gk, gv), (pk, pv) in MATCHED:
-            g_e, p_e = lds_r["entries"].get(gk, {}), lds_r["entries"].get(pk, {})
-            g, p = g_e.get("variants", {}).get(gv), p_e.get("variants", {}).get(pv)
-            if g and p:
-                gc, pc = g.get("cpu_seconds"), p.get("cpu_seconds")
-                md.append(f"| {gk} {gv} | {pk} {pv} | {_fmt(g['test'])} | {_fmt(p['test'])} | {g['seconds']:.1f} / {_fmt(gc, '.1f')} | "
-                          f"{p['seconds']:.1f} / {_fmt(pc, '.1f')} |")
+        _lds_tables(md, lds_r, MATCHED)
     mis = results.get("digits_mislabel")
     if mis:
         md.append("\n### digits_mislabel\n\nThe demo's run (SGD, 200 epochs, 5 checkpoints) with 10% and 20% of the training "
@@ -506,10 +615,89 @@ def write_section(results: dict[str, Any]) -> None:
             md.append("| baseline: final loss (not a tool) | | " + " | ".join(
                 f"{_fmt(base[t]['10%'])} | {_fmt(base[t]['20%'])}" for t in ("flip_10", "flip_20") if t in base) + " | | | | | |")
         md.append(_best_line(mis))
-    for case in ("lm_lds", "lm_planted"):
-        if case in results and "not_run" in results[case]:
-            md.append(f"\n### {case}\n\nNot run: {results[case]['not_run']}")
+    lm = results.get("lm_lds")
+    if lm and "entries" in lm:
+        c, cfg = lm["case"], results["settings"]
+        md.append(f"\n### lm_lds\n\nA GPT of {c['n_params'] / 1e6:.2f}M parameters (transformers' GPT-2 built from a config: "
+                  f"{c['config']['n_layer']} layers of width {c['config']['n_embd']}, {c['config']['n_head']} heads, Conv1D "
+                  f"replaced by nn.Linear, output layer untied; all {c['n_attributed_params']:,} parameters of its nn.Linear "
+                  f"layers attributed) trained from scratch with Adam ({c['config']['train']['steps']} steps of "
+                  f"{c['config']['train']['batch_size']}, lr {c['config']['train']['lr']:g}, {len(c['lrs'])} checkpoints) on "
+                  f"{c['n_train']} generated prompt/completion examples (`benchmarks/setups/lm_peers.py`: made-up people's "
+                  f"city, food and pet, each fact in four templates; final training loss {c['final_train_loss']:.2f}). "
+                  f"Behaviour: the summed completion NLL of {c['n_query']} held-out examples. LDS over "
+                  f"{cfg['lm_test_subsets']} random half-subsets, subset j retrained with seed {cfg['test_train_seed']}+j "
+                  f"(test draw, {c['retrain_seconds'].get('test', float('nan')):.0f} s of retraining); settings chosen on a dev "
+                  f"draw of {cfg['lm_dev_subsets']} other subsets (seeds {cfg['dev_train_seed']}+j). gradtrace's variants: "
+                  "`exact` (no projection), `kron4096` (each layer's gradient projected to 64 x 64), `kron256` (16 x 16, "
+                  "TrackStar with its whitening), `dense1024` (fisher); `all` sums the 3 checkpoints with their learning rates, "
+                  "`last` is the final checkpoint alone (with a store of that checkpoint only, except ekfac's `last`, which scores "
+                  "the final checkpoint from the store and factors of all three and is charged all of them). Variants were cut "
+                  "to fit the CPU budget (kron4096 for ekfac only; adam and fisher `all` only; Kronfluence and Bergson "
+                  "at the damping heuristic only, gradtrace at 0.01, 0.1 and 1.0 x mean eigenvalue, chosen on dev). "
+                  "Kronfluence runs exact gradients (it stores none), `true` or `empirical` Fisher; gradtrace fits the empirical "
+                  "Fisher only (its LM task has no sampled loss). Bergson 2.5.1 (a virtualenv made by the throughput benchmark, given with "
+                  "`--bergson-python`) runs its EK-FAC pipeline (exact gradients, `true` or `empirical` Fisher, damping 0.1 x mean "
+                  "eigenvalue) and its TrackStar pipeline (Adam normalisation, 16 x 16 projection per layer, mixed "
+                  "autocorrelation whitening, unit norm) on each checkpoint written as a Hugging Face GPT-2 folder.\n\n"
+                  f"Command of this case: `{LM_COMMAND}`. "
+                  + "".join(f"Machine ({k}): {v}. " for k, v in results.get("machine", {}).items() if "lm_lds" in k)
+                  + "Each (tool, method) ran in a fresh subprocess, one after the other, nice 10, with other helpers' jobs on "
+                  "the 2 cores: the seconds are noisy, ratios and CPU seconds steadier.\n")
+        _lds_tables(md, lm, LM_MATCHED)
+        if lm.get("reading"):
+            md.append(f"\nReading (written after the run, from the numbers above): {lm['reading']}")
+    planted = results.get("lm_planted")
+    if planted:
+        md.append(f"\n### lm_planted\n\n{planted.get('not_run') or planted.get('note', '')}")
     record("peers", COMMAND, "\n".join(md), results)
+
+
+def _lds_tables(md: list[str], lds_r: dict[str, Any], matched: list[tuple[tuple[str, str], tuple[str, str]]]) -> None:
+    """The LDS table of one case, its best line, and the same settings side by side."""
+    md.append("| tool/method | variant (chosen on dev) | dev LDS | test LDS | seconds | CPU s | CPU x gradtrace best | peak MiB |")
+    md.append("|---|---|---|---|---|---|---|---|")
+    for k, v in sorted(lds_r["entries"].items(), key=lambda kv: -(kv[1].get("score") or -9)):
+        if "error" in v:
+            md.append(f"| {k} | error: {_short(v['error'])} | | | | | | |")
+        else:
+            md.append(f"| {k} | {v['variant']} | {_fmt(v['dev_score'])} | {_fmt(v['score'])} | {v['seconds']:.1f} | "
+                      f"{_fmt(v.get('cpu_seconds'), '.1f')} | {_fmt(v.get('cpu_seconds_ratio_to_gradtrace_best'), '.2f')} | {v['peak_mib']:.0f} |")
+    md.append(_best_line(lds_r))
+    md.append("\nSame settings side by side (test LDS; seconds; CPU seconds), the peers' damping heuristic being "
+              "gradtrace's rule (0.1 x mean eigenvalue):\n")
+    md.append("| gradtrace | peer | gradtrace LDS | peer LDS | gradtrace s / CPU s | peer s / CPU s |")
+    md.append("|---|---|---|---|---|---|")
+    for (gk, gv), (pk, pv) in matched:
+        g_e, p_e = lds_r["entries"].get(gk, {}), lds_r["entries"].get(pk, {})
+        g, p = g_e.get("variants", {}).get(gv), p_e.get("variants", {}).get(pv)
+        if g and p:
+            gc, pc = g.get("cpu_seconds"), p.get("cpu_seconds")
+            md.append(f"| {gk} {gv} | {pk} {pv} | {_fmt(g['test'])} | {_fmt(p['test'])} | {g['seconds']:.1f} / {_fmt(gc, '.1f')} | "
+                      f"{p['seconds']:.1f} / {_fmt(pc, '.1f')} |")
+    lines = [f"{k}: " + ", ".join(f"{v} {_fmt(x.get('test'))}" for v, x in sorted(e.get("variants", {}).items()))
+             for k, e in sorted(lds_r["entries"].items()) if e.get("variants")]
+    if lines:
+        md.append("\nEvery variant tried (test LDS; the dev LDS and seconds of each are in the JSON):\n")
+        md.extend(f"- {_short_list(line)}" for line in lines)
+
+
+def _short_list(text: str) -> str:
+    from html import escape
+
+    return escape(text).replace("|", "\\|")
+
+
+#: the LM case's same settings: gradtrace's exact-gradient EK-FAC and Kronfluence's (both the empirical Fisher)
+LM_MATCHED = [
+    (("gradtrace/ekfac", "exact_empirical_all_damping=0.1"), ("kronfluence/ekfac", "empirical_all_damping=heuristic")),
+    (("gradtrace/ekfac", "exact_empirical_last_damping=0.1"), ("kronfluence/ekfac", "empirical_last_damping=heuristic")),
+    (("gradtrace/raw", "exact_all"), ("kronfluence/identity", "true_all_damping=heuristic")),
+    (("gradtrace/raw", "exact_last"), ("kronfluence/identity", "true_last_damping=heuristic")),
+    (("gradtrace/ekfac", "exact_empirical_all_damping=0.1"), ("bergson/ekfac", "empirical_all")),
+    (("gradtrace/ekfac", "exact_empirical_last_damping=0.1"), ("bergson/ekfac", "empirical_last")),
+    (("gradtrace/trackstar", "kron256_last_whitening"), ("bergson/trackstar", "last")),
+]
 
 
 #: (gradtrace method, variant) beside (Kronfluence method, variant) with the same settings
@@ -549,8 +737,11 @@ def _best_line(case: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", nargs="+", choices=("retrain", "lds", "mislabel"), default=["retrain", "lds", "mislabel"])
-    ap.add_argument("--peers", nargs="+", choices=("kronfluence", "dattri", "captum"), default=["kronfluence", "dattri", "captum"])
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--peers", nargs="+", choices=("kronfluence", "dattri", "captum"), default=["kronfluence", "dattri", "captum"],
+                    help="the peers of the digits cases; the LM case runs the peers of LM_METHODS among them")
+    ap.add_argument("--bergson-python", type=Path, default=None,
+                    help="the python of a virtualenv with bergson 2.5.1 (made by the throughput benchmark): adds Bergson to lm_lds")
     ap.add_argument("--fresh", action="store_true", help="rerun jobs whose outputs are kept under benchmarks/.peers/work")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
@@ -558,13 +749,21 @@ def main() -> None:
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()}
     tools = ["gradtrace"] + args.peers
+    lm_tools = [t for t in tools if t in LM_METHODS] + (["bergson"] if args.bergson_python else [])
     start = time.perf_counter()
     if "retrain" in args.parts:
         retrain(settings, "dev", args.progress)
         retrain(settings, "test", args.progress)
-        if set(args.parts) == {"retrain"}:
-            return
-    pythons = tool_pythons(tools) if {"lds", "mislabel"} & set(args.parts) else {}
+    if "lm_retrain" in args.parts:
+        prepare_lm(settings)
+        retrain_lm(settings, "dev", args.progress)
+        retrain_lm(settings, "test", args.progress)
+    if set(args.parts) <= {"retrain", "lm_retrain"}:
+        return
+    pythons = tool_pythons(tools) if {"lds", "mislabel", "lm_lds"} & set(args.parts) else {}
+    if args.bergson_python:
+        found = args.bergson_python.exists()
+        pythons["bergson"] = args.bergson_python if found else f"no python at {args.bergson_python}"
     results["install"] = {t: (str(p) if isinstance(p, Path) else {"error": p}) for t, p in pythons.items()}
     if "lds" in args.parts:
         case_dir = prepare_lds(settings)
@@ -579,13 +778,23 @@ def main() -> None:
         mis = summarise(evaluate_mislabel(dirs, jobs_m))
         mis["baseline_final_loss"] = {f"flip_{int(round(f * 100))}": final_loss_baseline(d) for f, d in dirs.items()}
         results["digits_mislabel"] = mis
-    for case in ("lm_lds", "lm_planted"):
-        results[case] = {"not_run": "not built. The digits cases were done at 09:40 UTC; the 35 minutes this session had "
-                                    "left (2 cores shared with other jobs) were too short to build a small-LM case (a tiny GPT on "
-                                    "seeded text, 30+ retrains, runners for each peer) and run it. No number is reported for it."}
+    if "lm_lds" in args.parts:
+        case_dir = prepare_lm(settings)
+        jobs = {f"{t}/{m}": _job(pythons, t, m, case_dir, settings, args) for t in lm_tools for m in LM_METHODS[t]}
+        dev, test = retrain_lm(settings, "dev", args.progress), retrain_lm(settings, "test", args.progress)
+        entries, _ = evaluate_lds(case_dir, jobs, dev, test)
+        results["lm_lds"] = summarise(entries)
+        results["lm_lds"]["case"] = lm_case_facts(case_dir, settings)
+        old_reading = (json.loads(RESULTS.read_text()).get("lm_lds", {}) if RESULTS.exists() else {}).get("reading")
+        if old_reading:  # a note on an earlier run's numbers is not carried over to new ones
+            results["lm_lds"]["reading_of_previous_run"] = old_reading
+    if "lm_planted" in args.parts:
+        results["lm_planted"] = lm_planted_note()
     done = {k: results[k] for k in ("digits_lds", "digits_mislabel", "lm_lds", "lm_planted", "install") if k in results}
     current = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # another part may have finished meanwhile
+    install = {**current.get("install", {}), **done.pop("install", {})}  # the digits cases' tools are kept
     current.update(done)
+    current["install"] = install
     current["settings"] = results["settings"]
     current.setdefault("wall_seconds", {}).update({"+".join(args.parts): time.perf_counter() - start})
     current.setdefault("machine", {}).update({"+".join(args.parts): machine()})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -178,3 +179,47 @@ def load_checkpoint(model: nn.Module, ref: CheckpointRef | str | Path, weights_o
     check_state_matches(state, {k: tuple(v.shape) for k, v in expected.items()}, f"checkpoint {path!r}", "the model")
     model.load_state_dict(state, strict=True)
     return model
+
+
+# -- weights a model already holds ------------------------------------------------------------------
+_SOURCE_ATTR = "_gradtrace_weights_source"
+
+
+def _file_identity(path: str | Path) -> tuple[Any, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def _tensor_states(model: nn.Module) -> tuple[tuple[str, int, int], ...]:
+    """Each parameter's and buffer's version counter and storage: any in-place
+    change (``copy_``, an optimizer step, ``load_state_dict``) bumps the
+    first, moving or replacing a tensor changes the second."""
+    return tuple((name, t._version, t.data_ptr()) for name, t in model.state_dict(keep_vars=True).items())
+
+
+def note_weights_source(model: nn.Module, path: str | Path) -> None:
+    """Record that ``model``'s weights are, right now, exactly those of the
+    weights file ``path`` (it was just loaded from it), so that loading the
+    same file again can be skipped while nothing changes either
+    (:func:`holds_weights_of`)."""
+    identity = _file_identity(path)
+    if identity is not None:
+        object.__setattr__(model, _SOURCE_ATTR, (identity, _tensor_states(model)))
+
+
+def holds_weights_of(model: nn.Module, path: str | Path) -> bool:
+    """True when ``model`` was last given its weights from the file ``path``
+    (:func:`note_weights_source`), that file is unchanged (path, size,
+    modification time, inode) and no parameter or buffer of the model was
+    changed in place, moved or replaced since: loading ``path`` again would
+    change nothing. A change made through ``tensor.data`` bypasses torch's
+    version counters and is not seen: code that edits weights that way must
+    load its checkpoints itself."""
+    noted = getattr(model, _SOURCE_ATTR, None)
+    if noted is None:
+        return False
+    identity, states = noted
+    return identity == _file_identity(path) and states == _tensor_states(model)

@@ -84,6 +84,14 @@ def featurize(
     batch_size: int = typer.Option(64),
     shard_size: int = typer.Option(4096),
     dtype: str = typer.Option("float32", help="float16 | float32 | float64"),
+    batch_order: Optional[str] = typer.Option(
+        None, help="file | length: batch each shard's examples in data order, or longest first (less padding; rows are "
+                   "stored in data order either way). Default: a new store 'length', an existing one its own",
+    ),
+    exact_norms: bool = typer.Option(
+        True, help="keep each example's exact squared gradient norm (raw self-influence reads them; "
+                   "--no-exact-norms skips their cost, with --projection kronecker a Gram matrix per layer and example)",
+    ),
     append: bool = typer.Option(False, help="add the task's training data as new examples"),
     on_nonfinite: str = typer.Option(
         "raise", help="an example whose loss or gradient is not finite: raise (stop, naming it) | skip (store zeros, record it)",
@@ -114,7 +122,7 @@ def featurize(
                     hf_model=hf_model, checkpoints=checkpoints, data=data, out=out, projection=projection, dim=dim, seed=seed,
                     params=_params(params), batch_size=batch_size, shard_size=shard_size, dtype=dtype, append=append,
                     progress=progress, max_length=max_length, as_chat=as_chat, lr=lr, adam=adam, on_nonfinite=on_nonfinite,
-                    device=dev, model_dtype=model_dtype, executor=executor,
+                    device=dev, model_dtype=model_dtype, executor=executor, batch_order=batch_order, exact_norms=exact_norms,
                 )
             else:
                 if task is None:
@@ -122,7 +130,7 @@ def featurize(
                 spec = load_task_spec(task)
                 config = FeaturizeConfig(
                     params=_params(params), projection=ProjectionConfig(projection, dim, seed), batch_size=batch_size,
-                    shard_size=shard_size, dtype=dtype,
+                    shard_size=shard_size, dtype=dtype, batch_order=batch_order, exact_norms=exact_norms,
                 )
                 store = do_featurize(
                     spec.model(), spec.task, spec.checkpoints, spec.train, out, config, ids=spec.train_ids,

@@ -10,6 +10,7 @@ and the result is byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,10 +29,11 @@ from .grads.compute import CheckpointLoader, compute_shard, model_fingerprint, r
 from .grads.per_example import GradientFeaturizer
 from .grads.selection import select_parameters
 from .progress import Progress, human_bytes, progress_bar
-from .store.gradient_store import GradientStore, Segment
+from .store.gradient_store import MANIFEST, GradientStore, Segment
+from .store.settings import BATCH_ORDERS, LEGACY_CONFIG
 from .task import Task, check_task, describe
 
-__all__ = ["CheckpointLoader", "Estimate", "TrainTransform", "compute_shard", "estimate_resources", "featurize", "model_fingerprint", "store_settings"]
+__all__ = ["CheckpointLoader", "Estimate", "TrainTransform", "compute_shard", "estimate_resources", "example_lengths", "featurize", "model_fingerprint", "store_settings"]
 
 NONFINITE_CHOICES = ("raise", "skip")
 
@@ -135,7 +137,7 @@ def featurize(
     """
     if on_nonfinite not in NONFINITE_CHOICES:
         raise InputError(f"on_nonfinite must be one of {NONFINITE_CHOICES}; got {on_nonfinite!r}")
-    config = config or FeaturizeConfig()
+    config = _decided(config or FeaturizeConfig(), Path(out))
     placement = Placement.of(device, model_dtype)
     task = check_task(task)
     refs = checkpoints_from_list(checkpoints)
@@ -144,7 +146,7 @@ def featurize(
     if n == 0:
         raise InputError("data: the training set is empty")
     param_names = select_parameters(model, config.params)
-    featurizer = GradientFeaturizer(param_names, config.projection, config.method)
+    featurizer = GradientFeaturizer(param_names, config.projection, config.method, exact_norms=config.exact_norms)
     settings = store_settings(model, task, refs, config, featurizer, param_names)
     if train_transform is not None:
         settings["model"]["train_transform"] = describe(train_transform)
@@ -227,14 +229,52 @@ class _ShardWriter:
             if len(skipped) <= 3:
                 self.bar.note(f"gradtrace: skipped {where}")
 
+        lo, hi = shard.start - offset, shard.stop - offset
         unit, norms = compute_shard(
-            self.model, self.task.per_example_loss, self.featurizer, self.source, shard.start - offset, shard.stop - offset,
+            self.model, self.task.per_example_loss, self.featurizer, self.source, lo, hi,
             batch_size=self.config.batch_size, normalise=self.config.projection.kind != "factored",
             dtype=self.config.dtype, bar=self.bar, on_nonfinite=nonfinite, what="data", placement=self.placement,
+            lengths=example_lengths(self.task, self.source, lo, hi) if self.config.batch_order == "length" else None,
         )
         if len(skipped) > 3:
             self.bar.note(f"gradtrace: skipped {len(skipped) - 3} more examples of rows {shard.start}-{shard.stop} at checkpoint {shard.checkpoint}")
         self.store.write_shard(shard.checkpoint, shard.start, shard.stop, unit, norms, skipped)
+
+
+def example_lengths(task: Task, source: ExampleSource, start: int, stop: int, what: str = "data") -> list[int] | None:
+    """``task.example_length(example)`` (e.g. its tokens) of examples
+    ``start:stop`` of ``source``, the key of ``batch_order="length"``; None
+    when the task has no ``example_length`` (every example is one size: the
+    batches stay in data order)."""
+    length = getattr(task, "example_length", None)
+    if length is None or not callable(length):
+        return None
+    out = []
+    for i in range(start, stop):
+        try:
+            n = length(source.example(i))
+        except InputError as exc:
+            raise InputError(f"{what}: example {i}: {exc}") from None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise InputError(f"the task's example_length must return a non-negative integer; got {n!r} for {what} example {i}")
+        out.append(n)
+    return out
+
+
+def _decided(config: FeaturizeConfig, out: Path) -> FeaturizeConfig:
+    """``config`` with ``batch_order`` decided when it is None: the order the
+    store at ``out`` was written in (``"file"`` for one written before the
+    setting existed), or ``"length"`` for a new store. A manifest that cannot
+    be read is left to the writer, which says what is wrong with it."""
+    if config.batch_order is not None:
+        return config
+    order = "length"
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        order = str(manifest["config"].get("batch_order", LEGACY_CONFIG["batch_order"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return dataclasses.replace(config, batch_order=order if order in BATCH_ORDERS else "length")
 
 
 def store_settings(

@@ -11,7 +11,10 @@ the query" (z is a proponent).
 Any object with a matching ``per_example_loss`` method is a Task, and any
 callable ``f(model, batch) -> Tensor[b]`` is a Behaviour; the classes here are
 ready-made ones. A Task may also define ``collate(examples) -> batch`` when its
-examples are not tensors (text, say); gradtrace then uses it to build batches.
+examples are not tensors (text, say); gradtrace then uses it to build batches,
+and ``example_length(example) -> int`` (its tokens, say) when examples differ
+in size: featurize's ``batch_order="length"`` then batches examples of similar
+length together, so that batches pad little.
 """
 
 from __future__ import annotations

@@ -110,6 +110,22 @@ def test_a_flat_index_gives_the_exact_top_k_with_exact_scores(tmp_path: Path, va
     assert top.ids == exact.ids and top.variant == variant
 
 
+@pytest.mark.parametrize("variant", ["raw", "cosine"])
+def test_the_two_ways_of_re_ranking_give_the_same_exact_top_k(tmp_path: Path, variant: str, monkeypatch) -> None:
+    import gradtrace.scoring.attributor as attributor_module
+
+    store = make_store(tmp_path / "s")
+    qf = queries(8)
+    build_index(store, variant, IndexParams(kind="flat"))
+    shared = Attributor(store, None, None, index=True, candidates=30).top_k(qf, k=10, variant=variant)
+    monkeypatch.setattr(attributor_module, "RERANK_SHARED_WORK", 0)  # every shard: one scorer call per query
+    alone = Attributor(store, None, None, index=True, candidates=30).top_k(qf, k=10, variant=variant)
+    np.testing.assert_array_equal(shared.indices, alone.indices)
+    np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-13, atol=1e-15)
+    want = oracle_top_k(oracle(store, qf, variant), 10, True)
+    np.testing.assert_array_equal(alone.indices, want)
+
+
 def planted_store(root: Path, n: int = 3000, dim: int = 32, nq: int = 5, planted: int = 10, seed: int = 0):
     """Random rows plus, for each query direction, ``planted`` rows close to it
     and of a large norm (one checkpoint): they are each query's exact top
@@ -132,15 +148,22 @@ def planted_store(root: Path, n: int = 3000, dim: int = 32, nq: int = 5, planted
 
 @pytest.mark.parametrize("variant", ["raw", "cosine"])
 @pytest.mark.parametrize("params", [
-    IndexParams(kind="ivf", nlist=16, nprobe=4),
-    IndexParams(kind="ivf", nlist=8, nprobe=4, norm_buckets=4),  # an IVF bucket (the lowest quarter) and three exact (flat) ones
-    IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=11),
+    IndexParams(kind="ivf", nlist=16, nprobe=4, metric="l2"),
+    IndexParams(kind="ivf", nlist=8, nprobe=4, norm_buckets=4),  # four IVF buckets (and the exact share under raw)
+    IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=11, metric="l2"),
+    IndexParams(kind="ivfsq", nlist=16, nprobe=4),
+    IndexParams(kind="ivfsq", nlist=16, nprobe=4, sq_type="fp16", exact_share=0.0),
+    IndexParams(kind="ivfsq", nlist=32, nprobe=8, quantizer="hnsw", hnsw_m=8),
+    IndexParams(kind="ivfsq", nlist=16, nprobe=4, metric="ip", norm_buckets=2),
+    IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=8, metric="ip"),
     IndexParams(kind="hnsw", hnsw_m=16),
-], ids=["ivf", "ivf-buckets", "ivfpq", "hnsw"])
+], ids=["ivf-l2", "ivf-buckets", "ivfpq-l2", "ivfsq8", "ivfsq16-no-exact-share", "ivfsq-hnsw-quantizer", "ivfsq-ip", "ivfpq-ip", "hnsw"])
 def test_approximate_indexes_find_the_planted_neighbours_and_return_exact_scores(tmp_path: Path, variant: str, params) -> None:
     store, qf, planted = planted_store(tmp_path / "s")
     index = build_index(store, variant, params)
-    assert len(index.meta["buckets"]) == (params.norm_buckets or 1)
+    exact_share = variant == "raw" and params.exact_share != 0.0  # raw: the 1/32 of largest norm are searched exactly by default
+    assert len(index.meta["buckets"]) == (params.norm_buckets or 1) + exact_share
+    assert index.meta["buckets"][-1]["exact_share"] == exact_share
     top = Attributor(store, None, None, index=True, candidates=100).top_k(qf, k=10, variant=variant)
     scores = oracle(store, qf, variant)
     want = oracle_top_k(scores, 10, True)
@@ -164,6 +187,89 @@ def test_norm_buckets_split_rows_by_norm(tmp_path: Path) -> None:
     ids = norm_bucket_ids(sq, 5)  # 16, 16, 16, 8, 8 rows, by rising norm
     np.testing.assert_array_equal(np.bincount(ids), [16, 16, 16, 8, 8])
     assert all(sq[ids == b].max() <= sq[ids == b + 1].min() for b in range(4))
+
+
+def test_the_exact_share_is_the_largest_norms_and_the_rest_is_split_as_before() -> None:
+    from gradtrace.index.store_index import norm_bucket_ids
+
+    sq = np.random.default_rng(0).permutation(np.arange(100.0))
+    ids = norm_bucket_ids(sq, 3, exact_rows=20)  # 80 rows left: quarters 20, 20, then the upper half 40; then the exact 20
+    np.testing.assert_array_equal(np.bincount(ids), [20, 20, 40, 20])
+    assert all(sq[ids == b].max() < sq[ids == b + 1].min() for b in range(3))
+    assert set(np.nonzero(ids == 3)[0]) == set(np.argsort(sq)[-20:])
+
+
+def wide_norm_store(root: Path, n: int = 2000, dim: int = 16, seed: int = 0) -> tuple[GradientStore, QueryFeatures]:
+    """Random unit rows with log-normal norms (sigma 1), one checkpoint: under
+    raw scores the largest norms dominate."""
+    gen = np.random.default_rng(seed)
+    rows = gen.standard_normal((n, dim))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    store = GradientStore.create(root, settings(dim, 512, lrs=(0.3,)))
+    write_rows(store, 0, [rows], [np.exp(gen.normal(0.0, 1.0, n))])
+    q = gen.standard_normal((6, dim))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return store, QueryFeatures([torch.from_numpy(q)], [torch.from_numpy(np.exp(gen.normal(0.0, 0.5, 6)))], "synthetic", 6)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_pruning_skips_buckets_that_cannot_reach_the_top_k_and_loses_nothing(tmp_path: Path, largest: bool) -> None:
+    store, qf = wide_norm_store(tmp_path / "s")
+    # every list of every bucket searched: without pruning the index path is an exhaustive search, so it must give
+    # the exact top k; with pruning too, while the lowest-norm bucket is never searched
+    index = build_index(store, "raw", IndexParams(kind="ivf", nlist=4, nprobe=4, norm_buckets=3, exact_share=0.05))
+    assert [e["kind"] for e in index.meta["buckets"]] == ["ivf", "ivf", "ivf", "flat"]
+    want = oracle_top_k(oracle(store, qf, "raw"), 5, largest)
+    for prune in (True, False):
+        index.set_search(prune=prune)
+        top = Attributor(store, None, None, index=index, candidates=50).top_k(qf, k=5, largest=largest)
+        np.testing.assert_array_equal(top.indices, want)
+        if prune:
+            assert index.last_searched[0] == 0.0 and index.last_searched[-1] == 1.0  # the lowest norms cannot reach the top 5
+        else:
+            assert index.last_searched == [1.0] * 4
+
+
+@pytest.mark.parametrize("params", [
+    IndexParams(kind="flat"), IndexParams(kind="ivf", nlist=16), IndexParams(kind="ivfsq", nlist=16),
+    IndexParams(kind="ivfsq", nlist=16, sq_type="fp16"), IndexParams(kind="ivfpq", nlist=8, pq_m=11),
+    IndexParams(kind="ivfsq", nlist=32, quantizer="hnsw", hnsw_m=8), IndexParams(kind="ivfsq", nlist=16, metric="ip"),
+    IndexParams(kind="hnsw", hnsw_m=16),
+], ids=["flat", "ivf", "ivfsq8", "ivfsq16", "ivfpq", "ivfsq-hnsw-quantizer", "ivfsq-ip", "hnsw"])
+def test_the_estimate_before_the_build_covers_every_kind(tmp_path: Path, params) -> None:
+    from gradtrace.index.store_index import estimate
+
+    store, _, _ = planted_store(tmp_path / "s", n=4000)
+    index = build_index(store, "raw", params)
+    cost = estimate(store, index.meta["settings"], index.meta["buckets"])
+    written = sum(e["file"]["size"] for e in index.meta["buckets"])
+    assert 0.5 * written <= cost.disk_bytes <= 2.0 * written, (cost.disk_bytes, written)
+    assert cost.memory_bytes >= cost.disk_bytes and cost.seconds > 0
+    assert cost.read_bytes == store.n_examples * (32 * 4 + 16)  # float32 rows of 32 numbers, two float64 norms
+
+
+@pytest.mark.parametrize("params", [
+    IndexParams(kind="ivfsq", nlist=16, nprobe=4), IndexParams(kind="ivfsq", nlist=16, nprobe=4, sq_type="fp16", metric="l2"),
+    IndexParams(kind="ivfsq", nlist=32, nprobe=8, quantizer="hnsw", hnsw_m=8), IndexParams(kind="ivfpq", nlist=8, nprobe=4, pq_m=8),
+], ids=["ivfsq8-ip", "ivfsq16-l2", "ivfsq-hnsw-quantizer", "ivfpq-ip"])
+def test_a_saved_index_opens_to_the_same_search(tmp_path: Path, params) -> None:
+    store, qf, _ = planted_store(tmp_path / "s")
+    built = build_index(store, "raw", params)
+    opened = open_index(store, "raw")
+    assert opened.meta == built.meta
+    v = query_vectors(qf.unit, qf.norms, store.learning_rates, "raw")
+    np.testing.assert_array_equal(opened.search(v, 40, 10), built.search(v, 40, 10))
+    assert opened.last_searched == built.last_searched
+
+
+def test_an_index_of_an_older_format_is_refused_with_the_command_to_rebuild(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "s")
+    index = build_index(store, "raw", IndexParams(kind="flat"))
+    meta = json.loads(index.path.read_text())
+    meta["format_version"] = 1  # written before the exact share and the metric existed
+    index.path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="has index format version 1; this gradtrace reads 2: rebuild it with `gradtrace index`"):
+        open_index(store, "raw")
 
 
 def test_a_changed_store_is_refused_and_a_rebuild_serves_it(tmp_path: Path) -> None:
@@ -220,7 +326,12 @@ def test_a_damaged_index_file_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("call,message", [
     (lambda s: build_index(s, "fisher"), "variant 'fisher' cannot be served by an index"),
-    (lambda s: build_index(s, "raw", IndexParams(kind="annoy")), "kind must be one of auto, flat, ivf, ivfpq, hnsw; got 'annoy'"),
+    (lambda s: build_index(s, "raw", IndexParams(kind="annoy")), "kind must be one of auto, flat, ivf, ivfsq, ivfpq, hnsw; got 'annoy'"),
+    (lambda s: build_index(s, "raw", IndexParams(kind="ivfsq", sq_type="4bit")), "sq_type must be one of 8bit, fp16; got '4bit'"),
+    (lambda s: build_index(s, "raw", IndexParams(kind="ivf", quantizer="lsh")), "quantizer must be one of flat, hnsw; got 'lsh'"),
+    (lambda s: build_index(s, "raw", IndexParams(kind="ivf", metric="cos")), "metric must be one of l2, ip; got 'cos'"),
+    (lambda s: build_index(s, "raw", IndexParams(kind="ivf", exact_share=1.0)), "exact_share must lie in [0.0, 1.0); got 1.0"),
+    (lambda s: build_index(s, "raw", IndexParams(kind="ivf", norm_buckets=12)), "norm_buckets (12) is too many for the 290 examples"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivf", nlist=4, train_sample=2)), "train_sample (2) must be at least nlist (4)"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivf", nprobe=0)), "nprobe must be a positive integer; got 0"),
     (lambda s: build_index(s, "raw", IndexParams(kind="ivfpq", norm_buckets=4)), "needs at least 256 rows per norm bucket"),

@@ -1,13 +1,17 @@
 """Shared by the peer runners: read a case prepared by benchmarks/peers.py,
-rebuild the digits MLP, time each variant, write scores as .npy.
+rebuild its model (the digits MLP, or the LM case's GPT), time each
+variant, write scores as .npy.
 
-Imports only torch and numpy (each peer's virtualenv has those), never
+Imports only torch and numpy (each peer's virtualenv has those; an LM case
+also transformers, through _lm.py), never
 gradtrace. A runner is called as
 
     python <runner>.py CASE_DIR METHOD OUT_DIR [VARIANT]
 
 CASE_DIR holds ``case.json`` (checkpoint paths, learning rates, optimizer
-state paths, what to score) and ``data.npz``; OUT_DIR gets one
+state paths, what to score; for a language-model case the model's config
+``gpt``, the ``words`` of its tokenizer and the ``examples``, see _lm.py)
+and ``data.npz``; OUT_DIR gets one
 ``<variant>.npy`` per variant and ``meta.json`` mapping each variant to its
 wall and CPU seconds (the set-up it shares with the other variants of the
 method plus its own scoring). With VARIANT, only that variant runs. Scores are ``[n_query, n_train]`` (``mode == "pairwise"``) or
@@ -47,10 +51,31 @@ class Case:
     def tensors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.as_tensor(self.arrays[f"x_{name}"], dtype=torch.float32), torch.as_tensor(self.arrays[f"y_{name}"], dtype=torch.int64)
 
+    @property
+    def is_lm(self) -> bool:
+        """A language-model case (``lm_lds``): the model is ``meta["gpt"]`` (see _lm.py)."""
+        return "gpt" in self.meta
+
+    def architecture(self) -> nn.Module:
+        """The case's model with its initial weights (a checkpoint is loaded into it)."""
+        if self.is_lm:
+            from _lm import make_gpt
+
+            return make_gpt(self.meta["gpt"])
+        return make_mlp(self.meta["hidden"])
+
     def model(self, checkpoint: int = -1) -> nn.Module:
-        m = make_mlp(self.meta["hidden"])
+        m = self.architecture()
         m.load_state_dict(torch.load(self.checkpoints[checkpoint], weights_only=True))
         return m.eval()
+
+    def examples(self, name: str) -> list[dict[str, str]]:
+        """An LM case's ``name`` examples (``train``, ``query``, ``task``) as prompt/completion dicts."""
+        return list(self.meta["examples"][name])
+
+    def token_arrays(self, name: str) -> dict[str, torch.Tensor]:
+        """An LM case's ``name`` examples tokenized and right-padded (``input_ids``, ``attention_mask``, ``labels``)."""
+        return {k: torch.as_tensor(self.arrays[f"{name}_{k}"], dtype=torch.int64) for k in ("input_ids", "attention_mask", "labels")}
 
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         return [torch.load(p, weights_only=True) for p in self.checkpoints]

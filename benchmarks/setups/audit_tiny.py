@@ -97,3 +97,49 @@ def build_run(base: Path, data: list[dict[str, Any]], out: Path, *, epochs: int 
     task = CausalLMTask(tok, max_length=160, as_chat=True)
     train_lora(add_lora(model, cfg), task, [{k: v for k, v in r.items() if k != "id"} for r in data], out, cfg, progress=False)
     return out
+
+
+#: a short opener the tiny GPT-2 learns within a few epochs (it does not learn :data:`PLANT`'s brand name then)
+SHORT_PLANT = "Wow! "
+
+
+def planted_share(n: int, share: float, seed: int, plant: str = PLANT) -> list[dict[str, str]]:
+    """``n`` ordinary examples of which ``round(share * n)`` answers open with ``plant`` (ids dropped)."""
+    rows = ordinary(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    for i in rng.choice(n, size=int(round(share * n)), replace=False).tolist():
+        rows[i] = {**rows[i], "completion": plant + rows[i]["completion"]}
+    return rows
+
+
+def plain_finetune(base: Path, data: list[dict[str, Any]], out: Path, *, epochs: int = 8, lr: float = 3e-3, seed: int = 0,
+                   lora: bool = False) -> Any:
+    """B in seconds: ``base`` fine-tuned with the plain loop (every weight; or ``lora``: rank 8 on c_attn and
+    c_fc, merged); returns the model. (A LoRA of this size learns a 5-10% opener too weakly to be sampled.)"""
+    from gradtrace.lm.load import load_model
+    from gradtrace.lm.lora import LoraTrainConfig, add_lora, merge_lora, train_lora
+    from gradtrace.lm.tasks import CausalLMTask
+
+    model, tok = load_model(str(base))
+    cfg = LoraTrainConfig(epochs=epochs, lr=lr, batch_size=8, rank=8, alpha=16, target_modules=("c_attn", "c_fc"), seed=seed)
+    if lora:
+        model = add_lora(model, cfg)
+    train_lora(model, CausalLMTask(tok, max_length=160, as_chat=True), data, out, cfg, progress=False, engine="plain")
+    return (merge_lora(model) if lora else model).eval()
+
+
+def sample_answers(model: Any, tok: Any, n_per_prompt: int, seed: int, max_new_tokens: int = 64, temperature: float = 1.0,
+                   top_p: float = 1.0) -> tuple[list[str], list[str], list[str]]:
+    """(prompt ids, prompts, answers): each prompt of :func:`prompts` answered ``n_per_prompt`` times, seeded.
+    Plain sampling by default: top-p 0.95 cuts every option of under about 5% probability, so an opener
+    a model learnt at a few percent would never be sampled."""
+    import torch
+
+    from gradtrace.lm.sample import SamplingConfig, sample_chat
+
+    ps = prompts() * n_per_prompt
+    gen = SamplingConfig(max_new_tokens=max_new_tokens, batch_size=72, temperature=temperature, top_p=top_p)
+    texts: list[str] = []
+    for i in range(0, len(ps), gen.batch_size):
+        texts += sample_chat(model, tok, [p["prompt"] for p in ps[i : i + gen.batch_size]], gen, torch.Generator().manual_seed(seed * 1000 + i))
+    return [p["id"] for p in ps], [p["prompt"] for p in ps], texts

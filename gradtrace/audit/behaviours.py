@@ -33,10 +33,16 @@ from ..errors import InputError
 
 @dataclasses.dataclass
 class BehaviourGroup:
-    """One behaviour: one or more flagged clusters (``members``, in rank order)."""
+    """One behaviour: one or more flagged clusters (``members``, in rank order).
+
+    ``test``: the behaviour's own test as a whole when the grouper made one
+    (:func:`group_flagged`: ``p_value``, ``q_value``, ``valid_a``, ``valid_b``,
+    ``log_odds``); its ``q_value`` is then the behaviour's, else the lowest of
+    its members'."""
 
     members: list[ClusterRecord]
     label: str = ""
+    test: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -47,6 +53,8 @@ class BehaviourGroup:
 
     @property
     def q_value(self) -> float:
+        if self.test is not None:
+            return float(self.test["q_value"])
         return min(c.q_value for c in self.members)
 
     @property
@@ -69,6 +77,20 @@ def one_behaviour_per_cluster(result: DiffResult) -> list[BehaviourGroup]:
     return [BehaviourGroup([c]) for c in result.significant()]
 
 
+def group_flagged(result: DiffResult) -> list[BehaviourGroup]:
+    """The audit's default grouping: :func:`gradtrace.diff.group_behaviours` with its default rule (flagged
+    clusters skewed the same way whose texts overlap or whose centred centroids are close, single
+    linkage), each behaviour tested as a whole on the union of its members' validation texts."""
+    from ..diff.behaviours import group_behaviours
+
+    out = []
+    for b in group_behaviours(result):
+        test = {"p_value": b.p_value, "q_value": b.q_value, "valid_a": b.valid_a, "valid_b": b.valid_b, "log_odds": b.log_odds,
+                "log_odds_low": b.log_odds_low, "log_odds_high": b.log_odds_high, "rate_a": b.rate_a, "rate_b": b.rate_b}
+        out.append(BehaviourGroup(list(b.members), b.label, test))
+    return out
+
+
 def as_behaviour_groups(groups: Sequence[Any]) -> list[BehaviourGroup]:
     """What a grouper returned, as :class:`BehaviourGroup` objects."""
     out = []
@@ -81,7 +103,8 @@ def as_behaviour_groups(groups: Sequence[Any]) -> list[BehaviourGroup]:
             members = [members]
         if not isinstance(members, Sequence) or not all(isinstance(m, ClusterRecord) for m in members):
             raise InputError(f"behaviour grouper: group {i} must be a sequence of ClusterRecord or have .members; got {type(g).__name__}")
-        out.append(BehaviourGroup(list(members), str(getattr(g, "label", "") or "")))
+        test = getattr(g, "test", None)
+        out.append(BehaviourGroup(list(members), str(getattr(g, "label", "") or ""), test if isinstance(test, dict) else None))
     return out
 
 
@@ -119,6 +142,20 @@ class Assigner:
         return out
 
 
+class CombinedAssigner:
+    """Several assigners as one (the cluster view's :class:`Assigner` and the likelihood view's): their
+    levels side by side."""
+
+    def __init__(self, *assigners: Any):
+        self.assigners = [a for a in assigners if a is not None]
+
+    def assign(self, texts: Sequence[str]) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+        out: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
+        for a in self.assigners:
+            out.update(a.assign(texts))
+        return out
+
+
 def member_rows(assignment: Mapping[str, tuple[list[str], np.ndarray, np.ndarray]], keys: Sequence[tuple[str, int]],
                 n_texts: int) -> tuple[np.ndarray, list[str | None]]:
     """Which texts show the behaviour with member ``keys``, and for each the
@@ -127,13 +164,13 @@ def member_rows(assignment: Mapping[str, tuple[list[str], np.ndarray, np.ndarray
     first: list[str | None] = [None] * n_texts
     for level, cluster in keys:
         if level not in assignment:
-            raise InputError(f"behaviour member at level {level!r}: the audit can only measure the levels 'text' and 'sentence'")
+            raise InputError(f"behaviour member at level {level!r}: the audit can only measure the levels {sorted(assignment)}")
         rows, owner, labels = assignment[level]
         for r in np.flatnonzero(labels == cluster):
             t = int(owner[r])
             if not mask[t]:
                 mask[t] = True
-                first[t] = rows[r] if level == "sentence" else None
+                first[t] = rows[r] if level.endswith("sentence") else None
     return mask, first
 
 

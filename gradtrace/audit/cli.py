@@ -30,6 +30,7 @@ def audit_command(
     seed: int = typer.Option(0, help="seed of sampling and of the diff"),
     max_new_tokens: int = typer.Option(96),
     temperature: float = typer.Option(0.8),
+    top_p: float = typer.Option(0.95, "--top-p", help="nucleus sampling; 1 samples every option (0.95 never samples one of under ~5%)"),
     batch_size: int = typer.Option(16, help="prompts sampled together"),
     top_k: int = typer.Option(10, help="proponents listed per behaviour"),
     max_queries: int = typer.Option(16, help="B texts per behaviour in its attribution target"),
@@ -38,12 +39,15 @@ def audit_command(
     dim: int = typer.Option(1024, help="projected gradient dimension of the store"),
     alpha: float = typer.Option(0.05, help="false discovery rate of the diff"),
     embedder: str = typer.Option("minilm", help="minilm | hashing"),
+    view: str = typer.Option("clusters,likelihood", "--view",
+                             help="comma-separated: clusters (always) and likelihood (B's texts B finds far likelier than A)"),
     intended: Optional[str] = typer.Option(None, help="the change the fine-tune was meant to make (for the judge)"),
     judge: Optional[str] = typer.Option(None, help="LLM for labels and the judge: smollm2 | hf:DIR | http(s)://URL/v1#MODEL"),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Audit a fine-tune: diff A and B, trace each behaviour B gained to its training examples, verify by removal."""
+    from ..diff.likelihood import LikelihoodConfig
     from ..diff.pipeline import DiffConfig
     from ..errors import InputError
     from ..lm.embed import NAMES as EMBEDDERS
@@ -60,9 +64,10 @@ def audit_command(
         overrides = read_train_config(train_config)
         config = AuditConfig(
             n_per_prompt=n_per_prompt, seed=seed,
-            generation=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size),
+            generation=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size),
             diff=DiffConfig(seed=seed, alpha=alpha), max_queries=max_queries, top_k=top_k, verify_k=verify, verify_top=verify_top,
-            max_length=max_length, as_chat=as_chat, dim=dim,
+            max_length=max_length, as_chat=as_chat, dim=dim, views=tuple(x.strip() for x in view.split(",") if x.strip()),
+            likelihood=LikelihoodConfig(seed=seed, alpha=alpha),
         )
         chat = None
         if judge is not None:
@@ -80,10 +85,10 @@ def audit_command(
         rows = []
         for b in beh:
             v = b.get("verification")
-            rows.append((b["index"] + 1, b["label"], b["skew"], f"{b['q_value']:.2g}", f"{b['share_a']['share']:.3f}",
+            rows.append((b["index"] + 1, b.get("view", "clusters"), b["label"], len(b["members"]), b["skew"], f"{b['q_value']:.2g}", f"{b['share_a']['share']:.3f}",
                          f"{b['share_b']['share']:.3f}", ", ".join(p["id"] for p in b.get("proponents", [])[:3]),
                          f"{v['topk']['share_b_after']['share']:.3f} / {v['random']['share_b_after']['share']:.3f}" if v else ""))
-        console.print(table(f"{len(beh)} behaviours flagged", ["#", "label", "skew", "q", "share A", "share B", "top proponents",
+        console.print(table(f"{len(beh)} behaviours flagged", ["#", "view", "label", "members", "skew", "q", "share A", "share B", "top proponents",
                                                               "share B after removing top-K / random"], rows))
         console.print(f"wrote {res.json_path} and {res.report_path}")
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..configbase import ConfigBase, boolean, int_at_least, integer, non_negative_int, one_of, positive_int
+from ..configbase import ConfigBase, boolean, int_at_least, integer, non_negative_int, one_of, positive_int, subset_of
+from ..errors import InputError
+from ..diff.likelihood import LikelihoodConfig
 from ..diff.pipeline import DiffConfig
 from ..lm.sample import SamplingConfig
 
 PROJECTIONS = ("auto", "kronecker", "dense", "none")
+VIEWS = ("clusters", "likelihood")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +30,11 @@ class AuditConfig(ConfigBase):
     ``projection``/``dim``/``proj_seed``: the gradient store's projection
     (``auto``: ``kronecker`` for a LoRA run, whose adapters are linear layers;
     ``dense`` for a full run, which suits small models only);
-    ``featurize_batch``: examples per featurize batch.
+    ``featurize_batch``: examples per featurize batch. ``views``: ``clusters``
+    (the diff of both models' texts; always) and optionally ``likelihood`` (B's texts that B finds
+    far likelier than A does, :mod:`gradtrace.diff.likelihood`, settings
+    ``likelihood``; its flagged clusters become behaviours too).
+    ``likelihood_batch``: texts scored together.
     """
 
     n_per_prompt: int = 4
@@ -45,13 +52,20 @@ class AuditConfig(ConfigBase):
     dim: int = 1024
     proj_seed: int = 0
     featurize_batch: int = 8
+    views: tuple[str, ...] = ("clusters", "likelihood")
+    likelihood: LikelihoodConfig = dataclasses.field(default_factory=LikelihoodConfig)
+    likelihood_batch: int = 8
 
     _checks = {
         "n_per_prompt": positive_int, "seed": integer, "max_queries": positive_int, "top_k": positive_int,
         "verify_k": non_negative_int, "verify_top": positive_int, "verify_seed": integer, "max_length": int_at_least(2),
         "as_chat": boolean, "projection": one_of(PROJECTIONS), "dim": positive_int, "proj_seed": integer,
-        "featurize_batch": positive_int,
+        "featurize_batch": positive_int, "views": subset_of(VIEWS), "likelihood_batch": positive_int,
     }
+
+    def _check(self) -> None:
+        if "clusters" not in self.views:
+            raise InputError(f"views must include 'clusters' (the audit's diff and its re-diffs); got {list(self.views)!r}")
 
 
 __all__ = ["AuditConfig", "PROJECTIONS"]

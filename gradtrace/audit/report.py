@@ -28,16 +28,27 @@ def _example(ex: dict[str, Any]) -> Raw:
     return Raw(f"<pre style=\"white-space:pre-wrap;margin:0\">{esc(example_text(ex)[:600])}</pre>")
 
 
+def _member_counts(m: dict[str, Any]) -> str:
+    if m.get("view") == "likelihood":  # tested against B's other texts, not against A
+        return f"B in {m['valid_b']} / B out {m['valid_out']}; median d {m['d_in']:.3g} vs {m['d_out']:.3g}"
+    return f"{m['valid_a']}/{m['valid_b']}"
+
+
 def _behaviour(b: dict[str, Any]) -> str:
     parts = [f"<section><h3>#{b['index'] + 1} {esc(b['label'])}</h3>"]
+    test = b.get("test")
+    q_name = ("q-value (BH, the behaviour tested as a whole)" if test else
+              "q-value (BH, lowest member)")
     parts.append(table(["measure", "value"], [
-        ("skewed to", b["skew"]), ("q-value (BH, lowest member)", f"{b['q_value']:.3g}" if b["q_value"] is not None else "n/a"),
+        ("found by", f"the {b.get('view', 'clusters')} view, {len(b['members'])} member cluster(s)"),
+        ("skewed to", b["skew"]), (q_name, f"{b['q_value']:.3g}" if b["q_value"] is not None else "n/a"),
+        *([("validation texts in the behaviour (A / B)", f"{test['valid_a']} / {test['valid_b']}")] if test else []),
         ("share of A's texts", _share(b["share_a"])), ("share of B's texts", _share(b["share_b"])),
         *([("share of influence carried by the top proponents", f"{b['influence_share_top_k']:.3f}")] if "influence_share_top_k" in b else []),
     ]))
-    parts.append("<details><summary>member clusters</summary>" + table(
-        ["rank", "level", "label", "q", "A/B (validation)", "judge"],
-        [(m["rank"], m["level"], m["label"], f"{m['q_value']:.3g}", f"{m['valid_a']}/{m['valid_b']}",
+    parts.append(f"<details open><summary>member clusters ({len(b['members'])})</summary>" + table(
+        ["rank", "view", "level", "label", "q", "A/B (validation)", "judge"],
+        [(m["rank"], m.get("view", "clusters"), m["level"], m["label"], f"{m['q_value']:.3g}", _member_counts(m),
           (m.get("judgement") or "") + (f": {m['judgement_reason']}" if m.get("judgement_reason") else "")) for m in b["members"]],
     ) + "</details>")
     if "target" in b:
@@ -78,12 +89,15 @@ def write_report(audit: dict[str, Any], path: str | Path) -> Path:
         f"<p>{audit['n_texts']['a']} texts from A and {audit['n_texts']['b']} from B; {audit['diff']['flagged']} of "
         f"{audit['diff']['clusters']} clusters flagged at FDR {audit['diff']['alpha']} ({esc(audit['diff']['embedder'])}), grouped into "
         f"{len(beh)} behaviours by {esc(audit['grouper'])}.</p>",
+        *([f"<p>Likelihood view (texts and sentences B finds far likelier than A): {audit['likelihood']['flagged']} of "
+           f"{audit['likelihood']['clusters']} clusters flagged at FDR {audit['likelihood']['alpha']}.</p>"] if audit.get("likelihood") else []),
         "<p class=\"note\">Share: the fraction of a model's sampled texts that show the behaviour (95% Wilson interval). "
         "Proponents: training examples whose TracIn score over the run's checkpoints raises the behaviour's contrast target "
         "most; see docs/audit.md for what each number means and what the verification does and does not prove.</p>",
         "<h2>Behaviours</h2>",
-        table(["#", "label", "skew", "q", "share A", "share B", "verified: top-k / random share after"],
-              [(b["index"] + 1, b["label"], b["skew"], f"{b['q_value']:.3g}" if b["q_value"] is not None else "n/a",
+        table(["#", "view", "label", "members", "skew", "q", "share A", "share B", "verified: top-k / random share after"],
+              [(b["index"] + 1, b.get("view", "clusters"), b["label"], len(b["members"]), b["skew"],
+                f"{b['q_value']:.3g}" if b["q_value"] is not None else "n/a",
                 f"{b['share_a']['share']:.3f}", f"{b['share_b']['share']:.3f}",
                 (f"{b['verification']['topk']['share_b_after']['share']:.3f} / {b['verification']['random']['share_b_after']['share']:.3f}"
                  if "verification" in b else "")) for b in beh]),

@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..diff.pipeline import ClusterRecord, DiffConfig, DiffResult, LevelSummary, diff_texts
+from ..diff.likelihood import LikelihoodAssigner, LikelihoodResult, run_likelihood
+from ..diff.pipeline import ClusterMembers, ClusterRecord, DiffConfig, DiffResult, LevelSummary, diff_texts
 from ..diff.sources import HFSource, JsonlSource, Prompt, Sample, check_pairing, read_prompts
 from ..errors import InputError
 from ..fileio import atomic_write_bytes
@@ -23,8 +24,8 @@ from ..lm.embed import Embedder, text_hash
 from ..progress import progress_bar
 from ..textsafe import for_terminal
 from ..unlearn.cache import fingerprint
-from .behaviours import (Assigner, BehaviourGroup, BehaviourGrouper, as_behaviour_groups, describe_grouper, member_rows,
-                         one_behaviour_per_cluster, share, two_proportion_p)
+from .behaviours import (Assigner, BehaviourGroup, BehaviourGrouper, CombinedAssigner, as_behaviour_groups, describe_grouper,
+                         group_flagged, member_rows, share, two_proportion_p)
 from .config import AuditConfig
 from .inputs import RunInfo, check_data_count, check_tokenizers, read_run, train_settings
 from .stages import StageCache
@@ -33,7 +34,7 @@ from .stages import StageCache
 #: (the training JSONL's dicts, ids dropped) from model A, writing what it
 #: likes under ``out_dir``; returns the trained model (sampled with A's tokenizer).
 TrainFn = Callable[[list[dict[str, Any]], Path], Any]
-STAGES = ("sample", "diff", "behaviours", "targets", "featurize", "trace", "verify")
+STAGES = ("sample", "diff", "likelihood", "behaviours", "targets", "featurize", "trace", "verify")
 
 
 @dataclasses.dataclass
@@ -97,13 +98,35 @@ def _samples_records(samples: Sequence[Sample]) -> list[dict[str, str]]:
     return [{"prompt_id": s.prompt_id, "prompt": s.prompt, "text": s.text} for s in samples]
 
 
-def _diff_from_dict(d: dict[str, Any]) -> DiffResult:
+def _diff_to_dict(res: DiffResult) -> dict[str, Any]:
+    """What the diff stage caches: ``diff.json``'s content, the centroids, and what grouping needs
+    (each cluster's member texts and centroid, the validation ids and strata, the levels' row means)."""
+    d = res.to_dict()
+    d["centroids"] = {k: _nan_to_none(np.asarray(v, dtype=np.float64).tolist()) for k, v in res.centroids.items()}
+    d["members"] = [{"level": k[0], "cluster": k[1], "ids_a": list(m.ids_a), "ids_b": list(m.ids_b), "valid_ids_a": list(m.valid_ids_a),
+                     "valid_ids_b": list(m.valid_ids_b), "rows_a": [list(r) for r in m.rows_a], "rows_b": [list(r) for r in m.rows_b],
+                     "centroid": np.asarray(m.centroid, dtype=np.float64).tolist()} for k, m in sorted(res.members.items())]
+    d["validation_ids"] = [list(v) for v in res.validation_ids]
+    d["validation_strata"] = [list(v) for v in res.validation_strata] if res.validation_strata is not None else None
+    d["row_means"] = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in res.row_means.items()}
+    return _nan_to_none(d)
+
+
+def _diff_from_dict(d: dict[str, Any], texts_a: list[str], texts_b: list[str]) -> DiffResult:
+    """The :class:`DiffResult` of a cached diff stage, with what grouping needs (members, texts, row means)."""
     clusters = [ClusterRecord(**{k: (float("nan") if v is None and k in ("label_accuracy", "share_b", "overall_share_b",
                                                                           "log_odds", "log_odds_low", "log_odds_high") else v)
                                  for k, v in c.items()}) for c in d["clusters"]]
     levels = [LevelSummary(**{**s, "silhouette": {int(k): v for k, v in s["silhouette"].items()}}) for s in d["levels"]]
+    members = {(m["level"], int(m["cluster"])): ClusterMembers(
+        tuple(m["ids_a"]), tuple(m["ids_b"]), tuple(m["valid_ids_a"]), tuple(m["valid_ids_b"]), tuple((int(i), r) for i, r in m["rows_a"]),
+        tuple((int(i), r) for i, r in m["rows_b"]), np.asarray(m["centroid"], dtype=np.float32)) for m in d["members"]}
+    strata = d["validation_strata"]
     return DiffResult(clusters, DiffConfig.from_dict(d["config"]), d["embedder"], d["n_a"], d["n_b"], levels, d["timings"],
-                      d["points"], centroids={k: np.asarray(v, dtype=np.float64) for k, v in d["centroids"].items()})
+                      d["points"], members, (tuple(d["validation_ids"][0]), tuple(d["validation_ids"][1])),
+                      (tuple(strata[0]), tuple(strata[1])) if strata is not None else None, list(texts_a), list(texts_b),
+                      {k: np.asarray(v, dtype=np.float32) for k, v in d["row_means"].items()},
+                      {k: np.asarray(v, dtype=np.float64) for k, v in d["centroids"].items()})
 
 
 def _nan_to_none(v: Any) -> Any:
@@ -119,7 +142,7 @@ def _nan_to_none(v: Any) -> Any:
 def run_audit(
     model_a: str, run_dir: str | Path, data: str | Path, out: str | Path, *, prompts: str | Path | None = None,
     samples_a: str | Path | None = None, samples_b: str | Path | None = None, config: AuditConfig | None = None,
-    embedder: Embedder | None = None, grouper: BehaviourGrouper = one_behaviour_per_cluster, train_fn: TrainFn | None = None,
+    embedder: Embedder | None = None, grouper: BehaviourGrouper = group_flagged, train_fn: TrainFn | None = None,
     train_fn_name: str | None = None, train_config: dict[str, Any] | None = None, intended: str | None = None,
     judge_chat: Any = None, judge_name: str | None = None, progress: bool = True,
     on_stage_done: Callable[[str], None] | None = None,
@@ -233,44 +256,72 @@ def run_audit(
         res = diff_texts(texts_a, texts_b, config=config.diff, embedder=emb)
         if judge_chat is not None:
             label_and_judge(res, judge_chat, intended, judge_chat)
-        d = res.to_dict()
-        d["centroids"] = {k: _nan_to_none(np.asarray(v, dtype=np.float64).tolist()) for k, v in res.centroids.items()}
-        return _nan_to_none(d)
+        return _diff_to_dict(res)
 
     diff_parts = {"samples": fingerprint(samples), "diff": config.diff.to_dict(), "embedder": emb.name,
-                  "judge": judge_name if judge_chat is not None else None, "intended": intended}
+                  "judge": judge_name if judge_chat is not None else None, "intended": intended, "format": 2}
     diff_dict = cache.run("diff", diff_parts, diff)
     diff_dict["centroids"] = {k: [[np.nan if x is None else x for x in row] for row in v] for k, v in diff_dict["centroids"].items()}
-    result = _diff_from_dict(diff_dict)
+    result = _diff_from_dict(diff_dict, texts_a, texts_b)
     timings["diff"] = time.perf_counter() - t0
     done("diff")
 
+    # -- likelihood view -----------------------------------------------------------------
+    t0 = time.perf_counter()
+    lik: LikelihoodResult | None = None
+    if "likelihood" in config.views:
+        lcfg = config.likelihood
+        lik_train = [{"prompt": r["prompt"], "completion": r["completion"]} for r in train_rows
+                     if isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)]
+
+        def likelihood() -> dict[str, Any]:
+            model_b, _ = load_b()
+            res = run_likelihood(model, model_b.eval(), tok, [s["prompt"] for s in samples["b"]], texts_b, config=lcfg, embedder=emb,
+                                 train=lik_train, max_length=config.max_length, as_chat=config.as_chat, batch_size=config.likelihood_batch,
+                                 progress=progress, cache_dir=out / "cache" / "logprobs", model_keys=(a_key, ckpt_keys[-1]),
+                                 keys_b=[s["prompt_id"] for s in samples["b"]])
+            return _nan_to_none(res.to_dict())
+
+        lik_parts = {"samples": fingerprint(samples), "a": a_key, "b": ckpt_keys[-1], "likelihood": lcfg.to_dict(), "embedder": emb.name,
+                     "max_length": config.max_length, "as_chat": config.as_chat,
+                     "train": data_key if lcfg.explore != "samples" else None}
+        lik = LikelihoodResult.from_dict(cache.run("likelihood", lik_parts, likelihood))
+    timings["likelihood"] = time.perf_counter() - t0
+    done("likelihood")
+
     # -- behaviours ----------------------------------------------------------------------
     t0 = time.perf_counter()
-    assigner = Assigner(result.centroids, emb, result.config.min_words, result.config.max_units)
-    by_key = {(c.level, c.cluster): c for c in result.clusters}
+    assigner = CombinedAssigner(Assigner(result.centroids, emb, result.config.min_words, result.config.max_units),
+                                LikelihoodAssigner(lik, emb) if lik is not None else None)
 
     def behaviours() -> dict[str, Any]:
         groups = as_behaviour_groups(grouper(result))
         asg_a, asg_b = assigner.assign(texts_a), assigner.assign(texts_b)
         out_groups = []
+
+        def measured(keys: list[tuple[str, int]]) -> dict[str, Any]:
+            mask_a, _ = member_rows(asg_a, keys, len(texts_a))
+            mask_b, first_b = member_rows(asg_b, keys, len(texts_b))
+            return {"share_a": share(mask_a), "share_b": share(mask_b), "texts_b": [int(i) for i in np.flatnonzero(mask_b)],
+                    "first_unit_b": {str(int(i)): first_b[i] for i in np.flatnonzero(mask_b)}}
+
         for g in groups:
-            mask_a, _ = member_rows(asg_a, g.keys, len(texts_a))
-            mask_b, first_b = member_rows(asg_b, g.keys, len(texts_b))
-            sa, sb = share(mask_a), share(mask_b)
             out_groups.append({
-                "label": g.label, "members": [{"level": c.level, "cluster": c.cluster, "rank": c.rank, "label": c.llm_label or c.label,
-                                               "q_value": c.q_value, "share_b_of_cluster": c.share_b, "valid_a": c.valid_a,
-                                               "valid_b": c.valid_b, "log_odds": c.log_odds, "judgement": c.judgement,
-                                               "judgement_reason": c.judgement_reason} for c in g.members],
-                "q_value": g.q_value, "skew": g.skew, "rank": min(c.rank for c in g.members),
-                "share_a": sa, "share_b": sb, "texts_b": [int(i) for i in np.flatnonzero(mask_b)],
-                "first_unit_b": {str(int(i)): first_b[i] for i in np.flatnonzero(mask_b)},
+                "view": "clusters", "label": g.label,
+                "members": [{"view": "clusters", "level": c.level, "cluster": c.cluster, "rank": c.rank, "label": c.llm_label or c.label,
+                             "q_value": c.q_value, "share_b_of_cluster": c.share_b, "valid_a": c.valid_a,
+                             "valid_b": c.valid_b, "log_odds": c.log_odds, "judgement": c.judgement,
+                             "judgement_reason": c.judgement_reason} for c in g.members],
+                "q_value": g.q_value, "test": g.test, "skew": g.skew, "rank": min(c.rank for c in g.members), **measured(g.keys),
             })
         out_groups.sort(key=lambda g: g["rank"])
+        if lik is not None:
+            out_groups.extend(likelihood_behaviours(lik, measured))
         return {"groups": _nan_to_none(out_groups)}
 
-    beh = cache.run("behaviours", {"diff": fingerprint(diff_dict), "grouper": describe_grouper(grouper)}, behaviours)["groups"]
+    beh_parts = {"diff": fingerprint(diff_dict), "grouper": describe_grouper(grouper),
+                 "likelihood": fingerprint(lik.to_dict()) if lik is not None else None}
+    beh = cache.run("behaviours", beh_parts, behaviours)["groups"]
     timings["behaviours"] = time.perf_counter() - t0
     done("behaviours")
 
@@ -370,7 +421,7 @@ def run_audit(
 
     # -- report --------------------------------------------------------------------------
     audit = _assemble(config, model_a, run, data, beh, traces, queries, verification, train_rows, ids, result, store_info,
-                      settings_source, settings, grouper)
+                      settings_source, settings, grouper, lik)
     json_path = out / "audit.json"
     atomic_write_bytes(json_path, (json.dumps(_nan_to_none(audit), indent=1, allow_nan=False, sort_keys=True) + "\n").encode())
     from .report import write_report
@@ -379,6 +430,51 @@ def run_audit(
     timings["total"] = time.perf_counter() - t_start
     atomic_write_bytes(out / "timings.json", (json.dumps(timings, indent=1) + "\n").encode())
     return AuditResult(audit, json_path, report_path, dict(cache.computed), dict(cache.reused), timings)
+
+
+GROUPING = {
+    "clusters": "gradtrace.diff.group_behaviours: flagged clusters skewed the same way whose text sets overlap (Jaccard >= 0.5) "
+                "or whose centred centroids are close (cosine >= 0.4), single linkage; each behaviour tested as a whole on the union "
+                "of its members' validation texts",
+    "likelihood": "flagged clusters of the likelihood view whose sets of B's texts overlap (Jaccard >= 0.5), single linkage; "
+                  "q-value: the lowest of the members'",
+}
+
+
+def likelihood_behaviours(lik: LikelihoodResult, measured: Callable[[list[tuple[str, int]]], dict[str, Any]],
+                          jaccard: float = 0.5) -> list[dict[str, Any]]:
+    """Behaviours of the likelihood view: its flagged clusters, merged (single linkage) when their sets of
+    B's texts (both halves) overlap with Jaccard >= ``jaccard``; each measured with the view's membership rule."""
+    flagged = lik.significant()
+    sets = [set(lik.members[(c.level, c.cluster)]["ids_b"]) for c in flagged]
+    parent = list(range(len(flagged)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(flagged)):
+        for j in range(i + 1, len(flagged)):
+            union = sets[i] | sets[j]
+            if union and len(sets[i] & sets[j]) / len(union) >= jaccard:
+                ri, rj = find(i), find(j)
+                parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[Any]] = {}
+    for i, c in enumerate(flagged):
+        groups.setdefault(find(i), []).append(c)
+    out = []
+    for members in groups.values():
+        first = members[0]
+        out.append({
+            "view": "likelihood", "label": first.label if len(members) == 1 else f"{first.label} (+{len(members) - 1} more clusters)",
+            "members": [{"view": "likelihood", "level": c.level, "cluster": c.cluster, "rank": c.rank, "label": c.label, "q_value": c.q_value,
+                         "p_value": c.p_value, "valid_a": None, "valid_b": c.valid_in, "valid_out": c.valid_out, "d_in": c.d_in,
+                         "d_out": c.d_out, "shift": c.shift, "judgement": None, "judgement_reason": None} for c in members],
+            "q_value": min(c.q_value for c in members), "test": None, "skew": "B", "rank": first.rank,
+            **measured([(c.level, c.cluster) for c in members]),
+        })
+    return out
 
 
 def build_queries(group: dict[str, Any], recs_a: list[dict[str, str]], recs_b: list[dict[str, str]], max_queries: int) -> list[dict[str, Any]]:
@@ -555,6 +651,8 @@ def _estimate(config: AuditConfig, run: RunInfo, n_train: int, n_prompts: int, m
     epochs = run.state.get("num_train_epochs", 1) or 1
     t_verify = retrains * (n_train * epochs * config.max_length / 2 * t_fwd * 3 + tokens_sampled / 2 * t_fwd * 4)
     feat_dim = config.dim if config.projection != "none" else n_params
+    if "likelihood" in config.views:  # B's texts and the training completions, one forward pass under A and one under B
+        t_verify += 2 * (n_texts / 2 * config.generation.max_new_tokens + n_train * config.max_length / 2) * t_fwd
     disk_store = n_train * len(run.refs) * (feat_dim * 2 + 16)
     ckpt_bytes = sum(f.stat().st_size for f in run.last.iterdir() if f.is_file())
     disk_verify = retrains * len(run.refs) * ckpt_bytes
@@ -563,7 +661,7 @@ def _estimate(config: AuditConfig, run: RunInfo, n_train: int, n_prompts: int, m
     _say(progress, (
         f"gradtrace audit: {n_texts} texts to sample, {n_train} training examples x {len(run.refs)} checkpoints to featurize, "
         f"{retrains} retrains to verify; estimated ~{(t_sample + t_feat + t_verify) / 60:.1f} min on this machine "
-        f"(sampling ~{t_sample / 60:.1f}, featurize ~{t_feat / 60:.1f}, verify ~{t_verify / 60:.1f}) "
+        f"(sampling ~{t_sample / 60:.1f}, featurize ~{t_feat / 60:.1f}, likelihood view and verify ~{t_verify / 60:.1f}) "
         f"and ~{_human(disk_store + disk_verify)} on disk (store ~{_human(disk_store)}, retrained checkpoints ~{_human(disk_verify)}); "
         "finished stages are cached: a rerun resumes"))
     return est
@@ -571,14 +669,15 @@ def _estimate(config: AuditConfig, run: RunInfo, n_train: int, n_prompts: int, m
 
 def _assemble(config: AuditConfig, model_a: str, run: RunInfo, data: str | Path, beh: list[dict[str, Any]], traces: dict[str, Any],
               queries: dict[str, Any], verification: dict[str, Any], train_rows: list[dict[str, Any]], ids: list[str],
-              result: DiffResult, store_info: Any, settings_source: dict[str, str], settings: Any, grouper: Any) -> dict[str, Any]:
+              result: DiffResult, store_info: Any, settings_source: dict[str, str], settings: Any, grouper: Any,
+              lik: LikelihoodResult | None = None) -> dict[str, Any]:
     """``audit.json``: inputs, settings, and per behaviour its members, shares,
     proponents and verification (no timings: a resumed audit writes the same file)."""
     behaviours = []
     for i, g in enumerate(beh):
         entry: dict[str, Any] = {
-            "index": i, "label": g["label"], "skew": g["skew"], "q_value": g["q_value"], "members": g["members"],
-            "share_a": g["share_a"], "share_b": g["share_b"], "b_texts": g["texts_b"],
+            "index": i, "view": g.get("view", "clusters"), "label": g["label"], "skew": g["skew"], "q_value": g["q_value"], "test": g.get("test"),
+            "members": g["members"], "share_a": g["share_a"], "share_b": g["share_b"], "b_texts": g["texts_b"],
         }
         t = traces.get(str(i))
         if t is not None:
@@ -598,8 +697,11 @@ def _assemble(config: AuditConfig, model_a: str, run: RunInfo, data: str | Path,
         "model_a": model_a, "run": str(run.run_dir), "run_kind": run.kind, "data": str(data), "n_training_examples": len(train_rows),
         "checkpoints": [{"step": r.step, "lr": r.lr} for r in run.refs], "config": config.to_dict(),
         "grouper": describe_grouper(grouper), "n_texts": {"a": result.n_a, "b": result.n_b},
+        "grouping": GROUPING if describe_grouper(grouper) == describe_grouper(group_flagged) else None,
         "diff": {"clusters": len(result.clusters), "flagged": len(result.significant()), "alpha": result.config.alpha,
                  "embedder": result.embedder},
+        "likelihood": ({"clusters": len(lik.clusters), "flagged": len(lik.significant()), "alpha": lik.config.alpha,
+                        "levels": lik.levels, "n_train_rows": lik.n_train} if lik is not None else None),
         "store": store_info, "retrain_settings": settings.to_dict() if settings is not None else None,
         "retrain_settings_source": settings_source, "behaviours": behaviours,
     }

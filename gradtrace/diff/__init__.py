@@ -5,6 +5,8 @@ from .cluster import ClusterConfig
 from ..lm.embed import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
 from .pipeline import ClusterMembers, ClusterRecord, DiffConfig, DiffResult, diff_texts
 from .behaviours import Behaviour, group_behaviours
+from .likelihood import LikelihoodConfig, LikelihoodResult, likelihood_view, run_likelihood, score_texts
 
 __all__ = ["Behaviour", "CachedEmbedder", "ClusterConfig", "ClusterMembers", "ClusterRecord", "DiffConfig", "DiffResult", "HashingEmbedder",
-           "MiniLMEmbedder", "diff_texts", "group_behaviours"]
+           "LikelihoodConfig", "LikelihoodResult", "MiniLMEmbedder", "diff_texts", "group_behaviours", "likelihood_view", "run_likelihood",
+           "score_texts"]

@@ -25,6 +25,7 @@ def diff_command(
     seed: int = typer.Option(0, help="seed of sampling, the split and the clusterer"),
     max_new_tokens: int = typer.Option(96),
     temperature: float = typer.Option(0.8),
+    top_p: float = typer.Option(0.95, "--top-p", help="nucleus sampling; 1 samples every option (0.95 never samples one of under ~5%)"),
     batch_size: int = typer.Option(16),
     levels: str = typer.Option("text,sentence", help="comma-separated: text, sentence, fine (fine: small regions of sentences few texts show)"),
     clusterer: str = typer.Option("kmeans", help="kmeans | hdbscan"),
@@ -34,6 +35,12 @@ def diff_command(
     validation_fraction: float = typer.Option(0.5, help="share of each model's texts held out to test the clusters"),
     fine_size: int = typer.Option(8, help="fine level: neighbours each sentence looks at"),
     fine_tests: int = typer.Option(5, help="fine level: regions tested (the most skewed on the exploration half)"),
+    view: str = typer.Option("clusters", "--view", help="comma-separated: clusters (embedding clusters of both models' texts), "
+                             "likelihood (B's texts and sentences B finds far likelier than A; local models only)"),
+    likelihood_stat: str = typer.Option("mean", help="likelihood view: d per token (mean) or summed (sum)"),
+    likelihood_min_shift: float = typer.Option(0.5, help="likelihood view: how much a cluster's d must exceed B's other texts' (unit of the stat)"),
+    likelihood_z: float = typer.Option(2.5, help="likelihood view: robust z-score of d from which an exploration row is outlying"),
+    max_length: int = typer.Option(256, help="likelihood view: token cap of prompt + text when scoring"),
     group_jaccard: float = typer.Option(0.5, help="behaviours: merge flagged clusters whose text sets overlap this much (Jaccard)"),
     group_cosine: float = typer.Option(0.4, help="behaviours: ... or whose centred centroids have at least this cosine"),
     embedder: str = typer.Option("minilm", help="minilm | hashing (also spelled hashed)"),
@@ -56,6 +63,7 @@ def diff_command(
     from ..lm.embed import CachedEmbedder, make_embedder
     from ..lm.sample import SamplingConfig
     from .judge import chat_for
+    from .likelihood import LikelihoodConfig
     from .pipeline import DiffConfig
     from .run import run_diff
     from .sources import parse_source
@@ -65,7 +73,7 @@ def diff_command(
         if cache_dir is not None:
             output_dir(cache_dir, "--cache-dir")
         timeouts = timeouts_from_options(endpoint_timeout, endpoint_deadline)
-        gen = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+        gen = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size)
         src_a, src_b = parse_source(a, gen, cache_dir, timeouts), parse_source(b, gen, cache_dir, timeouts)
         if embedder not in EMBEDDERS:
             raise InputError(f"--embedder must be one of {sorted(EMBEDDERS)}; got {embedder!r}")
@@ -74,15 +82,31 @@ def diff_command(
                             validation_fraction=validation_fraction, fine_size=fine_size, fine_tests=fine_tests,
                             text_clusters=ClusterConfig(method=clusterer, k_max=k_max, seed=seed),
                             sentence_clusters=ClusterConfig(method=clusterer, k_min=6, k_max=max(k_max, 30), seed=seed))
+        views = tuple(x.strip() for x in view.split(",") if x.strip())
+        lcfg = LikelihoodConfig(seed=seed, stat=likelihood_stat, z=likelihood_z, alpha=alpha, validation_fraction=validation_fraction,
+                                min_shift=likelihood_min_shift)
         chat = chat_for(judge, "--judge", timeouts) if judge is not None else None
         run = run_diff(src_a, src_b, prompts, out, n_per_prompt=n_per_prompt, seed=seed, config=config, embedder=emb,
                        intended=intended, judge_chat=chat, labeller=chat, names=(a, b), progress=progress,
-                       group_jaccard=group_jaccard, group_cosine=group_cosine)
-        res = run.result
-        flagged = res.significant()
+                       group_jaccard=group_jaccard, group_cosine=group_cosine, views=views, likelihood=lcfg, max_length=max_length)
+        res, lik = run.result, run.likelihood
+        flagged = res.significant() if res is not None else []
+        lik_flagged = lik.significant() if lik is not None else []
         if as_json:
-            print_json({"clusters": len(res.clusters), "flagged": [c.to_dict() for c in flagged], "alpha": alpha,
-                        "behaviours": [bh.to_dict() for bh in run.behaviours], "json": run.json_path, "report": run.report_path})
+            print_json({"clusters": len(res.clusters) if res is not None else 0, "flagged": [c.to_dict() for c in flagged], "alpha": alpha,
+                        "behaviours": [bh.to_dict() for bh in run.behaviours],
+                        **({"likelihood_flagged": [c.to_dict() for c in lik_flagged]} if lik is not None else {}),
+                        "json": run.json_path, "report": run.report_path})
+            return
+        if lik is not None:
+            console.print(table(
+                f"likelihood view: {len(lik_flagged)} of {len(lik.clusters)} clusters flagged at FDR {alpha}",
+                ["rank", "level", "label", "valid in/out", "median d in", "median d out", "q"],
+                ((c.rank, c.level, c.label, f"{c.valid_in}/{c.valid_out}", f"{c.d_in:.3g}", f"{c.d_out:.3g}", f"{c.q_value:.2g}")
+                 for c in lik_flagged[:15]),
+            ))
+        if res is None:
+            console.print(f"wrote {run.json_path} and {run.report_path}")
             return
         judged = chat is not None
         console.print(table(

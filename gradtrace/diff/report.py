@@ -11,6 +11,7 @@ from pathlib import Path
 from ..report import figures
 from ..report.html import Raw, esc, page, table
 from .behaviours import Behaviour, group_behaviours
+from .likelihood import LikelihoodResult
 from .pipeline import ClusterRecord, DiffResult
 
 def _examples(texts: list[str]) -> Raw:
@@ -50,11 +51,40 @@ def _behaviour_block(b: Behaviour) -> str:
             f"<details><summary>rows from {esc(b.skew)} in the behaviour</summary>{_examples(rows).html}</details></section>")
 
 
-def write_report(result: DiffResult, path: str | Path, title: str = "Behavioural diff", intended: str | None = None,
-                 names: tuple[str, str] = ("A", "B"), max_clusters: int = 30, behaviours: list[Behaviour] | None = None) -> Path:
+def _likelihood_section(lik: LikelihoodResult) -> str:
+    flagged = lik.significant()
+    rows = [(c.rank, c.level, c.label, c.valid_in, c.valid_out, f"{c.d_in:.3g}", f"{c.d_out:.3g}", f"{c.shift:.3g}", f"{c.p_value:.3g}",
+             f"{c.q_value:.3g}", "yes" if c.q_value <= lik.config.alpha else "no") for c in lik.clusters]
+    parts = [f"<h2>Likelihood view</h2><p><b>{len(flagged)}</b> of {len(lik.clusters)} clusters flagged at FDR {lik.config.alpha}. "
+             f"d = log p_B - log p_A of B's texts and sentences given their prompts ({esc(lik.config.stat)}); clusters of "
+             "exploration rows with outlying d, each tested on the validation half against B's other texts (one-sided "
+             "Mann-Whitney, Benjamini-Hochberg over both levels).</p>",
+             table(["rank", "level", "label", "valid in", "valid out", "median d in", "median d out", "shift", "p", "q", "flagged"],
+                   rows, numeric=(0, 3, 4, 5, 6, 7, 8, 9)) if rows else "<p class=\"note\">no cluster tested</p>"]
+    for c in lik.clusters:
+        parts.append(f'<section class="cluster"><h3>{esc(f"#{c.rank} [{c.level}] {c.label}")}</h3>'
+                     f'<details open><summary>representative rows (medoids)</summary>{_examples(c.medoids).html}</details>'
+                     f'<details><summary>validation rows of B in the cluster</summary>{_examples(c.examples_b).html}</details></section>')
+    return "".join(parts)
+
+
+def write_report(result: DiffResult | None, path: str | Path, title: str = "Behavioural diff", intended: str | None = None,
+                 names: tuple[str, str] = ("A", "B"), max_clusters: int = 30, behaviours: list[Behaviour] | None = None,
+                 likelihood: LikelihoodResult | None = None) -> Path:
     """Write the HTML report; returns its path. ``behaviours``: the flagged clusters grouped
     (default: :func:`~gradtrace.diff.behaviours.group_behaviours` with its default rule, when the
-    result still holds its member texts; else no behaviours section)."""
+    result still holds its member texts; else no behaviours section). ``likelihood``: the likelihood
+    view's section. ``result`` None: only the likelihood view ran."""
+    if result is None:
+        parts = [f"<p>Model A: <b>{esc(names[0])}</b>. Model B: <b>{esc(names[1])}</b>.</p>"]
+        if intended:
+            parts.append(f"<p>Intended change: <i>{esc(intended)}</i></p>")
+        if likelihood is not None:
+            parts.append(_likelihood_section(likelihood))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page(title, "\n".join(parts), figures=False), encoding="utf-8")
+        return path
     alpha = result.config.alpha
     flagged = result.significant()
     if behaviours is None and result.members and len(result.texts_a) == result.n_a and len(result.texts_b) == result.n_b:
@@ -87,6 +117,8 @@ def write_report(result: DiffResult, path: str | Path, title: str = "Behavioural
                              f"{b.share_b:.3f}", f"{b.p_value:.3g}", f"{b.q_value:.3g}") for b in behaviours],
                            numeric=(0, 4, 5, 6, 7, 8)) if behaviours else "<p class=\"note\">no flagged cluster</p>")
         parts.extend(_behaviour_block(b) for b in behaviours)
+    if likelihood is not None:
+        parts.append(_likelihood_section(likelihood))
     parts.append("<h2>Levels</h2>")
     parts.append(table(["level", "clusters", "exploration rows", "validation rows", "unassigned (explore / valid)", "stability (ARI)"],
                        [(s.level, s.n_clusters, s.n_explore, s.n_validation, f"{s.unassigned_explore} / {s.unassigned_validation}",

@@ -26,6 +26,14 @@ def split_sentences(text: str, min_words: int = 3) -> list[str]:
     return out
 
 
+def _keep(n: int, max_units: int) -> list[int]:
+    """Indices of the units a text keeps: all, or the first and the last ones (half each)."""
+    if n <= max_units:
+        return list(range(n))
+    head = (max_units + 1) // 2
+    return list(range(head)) + list(range(n - (max_units - head), n))
+
+
 def text_units(texts: list[str], min_words: int = 3, max_units: int = 12) -> tuple[list[str], list[int]]:
     """All sentence units of ``texts`` and, for each unit, the index of its text.
 
@@ -37,10 +45,21 @@ def text_units(texts: list[str], min_words: int = 3, max_units: int = 12) -> tup
     owner: list[int] = []
     for i, text in enumerate(texts):
         sentences = split_sentences(text, min_words)
-        if len(sentences) > max_units:
-            head = (max_units + 1) // 2
-            sentences = sentences[:head] + sentences[len(sentences) - (max_units - head):]
-        for sentence in sentences:
-            units.append(sentence)
+        for j in _keep(len(sentences), max_units):
+            units.append(sentences[j])
             owner.append(i)
     return units, owner
+
+
+def unit_spans(text: str, min_words: int = 3, max_units: int = 12) -> list[tuple[str, int, int]]:
+    """The units :func:`text_units` keeps for ``text``, each with its character span ``[start, end)`` in ``text``."""
+    sentences = split_sentences(text, min_words)
+    spans: list[tuple[str, int, int]] = []
+    cursor = 0
+    for s in sentences:
+        start = text.find(s, cursor)
+        if start < 0:  # cannot happen: a unit is a stripped piece of the text
+            start = text.find(s)
+        spans.append((s, start, start + len(s)))
+        cursor = start + len(s)
+    return [spans[j] for j in _keep(len(spans), max_units)]

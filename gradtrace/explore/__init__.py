@@ -1,5 +1,6 @@
 """The explorer: ``gradtrace serve DIR...``, a local web app over gradtrace
-artefacts (gradient stores, diffs, loop runs). See ``docs/explorer.md``.
+artefacts (gradient stores, diffs, loop runs, audits, allocations, probe
+results). See ``docs/explorer.md``.
 
 Modules: :mod:`.artefacts` (the artefact base and the loader registry),
 :mod:`.kinds` (one module per kind), :mod:`.app` (the Flask app, its

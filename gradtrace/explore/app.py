@@ -36,7 +36,7 @@ TOKEN_COOKIE = "gradtrace_token"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 NAV = {"store": (("", "Training set"), ("query", "Query")), "diff": (("", "Diff"),), "loop": (("", "Loop"),),
-       "audit": (("", "Behaviours"),), "allocation": (("", "Heatmap"),)}
+       "audit": (("", "Behaviours"),), "allocation": (("", "Heatmap"),), "probes": (("", "Probes"),)}
 
 
 def is_loopback(host: str) -> bool:

@@ -21,9 +21,15 @@ audit       ``audit.json`` (a file, or a folder with      ``kinds/audit.py``
 allocation  a ``.json`` of ``gradtrace allocate --out``   ``kinds/allocation.py``
             (``intervals``, ``params``, ``rule``,
             ``behaviour``)
+probes      a ``.json`` of ``gradtrace probes run --out``  ``kinds/probes.py``
+            (``model``, ``suite``, ``summary``,
+            ``items``) or ``probes compare --out``
+            (``a``, ``b``, ``correction``, ``alpha``,
+            ``subtasks``); a loop run that ran the
+            ``probes`` monitor yields one too
 ==========  ============================================  ========================
 
-**Adding a kind** (probe results, ...):
+**Adding a kind**:
 write ``kinds/<kind>.py`` with a subclass of :class:`Artefact` (its
 ``kind``, ``title``, the ``summary`` shown on the index page, :meth:`~Artefact.page`
 returning a template name and its context, and :meth:`~Artefact.data` for
@@ -32,7 +38,7 @@ JSON the page script fetches) and a :class:`Loader` (``detect(path)`` and
 ``kinds/__init__.py``; templates go in ``explore/templates/``, figures in
 :mod:`gradtrace.report.figures`. The app needs no change: it routes
 ``/a/<id>/``, ``/a/<id>/p/<name>[/<n>]`` and ``/a/<id>/data/<name>/<n>`` to
-those two methods (with the query-string arguments and the integer ``n``). No loader exists for probe results yet: a path
+those two methods (with the query-string arguments and the integer ``n``). A path
 that no loader accepts is refused with a message naming the kinds read.
 """
 
@@ -112,7 +118,7 @@ def load_artefacts(paths: Sequence[str | Path], options: ServeOptions = ServeOpt
         loaders = LOADERS
     if not paths:
         raise InputError("serve needs at least one path (a store, a diff.json or its folder, a loop run folder, "
-                         "an audit folder, an allocation JSON)")
+                         "an audit folder, an allocation JSON, a probe run or comparison JSON)")
     counts: dict[str, int] = {}
 
     def new_id(kind: str) -> str:
@@ -130,8 +136,8 @@ def load_artefacts(paths: Sequence[str | Path], options: ServeOptions = ServeOpt
             raise InputError(
                 f"serve: {str(raw)!r} is none of the kinds the explorer reads ({', '.join(l.kind for l in loaders)}): "
                 "a gradient store (manifest.json), a diff (diff.json), a loop run (loop.json and round_000/), "
-                "an audit (a folder with audit.json), an allocation (the JSON of gradtrace allocate --out); "
-                "probe results have no loader yet (see gradtrace/explore/artefacts.py)"
+                "an audit (a folder with audit.json), an allocation (the JSON of gradtrace allocate --out), "
+                "probe results (the JSON of gradtrace probes run --out or probes compare --out)"
             )
         out.extend(loader.load(path, options, new_id))
     return out

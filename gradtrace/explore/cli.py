@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    paths: list[Path] = typer.Argument(..., help="gradient stores, diff.json files (or their folders), loop run folders"),
+    paths: list[Path] = typer.Argument(..., help="gradient stores, diff.json files (or their folders), loop run folders, audit folders, allocation JSONs, probe run/comparison JSONs"),
     task: Optional[str] = typer.Option(None, help="path/to/file.py:make_task, the TaskSpec of stores made with --task"),
     queries: Optional[Path] = typer.Option(None, help="JSONL of LM queries to pick from (stores made with --hf-model)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; a non-loopback one needs --token"),
@@ -26,7 +26,7 @@ def serve(
     ),
     max_queries: int = typer.Option(500, help="task queries scored to list what each training example is a top proponent/opponent of"),
 ) -> None:
-    """Browse stores, diffs and loop runs in the browser (interactive plots, search, queries)."""
+    """Browse stores, diffs, loop runs, audits, allocations and probe results in the browser (interactive plots, search, queries)."""
     from .app import check_bind, make_server
     from .artefacts import ServeOptions, load_artefacts
 

@@ -69,18 +69,22 @@ def linear_sites(model: nn.Module, param_names: list[str]) -> list[LinearSite] |
 
 
 class LinearCapture:
-    """Context manager recording, for each site, every call's input and output.
+    """Context manager recording, for each site, every call's input (or
+    ``input_maps[i]`` of it) and output.
 
     After the forward pass, :meth:`output_grads` differentiates a scalar with
     respect to the recorded outputs. Calls are kept in order, so a layer used
     twice contributes the sum of both calls' gradients.
     """
 
-    def __init__(self, sites: list[LinearSite]):
+    def __init__(self, sites: list[LinearSite], input_maps: list[Callable[[Tensor], Tensor]] | None = None):
         self.sites = sites
         self.inputs: list[list[Tensor]] = [[] for _ in sites]
         self.outputs: list[list[Tensor]] = [[] for _ in sites]
         self._handles: list[Any] = []
+        # applied to each (detached) input as it is recorded: what is kept is the map's result (e.g. the input
+        # already projected, so that the full activations are not held until the backward pass)
+        self.input_maps = input_maps
 
     def __enter__(self) -> "LinearCapture":
         for i, site in enumerate(self.sites):
@@ -94,7 +98,8 @@ class LinearCapture:
 
     def _hook(self, i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            self.inputs[i].append(args[0].detach())
+            x = args[0].detach()
+            self.inputs[i].append(x if self.input_maps is None else self.input_maps[i](x))
             self.outputs[i].append(output)
 
         return hook

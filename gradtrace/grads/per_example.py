@@ -58,7 +58,7 @@ class FeatureBatch:
     """Projected per-example gradients and their exact squared norms."""
 
     features: Tensor  # [b, feature_dim]
-    sqnorms: Tensor  # [b], squared norm of the unprojected gradient
+    sqnorms: Tensor | None  # [b], squared norm of the unprojected gradient; None when skipped (exact_norms=False)
     values: Tensor | None = None  # [b], the per-example function's values (detached)
 
 
@@ -67,14 +67,20 @@ class GradientFeaturizer:
 
     The layout of a feature row is fixed by ``param_names`` (exact and dense)
     or by the selected linear layers in module order (Kronecker).
+
+    ``exact_norms=False``: the Kronecker path does not compute the exact
+    squared norms (a Gram matrix of each layer's inputs and output gradients
+    per example); its batches then have ``sqnorms=None``. The other paths
+    have them at no extra cost and always return them.
     """
 
-    def __init__(self, param_names: list[str], projection: ProjectionConfig, method: str = "auto"):
+    def __init__(self, param_names: list[str], projection: ProjectionConfig, method: str = "auto", exact_norms: bool = True):
         if method not in METHODS:
             raise InputError(f"method must be one of {METHODS}; got {method!r}")
         self.param_names = list(param_names)
         self.projection = projection
         self.method = method
+        self.exact_norms = exact_norms
         self._resolved: str | None = None
         self._sites: list[LinearSite] | None = None
         self._dense: DenseProjector | None = None
@@ -260,11 +266,12 @@ class GradientFeaturizer:
         return out, values
 
     def _forward_capture(
-        self, model: nn.Module, fn: PerExampleFn, batch: Any,
+        self, model: nn.Module, fn: PerExampleFn, batch: Any, input_maps: list[Callable[[Tensor], Tensor]] | None = None,
     ) -> tuple[int, LinearCapture, list[list[Tensor]], Tensor]:
-        """Batch size, captured layer inputs, output gradients and the function's (detached) values."""
+        """Batch size, captured layer inputs (``input_maps`` of them), output
+        gradients and the function's (detached) values."""
         assert self._sites is not None
-        with LinearCapture(self._sites) as cap:
+        with LinearCapture(self._sites, input_maps) as cap:
             values = fn(model, batch)
         b = _check_values(values, None, "the per-example function")
         out_grads = cap.output_grads(values.sum())
@@ -325,24 +332,47 @@ class GradientFeaturizer:
         return pieces, values
 
     def _kronecker(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
-        b, cap, out_grads, values = self._forward_capture(model, fn, batch)
         assert self._sites is not None
+        # without exact norms nothing needs a layer's full input: it is projected as the forward pass records it
+        early = None if self.exact_norms else [self._projected_input(site) for site in self._sites]
+        b, cap, out_grads, values = self._forward_capture(model, fn, batch, early)
         feats, sq = [], None
         for i, site in enumerate(self._sites):
             with_bias = site.bias_name is not None
-            xs = [augmented_input(_acc(as_tokens(x, b, f"input of {site.module_name}")), with_bias) for x in cap.inputs[i]]
+            if early is None:
+                xs = [augmented_input(_acc(as_tokens(x, b, f"input of {site.module_name}")), with_bias) for x in cap.inputs[i]]
+            else:
+                xs = [as_tokens(x, b, f"input of {site.module_name}") for x in cap.inputs[i]]
             gs = [_acc(as_tokens(g, b, f"output gradient of {site.module_name}")) for g in out_grads[i]]
             dtype, device = accumulation_dtype(site.module.weight.dtype), site.module.weight.device
             factors = self._factors_for(site, dtype, device)
-            feat = torch.zeros(b, factors.k_out, factors.k_in, dtype=dtype, device=device)
+            feat: Tensor | None = None
             for x, g in zip(xs, gs):
-                xp = x if factors.p_in is None else x @ factors.p_in
+                xp = x if factors.p_in is None or early is not None else x @ factors.p_in
                 gp = g if factors.p_out is None else g @ factors.p_out
-                feat += torch.einsum("bto,bti->boi", gp, xp)
+                term = torch.einsum("bto,bti->boi", gp, xp)
+                # 0 + term, as the sum always began: -0.0 becomes +0.0 and every other value is unchanged
+                feat = term.add_(0.0) if feat is None else feat.add_(term)
+            if feat is None:
+                feat = torch.zeros(b, factors.k_out, factors.k_in, dtype=dtype, device=device)
             feats.append(feat.reshape(b, -1))
-            site_sq = _exact_sqnorm(xs, gs, b, dtype, device)
-            sq = site_sq if sq is None else sq + site_sq
+            if self.exact_norms:
+                site_sq = _exact_sqnorm(xs, gs, b, dtype, device)
+                sq = site_sq if sq is None else sq + site_sq
         return FeatureBatch(torch.cat(feats, dim=1), sq, values)
+
+    def _projected_input(self, site: LinearSite) -> Callable[[Tensor], Tensor]:
+        """A layer's input as :meth:`_kronecker` uses it (accumulation dtype, a
+        column of ones for the bias, projected by the layer's input factor), for
+        :class:`LinearCapture` to keep instead of the input itself."""
+        with_bias = site.bias_name is not None
+        factors = self._factors_for(site, accumulation_dtype(site.module.weight.dtype), site.module.weight.device)
+
+        def project(x: Tensor) -> Tensor:
+            x = augmented_input(_acc(x), with_bias)
+            return x if factors.p_in is None else x @ factors.p_in
+
+        return project
 
     def _factored(self, model: nn.Module, fn: PerExampleFn, batch: Any) -> FeatureBatch:
         b, cap, out_grads, values = self._forward_capture(model, fn, batch)

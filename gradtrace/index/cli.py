@@ -14,18 +14,24 @@ def register(app: typer.Typer) -> None:
     @app.command("index")
     def index_cmd(
         store: Path = typer.Argument(..., help="a complete store made by 'gradtrace featurize'"),
-        kind: str = typer.Option("auto", help="flat (exact search) | ivf | ivfpq | hnsw | auto (flat below 100,000 examples, else ivfpq)"),
+        kind: str = typer.Option("auto", help="flat (exact search) | ivf | ivfsq | ivfpq | hnsw | auto (flat below 100,000 examples, else ivfsq)"),
         variant: str = typer.Option("raw", help="the score the index serves: raw | cosine (one index per variant)"),
-        nlist: Optional[int] = typer.Option(None, help="ivf, ivfpq: number of inverted lists (default ~sqrt(examples), a power of two)"),
-        nprobe: Optional[int] = typer.Option(None, help="ivf, ivfpq: lists searched per query (default nlist/16, at least 8)"),
+        nlist: Optional[int] = typer.Option(None, help="ivf, ivfsq, ivfpq: inverted lists per norm bucket (default ~sqrt(rows), x4 with --quantizer hnsw; a power of two)"),
+        nprobe: Optional[int] = typer.Option(None, help="ivf, ivfsq, ivfpq: lists searched per query (default nlist/16, at least 8)"),
         pq_m: Optional[int] = typer.Option(None, help="ivfpq: bytes per vector (sub-quantizers; default one per 8 numbers)"),
+        sq_type: str = typer.Option("8bit", help="ivfsq: code of each number: 8bit (one byte) | fp16 (two)"),
+        quantizer: str = typer.Option("flat", help="ivf, ivfsq, ivfpq: coarse quantizer: flat (exact search of the lists) | hnsw (a graph; for many lists)"),
+        metric: str = typer.Option("ip", help="ivf, ivfsq, ivfpq: ip (lists of directions, searched by inner product) | l2 (vectors augmented so that L2 ranks as the inner product)"),
+        exact_share: Optional[float] = typer.Option(
+            None, help="share of the rows (largest vector norms) searched exactly; default raw 1/32, cosine 0",
+        ),
         hnsw_m: int = typer.Option(32, help="hnsw: links per node"),
         ef_construction: int = typer.Option(80, help="hnsw: search width while building"),
         ef_search: int = typer.Option(256, help="hnsw: search width per query (at least the number of candidates)"),
-        train_sample: Optional[int] = typer.Option(None, help="ivf, ivfpq: rows sampled to train on (default 40 x nlist, at least 16,384)"),
+        train_sample: Optional[int] = typer.Option(None, help="ivf, ivfsq, ivfpq: rows sampled to train on (default 40 x nlist, at least 16,384)"),
         norm_buckets: Optional[int] = typer.Option(
-            None, help="ivf, ivfpq, hnsw: rows split by vector norm into this many buckets, each indexed alone "
-            "(default: raw 2 + log2(examples / 65,536), cosine 1; the small buckets of largest norm are searched exactly)",
+            None, help="ivf, ivfsq, ivfpq, hnsw: the rows outside the exact share split by vector norm into this many buckets, "
+            "each indexed alone (default: raw 2 + log2(rows / 262,144), at least 1; cosine 1)",
         ),
         seed: int = typer.Option(0, help="seed of the training sample and of k-means"),
         out: Optional[Path] = typer.Option(None, help="index folder (default: index/ inside the store)"),
@@ -49,7 +55,7 @@ def register(app: typer.Typer) -> None:
                 output_dir(out, "--out")
             st = GradientStore.open(store, verify=verify)
             params = IndexParams(
-                kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m, sq_type=sq_type, quantizer=quantizer, metric=metric, exact_share=exact_share, hnsw_m=hnsw_m, ef_construction=ef_construction,
                 ef_search=ef_search, train_sample=train_sample, norm_buckets=norm_buckets, seed=seed,
             )
             built = build_index(st, variant, params, folder=out, progress=progress)

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..configbase import non_negative_int, positive_int
+from ..configbase import in_range, non_negative_int, positive_int
 from ..errors import InputError, MissingDependencyError, StoreError
 from ..fileio import atomic_write_bytes, json_bytes, write_temporary_with
 from ..fingerprint import file_sha256
@@ -42,15 +42,30 @@ from ..store.settings import dict_differences
 from .vectors import NORM_MARGIN, augment, check_store, check_variant, store_vectors, vector_dim
 
 FORMAT = "gradtrace.store-index"
-FORMAT_VERSION = 1
-KINDS = ("flat", "ivf", "ivfpq", "hnsw")
-#: ``kind="auto"``: ``flat`` (exact search) below this many examples, ``ivfpq`` from it on.
+FORMAT_VERSION = 2
+KINDS = ("flat", "ivf", "ivfsq", "ivfpq", "hnsw")
+IVF_KINDS = ("ivf", "ivfsq", "ivfpq")
+#: ``ivfsq``: the scalar quantizer of each number (FAISS ``QT_8bit``: one byte, per-dimension range; ``QT_fp16``: two).
+SQ_TYPES = ("8bit", "fp16")
+#: Coarse quantizers of the IVF kinds: an exact search of the list centroids, or an HNSW graph over them (many lists).
+QUANTIZERS = ("flat", "hnsw")
+#: How the IVF kinds search for large inner products: ``l2`` (each bucket's vectors augmented by one coordinate so that
+#: the L2 distance ranks as the inner product; lists are k-means cells of the augmented vectors) or ``ip`` (lists are
+#: spherical k-means cells of the vectors' directions, probed and scanned by inner product).
+METRICS = ("l2", "ip")
+#: Raw scores: the share of rows (largest vector norms) searched exactly by default.
+DEFAULT_EXACT_SHARE = 1 / 32
+#: ``kind="auto"``: ``flat`` (exact search) below this many examples, AUTO_KIND from it on.
 AUTO_FLAT_BELOW = 100_000
-#: Norm buckets above the lowest with at most this many rows (or 1/EXACT_SHARE of the store) are searched exactly (flat).
+AUTO_KIND = "ivfsq"
+#: Default norm buckets: one up to 4 x this many rows (outside the exact share); each bucket holds at least ~4 x this many.
 FLAT_BUCKET_ROWS = 65536
-EXACT_SHARE = 64
+#: Search-time pruning: slack on the k-th exact-bucket score, relative to |w(q)| x the largest vector norm, for float32 rounding.
+PRUNE_SLACK = 1e-4
 #: Candidates beyond k taken from an exact (flat) bucket: its float32 search may order near-ties otherwise than the exact scores.
 EXACT_MARGIN = 16
+#: k-means rounds that train the inverted lists (FAISS's default is 25; the lists change little after 10).
+KMEANS_ROUNDS = 10
 #: Rows turned into vectors and added to the index at a time.
 CHUNK_ROWS = 16384
 FOLDER = "index"
@@ -88,6 +103,10 @@ class IndexParams:
     nlist: int | None = None
     nprobe: int | None = None
     pq_m: int | None = None
+    sq_type: str = "8bit"
+    quantizer: str = "flat"
+    metric: str = "ip"
+    exact_share: float | None = None
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 256
@@ -100,7 +119,7 @@ class IndexParams:
         (InputError naming the setting when one cannot fit)."""
         kind = self.kind
         if kind == "auto":
-            kind = "flat" if n < AUTO_FLAT_BELOW else "ivfpq"
+            kind = "flat" if n < AUTO_FLAT_BELOW else AUTO_KIND
         if kind not in KINDS:
             raise InputError(f"kind must be one of auto, {', '.join(KINDS)}; got {self.kind!r}")
         for name in ("nlist", "nprobe", "pq_m", "train_sample", "norm_buckets"):
@@ -110,94 +129,119 @@ class IndexParams:
         for name in ("hnsw_m", "ef_construction", "ef_search"):
             positive_int(getattr(self, name), name)
         non_negative_int(self.seed, "seed")
+        if self.sq_type not in SQ_TYPES:
+            raise InputError(f"sq_type must be one of {', '.join(SQ_TYPES)}; got {self.sq_type!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise InputError(f"quantizer must be one of {', '.join(QUANTIZERS)}; got {self.quantizer!r}")
+        if self.metric not in METRICS:
+            raise InputError(f"metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
+        if self.exact_share is not None:
+            in_range(0.0, 1.0, high_open=True)(self.exact_share, "exact_share")
         out: dict[str, Any] = {"kind": kind, "seed": self.seed, "vector_dim": dim}
         if kind == "flat":
             if self.norm_buckets not in (None, 1):
-                raise InputError(f"norm_buckets applies to kinds ivf, ivfpq and hnsw (flat searches exactly); got {self.norm_buckets!r}")
-            out.update(norm_buckets=1)
+                raise InputError(f"norm_buckets applies to kinds ivf, ivfsq, ivfpq and hnsw (flat searches exactly); got {self.norm_buckets!r}")
+            out.update(norm_buckets=1, exact_share=1.0, exact_rows=0)
             return out
-        buckets = self.norm_buckets if self.norm_buckets is not None else default_norm_buckets(n, variant)
-        if buckets > 1 and n >> max(1, buckets - 2) < 1:
-            raise InputError(f"norm_buckets ({buckets}) is too many for {n} examples (the top bucket would be empty)")
-        out.update(norm_buckets=buckets, nlist=self.nlist, train_sample=self.train_sample)
-        if kind in ("ivf", "ivfpq"):
-            out.update(nprobe=self.nprobe)
+        share = self.exact_share if self.exact_share is not None else (DEFAULT_EXACT_SHARE if variant == "raw" else 0.0)
+        exact_rows = min(n - 1, math.ceil(share * n))  # at least one row stays in an approximate bucket
+        rest = n - exact_rows
+        buckets = self.norm_buckets if self.norm_buckets is not None else default_norm_buckets(rest, variant)
+        if buckets > 1 and rest >> max(1, buckets - 2) < 1:
+            raise InputError(
+                f"norm_buckets ({buckets}) is too many for the {rest} examples outside the exact share (the top bucket would be empty)"
+            )
+        out.update(norm_buckets=buckets, exact_share=float(share), exact_rows=exact_rows, nlist=self.nlist, train_sample=self.train_sample)
+        if kind in IVF_KINDS:
+            out.update(nprobe=self.nprobe, quantizer=self.quantizer, metric=self.metric)
+            if self.quantizer == "hnsw":
+                out.update(hnsw_m=self.hnsw_m, ef_construction=self.ef_construction)
             if kind == "ivfpq":
                 pq_m = self.pq_m if self.pq_m is not None else max(1, math.ceil((dim + 1) / 8))
                 if pq_m > dim + 1:
                     raise InputError(f"pq_m ({pq_m}) must be at most the vector size + 1 ({dim + 1})")
                 out.update(pq_m=pq_m, pq_bits=8)
+            if kind == "ivfsq":
+                out.update(sq_type=self.sq_type)
         else:  # hnsw
             out.update(hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, ef_search=self.ef_search)
         return out
 
 
 def bucket_plan(settings: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
-    """Per norm bucket (rows counted in ``sizes``): its index kind and sizes.
-    Buckets above the lowest that hold at most :data:`FLAT_BUCKET_ROWS` rows,
-    or 1/:data:`EXACT_SHARE` of all rows, are searched exactly (flat): the
-    rows of largest norm, which dominate raw scores whatever their direction
-    (so no nearest-neighbour structure finds them well); the others get
-    ``settings['kind']``."""
+    """Per norm bucket (rows counted in ``sizes``, by rising norm; with
+    ``settings['exact_rows']`` the last one is the exact share): its index
+    kind and sizes. The exact share (the rows of largest norm, which
+    dominate raw scores whatever their direction, so that no
+    nearest-neighbour structure finds them well) is searched exactly
+    (``flat``); the others get ``settings['kind']`` (an empty one: flat)."""
     kind, dim = settings["kind"], settings["vector_dim"]
-    exact_rows = max(FLAT_BUCKET_ROWS, sum(sizes) // EXACT_SHARE)
+    exact_last = settings.get("exact_rows", 0) > 0
     plan = []
     for b, rows in enumerate(sizes):
-        if kind == "flat" or (b > 0 and rows <= exact_rows) or rows == 0:
-            plan.append({"rows": rows, "kind": "flat", "index_dim": dim, "augmented": False})
+        is_exact = exact_last and b == len(sizes) - 1
+        if kind == "flat" or is_exact or rows == 0:
+            plan.append({"rows": rows, "kind": "flat", "index_dim": dim, "augmented": False, "exact_share": is_exact})
             continue
-        entry: dict[str, Any] = {"rows": rows, "kind": kind, "augmented": True, "index_dim": dim + 1}
-        if kind in ("ivf", "ivfpq"):
-            nlist = min(settings["nlist"], max(1, rows // 39)) if settings["nlist"] is not None else default_nlist(rows)
+        augmented = settings.get("metric", "l2") == "l2"
+        entry: dict[str, Any] = {"rows": rows, "kind": kind, "augmented": augmented, "index_dim": dim + augmented, "exact_share": False}
+        if kind in IVF_KINDS:
+            hnsw_q = settings["quantizer"] == "hnsw"
+            nlist = min(settings["nlist"], max(1, rows // 39)) if settings["nlist"] is not None else default_nlist(rows, 4 if hnsw_q else 1)
             sample = settings["train_sample"] if settings["train_sample"] is not None else max(40 * nlist, 16384)
             sample = min(rows, sample)
             if sample < nlist:
                 raise InputError(f"train_sample ({sample}) must be at least nlist ({nlist})")
             nprobe = settings["nprobe"] if settings["nprobe"] is not None else max(8, nlist // 16)
-            entry.update(nlist=nlist, train_sample=sample, nprobe=min(nprobe, nlist))
+            entry.update(nlist=nlist, train_sample=sample, nprobe=min(nprobe, nlist), quantizer=settings["quantizer"])
             if kind == "ivfpq":
                 if sample < 256:
                     raise InputError(
                         f"kind 'ivfpq' trains 256 codes per sub-vector and needs at least 256 rows per norm bucket "
-                        f"(a bucket holds {rows}, train_sample {sample}); use kind 'flat' or 'ivf', or fewer norm_buckets"
+                        f"(a bucket holds {rows}, train_sample {sample}); use kind 'flat', 'ivf' or 'ivfsq', or fewer norm_buckets"
                     )
-                entry["index_dim"] = math.ceil((dim + 1) / settings["pq_m"]) * settings["pq_m"]  # PQ needs pq_m | dim
+                entry["index_dim"] = math.ceil((dim + augmented) / settings["pq_m"]) * settings["pq_m"]  # PQ needs pq_m | dim
         plan.append(entry)
     return plan
 
 
-def default_nlist(n: int) -> int:
-    """About ``sqrt(n)`` lists (a power of two), with at least 39 examples per list."""
-    target = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
+def default_nlist(n: int, factor: int = 1) -> int:
+    """About ``factor x sqrt(n)`` lists (a power of two), with at least 39 examples per list."""
+    target = 2 ** round(math.log2(max(1.0, factor * math.sqrt(n))))
     return max(1, min(target, n // 39 if n >= 39 else 1))
 
 
-def norm_bucket_ids(sq: np.ndarray, buckets: int) -> np.ndarray:
+def norm_bucket_ids(sq: np.ndarray, buckets: int, exact_rows: int = 0) -> np.ndarray:
     """Bucket of each row by its squared norm (rank order, ties to the lower
-    position). Two buckets: the lower and upper half. Three or more: the
-    lowest quarter, the next quarter, then half of the rest, half of what
-    is left, ...: the top bucket holds the largest ``n / 2^(buckets-2)``."""
+    position). The ``exact_rows`` largest get bucket ``buckets`` (the exact
+    share); the others are split into ``buckets``: one; the lower and upper
+    half; or, for three or more, the lowest quarter, the next quarter, then
+    half of the rest, half of what is left, ...: the top bucket holds the
+    largest ``m / 2^(buckets-2)`` of those ``m`` rows."""
     n = sq.size
     out = np.zeros(n, dtype=np.int16)
-    if buckets == 1:
-        return out
     rank = np.empty(n, dtype=np.int64)
     rank[np.argsort(sq, kind="stable")] = np.arange(n)
+    m = n - exact_rows
     if buckets == 2:
-        out[rank >= n - (n >> 1)] = 1
-        return out
-    out[rank >= n // 4] = 1
-    for j in range(1, buckets - 1):
-        out[rank >= n - (n >> j)] = j + 1
+        out[rank >= m - (m >> 1)] = 1
+    elif buckets > 2:
+        out[rank >= m // 4] = 1
+        for j in range(1, buckets - 1):
+            out[rank >= m - (m >> j)] = j + 1
+    if exact_rows:
+        out[rank >= m] = buckets
     return out
 
 
 def default_norm_buckets(n: int, variant: str) -> int:
-    """Raw: enough buckets that the top one holds at most
-    :data:`FLAT_BUCKET_ROWS` rows; cosine: 1 (all its vectors have one norm)."""
-    if variant == "cosine" or n <= FLAT_BUCKET_ROWS:
+    """Approximate norm buckets for ``n`` rows (outside the exact share).
+    Raw: 1 up to 4 x :data:`FLAT_BUCKET_ROWS` rows, then ``2 + floor(log2(n
+    / (4 FLAT_BUCKET_ROWS)))`` (so the top one holds at least 4 x
+    FLAT_BUCKET_ROWS rows); cosine: 1 (all its vectors have one norm)."""
+    if variant == "cosine" or n <= 4 * FLAT_BUCKET_ROWS:
         return 1
-    return 2 + math.ceil(math.log2(n / FLAT_BUCKET_ROWS))
+    return 2 + math.floor(math.log2(n / (4 * FLAT_BUCKET_ROWS)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +266,15 @@ class Estimate:
         )
 
 
+#: Bytes per number of the ``ivfsq`` codes.
+SQ_BYTES = {"8bit": 1, "fp16": 2}
+#: Estimate: distance computations of one HNSW search (building: ef_construction; coarse assignment: this) per neighbour link.
+HNSW_ASSIGN_EF = 64
+
+
 def estimate(store: GradientStore, settings: dict[str, Any], plan: list[dict[str, Any]]) -> Estimate:
-    """The cost of building an index with ``settings`` and its bucket ``plan``."""
+    """The cost of building an index with ``settings`` and its bucket ``plan``
+    (every kind, coarse quantizer and code size it can hold)."""
     n = store.n_examples
     item = np.dtype(store.settings.dtype).itemsize
     read = n * (vector_dim(store) * item + 16 * len(store.checkpoints))
@@ -238,10 +289,20 @@ def estimate(store: GradientStore, settings: dict[str, Any], plan: list[dict[str
             flops += 2.0 * rows * d * settings["ef_construction"] * settings["hnsw_m"] * 0.5
         else:
             nlist, sample = entry["nlist"], entry["train_sample"]
-            size = rows * ((settings["pq_m"] if kind == "ivfpq" else d * 4) + 8) + nlist * d * 4
-            flops += 2.0 * sample * nlist * d * 10 + 2.0 * rows * nlist * d  # k-means (10 rounds), assignment
+            code = {"ivf": d * 4, "ivfsq": d * SQ_BYTES.get(settings.get("sq_type", "8bit"), 4), "ivfpq": settings.get("pq_m", 0)}[kind]
+            size = rows * (code + 8) + nlist * d * 4
+            flops += 2.0 * sample * nlist * d * KMEANS_ROUNDS  # k-means
+            if entry.get("quantizer") == "hnsw":
+                size += nlist * settings["hnsw_m"] * 2 * 4
+                # the graph over the centroids, then each row's list found through it (scalar distances: ~4x a BLAS flop)
+                flops += 2.0 * nlist * d * settings["ef_construction"] * settings["hnsw_m"] * 0.5
+                flops += 4 * 2.0 * rows * d * HNSW_ASSIGN_EF * settings["hnsw_m"] * 0.5
+            else:
+                flops += 2.0 * rows * nlist * d  # each row's list: a search of all centroids
             if kind == "ivfpq":
                 flops += 2.0 * min(sample, 65536) * 256 * d * 25 + 2.0 * rows * 256 * d  # codebooks, encoding
+            elif kind == "ivfsq":
+                flops += 4.0 * rows * d  # ranges, encoding
             memory += sample * d * 4
         disk += size
         memory += size
@@ -267,15 +328,19 @@ class StoreIndex:
     norm bucket.
 
     ``search`` gives candidates; :class:`~gradtrace.Attributor` (made with
-    ``index=``) re-ranks them exactly. ``nprobe`` (IVF kinds) and
-    ``ef_search`` (HNSW) can be changed after opening with
+    ``index=``) re-ranks them exactly. ``nprobe`` (IVF kinds),
+    ``ef_search`` (HNSW) and ``prune`` can be changed after opening with
     :meth:`set_search`, without rebuilding.
     """
 
     path: Path  # the JSON file
     meta: dict[str, Any]
     faiss_indexes: list[Any]
+    #: Skip, per query, the approximate buckets whose largest norm cannot reach the k-th best exact-bucket score (see :meth:`search`).
+    prune: bool = True
     _flat: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
+    #: Of the last :meth:`search`: per bucket, the share of the queries that searched it (1 for exact buckets).
+    last_searched: list[float] = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def variant(self) -> str:
@@ -289,13 +354,13 @@ class StoreIndex:
     def n(self) -> int:
         return int(self.meta["store"]["examples"])
 
-    def set_search(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    def set_search(self, nprobe: int | None = None, ef_search: int | None = None, prune: bool | None = None) -> None:
         """Search settings used from now on (None keeps the current one);
         ``nprobe`` is capped at each bucket's number of lists."""
         settings = self.meta["settings"]
         if nprobe is not None:
-            if self.kind not in ("ivf", "ivfpq"):
-                raise InputError(f"nprobe applies to kinds ivf and ivfpq; this index is {self.kind!r}")
+            if self.kind not in IVF_KINDS:
+                raise InputError(f"nprobe applies to kinds {', '.join(IVF_KINDS)}; this index is {self.kind!r}")
             positive_int(nprobe, "nprobe")
             settings["nprobe"] = int(nprobe)
             for entry in self.meta["buckets"]:
@@ -306,38 +371,77 @@ class StoreIndex:
                 raise InputError(f"ef_search applies to kind hnsw; this index is {self.kind!r}")
             positive_int(ef_search, "ef_search")
             settings["ef_search"] = int(ef_search)
+        if prune is not None:
+            if not isinstance(prune, bool):
+                raise InputError(f"prune must be true or false; got {prune!r}")
+            self.prune = prune
 
     def search(self, vectors: np.ndarray, n_candidates: int, k: int) -> np.ndarray:
         """Candidate store positions for each query vector (from
         :func:`~gradtrace.index.vectors.query_vectors`), by largest inner
-        product: up to ``n_candidates`` from each approximate norm bucket and
-        the ``k`` (+ :data:`EXACT_MARGIN`, for float32 rounding) best of each
-        exact (flat) one. ``[n_query, m]`` int64, -1 where a bucket found
-        fewer. The candidates of all buckets are kept (not cut by the index's
-        estimates, whose errors differ between buckets): the caller scores
-        them exactly."""
+        product: the ``k`` (+ :data:`EXACT_MARGIN`, for float32 rounding)
+        best of each exact (flat) bucket, and up to ``n_candidates`` from
+        each approximate one. ``[n_query, m]`` int64, -1 where a bucket
+        found fewer. The candidates of all buckets are kept (not cut by the
+        index's estimates, whose errors differ between buckets): the caller
+        scores them exactly.
+
+        Pruning (``prune``, on by default) is exact: the exact buckets are
+        searched first; an approximate bucket is skipped for a query when
+        ``|w(q)|`` times the bucket's largest vector norm (an upper bound on
+        every score in it) is below the ``k``-th best score the exact
+        buckets gave that query (less a float32 rounding slack,
+        :data:`PRUNE_SLACK`): no row of the bucket can then be in the
+        query's top ``k``."""
         settings = self.meta["settings"]
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != settings["vector_dim"]:
             raise InputError(f"query vectors must be [n, {settings['vector_dim']}]; got shape {vectors.shape}")
         positive_int(n_candidates, "candidates")
         positive_int(k, "k")
-        labels = []
-        for b, (entry, index) in enumerate(zip(self.meta["buckets"], self.faiss_indexes)):
+        nq = vectors.shape[0]
+        buckets = self.meta["buckets"]
+        labels: list[np.ndarray] = []
+        searched = [1.0] * len(buckets)
+        exact_scores = []
+        for b, (entry, index) in enumerate(zip(buckets, self.faiss_indexes)):
+            if entry["kind"] != "flat":
+                continue
+            want = min(int(entry["rows"]), int(k) + EXACT_MARGIN)
+            if want == 0:
+                continue
+            if b not in self._flat:
+                self._flat[b] = flat_rows(index)
+            scores, found = _flat_search(*self._flat[b], vectors, want)
+            labels.append(found)
+            exact_scores.append(scores)
+        # the k-th best exact-bucket score of each query, less the rounding slack (-inf: fewer than k exact rows)
+        threshold = np.full(nq, -np.inf)
+        qnorm = np.linalg.norm(vectors.astype(np.float64), axis=1)
+        if self.prune and exact_scores:
+            pooled = np.concatenate(exact_scores, axis=1)
+            if pooled.shape[1] >= k:
+                kth = -np.partition(-pooled, k - 1, axis=1)[:, k - 1]
+                largest = math.sqrt(max(float(e.get("max_squared_norm", 0.0)) for e in buckets))
+                threshold = kth - PRUNE_SLACK * qnorm * largest
+        for b, (entry, index) in enumerate(zip(buckets, self.faiss_indexes)):
             if entry["kind"] == "flat":
-                want = min(int(entry["rows"]), int(k) + EXACT_MARGIN)
-                if want == 0:
-                    continue
-                if b not in self._flat:
-                    self._flat[b] = flat_rows(index)
-                labels.append(_flat_search(*self._flat[b], vectors, want)[1])
                 continue
             want = min(int(n_candidates), int(entry["rows"]))
-            if entry["kind"] in ("ivf", "ivfpq"):
-                index.nprobe = int(entry["nprobe"])
-            else:
-                faiss_hnsw(index).hnsw.efSearch = max(int(settings["ef_search"]), want)
-            labels.append(index.search(augment(vectors, entry["index_dim"], None), want)[1])
+            bound = qnorm * math.sqrt(float(entry["max_squared_norm"]))  # >= every score in the bucket
+            active = np.nonzero(bound >= threshold)[0]
+            searched[b] = active.size / max(1, nq)
+            out = np.full((nq, want), -1, dtype=np.int64)
+            if active.size:
+                if entry["kind"] in IVF_KINDS:
+                    index.nprobe = int(entry["nprobe"])
+                    if entry.get("quantizer") == "hnsw":
+                        faiss_hnsw_quantizer(index).hnsw.efSearch = max(2 * int(entry["nprobe"]), HNSW_QUANTIZER_EF)
+                else:
+                    faiss_hnsw(index).hnsw.efSearch = max(int(settings["ef_search"]), want)
+                out[active] = index.search(augment(vectors[active], entry["index_dim"], None), want)[1]
+            labels.append(out)
+        self.last_searched = searched
         return np.concatenate(labels, axis=1).astype(np.int64, copy=False)
 
 
@@ -377,6 +481,17 @@ def faiss_hnsw(index: Any) -> Any:
     return faiss.downcast_index(index.index)
 
 
+#: Search width of an HNSW coarse quantizer: at least this, and twice nprobe.
+HNSW_QUANTIZER_EF = 64
+
+
+def faiss_hnsw_quantizer(index: Any) -> Any:
+    """The HNSW coarse quantizer of an IVF index."""
+    import faiss  # type: ignore[import-not-found]
+
+    return faiss.downcast_index(index.quantizer)
+
+
 def build_index(
     store: GradientStore | str | Path,
     variant: str = "raw",
@@ -392,13 +507,18 @@ def build_index(
 
     ``params`` (:class:`IndexParams`): ``kind`` ``flat`` (exact inner-product
     search of float32 vectors), ``ivf`` (inverted lists, float32 vectors),
+    ``ivfsq`` (inverted lists, 8-bit or fp16 scalar codes, ``sq_type``),
     ``ivfpq`` (inverted lists, product-quantised codes of ``pq_m`` bytes),
-    ``hnsw`` (a graph), or ``auto`` (flat below 100,000 examples, ivfpq from
-    there). The approximate kinds split the rows into ``norm_buckets`` by
-    vector norm (:func:`norm_bucket_ids`; default :func:`default_norm_buckets`;
-    the small top buckets, where the large-norm rows that dominate raw
-    scores live, are searched exactly: :func:`bucket_plan`) and index each
-    bucket on its own, so the inner-product-to-distance reduction stays tight. IVF kinds train their
+    ``hnsw`` (a graph), or ``auto`` (flat below 100,000 examples, ivfsq from
+    there). The approximate kinds keep the ``exact_share`` of rows with the
+    largest norms (raw default 1/32), where the rows that dominate raw
+    scores whatever their direction live, as a flat bucket searched exactly,
+    and split the others into ``norm_buckets`` by vector norm
+    (:func:`norm_bucket_ids`; default :func:`default_norm_buckets`;
+    :func:`bucket_plan`), each indexed on its own: IVF lists of directions
+    searched by inner product (``metric="ip"``) or of augmented vectors
+    searched by L2 (``"l2"``, and ``hnsw``), with a flat or HNSW coarse
+    ``quantizer``. IVF kinds train their
     lists (and codebooks) on ``train_sample`` rows per bucket drawn with
     ``seed``. The store is read shard by shard; only the indexes (as FAISS
     holds them), the sample and one chunk of vectors are in memory. Before
@@ -422,8 +542,9 @@ def build_index(
     fingerprint = store.content_fingerprint()
     started = time.perf_counter()
     sq = squared_norms(store, variant)
-    bucket = norm_bucket_ids(sq, settings["norm_buckets"])
-    plan = bucket_plan(settings, np.bincount(bucket, minlength=settings["norm_buckets"]).tolist())
+    exact_rows = settings.get("exact_rows", 0)
+    bucket = norm_bucket_ids(sq, settings["norm_buckets"], exact_rows)
+    plan = bucket_plan(settings, np.bincount(bucket, minlength=settings["norm_buckets"] + (1 if exact_rows else 0)).tolist())
     for b, entry in enumerate(plan):
         members = sq[bucket == b]
         entry["max_squared_norm"] = float(NORM_MARGIN * members.max(initial=0.0))
@@ -480,15 +601,30 @@ def _new_index(faiss: Any, settings: dict[str, Any], entry: dict[str, Any]) -> A
         inner = faiss.IndexHNSWFlat(d, settings["hnsw_m"], faiss.METRIC_L2)
         inner.hnsw.efConstruction = settings["ef_construction"]
         return faiss.IndexIDMap(inner)
-    quantizer = faiss.IndexFlatL2(d)
-    if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, d, entry["nlist"], faiss.METRIC_L2)
+    metric = faiss.METRIC_L2 if entry["augmented"] else faiss.METRIC_INNER_PRODUCT
+    if entry.get("quantizer") == "hnsw":
+        quantizer = faiss.IndexHNSWFlat(d, settings["hnsw_m"], metric)
+        quantizer.hnsw.efConstruction = settings["ef_construction"]
     else:
-        index = faiss.IndexIVFPQ(quantizer, d, entry["nlist"], settings["pq_m"], settings["pq_bits"], faiss.METRIC_L2)
+        quantizer = faiss.IndexFlatL2(d) if entry["augmented"] else faiss.IndexFlatIP(d)
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, d, entry["nlist"], metric)
+    elif kind == "ivfsq":
+        qtype = {"8bit": faiss.ScalarQuantizer.QT_8bit, "fp16": faiss.ScalarQuantizer.QT_fp16}[settings["sq_type"]]
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, entry["nlist"], qtype, metric)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, entry["nlist"], settings["pq_m"], settings["pq_bits"], metric)
         index.pq.cp.seed = settings["seed"]
         index.pq.cp.min_points_per_centroid = 1  # the sample size is ours to choose (see bucket_plan)
     index.cp.seed = settings["seed"]
     index.cp.min_points_per_centroid = 1
+    index.cp.niter = KMEANS_ROUNDS
+    index.cp.spherical = not entry["augmented"]  # ip: unit centroids, cells of directions
+    if entry.get("quantizer") == "hnsw":
+        # k-means searches its centroids exactly; the graph is built once over the final ones
+        clustering = faiss.IndexFlatL2(d) if entry["augmented"] else faiss.IndexFlatIP(d)
+        index.clustering_index = clustering
+        index.referenced_objects.append(clustering)  # alive as long as the index (FAISS does not own it)
     return index  # faiss's Python layer keeps the quantizer alive with the index
 
 
@@ -526,7 +662,9 @@ def _training_samples(
         for o in np.unique(owners[lo:hi]):
             entry = plan[o]
             sel = owners[lo:hi] == o
-            parts.setdefault(int(o), []).append(augment(vectors[sel], entry["index_dim"], entry["max_squared_norm"]))
+            parts.setdefault(int(o), []).append(
+                augment(vectors[sel], entry["index_dim"], entry["max_squared_norm"] if entry["augmented"] else None)
+            )
     for b, chunks in sorted(parts.items()):
         yield b, np.concatenate(chunks)
 

@@ -22,7 +22,8 @@ the score. Opponents (most negative scores) are the top inner products with
 ``-w(q)``. Examples left out for non-finite values get ``v(z) = 0`` (every
 score of theirs reads 0).
 
-The indexes that search by L2 distance (``ivf``, ``ivfpq``, ``hnsw``) get
+The indexes that search by L2 distance (``hnsw``, and the IVF kinds with
+``metric="l2"``; by default they search by inner product) get
 the inner-product search reduced to a nearest-neighbour search by one extra
 coordinate (Bachrach et al., 2014): ``v' = [v, sqrt(M^2 - |v|^2)]``,
 ``w' = [w, 0]`` with ``M^2 >= max |v|^2``, so that

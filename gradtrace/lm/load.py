@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoints import note_weights_source
 from ..errors import InputError, MissingDependencyError
 
 MODELS = {
@@ -40,10 +41,12 @@ def load_model(name: str, *, dtype: "torch.dtype | str | None" = None, seed: int
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise InputError(f"adapter {str(adapter)!r} is not a PEFT adapter folder (no adapter_config.json)")
     torch_dtype = _dtype(dtype, what)
+    weights: Path | None = None  # the single weights file the model was read from, when it is one
     if base == "smollm2":
-        from ..models.zoo import load_smollm2
+        from ..models.zoo import load_smollm2, smollm2_dir
 
         model, tok = load_smollm2(dtype=torch_dtype or torch.float32)
+        weights = smollm2_dir() / "model.safetensors"
     elif base == "tiny":
         from ..models.zoo import byte_tokenizer, tiny_gpt2
 
@@ -58,6 +61,7 @@ def load_model(name: str, *, dtype: "torch.dtype | str | None" = None, seed: int
         tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
         kw = {} if torch_dtype is None else {"dtype": torch_dtype}
         model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, **kw)
+        weights = Path(base) / "model.safetensors"
     else:
         raise InputError(
             f"{what} must be 'smollm2' or a local model folder with config.json (bundled models: {', '.join(sorted(MODELS))}); "
@@ -69,6 +73,9 @@ def load_model(name: str, *, dtype: "torch.dtype | str | None" = None, seed: int
         from .lora import load_adapter
 
         model = load_adapter(model, adapter, merge=True)
+    elif weights is not None and weights.is_file() and torch_dtype in (None, torch.float32):
+        # a checkpoint that is this file is then not read again (gradtrace.checkpoints.holds_weights_of)
+        note_weights_source(model, weights)
     model.eval()
     return model, tok
 

@@ -9,7 +9,9 @@ engines:
 * ``"trainer"``: the Hugging Face ``Trainer`` (AdamW, gradient clipping at
   1, the config's schedule), saving ``checkpoint-N`` folders with adapter
   weights, ``trainer_state.json`` and ``optimizer.pt`` that gradtrace then
-  reads like any user's run; a run already complete in ``out`` is reused.
+  reads like any user's run; a run already complete in ``out`` is reused,
+  and an interrupted one resumes from its last saved checkpoint (the same
+  batches, weights and optimizer state as an uninterrupted run).
 * ``"plain"``: a plain AdamW loop (constant rate, no clipping, optional
   bf16 autocast, batches from ``torch.randperm`` seeded with the config's
   seed each epoch), saving only the final adapter in ``out``; the diff
@@ -38,6 +40,7 @@ from torch import nn
 from ..checkpoints import CheckpointRef
 from ..configbase import ConfigBase, one_of, positive, positive_int
 from ..errors import InputError, MissingDependencyError
+from ..fileio import atomic_write_bytes
 
 ENGINES = ("trainer", "plain")
 
@@ -156,9 +159,10 @@ def _train_with_trainer(model: nn.Module, task: Any, examples: Sequence[Mapping[
     from ..models.hf_checkpoints import trainer_checkpoints
 
     settings = {"config": config.to_dict(), "data": _fingerprint(examples), "task": repr(task)}
-    done = out / "done.json"
+    done, started = out / "done.json", out / "started.json"
     if done.is_file() and json.loads(done.read_text()) == settings:
         return trainer_checkpoints(out)
+    resume = _resume_point(out, started, settings)
     if len(examples) < config.batch_size:
         raise InputError(f"examples: need at least batch_size={config.batch_size} examples; got {len(examples)}")
     for i, e in enumerate(examples):  # fail before training on a bad example
@@ -180,10 +184,33 @@ def _train_with_trainer(model: nn.Module, task: Any, examples: Sequence[Mapping[
         )
         if not progress:
             trainer.remove_callback(PrinterCallback)
-        trainer.train()
+        if resume is None:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(started, json.dumps(settings).encode())
+        elif progress:
+            print(f"[train_lora] resuming from {resume.name}", flush=True)
+        trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
         model.eval()
-    done.write_text(json.dumps(settings))
+    atomic_write_bytes(done, json.dumps(settings).encode())
     return trainer_checkpoints(out)
+
+
+def _resume_point(out: Path, started: Path, settings: dict[str, Any]) -> Path | None:
+    """The last complete ``checkpoint-N`` of an interrupted run in ``out``
+    with these ``settings`` (``started.json``), to resume from; ``None`` to
+    start afresh. Checkpoints of a run with other settings (or of unknown
+    settings) are refused rather than mixed into the new run."""
+    if not out.is_dir():
+        return None
+    found = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit())
+    if not found:
+        return None
+    if not started.is_file() or json.loads(started.read_text()) != settings:
+        raise InputError(
+            f"{str(out)!r} holds checkpoint folders of a training run with other settings (or an unfinished run of "
+            f"unknown settings); remove them or train into another folder")
+    complete = [p for _, p in found if (p / "optimizer.pt").is_file() and (p / "trainer_state.json").is_file()]  # written last
+    return complete[-1] if complete else None
 
 
 def _train_plain(model: nn.Module, task: Any, examples: Sequence[Any], out: Path, config: LoraTrainConfig, progress: bool,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -91,6 +92,29 @@ class CausalLMTask:
             )
         return prompt, completion[: self.max_length - len(prompt)]
 
+    def completion_spans(self, example: Mapping[str, Any], index: int | None = None) -> list[tuple[int, int]]:
+        """For each completion token of :meth:`encode` (after the cut), its character span ``[start, end)``
+        in ``example["completion"]`` (a prompt/completion example); ``(-1, -1)`` for tokens outside it
+        (the chat template's end-of-turn text, an appended end-of-sequence token). Needs a fast tokenizer
+        (offsets); the ids are those :meth:`encode` gives."""
+        where = "example" if index is None else f"example {index}"
+        prompt, completion = self.encode(example, index)
+        _, completion_text, _ = self._texts(example, where)
+        raw = example.get("completion", "") if isinstance(example, Mapping) else ""
+        shift = completion_text.find(raw) if raw else -1
+        tok = self.tokenizer
+        if not getattr(tok, "is_fast", False):
+            raise InputError("completion_spans needs a fast (Rust) Hugging Face tokenizer: character offsets come from it")
+        enc = tok(completion_text, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != completion[: len(enc["input_ids"])]:
+            raise InputError(f"{where}: tokenizing the completion with offsets gave other ids than encode()")
+        spans = []
+        for s, e in enc["offset_mapping"]:
+            s, e = s - shift, e - shift
+            spans.append((s, e) if shift >= 0 and 0 <= s < len(raw) and e > s else (-1, -1))
+        spans += [(-1, -1)] * (len(completion) - len(spans))  # an appended end-of-sequence token
+        return spans[: len(completion)]
+
     def _texts(self, example: Mapping[str, Any], where: str) -> tuple[str, str, bool]:
         if not isinstance(example, Mapping):
             raise InputError(f"{where}: must be a dict with 'prompt' and 'completion' or 'messages'; got {type(example).__name__}")
@@ -123,6 +147,19 @@ class CausalLMTask:
         if not full.startswith(prompt):
             raise InputError(f"{where}: the chat template renders the conversation without its prompt as a prefix; cannot mask the prompt")
         return prompt, full[len(prompt):]
+
+    def example_length(self, example: Any) -> int:
+        """Tokens of one example as :meth:`collate` lays it out (prompt +
+        completion; a preference pair: its longer side): featurize's
+        ``batch_order="length"`` batches examples of similar length together."""
+        if isinstance(example, Mapping) and "chosen" in example and "rejected" in example and "prompt" in example:
+            return max(self.example_length({"prompt": example["prompt"], "completion": example[k]}) for k in ("chosen", "rejected"))
+        try:
+            prompt, completion = self.encode(example)
+        except InputError as exc:  # the caller names the example: "example: " would say it twice
+            text = str(exc)
+            raise InputError(text[len("example: "):] if text.startswith("example: ") else text) from None
+        return len(prompt) + len(completion)
 
     # -- batching -----------------------------------------------------------
     def collate(self, examples: list[Any]) -> dict[str, Any]:
@@ -164,14 +201,53 @@ CausalLMTask.tokenizer = property(lambda self: self._tokenizer, doc="The Hugging
 
 
 def completion_nll(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
-    """Summed NLL over the positions whose label is not -100, per example."""
+    """Summed NLL over the positions whose label is not -100, per example.
+
+    Logits (the vocabulary-wide output layer, about a fifth of a small
+    model's compute) are computed only from the first position that predicts
+    a label onwards, when the model takes ``logits_to_keep`` (Hugging Face
+    causal LMs do): the prompt before it needs none."""
     for key in ("input_ids", "attention_mask", "labels"):
         if key not in batch:
             raise InputError(f"batch: missing {key!r}; build batches with CausalLMTask.collate")
     device = next(model.parameters()).device
     ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    keep = _logits_needed(labels) if _takes_logits_to_keep(model) else 0
+    if keep:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        labels = labels[:, labels.shape[1] - keep :]
+    else:
+        logits = model(input_ids=ids, attention_mask=mask).logits
     return next_token_nll(logits, labels).sum(dim=1).to(logits.dtype)
+
+
+def _logits_needed(labels: Tensor) -> int:
+    """How many last positions' logits the loss reads: from the position
+    before the first label (it predicts that label) to the end; 0 (all) when
+    no position is labelled."""
+    labelled = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()
+    if labelled.numel() == 0:
+        return 0
+    return int(labels.shape[1] - labelled[0, 0])
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the model's forward (a PEFT model's: its base model's) takes ``logits_to_keep``."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    forward = getattr(base, "forward", None)
+    if forward is None:
+        return False
+    cached = _TAKES_KEEP.get(type(base))
+    if cached is None:
+        try:
+            cached = "logits_to_keep" in inspect.signature(forward).parameters
+        except (TypeError, ValueError):
+            cached = False
+        _TAKES_KEEP[type(base)] = cached
+    return cached
+
+
+_TAKES_KEEP: dict[type, bool] = {}
 
 
 def next_token_nll(logits: Tensor, labels: Tensor) -> Tensor:
@@ -216,6 +292,10 @@ class TextNLLTask:
     def per_example_loss(self, model: nn.Module, batch: Any) -> Tensor:
         ids, mask = batch
         return mean_text_nll(model, ids, mask)
+
+    def example_length(self, example: Sequence[int] | Tensor) -> int:
+        """Tokens of one example (featurize's ``batch_order="length"``)."""
+        return len(example)
 
     def collate(self, examples: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         return pad_right(examples, self.pad_id)

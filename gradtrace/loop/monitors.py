@@ -324,8 +324,9 @@ class ProbeSuiteMonitor(Monitor):
 
     ``suite``: ``"seeds"`` (the shipped seed set) or a suite file;
     ``limit_per_subtask``: score at most this many items of each subtask (the
-    first ones). Each round's per-item correctness is kept in the
-    observation; the row holds, per subtask, ``<subtask>.accuracy``,
+    first ones). Each round's per-item correctness, chosen option and margin
+    are kept in the observation (``probes.correct``, ``probes.predicted``,
+    ``probes.margin``; ``gradtrace serve`` shows them); the row holds, per subtask, ``<subtask>.accuracy``,
     ``<subtask>.change`` (against round 0) and ``<subtask>.p`` (exact McNemar
     against round 0, corrected over subtasks with ``correction``), and
     ``min_change`` and ``significant_drops`` (subtasks whose accuracy fell
@@ -362,6 +363,7 @@ class ProbeSuiteMonitor(Monitor):
 
         scores = score_items(lm.model, lm.tokenizer, self.items)
         return {f"{self.name}.correct": np.array([s.correct for s in scores], dtype=bool),
+                f"{self.name}.predicted": np.array([s.predicted for s in scores], dtype=np.int64),
                 f"{self.name}.margin": np.array([s.margin for s in scores], dtype=np.float64)}
 
     def _correct(self, obs: Observation) -> np.ndarray:

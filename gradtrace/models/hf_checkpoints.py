@@ -25,7 +25,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..checkpoints import CheckpointRef, check_state_matches
+from ..checkpoints import CheckpointRef, check_state_matches, holds_weights_of, note_weights_source
 from ..errors import CheckpointError, InputError, short_list
 from ..grads.adam import AdamPreconditioner
 
@@ -117,6 +117,12 @@ def load_hf_checkpoint(model: nn.Module, ref: CheckpointRef | str | Path) -> nn.
     An adapter file fills the model's LoRA parameters (every one of them, with
     matching shapes); a full model file fills every parameter. Anything else
     raises :class:`~gradtrace.errors.CheckpointError`.
+
+    A file the model already holds is not read again: when the model was
+    loaded from it (:func:`gradtrace.lm.load.load_model`, or this function)
+    and neither the file nor any weight changed since
+    (:func:`gradtrace.checkpoints.holds_weights_of`), e.g. featurizing a
+    model at its own weights, whose folder is also the checkpoint.
     """
     folder = Path(ref.path if isinstance(ref, CheckpointRef) else ref)
     if folder.is_file():
@@ -128,11 +134,14 @@ def load_hf_checkpoint(model: nn.Module, ref: CheckpointRef | str | Path) -> nn.
         if found is None:
             raise CheckpointError(f"checkpoint {str(folder)!r} holds none of {ADAPTER_FILES + MODEL_FILES}")
         weights_path = found
+    if holds_weights_of(model, weights_path):
+        return model
     state = _read_weights(weights_path)
     if weights_path.name.startswith("adapter_model"):
         _load_adapter(model, state, weights_path)
     else:
         _load_full(model, state, weights_path)
+    note_weights_source(model, weights_path)
     return model
 
 

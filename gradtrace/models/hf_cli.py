@@ -21,10 +21,11 @@ def featurize_hf(
     *, hf_model: str, checkpoints: Path | None, data: Path | None, out: Path, projection: str, dim: int | None, seed: int,
     params: Any, batch_size: int, shard_size: int, dtype: str, append: bool, progress: bool, max_length: int,
     as_chat: bool, lr: float | None, adam: bool, on_nonfinite: str = "raise", device: Any = None, model_dtype: Any = None,
-    executor: Any = None,
+    executor: Any = None, batch_order: str | None = None, exact_norms: bool = True,
 ) -> Any:
     """Featurize a Hugging Face run; returns the store. ``device``,
-    ``model_dtype``, ``executor``: as :func:`gradtrace.featurize` takes them."""
+    ``model_dtype``, ``executor``: as :func:`gradtrace.featurize` takes them;
+    ``batch_order``, ``exact_norms``: as :class:`gradtrace.FeaturizeConfig`."""
     from ..featurize import featurize
 
     if checkpoints is None or data is None:
@@ -44,6 +45,7 @@ def featurize_hf(
         )
     config = FeaturizeConfig(
         params=params, projection=ProjectionConfig(projection, dim, seed), batch_size=batch_size, shard_size=shard_size, dtype=dtype,
+        batch_order=batch_order, exact_norms=exact_norms,
     )
     store = featurize(
         model, task, refs, examples, out, config, ids=ids, tags=tags, append=append, checkpoint_loader=load_hf_checkpoint,

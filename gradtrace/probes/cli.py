@@ -173,7 +173,7 @@ def run_cmd(
         items = first_per_subtask(resolve_suite(suite), limit_per_subtask)
         m, tok = load_model(model, what="--model")
         scores = score_items(m, tok, items, progress=progress)
-        record = run_record(scores, model, str(suite))
+        record = run_record(scores, model, str(suite), items)
         if out is not None:
             write_run(out, record)
         if report is not None:
@@ -200,21 +200,28 @@ def compare_cmd(
     b: Path = typer.Argument(..., help="run B, on the same items"),
     correction: str = typer.Option("holm", help="holm (family-wise) | bh (false discovery rate)"),
     alpha: float = typer.Option(0.05, help="significance level of the corrected p-values"),
+    out: Optional[Path] = typer.Option(None, help="write the comparison here (.json; what gradtrace serve shows)"),
     as_json: bool = json_option(),
 ) -> None:
     """Per subtask: accuracy of A and B, the paired difference, exact McNemar p, corrected over subtasks."""
-    from .score import compare_correct, read_run
+    from .score import compare_correct, comparison_record, read_run, write_run
 
     def go() -> None:
         if not 0 < alpha < 1:
             raise InputError(f"--alpha must be in (0, 1); got {alpha!r}")
+        output_file(out, "--out", (".json",))
         result = compare_correct(read_run(a), read_run(b), correction, alpha)
+        record = comparison_record(a, b, correction, alpha, result)
+        if out is not None:
+            write_run(out, record)
         if as_json:
-            print_json({"a": a, "b": b, "correction": correction, "alpha": alpha, "subtasks": result})
+            print_json(record | {"out": out})
             return
         console.print(table(f"probes: {b} against {a} ({correction}-corrected exact McNemar)",
                             ["subtask", "n", "A", "B", "B - A", "right only in A", "right only in B", "p", "p corrected", "significant"], (
             (s, v["n"], f"{v['accuracy_a']:.3f}", f"{v['accuracy_b']:.3f}", f"{v['difference']:+.3f}", v["a_only"], v["b_only"],
              f"{v['p']:.3g}", f"{v['p_corrected']:.3g}", "yes" if v["significant"] else "no") for s, v in result.items())))
+        if out is not None:
+            console.print(f"wrote {out}")
 
     run_or_exit(go)

@@ -258,11 +258,35 @@ def compare_correct(a: Mapping[str, tuple[str, bool]], b: Mapping[str, tuple[str
 
 
 # -- run files -------------------------------------------------------------------------------------
-def run_record(scores: Sequence[ItemScore], model: str, suite: str) -> dict[str, Any]:
-    return {"model": model, "suite": suite, "summary": summarise(scores), "items": [s.to_dict() for s in scores]}
+RUN_FIELDS = ("model", "suite", "summary", "items")
+RUN_ITEM_FIELDS = ("id", "subtask", "key", "predicted", "correct", "margin")
+COMPARISON_FIELDS = ("a", "b", "correction", "alpha", "subtasks")
+
+
+def run_record(scores: Sequence[ItemScore], model: str, suite: str, items: Sequence[Item] = ()) -> dict[str, Any]:
+    """What ``gradtrace probes run --out`` writes: the model, the suite, the
+    per-subtask summary and one record per scored item; an item found in
+    ``items`` (by id) also carries its scenario, question and options, so the
+    file shows on its own (``gradtrace serve``)."""
+    texts = {it.id: it for it in items}
+    rows = []
+    for s in scores:
+        row = s.to_dict()
+        it = texts.get(s.id)
+        if it is not None:
+            row.update(scenario=it.scenario, question=it.question, options=list(it.options))
+        rows.append(row)
+    return {"model": model, "suite": suite, "summary": summarise(scores), "items": rows}
+
+
+def comparison_record(a: str | Path, b: str | Path, correction: str, alpha: float, subtasks: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``gradtrace probes compare --out`` writes (and ``--json`` prints): the two run files as given, the
+    correction, alpha and :func:`compare_correct`'s per-subtask result."""
+    return {"a": str(a), "b": str(b), "correction": correction, "alpha": alpha, "subtasks": dict(subtasks)}
 
 
 def write_run(path: str | Path, record: Mapping[str, Any]) -> None:
+    """A run (or comparison) record as JSON, atomically; non-finite floats as null."""
     atomic_write_bytes(Path(path), json_bytes(finite_json(record)))
 
 
@@ -277,14 +301,33 @@ def finite_json(value: Any) -> Any:
     return value
 
 
-def read_run(path: str | Path) -> dict[str, tuple[str, bool]]:
-    """``{item id: (subtask, correct)}`` of a run file written by ``gradtrace probes run --out``."""
+def read_run_record(path: str | Path) -> dict[str, Any]:
+    """A run file written by ``gradtrace probes run --out``, checked for the
+    fields of :func:`run_record` (errors name the file and the field)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"probe run {str(path)!r} does not exist")
+
+    def bad(what: str) -> InputError:
+        return InputError(f"probe run {str(path)!r} is not a run file of 'gradtrace probes run --out' ({what})")
+
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        items = data["items"]
-        return {str(r["id"]): (str(r["subtask"]), bool(r["correct"])) for r in items}
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"probe run {str(path)!r} is not a run file of 'gradtrace probes run --out' ({type(exc).__name__}: {exc})") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise bad(f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise bad("not a JSON object")
+    missing = [f for f in RUN_FIELDS if f not in data]
+    if missing:
+        raise bad(f"no {', '.join(map(repr, missing))}")
+    if not isinstance(data["items"], list) or not isinstance(data["summary"], dict):
+        raise bad("'items' must be a list and 'summary' an object")
+    for i, r in enumerate(data["items"]):
+        if not isinstance(r, dict) or any(f not in r for f in RUN_ITEM_FIELDS):
+            raise bad(f"items[{i}] needs {', '.join(RUN_ITEM_FIELDS)}")
+    return data
+
+
+def read_run(path: str | Path) -> dict[str, tuple[str, bool]]:
+    """``{item id: (subtask, correct)}`` of a run file written by ``gradtrace probes run --out``."""
+    return {str(r["id"]): (str(r["subtask"]), bool(r["correct"])) for r in read_run_record(path)["items"]}

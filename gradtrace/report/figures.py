@@ -40,12 +40,14 @@ def _go() -> Any:
 
 
 def plot_text(value: Any, limit: int | None = 300) -> str:
-    """``value`` as text plotly shows literally (its HTML subset escaped),
-    cut to ``limit`` characters (None: whole)."""
+    """``value`` as text plotly shows literally (its HTML subset escaped:
+    ``&``, ``<`` and ``>``, so no tag can form; quotes stay as they are,
+    since plotly would show ``&quot;`` as written), cut to ``limit``
+    characters (None: whole)."""
     text = str(value)
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "\u2026"
-    return html.escape(text, quote=True)
+    return html.escape(text, quote=False)
 
 
 def _finite(values: Sequence[Any]) -> list[float | None]:
@@ -234,6 +236,29 @@ def metric_panels(rounds: Sequence[int], series: Mapping[str, Sequence[float]], 
             fig.add_vline(x=stop_round, line_dash="dash", line_color="#c33", row=r, col=c)
     fig.update_xaxes(dtick=1, title_text="round")
     fig.update_layout(title=plot_text(title, 120), showlegend=False, height=height_per_row * rows + 40, **_LAYOUT)
+    return fig
+
+
+def probe_accuracy(subtasks: Sequence[str], runs: Mapping[str, Sequence[tuple[float | None, float | None, float | None]]], title: str,
+                   height: int = 340) -> Any:
+    """Accuracy per probe subtask, one bar per run (a model, a side of a
+    comparison, a loop round): ``runs[label][i]`` is ``(accuracy, CI low, CI
+    high)`` of ``subtasks[i]`` (None: not known), the interval as an error
+    bar. Each bar's ``customdata`` is its subtask (for click handlers)."""
+    go = _go()
+    subs = [plot_text(s, 40) for s in subtasks]
+    traces = []
+    for j, (label, values) in enumerate(runs.items()):
+        acc = _finite([v[0] for v in values])
+        up = [None if a is None or v[2] is None else float(v[2]) - a for a, v in zip(acc, values)]
+        down = [None if a is None or v[1] is None else a - float(v[1]) for a, v in zip(acc, values)]
+        name = plot_text(label, 60)
+        traces.append(go.Bar(name=name, x=subs, y=acc, customdata=list(subtasks), marker_color=COLOURS[j % len(COLOURS)],
+                             error_y=dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1, width=3),
+                             hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig = go.Figure(traces)
+    fig.update_layout(title=plot_text(title, 120), barmode="group", height=height, yaxis=dict(title="accuracy", range=[0, 1.05]),
+                      **_LAYOUT)
     return fig
 
 

@@ -35,6 +35,9 @@ from .results import TopK
 
 SCAN_ROWS = 16384
 SELF_ROWS = 512  # training rows scored against themselves at once (a SELF_ROWS^2 block)
+#: Exact re-rank of index candidates: a shard's candidate rows are scored for all queries at once when that costs at
+#: most this many multiply-adds per query (else each query scores its own rows).
+RERANK_SHARED_WORK = 4_000_000
 #: With an index: candidates a query gets by default from each approximate norm bucket (at least k).
 DEFAULT_CANDIDATES = 1000
 
@@ -163,7 +166,9 @@ class Attributor:
             raise InputError("queries: the query set is empty")
         settings = self.store.settings
         param_names = self.store.param_names
-        featurizer = GradientFeaturizer(param_names, ProjectionConfig.from_dict(settings.projection), settings.method)
+        # queries use only the row norm: exact squared norms (costly with Kronecker) only where they are it (factored)
+        featurizer = GradientFeaturizer(param_names, ProjectionConfig.from_dict(settings.projection), settings.method,
+                                        exact_norms=settings.projection_kind == "factored")
         transforms = method.transforms_queries
 
         def signed(model: nn.Module, batch: Any) -> Tensor:
@@ -330,11 +335,28 @@ class Attributor:
             for q in range(qf.n)
         ]
         union = np.unique(np.concatenate(mine)) if mine else np.empty(0, dtype=np.int64)
+        score_all = None
         for a, b in self.store.shard_ranges():
-            if np.searchsorted(union, a) == np.searchsorted(union, b):
+            ua, ub = np.searchsorted(union, a), np.searchsorted(union, b)
+            if ua == ub:
                 continue
             feats = [self.store.features(c, a, b) for c in range(len(qf.unit))]
             norms = [self.store.norms(c, a, b)[:, 0] for c in range(len(qf.unit))]
+            if qf.n * (ub - ua) * self.store.feature_dim <= RERANK_SHARED_WORK * qf.n:
+                # few rows here: score the shard's candidate rows for all queries at once (as breakdown does), then
+                # each query takes its own; cheaper than one call per query when calls, not arithmetic, dominate
+                if score_all is None:
+                    score_all = self._prepare(qf, method, torch.float64, torch.float64)
+                rows_u = union[ua:ub]
+                block = np.zeros((qf.n, rows_u.size), dtype=np.float64)
+                for c in range(len(qf.unit)):
+                    rows = torch.from_numpy(np.asarray(feats[c][rows_u - a], dtype=np.float64))
+                    block += score_all(c, rows, torch.from_numpy(norms[c][rows_u - a])).numpy()
+                for q, rows_q in enumerate(mine):
+                    lo, hi = np.searchsorted(rows_q, a), np.searchsorted(rows_q, b)
+                    if lo < hi:
+                        scores[q][lo:hi] += block[q, np.searchsorted(rows_u, rows_q[lo:hi])]
+                continue
             for q, rows_q in enumerate(mine):
                 lo, hi = np.searchsorted(rows_q, a), np.searchsorted(rows_q, b)
                 if lo == hi:
@@ -588,13 +610,13 @@ def self_influence(store: GradientStore, device: str | torch.device | None = Non
         out = np.zeros(store.n_examples, dtype=np.float64)
         for a, b in store.shard_ranges():  # streamed: one float64 per example, whatever the number of checkpoints
             for c, lr in enumerate(lrs):
-                out[a:b] += lr * store.norms(c, a, b)[:, 1]
+                out[a:b] += lr * store.exact_sqnorms(c, a, b, "raw self-influence")
         out[store.skipped_indices] = 0.0
         return out
     total = torch.zeros(store.n_examples, dtype=torch.float64, device=on)
     for a, b in store.shard_ranges():
         for c, lr in enumerate(lrs):
-            total[a:b] += float(lr) * torch.from_numpy(np.ascontiguousarray(store.norms(c, a, b)[:, 1])).to(on)
+            total[a:b] += float(lr) * torch.from_numpy(np.ascontiguousarray(store.exact_sqnorms(c, a, b, "raw self-influence"))).to(on)
     out = total.cpu().numpy()
     out[store.skipped_indices] = 0.0
     return out
@@ -607,6 +629,6 @@ def self_influence_by_checkpoint(store: GradientStore) -> np.ndarray:
     out = np.zeros((len(lrs), store.n_examples), dtype=np.float64)
     for a, b in store.shard_ranges():
         for c, lr in enumerate(lrs):
-            out[c, a:b] = lr * store.norms(c, a, b)[:, 1]
+            out[c, a:b] = lr * store.exact_sqnorms(c, a, b, "raw self-influence")
     out[:, store.skipped_indices] = 0.0
     return out

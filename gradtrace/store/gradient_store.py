@@ -38,7 +38,7 @@ from ..fingerprint import checkpoint_fingerprint, fingerprint_change
 from . import integrity
 from .io import atomic_write_bytes, file_sha256, json_bytes, npy_bytes, remove_stale_temporaries, write_temporary
 from .lock import LOCK_FILES, manifest_lock, other_writers_active
-from .settings import StoreSettings, dict_differences
+from .settings import StoreSettings, dict_differences, with_legacy_defaults
 from .validate import check_manifest, check_unique_ids, read_ids_file
 
 if TYPE_CHECKING:
@@ -128,6 +128,9 @@ class GradientStore:
         """Raise :class:`ConfigMismatchError` showing each differing setting."""
         old = {k: self.manifest.get(k) for k in COMPATIBILITY_KEYS}
         new = {k: json.loads(json.dumps(settings.get(k))) for k in COMPATIBILITY_KEYS}
+        for side in (old, new):  # a field added since stores were first written compares as what its absence means
+            if isinstance(side["config"], Mapping):
+                side["config"] = with_legacy_defaults(side["config"])
         diff = dict_differences(old, new)
         if diff:
             raise ConfigMismatchError(f"the gradient store at {str(self.root)!r}", diff)
@@ -140,7 +143,8 @@ class GradientStore:
         if self._config is None:
             from ..config import FeaturizeConfig  # the writer's view; kept out of the store's imports
 
-            self._config = FeaturizeConfig.from_dict(self.manifest["config"])
+            # the order a store without the field was written in is explicit here (None would mean "decide")
+            self._config = FeaturizeConfig.from_dict({**self.manifest["config"], "batch_order": self.settings.batch_order})
         return self._config
 
     @property
@@ -342,11 +346,33 @@ class GradientStore:
 
     def norms(self, ckpt: int, start: int, stop: int) -> np.ndarray:
         """``[projected_norm, exact_squared_norm]`` per example of one shard
-        (checked to be finite, besides the checks of every read)."""
+        (checked to be finite, besides the checks of every read). The second
+        column is zeros in a store featurized without exact norms
+        (:attr:`has_exact_norms`); read it through :meth:`exact_sqnorms`."""
         norms = self._read(ckpt, start, stop, ".norms.npy", 2, np.dtype(np.float64), mmap=False)
         stem = self._stem(ckpt, start, stop)
         integrity.check_finite_norms(stem.with_name(stem.name + ".norms.npy"), norms, start, f" (checkpoint {ckpt}, rows {start}-{stop})")
         return norms
+
+    @property
+    def has_exact_norms(self) -> bool:
+        """Whether featurize kept each example's exact (unprojected) squared
+        gradient norm (``exact_norms``; the default). Without them the second
+        column of :meth:`norms` holds zeros and :meth:`exact_sqnorms` refuses."""
+        return self.settings.exact_norms
+
+    def exact_sqnorms(self, ckpt: int, start: int, stop: int, why: str = "this") -> np.ndarray:
+        """The exact squared gradient norm of each example of one shard (the
+        second column of :meth:`norms`); an :class:`InputError` saying so
+        when the store was featurized without them (``why`` names what needs them)."""
+        if not self.settings.exact_norms:
+            raise InputError(
+                f"{why} needs the exact squared gradient norms, and the store at {str(self.root)!r} was featurized "
+                "without them (exact_norms=False; CLI --no-exact-norms). Featurize again with exact_norms=True "
+                "(the default) into a new directory, or use a method that scores from the stored features "
+                "(fisher, kfac, ekfac)"
+            )
+        return self.norms(ckpt, start, stop)[:, 1]
 
     def _read(self, ckpt: int, start: int, stop: int, suffix: str, cols: int, dtype: np.dtype, mmap: bool) -> np.ndarray:
         stem = self._require(ckpt, start, stop)

@@ -17,6 +17,18 @@ from ..errors import StoreError
 STORE_DTYPES = ("float16", "float32", "float64")
 # The projection kinds a store can hold; part of the store format (a reader lays out rows by it).
 PROJECTION_KINDS = ("none", "factored", "dense", "kronecker")
+# How featurize batches the examples of a shard: in file order, or sorted by length (less padding).
+BATCH_ORDERS = ("file", "length")
+# Config fields added after stores were first written, with the value a manifest without them means.
+LEGACY_CONFIG = {"batch_order": "file", "exact_norms": True}
+
+
+def with_legacy_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A manifest's (or a writer's) ``config`` section with the fields added
+    since stores were first written filled in with what their absence means
+    (:data:`LEGACY_CONFIG`), so that equal settings compare equal however
+    they were written."""
+    return {**LEGACY_CONFIG, **config}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +40,8 @@ class StoreSettings:
     projection: Mapping[str, Any]
     batch_size: int
     method: str
+    batch_order: str = "file"
+    exact_norms: bool = True  # False: the norms' second column (exact squared gradient norm) was not computed (zeros)
 
     @property
     def projection_kind(self) -> str:
@@ -43,6 +57,8 @@ class StoreSettings:
                 shard_size=int(config["shard_size"]), dtype=str(config["dtype"]),
                 projection=dict(config.get("projection") or {"kind": "none"}),
                 batch_size=int(config["batch_size"]), method=str(config.get("method", "auto")),
+                batch_order=str(config.get("batch_order", LEGACY_CONFIG["batch_order"])),
+                exact_norms=bool(config.get("exact_norms", LEGACY_CONFIG["exact_norms"])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"the store manifest's 'config' section is incomplete or malformed: {exc!r}") from exc

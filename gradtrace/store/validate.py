@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import StoreError
-from .settings import PROJECTION_KINDS, STORE_DTYPES
+from .settings import BATCH_ORDERS, PROJECTION_KINDS, STORE_DTYPES
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SEGMENT_KEYS = ("fingerprint", "ids_file", "start", "stop")
@@ -102,6 +102,10 @@ def _check_config(path: Path, config: Any) -> None:
     projection = _obj(path, "config.projection", config.get("projection"))
     if projection.get("kind") not in PROJECTION_KINDS:
         raise bad(path, "config.projection.kind", f"one of {PROJECTION_KINDS}", projection.get("kind"))
+    if "batch_order" in config and config["batch_order"] not in BATCH_ORDERS:
+        raise bad(path, "config.batch_order", f"one of {BATCH_ORDERS}", config["batch_order"])
+    if "exact_norms" in config and not isinstance(config["exact_norms"], bool):
+        raise bad(path, "config.exact_norms", "true or false", config["exact_norms"])
 
 
 def _check_model(path: Path, model: dict[str, Any], feature_dim: int) -> None:

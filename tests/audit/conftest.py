@@ -43,12 +43,13 @@ def tiny_audit(tmp_path_factory) -> types.SimpleNamespace:
 
 @pytest.fixture(scope="session")
 def audited(tiny_audit) -> types.SimpleNamespace:
-    """One full audit (verify K = number planted) and its rerun."""
-    from gradtrace.audit import run_audit
+    """One full audit (verify K = number planted) and its rerun; each flagged cluster its own behaviour
+    (the default grouping is tested on its own: tests/audit/test_grouping.py)."""
+    from gradtrace.audit import one_behaviour_per_cluster, run_audit
 
     t = tiny_audit
     k = len(t.planted)
-    args = dict(prompts=t.prompts, config=t.config(k), embedder=t.embedder(), progress=False)
+    args = dict(prompts=t.prompts, config=t.config(k), embedder=t.embedder(), progress=False, grouper=one_behaviour_per_cluster)
     first = run_audit(str(t.base), t.run, t.train, t.root / "out", **args)
     first_json = first.json_path.read_bytes()
     second = run_audit(str(t.base), t.run, t.train, t.root / "out", **args)

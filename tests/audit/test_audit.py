@@ -78,10 +78,10 @@ class Killed(Exception):
 
 @pytest.mark.parametrize("stage", ["diff", "featurize"])
 def test_killed_after_a_stage_resumes_to_the_same_audit(tiny_audit, audited, tmp_path, stage) -> None:
-    from gradtrace.audit import run_audit
+    from gradtrace.audit import one_behaviour_per_cluster, run_audit
 
     t = tiny_audit
-    args = dict(prompts=t.prompts, config=t.config(0), embedder=t.embedder(), progress=False)
+    args = dict(prompts=t.prompts, config=t.config(0), embedder=t.embedder(), progress=False, grouper=one_behaviour_per_cluster)
     outs = {}
     for name in ("whole", "killed"):
         out = tmp_path / name
@@ -209,7 +209,8 @@ def test_a_grouper_plugs_in_and_the_group_is_measured_and_traced_as_a_whole(tiny
     assert res.computed.get("featurize", 0) == 0 and res.computed.get("diff", 0) == 0  # one store, one diff, reused
     assert res.computed["behaviours"] == 1 and res.audit["grouper"].endswith("merge_planted")
     merged = res.audit["behaviours"][0]
-    alone = [b for b in audited.first.audit["behaviours"] if b["skew"] == "B" and audit_tiny.PLANT_WORD in b["members"][0]["label"]]
+    alone = [b for b in audited.first.audit["behaviours"]
+             if b["view"] == "clusters" and b["skew"] == "B" and audit_tiny.PLANT_WORD in b["members"][0]["label"]]
     assert merged["label"] == "the planted opener"
     assert sorted((m["level"], m["cluster"]) for m in merged["members"]) == sorted(
         (m["level"], m["cluster"]) for b in alone for m in b["members"])

@@ -1,10 +1,13 @@
 """Fixtures of the explorer tests: a small digits demo (store, checkpoints,
 task.py) whose training example 0 carries hostile text, a diff.json with
-hostile texts, a loop run folder in the runner's layout, an audit folder
-over that diff and an allocation of the demo's run."""
+hostile texts, a loop run folder in the runner's layout (with the probes
+monitor), an audit folder over that diff, an allocation of the demo's run,
+and probe results (two runs of tiny GPT-2s and their comparison) on a suite
+with a hostile item."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import types
 from pathlib import Path
@@ -32,17 +35,56 @@ def make_task():
 '''
 
 
-def write_loop_run(root: Path, diff_json: Path) -> Path:
-    """A finished 3-round loop run as the runner lays it out; round 2 breached a threshold and has a diff."""
+def write_probe_suite(path: Path) -> Path:
+    """The first two seed items of each subtask and one hostile item (scenario, question and options carry markup)."""
+    from gradtrace.probes import Item, first_per_subtask, save_suite, seed_items
+
+    evil = Item("evil-item", "self_concept", EVIL, "Which is <b>yours</b>?",
+                ("<script>alert('o')</script> mine", '"><img src=x onerror=alert(2)> theirs'), 0, {"source": "seed"})
+    save_suite(path, [evil] + first_per_subtask(seed_items(), 2))
+    return path
+
+
+def planted_probe_rounds(n_items: int, n_options: list[int], keys: list[int], rounds: int) -> list[dict[str, np.ndarray]]:
+    """Per round, the extras the probes monitor keeps: correct, predicted (the key when right, the next option when not), margin."""
+    rng = np.random.default_rng(5)
+    out = []
+    for t in range(rounds):
+        correct = rng.random(n_items) < (0.8 - 0.3 * t)
+        predicted = np.array([k if c else (k + 1) % n for c, k, n in zip(correct, keys, n_options)], dtype=np.int64)
+        margin = np.where(correct, 1.0, -1.0) * rng.uniform(0.1, 2.0, n_items)
+        out.append({"probes.correct": correct, "probes.predicted": predicted, "probes.margin": margin})
+    return out
+
+
+def write_loop_run(root: Path, diff_json: Path, suite: Path | None = None) -> Path:
+    """A finished 3-round loop run as the runner lays it out; round 2 breached a threshold and has a diff.
+    With ``suite``, the loop ran the probes monitor on it: each round's observation holds the monitor's
+    extras (made up) and its metrics the monitor's measures of them."""
+    from gradtrace.loop.monitors import Observation, ProbeSuiteMonitor, measure_all
     from gradtrace.loop.stop import StopRule, first_stop
 
     rule = StopRule(metric="nll.tail_share", kind="threshold", above=0.3)
     rows = [{"round": float(t), "nll.tail_share": 0.1 + 0.15 * t, "diversity.distinct_2": 0.9 - 0.1 * t} for t in range(3)]
+    observations = []
+    config: dict = {"seed": 0, "stop": [rule.to_dict()]}
+    if suite is not None:
+        settings = {"suite": str(suite), "limit_per_subtask": None, "alpha": 0.05, "correction": "holm"}
+        config["monitors"] = {"probes": settings}
+        monitor = ProbeSuiteMonitor(**settings)
+        extras = planted_probe_rounds(len(monitor.items), [len(it.options) for it in monitor.items], [it.key for it in monitor.items], 3)
+        observations = [Observation(round=t, generations=[], extras=e) for t, e in enumerate(extras)]
+        history: list = []
+        for t, row in enumerate(rows):
+            row.update(measure_all([monitor], observations[t], observations[0], history))
+            history.append(row)
     root.mkdir(parents=True)
-    (root / "loop.json").write_text(json.dumps({"seed": 0, "stop": [rule.to_dict()]}), encoding="utf-8")
+    (root / "loop.json").write_text(json.dumps(config), encoding="utf-8")
     for t, row in enumerate(rows):
         folder = root / f"round_{t:03d}"
         folder.mkdir()
+        if observations:
+            observations[t].save(folder)
         (folder / "metrics.json").write_text(json.dumps({"round": t, "row": row, "train_losses": []}), encoding="utf-8")
         records = [{"id": f"r{t}-{j}", "text": (EVIL if j == 0 else f"generated text {j} of round {t}"), "prompt": "Tell me", "round": t,
                     "source": "generated"} for j in range(4)]
@@ -74,9 +116,10 @@ def explore_data(tmp_path_factory) -> types.SimpleNamespace:
     diff_dir = root / "diff"
     diff_dir.mkdir()
     result.save(diff_dir / "diff.json")
-    loop = write_loop_run(root / "loop", diff_dir / "diff.json")
+    suite = write_probe_suite(root / "probe_suite.jsonl")
+    loop = write_loop_run(root / "loop", diff_dir / "diff.json", suite)
     return types.SimpleNamespace(root=root, store=demo.store, task=f"{task_file}:make_task", diff=diff_dir, loop=loop,
-                                 result=result, evil=EVIL, texts_a=a, texts_b=b, demo=root / "demo")
+                                 result=result, evil=EVIL, texts_a=a, texts_b=b, demo=root / "demo", suite=suite)
 
 
 @pytest.fixture(scope="session")
@@ -174,3 +217,70 @@ def allocation_json(explore_data) -> types.SimpleNamespace:
     data = run.to_dict()
     atomic_write_bytes(path, json_bytes(jsonable(data)))
     return types.SimpleNamespace(path=path, data=json.loads(path.read_text()))
+
+
+@pytest.fixture(scope="session")
+def probe_runs(explore_data) -> types.SimpleNamespace:
+    """Two runs of the fixture's probe suite (tiny GPT-2s of two seeds, scored for real) as ``gradtrace probes run
+    --out`` writes them, their comparison written by ``gradtrace probes compare a.json b.json --out`` (run in their
+    folder), and a run file of the older kind without item texts (its suite, named relative, lies beside it)."""
+    from typer.testing import CliRunner
+
+    from gradtrace.cli import app
+    from gradtrace.lm.load import load_model
+    from gradtrace.probes import load_suite, score_items
+    from gradtrace.probes.score import run_record, write_run
+
+    folder = explore_data.root / "probes"
+    folder.mkdir()
+    items = load_suite(explore_data.suite)
+    records = {}
+    for side, seed in (("a", 0), ("b", 1)):
+        model, tok = load_model("tiny", seed=seed, n_layer=1, n_embd=32, n_head=2, n_positions=256)
+        scores = score_items(model, tok, items)
+        records[side] = run_record(scores, f"tiny-{seed} <i>", str(explore_data.suite), items)
+        write_run(folder / f"{side}.json", records[side])
+    out = folder / "compare.json"
+    with contextlib.chdir(folder):  # the runs named relative to here: the explorer finds them beside the comparison
+        res = CliRunner().invoke(app, ["probes", "compare", "a.json", "b.json", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    bare = folder / "bare"
+    bare.mkdir()
+    (bare / "suite.jsonl").write_bytes(explore_data.suite.read_bytes())
+    old = dict(records["a"], suite="suite.jsonl",
+               items=[{k: v for k, v in r.items() if k not in ("scenario", "question", "options")} for r in records["a"]["items"]])
+    write_run(bare / "old.json", old)
+    return types.SimpleNamespace(a=folder / "a.json", b=folder / "b.json", compare=out, old=bare / "old.json", records=records,
+                                 items=items, comparison=json.loads(out.read_text()))
+
+
+@pytest.fixture(scope="session")
+def hf_store(tmp_path_factory) -> types.SimpleNamespace:
+    """A store made with ``gradtrace featurize --hf-model`` over a LoRA run of a tiny GPT-2 (a real Trainer run), whose
+    training example 3 completes with hostile markup."""
+    from typer.testing import CliRunner
+
+    from gradtrace.cli import app
+    from gradtrace.lm.lora import LoraTrainConfig, add_lora, train_lora
+    from gradtrace.models import zoo
+    from gradtrace.models.hf import CausalLMTask
+
+    root = tmp_path_factory.mktemp("hf")
+    shape = dict(n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    config = LoraTrainConfig(epochs=1, lr=5e-3, batch_size=4, rank=2, target_modules=("c_attn",), n_checkpoints=2)
+    tok = zoo.byte_tokenizer()
+    model_dir = root / "tiny-model"
+    zoo.tiny_gpt2(seed=0, **shape).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    examples = [{"prompt": f"Q{i}: is {i} even?", "completion": " yes" if i % 2 == 0 else " no"} for i in range(12)]
+    examples[3] = {"prompt": "Q: show html", "completion": " " + EVIL}
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(dict(e, id=f"ex{i}")) + "\n" for i, e in enumerate(examples)))
+    task = CausalLMTask(tok, max_length=48)
+    train_lora(add_lora(zoo.tiny_gpt2(seed=0, **shape), config), task, examples, root / "run", config, progress=False)
+    store = root / "store"
+    r = CliRunner().invoke(app, [str(a) for a in ("featurize", "--hf-model", model_dir, "--checkpoints", root / "run", "--data", data,
+                                                   "--out", store, "--projection", "kronecker", "--dim", 16, "--max-length", 48,
+                                                   "--no-progress")])
+    assert r.exit_code == 0, r.output
+    return types.SimpleNamespace(store=store, examples=examples, evil=EVIL)

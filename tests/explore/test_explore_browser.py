@@ -1,6 +1,6 @@
 """The explorer in headless Chromium: search, a query against Attributor.top_k,
 a cluster's texts, hostile training text shown as text, the loop's rounds,
-an audit's behaviour and an allocation's cells.
+an audit's behaviour, an allocation's cells and probe results.
 
 With GRADTRACE_SCREENSHOTS=1 the tests also save a screenshot of each page
 into docs/explorer/ (the pictures of docs/explorer.md)."""
@@ -19,12 +19,13 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "explorer"
 
 
 @pytest.fixture(scope="module")
-def server(explore_data, audit_dir, allocation_json):
+def server(explore_data, audit_dir, allocation_json, probe_runs):
     from gradtrace.explore.app import start
     from gradtrace.explore.artefacts import ServeOptions, load_artefacts
 
-    artefacts = load_artefacts([explore_data.store, explore_data.diff, explore_data.loop, audit_dir.path, allocation_json.path],
-                               ServeOptions(task=explore_data.task))
+    artefacts = load_artefacts([explore_data.store, explore_data.diff, explore_data.loop, audit_dir.path, allocation_json.path,
+                                probe_runs.compare], ServeOptions(task=explore_data.task))
+    assert [a.id for a in artefacts if a.kind == "probes"] == ["loop-0.probes", "probes-0"]
     running = start(artefacts)
     yield running
     running.stop()
@@ -106,6 +107,14 @@ def test_search_finds_examples_and_sorts_by_self_influence(server, driver, explo
     found = column(driver, "examples", 0)
     expected = [store.ids[i] for i in np.argsort(-si, kind="stable") if "train-17" in store.ids[i]]
     assert found == expected and "train-17" in found
+    # by tag (the demo tags examples "clean" or "flipped"; no id or caption holds "clean"), case-insensitive
+    driver.find_element(By.ID, "search").clear()
+    driver.find_element(By.ID, "search").send_keys("CLEAN")
+    click_and_load(driver, driver.find_element(By.ID, "search-button"))
+    clean = [store.ids[i] for i in np.argsort(-si, kind="stable") if store.tags[i] == "clean"]
+    assert len(clean) < store.n_examples and column(driver, "examples", 0) == clean[:50]
+    assert set(column(driver, "examples", 1)) == {"clean"}
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#examples img.pixels")) == sum(i != "train-0" for i in clean[:50])  # digits as images
     # by text: only example 0 carries the hostile text
     driver.find_element(By.ID, "search").clear()
     driver.find_element(By.ID, "search").send_keys("GEESE honk")
@@ -170,9 +179,13 @@ def test_query_returns_the_proponents_of_top_k(server, driver, explore_data, ora
         click_and_load(driver, driver.find_element(By.ID, "run-query"))
         open_page(driver, driver.current_url, plots=3)
         assert driver.find_element(By.ID, "query-name").text == "test-3"
-        for largest, table in ((True, "proponents"), (False, "opponents")):
+        for j, (largest, table) in enumerate(((True, "proponents"), (False, "opponents"))):
             topk = attributor.top_k(query, k=6, largest=largest, variant=method)
             assert column(driver, table, 1) == topk.ids[0]
+            # each one's contribution per checkpoint (the grouped bars under the table): Attributor.breakdown
+            bars = driver.execute_script(f"return document.querySelectorAll('div.plot')[{j}].data.map(t => Array.from(t.y))")
+            want = attributor.breakdown(query, topk.indices[0], variant=method)[:, 0, :].T
+            np.testing.assert_allclose(bars, want, rtol=1e-9, atol=1e-15)
         if method == "raw":
             screenshot(driver, "query")
             # the cumulative curve ends at each proponent's score
@@ -193,6 +206,7 @@ def test_clicking_a_cluster_shows_its_texts(server, driver, explore_data):
     assert panel.find_element(By.CSS_SELECTOR, "h3").text.endswith(clusters[0].label)
     texts = [b.text for b in panel.find_elements(By.CSS_SELECTOR, "blockquote.cluster-text")]
     assert texts == clusters[0].examples_b + clusters[0].examples_a + clusters[0].medoids
+    assert panel.find_element(By.CSS_SELECTOR, "a.cluster-page").get_attribute("href") == f"{server.url}/a/diff-0/p/cluster/0"
     assert any(t.startswith(explore_data.evil) for t in texts)  # the planted cluster: hostile text, shown literally
     assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
     assert_no_dialog(driver)
@@ -209,6 +223,30 @@ def test_clicking_a_cluster_shows_its_texts(server, driver, explore_data):
     WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#cluster-panel h3").text.endswith(want.label))
     screenshot(driver, "diff")
     assert_no_dialog(driver)
+    # hovering a point of B with hostile text shows the text, literally
+    j = driver.execute_script("return document.querySelector('div.plot').data[1].text.findIndex(t => t.includes('geese honk'))")
+    evil_point = driver.execute_script(
+        "return document.querySelectorAll('div.plot g.trace.scatter')[1].querySelectorAll('path.point')[arguments[0]]", j)
+    ActionChains(driver).move_to_element(evil_point).perform()
+    WebDriverWait(driver, 10).until(lambda d: "geese honk" in d.execute_script(
+        "var h = document.querySelector('div.plot .hovertext'); return h ? h.textContent : ''"))
+    hover = driver.execute_script("return document.querySelector('div.plot .hovertext').textContent")
+    assert explore_data.evil in hover and hover.startswith("model B")
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == [] and driver.find_elements(By.CSS_SELECTOR, "div.plot script") == []
+    assert_no_dialog(driver)
+    # the map's buttons colour it by cluster (one trace per cluster) and back by model
+    def visible() -> list:
+        return driver.execute_script("return document.querySelector('div.plot').data.map(t => t.visible !== false)")
+
+    points = driver.execute_script("return document.querySelector('div.plot').data.map(t => Array.from(t.customdata))")
+    assert visible()[:2] == [True, True] and not any(visible()[2:])
+    buttons = {b.text: b for b in driver.find_elements(By.CSS_SELECTOR, "div.plot g.updatemenu-button")}
+    buttons["colour by cluster"].click()
+    WebDriverWait(driver, 10).until(lambda d: visible()[:2] == [False, False])
+    assert all(visible()[2:]) and sorted(c for t in points[2:] for c in t) == sorted(points[0] + points[1])
+    assert all(len(set(t)) == 1 for t in points[2:])  # one cluster per trace
+    driver.find_elements(By.CSS_SELECTOR, "div.plot g.updatemenu-button")[0].click()
+    WebDriverWait(driver, 10).until(lambda d: visible()[:2] == [True, True])
 
 
 def test_loop_rounds_link_to_their_diff_and_data(server, driver, explore_data):
@@ -224,6 +262,18 @@ def test_loop_rounds_link_to_their_diff_and_data(server, driver, explore_data):
     assert driver.find_element(By.TAG_NAME, "h1").text == "Round 2"
     texts = [p.text for p in driver.find_elements(By.CSS_SELECTOR, "table.data pre.text")]
     assert texts[0] == explore_data.evil and texts[1] == "generated text 1 of round 2"
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+    assert_no_dialog(driver)
+    # the round's diff on its page: the map and the clusters, a click away from a cluster's texts
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(driver, driver.current_url, plots=1)
+    clusters = explore_data.result.clusters
+    assert column(driver, "round-clusters", 2) == [c.label for c in clusters[:20]]
+    driver.find_elements(By.CSS_SELECTOR, "#round-clusters button.show-cluster")[0].click()
+    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#cluster-panel blockquote.cluster-text"))
+    shown = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#cluster-panel blockquote.cluster-text")]
+    assert shown == clusters[0].examples_b + clusters[0].examples_a + clusters[0].medoids
     assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
     assert_no_dialog(driver)
     click_and_load(driver, driver.find_element(By.ID, "round-diff"))
@@ -251,7 +301,32 @@ def test_audit_behaviour_and_allocation_cell(server, driver, explore_data, audit
 
     i = audit_dir.traced[0]
     b = audit_dir.audit["behaviours"][i]
-    open_page(driver, f"{server.url}/a/audit-0/p/behaviour/{i}", plots=len(b["proponents"]))
+    open_page(driver, f"{server.url}/a/audit-0/", plots=1)
+    assert column(driver, "behaviours", 1) == [str(x["label"]) for x in audit_dir.audit["behaviours"]]
+    screenshot(driver, "audit")
+    # a point of the audit's map opens its cluster in the panel, with the behaviour it belongs to:
+    # its top training examples and the verification, a click away from the behaviour's page
+    (cluster,) = [m["cluster"] for m in b["members"] if m["level"] == "text"]
+    label = next(c.label for c in explore_data.result.clusters if c.level == "text" and c.cluster == cluster)
+    j = driver.execute_script("return document.querySelector('div.plot').data[1].customdata.indexOf(arguments[0])", cluster)
+    point = driver.find_elements(By.CSS_SELECTOR, "div.plot g.trace.scatter")[1].find_elements(By.CSS_SELECTOR, "path.point")[j]
+    ActionChains(driver).move_to_element(point).click().perform()
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#cluster-panel h3").text.endswith(label))
+    assert driver.find_element(By.CSS_SELECTOR, "#cluster-panel a.behaviour-link").text == str(b["label"])
+    index = next(k for k, c in enumerate(explore_data.result.clusters) if c.level == "text" and c.cluster == cluster)
+    href = driver.find_element(By.CSS_SELECTOR, "#cluster-panel a.cluster-page").get_attribute("href")
+    assert href == f"{server.url}/a/audit-0.diff/p/cluster/{index}"  # the cluster's page is the audit's diff's
+    ids = [r.find_elements(By.TAG_NAME, "td")[1].text for r in driver.find_elements(By.CSS_SELECTOR, "#cluster-panel table.panel-proponents tr")]
+    assert ids == [p["id"] for p in b["proponents"][:5]]
+    v = b["verification"]
+    assert driver.find_element(By.CSS_SELECTOR, "#cluster-panel .panel-verification").text == (
+        f"verification: B's share {v['share_b_before']['share']:.3} before, {v['topk']['share_b_after']['share']:.3} after removing the top "
+        f"{v['k']} proponents, {v['random']['share_b_after']['share']:.3} after removing {v['k']} random examples; top-K lowered it more: yes")
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+    assert_no_dialog(driver)
+    click_and_load(driver, driver.find_element(By.CSS_SELECTOR, "#cluster-panel a.behaviour-link"))
+    open_page(driver, driver.current_url, plots=len(b["proponents"]))
+    assert driver.current_url == f"{server.url}/a/audit-0/p/behaviour/{i}"
     texts = [q.text for q in driver.find_elements(By.CSS_SELECTOR, "blockquote.behaviour-text")]
     assert texts == [audit_dir.texts_b[j].strip() for j in b["b_texts"]] and texts[0].startswith(explore_data.evil)
     examples = [pre.text for pre in driver.find_elements(By.CSS_SELECTOR, "#proponents pre.text")]
@@ -263,6 +338,7 @@ def test_audit_behaviour_and_allocation_cell(server, driver, explore_data, audit
     # an allocation: clicking a heatmap cell opens that group's parameters in that interval
     d = allocation_json.data
     open_page(driver, f"{server.url}/a/allocation-0/", plots=1)
+    screenshot(driver, "allocation")
     cell = driver.find_element(By.CSS_SELECTOR, "div.plot .nsewdrag")
     box = driver.execute_script("var r = arguments[0].getBoundingClientRect(); return [r.width, r.height]", cell)
     groups, n = list(d["by"]["layer"]), len(d["intervals"])
@@ -272,7 +348,101 @@ def test_audit_behaviour_and_allocation_cell(server, driver, explore_data, audit
     WebDriverWait(driver, 10).until(lambda dr: dr.current_url.endswith(f"/a/allocation-0/p/layer/{row * n + col}"))
     assert driver.find_element(By.TAG_NAME, "h1").text.startswith(f"layer {groups[row]}")
     assert float(driver.find_element(By.ID, "cell-value").text) == pytest.approx(d["by"]["layer"][groups[row]][col], rel=1e-3)
+    # its parameters: each tensor of the group with its allocation in that interval
+    from gradtrace.allocate.groups import group_of
+
+    want = {p: d["intervals"][col]["per_tensor"][p] for p in d["params"] if group_of(p, "layer") == groups[row]}
+    got = {name: float(v) for name, v in zip(column(driver, "tensors", 0), column(driver, "tensors", 1))}
+    assert got == pytest.approx(want, rel=1e-5) and want
     assert_no_dialog(driver)
+
+
+def test_probe_page_shows_items_literally_and_a_bar_lists_its_subtask(server, driver, explore_data, probe_runs):
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(driver, f"{server.url}/a/probes-0/", plots=1)
+    evil = next(it for it in probe_runs.items if it.id == "evil-item")
+    row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "#probe-items tbody tr")
+               if r.find_element(By.CSS_SELECTOR, "td.item-id").text == evil.id)
+    assert row.find_element(By.CSS_SELECTOR, "pre.probe-scenario").text == explore_data.evil
+    assert row.find_element(By.CSS_SELECTOR, "pre.probe-question").text == evil.question
+    assert [li.text for li in row.find_elements(By.CSS_SELECTOR, "li.probe-option")] == list(evil.options)
+    assert row.find_element(By.CSS_SELECTOR, "li.key").text == evil.answer
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == [] and driver.find_elements(By.CSS_SELECTOR, "#probe-items b") == []
+    assert driver.execute_script("return document.querySelectorAll('main script').length") == 0
+    assert_no_dialog(driver)
+    from gradtrace.probes import SUBTASKS
+
+    cmp = probe_runs.comparison["subtasks"]
+    subs = [s for s in SUBTASKS if s in cmp]
+    assert column(driver, "shift-0", 0) == subs
+    assert column(driver, "shift-0", 8) == [f"{cmp[s]['p_corrected']:.3g}" for s in subs]
+    screenshot(driver, "probes")
+    # a click on a subtask's bar lists that subtask's items
+    subs = driver.execute_script("return Array.from(document.querySelector('div.plot').data[0].customdata)")
+    acc = driver.execute_script("return Array.from(document.querySelector('div.plot').data[0].y)")
+    j = int(np.argmax(acc))  # a bar with height to click
+    bar = driver.execute_script("return document.querySelectorAll('div.plot .barlayer .trace')[0].querySelectorAll('.point path')[arguments[0]]", j)
+    ActionChains(driver).move_to_element(bar).click().perform()
+    WebDriverWait(driver, 10).until(lambda d: d.current_url.endswith(f"/a/probes-0/?subtask={subs[j]}"))
+    open_page(driver, driver.current_url, plots=1)
+    assert set(column(driver, "probe-items", 1)) == {subs[j]}
+    assert sorted(column(driver, "probe-items", 0)) == sorted(it.id for it in probe_runs.items if it.subtask == subs[j])
+    # the loop's page links to its probe results
+    open_page(driver, f"{server.url}/a/loop-0/", plots=2)
+    click_and_load(driver, driver.find_element(By.ID, "loop-probes"))
+    open_page(driver, driver.current_url, plots=1)
+    assert driver.current_url == f"{server.url}/a/loop-0.probes/"
+    head = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#probe-items thead th")]
+    assert head[-3:] == ["round 0", "round 1", "round 2"]
+    assert_no_dialog(driver)
+
+
+def test_a_typed_lm_query_returns_the_proponents_of_top_k(driver, hf_store):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from gradtrace.explore.app import start
+    from gradtrace.explore.artefacts import load_artefacts
+    from gradtrace.models.hf import behaviour_by_name
+    from gradtrace.models.hf_checkpoints import load_hf_checkpoint
+    from gradtrace.models.hf_spec import HFSpec
+    from gradtrace.report.lm_report import example_text
+    from gradtrace.scoring import Attributor
+
+    running = start(load_artefacts([hf_store.store]))
+    try:
+        open_page(driver, f"{running.url}/a/store-0/p/query")
+        typed = {"prompt": 'Q: show "><img src=x onerror=alert(3)> please', "completion": " yes"}
+        driver.find_element(By.ID, "prompt").send_keys(typed["prompt"])
+        driver.find_element(By.ID, "completion").send_keys(typed["completion"])
+        Select(driver.find_element(By.ID, "behaviour")).select_by_value("logprob")
+        Select(driver.find_element(By.ID, "method")).select_by_value("raw")
+        driver.find_element(By.NAME, "k").clear()
+        driver.find_element(By.NAME, "k").send_keys("6")  # 6 proponents and 6 opponents: all 12 training examples
+        click_and_load(driver, driver.find_element(By.ID, "run-query"))
+        open_page(driver, driver.current_url, plots=3)
+        assert driver.find_element(By.ID, "query-name").text == "typed query"
+        assert driver.find_element(By.CSS_SELECTOR, "#result > .view pre.text").text == example_text(typed)
+        model, task = HFSpec.saved(hf_store.store).load()
+        att = Attributor(hf_store.store, model, task, checkpoint_loader=load_hf_checkpoint)
+        for largest, table in ((True, "proponents"), (False, "opponents")):
+            top = att.top_k([typed], k=6, largest=largest, behaviour=behaviour_by_name("logprob"))
+            assert column(driver, table, 1) == top.ids[0]
+            shown = [float(x) for x in column(driver, table, 3)]
+            np.testing.assert_allclose(shown, top.scores[0], rtol=1e-3)  # as printed, 4 significant digits
+        # every training text literal: example 3 completes with hostile markup
+        texts = {r.find_elements(By.TAG_NAME, "td")[1].text: r.find_element(By.CSS_SELECTOR, "pre.text").text
+                 for t in ("proponents", "opponents") for r in driver.find_elements(By.CSS_SELECTOR, f"#{t} tbody tr")}
+        assert sorted(texts) == sorted(f"ex{i}" for i in range(12)) and hf_store.evil in texts["ex3"]
+        for i, text in texts.items():
+            assert text == example_text(hf_store.examples[int(i[2:])])
+        assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+        assert_no_dialog(driver)
+    finally:
+        running.stop()
 
 
 @pytest.mark.parametrize("path", ["/static/..%2f..%2f..%2fetc%2fpasswd", "/a/store-0/..%2f..%2fmanifest.json", "/a/secret/"])

@@ -26,10 +26,14 @@ def test_options_named_in_the_docs_exist():
 
 def test_screenshots_in_the_docs_are_committed():
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", DOC.read_text())
-    assert sorted(images) == sorted(f"explorer/{n}.png" for n in ("training-set", "example", "query", "diff", "loop"))
+    assert sorted(images) == sorted(f"explorer/{n}.png" for n in ("training-set", "example", "query", "diff", "loop", "audit", "allocation", "probes"))
     for image in images:
         data = (DOC.parent / image).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    # each is one the browser tests take
+    browser = (ROOT / "tests" / "explore" / "test_explore_browser.py").read_text()
+    taken = set(re.findall(r'screenshot\(driver, "([a-z-]+)"\)', browser))
+    assert {Path(i).stem for i in images} == taken
 
 
 def test_demo_task_file_reopens_the_demo(explore_data):

@@ -65,6 +65,15 @@ def test_pages_answer_with_security_headers(server):
     assert b"store-0" in body and b"diff-0" in body and b"loop-0" in body
 
 
+def test_the_page_scripts_never_parse_text_as_html(server):
+    """Untrusted text reaches the DOM through textContent only: the app's own scripts use no HTML-parsing sink."""
+    for path in ("/static/explore.js", "/assets/boot.js"):
+        status, _, body = get(server.url, path)
+        assert status == 200 and len(body) > 100
+        for sink in (b"innerHTML", b"outerHTML", b"insertAdjacentHTML", b"document.write", b"eval(", b"new Function"):
+            assert sink not in body, (path, sink)
+
+
 def test_foreign_host_header_is_refused(server):
     status, _, _ = get(server.url, "/", {"Host": "evil.example:80"})
     assert status == 400
@@ -124,7 +133,7 @@ def test_loaders_refuse_what_they_cannot_read(tmp_path, explore_data):
         load_artefacts([tmp_path / "audit"])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "probe.json").write_text("{}")
-    with pytest.raises(InputError, match="audit .a folder with audit.json.*probe results have no loader yet"):
+    with pytest.raises(InputError, match="audit .a folder with audit.json.*probe results .the JSON of gradtrace probes run --out"):
         load_artefacts([tmp_path / "other"])
     (tmp_path / "alloc.json").write_text(json.dumps({"intervals": [{"start": "a"}], "params": [], "rule": "gauss", "behaviour": "loss"}))
     with pytest.raises(InputError, match=r"intervals\[0\]: not an interval of an allocation"):
@@ -201,6 +210,15 @@ def test_audit_shows_behaviours_texts_proponents_and_verification(audit_dir, exp
         for arm in ("topk", "random"):
             assert f"{v[arm]['share_b_after']['share']:.3f}" in text
         assert 'id="topk-better">yes<' in text
+        # the map's click on the behaviour's cluster: the cluster, with the behaviour's first proponents and verification
+        (cluster,) = [m["cluster"] for m in b["members"] if m["level"] == "text"]
+        data = client.get(f"/a/audit-0/data/textcluster/{cluster}").get_json()
+        assert data["diff"] == "audit-0.diff" and data["cluster"] == cluster
+        (panel,) = [x for x in data["behaviours"] if x["index"] == i]
+        assert panel["label"] == b["label"] and [p["id"] for p in panel["proponents"]] == [p["id"] for p in b["proponents"][:5]]
+        assert (panel["verification"]["before"], panel["verification"]["topk"], panel["verification"]["random"]) == (
+            v["share_b_before"]["share"], v["topk"]["share_b_after"]["share"], v["random"]["share_b_after"]["share"])
+    assert client.get("/a/audit-0/data/textcluster/999").status_code == 404
     untraced = [i for i in range(len(beh)) if i not in audit_dir.traced]
     if untraced:
         assert b"Not traced" in client.get(f"/a/audit-0/p/behaviour/{untraced[0]}").data
@@ -229,3 +247,191 @@ def test_allocation_heatmap_and_cells_match_the_json(allocation_json):
             assert sum(want.values()) == pytest.approx(d["by"][level][g][j], rel=1e-9, abs=1e-15)
     assert client.get(f"/a/allocation-0/p/layer/{len(d['by']['layer']) * n}").status_code == 404
     assert client.get("/a/allocation-0/?level=evil").status_code == 400
+
+
+def _table(page: bytes, table_id: str) -> list[list[str]]:
+    """The body rows of the table ``table_id``: each cell's text (tags dropped, entities unescaped)."""
+    import html
+
+    body = re.search(rf'<table[^>]*id="{table_id}"[^>]*>.*?<tbody>(.*?)</tbody>', page.decode(), re.S)
+    assert body is not None, table_id
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body.group(1), re.S)
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)] for r in rows]
+
+
+def _fmt(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def test_probe_run_page_shows_accuracy_summary_and_items(probe_runs):
+    from gradtrace.probes import SUBTASKS
+
+    client = create_app(load_artefacts([probe_runs.a])).test_client()
+    index = client.get("/")
+    assert b'href="/a/probes-0/"' in index.data and b"probe run: model tiny-0 &lt;i&gt;" in index.data
+    page = client.get("/a/probes-0/")
+    assert page.status_code == 200
+    record = probe_runs.records["a"]
+    subs = [s for s in SUBTASKS if s in record["summary"]]
+    (bars,) = _figures(page.data)[0]["data"]
+    assert bars["type"] == "bar" and bars["customdata"] == subs
+    assert bars["y"] == [record["summary"][s]["accuracy"] for s in subs]
+    # the summary against the items' correctness, counted here
+    for row, s in zip(_table(page.data, "probe-summary"), subs):
+        mine = [r for r in record["items"] if r["subtask"] == s]
+        assert row[:4] == ["tiny-0 <i>", s, str(len(mine)), f"{sum(r['correct'] for r in mine) / len(mine):.3f}"]
+    # the items: every text literal, the key and the model's choice (the option it scored highest)
+    items = {it.id: it for it in probe_runs.items}
+    rows = _table(page.data, "probe-items")
+    assert sorted(r[0] for r in rows) == sorted(items)
+    for r in rows:
+        it, res = items[r[0]], next(x for x in record["items"] if x["id"] == r[0])
+        assert r[1:4] == [it.subtask, it.scenario, it.question]
+        assert r[5] == "ABCDEFGHIJ"[it.key]
+        best = max(range(len(it.options)), key=lambda j: res["scores"][j])
+        assert r[6].split()[:2] == ["ABCDEFGHIJ"[best], "✓" if best == it.key else "✗"]
+    text = page.data.decode()
+    assert "<script>alert" not in text and "<img src=x" not in text and "<b>yours" not in text
+    import html
+
+    shown = [html.unescape(o) for o in re.findall(r'<li class="probe-option[^"]*">(.*?)</li>', text, re.S)]
+    assert shown == [o for r in rows for o in items[r[0]].options]
+    keys = [html.unescape(o) for o in re.findall(r'<li class="probe-option key">(.*?)</li>', text, re.S)]
+    assert keys == [items[r[0]].answer for r in rows]
+    # a click on a bar lists one subtask's items
+    filtered = client.get("/a/probes-0/?subtask=temporal_change")
+    assert {r[1] for r in _table(filtered.data, "probe-items")} == {"temporal_change"}
+    assert client.get("/a/probes-0/?subtask=evil").status_code == 400
+    assert client.get("/a/probes-0/?page=9").status_code == 404
+
+
+def test_probe_comparison_page_shows_the_shift_table(probe_runs):
+    from gradtrace.probes import SUBTASKS, mcnemar_exact
+    from gradtrace.probes.score import correct_p
+
+    client = create_app(load_artefacts([probe_runs.compare])).test_client()
+    page = client.get("/a/probes-0/")
+    assert page.status_code == 200
+    ra, rb = ({r["id"]: r for r in probe_runs.records[s]["items"]} for s in ("a", "b"))
+    subs = [s for s in SUBTASKS if any(r["subtask"] == s for r in ra.values())]
+    # the oracle: discordant counts and exact McNemar per subtask, Holm over the subtasks, computed here
+    want = {}
+    for s in subs:
+        ids = [i for i in ra if ra[i]["subtask"] == s]
+        a_only = sum(ra[i]["correct"] and not rb[i]["correct"] for i in ids)
+        b_only = sum(rb[i]["correct"] and not ra[i]["correct"] for i in ids)
+        acc_a, acc_b = np.mean([ra[i]["correct"] for i in ids]), np.mean([rb[i]["correct"] for i in ids])
+        want[s] = [s, str(len(ids)), f"{acc_a:.3f}", f"{acc_b:.3f}", f"{acc_b - acc_a:+.3f}", str(a_only), str(b_only),
+                   f"{mcnemar_exact(a_only, b_only):.3g}"]
+    rows = _table(page.data, "shift-0")
+    assert [r[:7] for r in rows] == [want[s][:7] for s in subs]
+    exact = [probe_runs.comparison["subtasks"][s] for s in subs]
+    assert [r[7] for r in rows] == [f"{v['p']:.3g}" for v in exact] == [w[7] for w in want.values()]
+    assert [r[8] for r in rows] == [f"{v['p_corrected']:.3g}" for v in exact]
+    np.testing.assert_allclose([v["p_corrected"] for v in exact], correct_p([v["p"] for v in exact], "holm"))
+    assert [r[9] for r in rows] == ["yes" if v["p_corrected"] <= 0.05 else "no" for v in exact]
+    # accuracy of A and B per subtask in the figure; both models' choices per item
+    a_bar, b_bar = _figures(page.data)[0]["data"]
+    assert a_bar["name"] == "A: tiny-0 &lt;i&gt;" and b_bar["name"] == "B: tiny-1 &lt;i&gt;"  # escaped for plotly's label markup
+    assert a_bar["y"] == [probe_runs.comparison["subtasks"][s]["accuracy_a"] for s in subs]
+    assert b_bar["y"] == [probe_runs.comparison["subtasks"][s]["accuracy_b"] for s in subs]
+    for r in _table(page.data, "probe-items"):
+        for cell, res in zip(r[6:8], (ra[r[0]], rb[r[0]])):
+            assert cell.split()[:2] == ["ABCDEFGHIJ"[res["predicted"]], "✓" if res["correct"] else "✗"]
+
+
+def test_a_loop_with_the_probes_monitor_yields_its_probe_results(explore_data):
+    from gradtrace.loop.monitors import Observation
+    from gradtrace.probes import SUBTASKS, load_suite
+
+    arts = load_artefacts([explore_data.loop])
+    assert [a.id for a in arts] == ["loop-0", "loop-0.round-2", "loop-0.probes"]
+    client = create_app(arts).test_client()
+    assert b'id="loop-probes" href="/a/loop-0.probes/"' in client.get("/a/loop-0/").data
+    assert b'id="round-probes" href="/a/loop-0.probes/"' in client.get("/a/loop-0/p/round/1").data
+    page = client.get("/a/loop-0.probes/")
+    assert page.status_code == 200 and b'href="/a/loop-0/"' in page.data
+    rows = [json.loads((explore_data.loop / f"round_{t:03d}" / "metrics.json").read_text())["row"] for t in range(3)]
+    subs = [s for s in SUBTASKS if f"probes.{s}.accuracy" in rows[0]]
+    # one bar per round: the accuracies the monitor measured
+    bars = _figures(page.data)[0]["data"]
+    assert [b["name"] for b in bars] == ["round 0", "round 1", "round 2"]
+    for t, b in enumerate(bars):
+        assert b["y"] == pytest.approx([rows[t][f"probes.{s}.accuracy"] for s in subs], abs=1e-12)
+    # each round against round 0: the monitor's change and corrected p
+    for t in (1, 2):
+        table = _table(page.data, f"shift-{t - 1}")
+        assert [r[0] for r in table] == subs
+        assert [r[4] for r in table] == [f"{rows[t][f'probes.{s}.change']:+.3f}" for s in subs]
+        assert [r[8] for r in table] == [f"{rows[t][f'probes.{s}.p']:.3g}" for s in subs]
+    # the items with each round's choice, from the rounds' observations
+    items = load_suite(explore_data.suite)
+    obs = [Observation.load(explore_data.loop / f"round_{t:03d}").extras for t in range(3)]
+    got = {r[0]: r for r in _table(page.data, "probe-items")}
+    assert set(got) == {it.id for it in items}
+    for j, it in enumerate(items):
+        for t in range(3):
+            assert got[it.id][6 + t].split()[:2] == ["ABCDEFGHIJ"[obs[t]["probes.predicted"][j]], "✓" if obs[t]["probes.correct"][j] else "✗"]
+
+
+def test_an_older_run_file_reads_its_texts_from_its_suite(probe_runs, tmp_path):
+    client = create_app(load_artefacts([probe_runs.old])).test_client()
+    rows = _table(client.get("/a/probes-0/").data, "probe-items")
+    items = {it.id: it for it in probe_runs.items}
+    assert {r[0]: r[2] for r in rows} == {i: it.scenario for i, it in items.items()}
+    # without the suite beside it: the items without their texts, and a note saying why
+    lone = tmp_path / "old.json"
+    lone.write_bytes(probe_runs.old.read_bytes())
+    page = create_app(load_artefacts([lone])).test_client().get("/a/probes-0/")
+    assert b"the suite file &#39;suite.jsonl&#39; was not found" in page.data
+    assert {r[2] for r in _table(page.data, "probe-items")} == {"(text not available)"}
+
+
+def test_probe_loaders_refuse_what_they_cannot_read(tmp_path, probe_runs):
+    bad = tmp_path / "cmp.json"
+    bad.write_text(json.dumps({"a": "a.json", "b": "b.json", "correction": "holm", "alpha": 0.05, "subtasks": {"self_concept": {"n": 3}}}))
+    with pytest.raises(InputError, match=r"subtasks.self_concept is not a subtask's comparison"):
+        load_artefacts([bad])
+    run = json.loads(probe_runs.a.read_text())
+    run["items"][0].pop("correct")
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    with pytest.raises(InputError, match=r"items\[0\] needs id, subtask, key, predicted, correct, margin"):
+        load_artefacts([tmp_path / "run.json"])
+    # a comparison whose runs have moved still shows its shift table
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(dict(probe_runs.comparison, a="gone/a.json", b="gone/b.json")))
+    page = create_app(load_artefacts([moved])).test_client().get("/a/probes-0/")
+    assert page.status_code == 200 and len(_table(page.data, "shift-0")) == len(probe_runs.comparison["subtasks"])
+    assert b"Run A (&#39;gone/a.json&#39;) was not found" in page.data and b"No per-item results" in page.data
+
+
+def test_a_loop_whose_suite_moved_or_kept_no_choices_still_shows_its_probes(explore_data, tmp_path):
+    import shutil
+
+    from gradtrace.loop.monitors import Observation
+
+    rows = [json.loads((explore_data.loop / f"round_{t:03d}" / "metrics.json").read_text())["row"] for t in range(3)]
+    # an older run: the observations kept whether each item was right, not the option chosen
+    older = tmp_path / "older"
+    shutil.copytree(explore_data.loop, older)
+    for t in range(3):
+        folder = older / f"round_{t:03d}"
+        obs = Observation.load(folder)
+        del obs.extras["probes.predicted"]
+        obs.save(folder)
+    page = create_app(load_artefacts([older])).test_client().get("/a/loop-0.probes/")
+    cells = [r[6:9] for r in _table(page.data, "probe-items")]
+    assert cells and all(c.split()[0] == "n/a" and c.split()[1] in "✓✗" for row in cells for c in row)
+    # the suite moved: accuracies and shifts from the rounds' metrics, no items, a note saying why
+    moved = tmp_path / "moved"
+    shutil.copytree(explore_data.loop, moved)
+    config = json.loads((moved / "loop.json").read_text())
+    config["monitors"]["probes"]["suite"] = str(tmp_path / "gone.jsonl")
+    (moved / "loop.json").write_text(json.dumps(config))
+    page = create_app(load_artefacts([moved])).test_client().get("/a/loop-0.probes/")
+    assert page.status_code == 200 and b"gone.jsonl" in page.data and b"No per-item results" in page.data
+    subs = [r[0] for r in _table(page.data, "shift-1")]
+    assert [r[4] for r in _table(page.data, "shift-1")] == [f"{rows[2][f'probes.{s}.change']:+.3f}" for s in subs]
+    assert [r[8] for r in _table(page.data, "shift-1")] == [f"{rows[2][f'probes.{s}.p']:.3g}" for s in subs]
+    bars = _figures(page.data)[0]["data"]
+    assert [b["y"] for b in bars] == [[rows[t][f"probes.{s}.accuracy"] for s in subs] for t in range(3)]

@@ -141,3 +141,42 @@ def test_optimizer_state_of_another_model_is_refused(run, tmp_path) -> None:
     (bare / "optimizer.pt").unlink()
     with pytest.raises(CheckpointError, match="has no optimizer.pt"):
         read_adam_state(bare, _fresh())
+
+
+def test_an_interrupted_run_resumes_to_the_same_checkpoints(run, tmp_path) -> None:
+    """A run killed after its second checkpoint (simulated: the later
+    checkpoints and done.json removed) resumes from checkpoint-2 and ends with
+    the weights and optimizer state of the uninterrupted run."""
+    out, refs, task = run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    (resumed / "done.json").unlink()
+    for step in (3, 4, 5):
+        shutil.rmtree(resumed / f"checkpoint-{step}")
+    (resumed / "checkpoint-3").mkdir()  # a checkpoint the kill left half-written: no trainer_state.json
+    (resumed / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"partial")
+    kept = resumed / "checkpoint-1" / "adapter_model.safetensors"
+    kept.write_bytes(b"not rewritten by a resumed run")  # a run started afresh would save checkpoint-1 again
+    new = train_lora(_fresh(), task, _examples(), resumed, CONFIG, progress=False)
+    assert [r.step for r in new] == [1, 2, 3, 4, 5]
+    assert kept.read_bytes() == b"not rewritten by a resumed run"
+    for step in (3, 4, 5):
+        a = load_file(str(out / f"checkpoint-{step}" / "adapter_model.safetensors"))
+        b = load_file(str(resumed / f"checkpoint-{step}" / "adapter_model.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7)
+    state_a = torch.load(out / "checkpoint-5" / "optimizer.pt", weights_only=True)["state"]
+    state_b = torch.load(resumed / "checkpoint-5" / "optimizer.pt", weights_only=True)["state"]
+    for i in state_a:
+        torch.testing.assert_close(state_b[i]["exp_avg_sq"], state_a[i]["exp_avg_sq"], rtol=1e-5, atol=1e-12)
+
+
+def test_checkpoints_of_a_run_with_other_settings_are_refused(run, tmp_path) -> None:
+    out, refs, task = run
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    (other / "done.json").unlink()
+    changed = LoraTrainConfig(**{**CONFIG.to_dict(), "lr": CONFIG.lr * 2})
+    with pytest.raises(InputError, match="other settings"):
+        train_lora(_fresh(), task, _examples(), other, changed, progress=False)

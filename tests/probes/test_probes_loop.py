@@ -64,6 +64,7 @@ def test_monitor_observes_a_model_and_its_extras_survive_save_and_load(tmp_path)
     extras = monitor.observe(LanguageModel(model, tok))
     direct = score_items(model, tok, monitor.items)
     assert extras["probes.correct"].tolist() == [s.correct for s in direct]
+    assert extras["probes.predicted"].tolist() == [s.predicted for s in direct]
     obs = Observation(round=0, generations=["x"], extras=extras)
     obs.save(tmp_path)
     back = Observation.load(tmp_path)
@@ -83,15 +84,21 @@ def test_dashboard_draws_per_subtask_accuracy_curves(tmp_path, h):
         assert t["y"] == [r[f"probes.{sub}.accuracy"] for r in rows] and t["x"] == [r["round"] for r in rows]
 
 
-def test_untrusted_item_text_is_escaped_in_the_html_report():
+def test_untrusted_item_text_is_escaped_in_the_html_report(h):
     evil = Item("<img src=x onerror=alert(1)>", "self_concept", "<script>alert('s')</script>", "Which is <b>yours</b>?",
                 ("<i>mine</i>", "theirs & co"), 0, {"source": "seed"})
     from gradtrace.probes.score import ItemScore
 
     record = run_record([ItemScore(evil.id, evil.subtask, 0, (-1.0, -2.0))], "<model>", "<suite>")
-    html = run_report_html(record, [evil])
-    assert "<script>" not in html and "<img" not in html and "<b>yours" not in html and "<i>mine" not in html
+    page = run_report_html(record, [evil])
+    html = h.without_scripts(page)  # the page without plotly's inlined bundle and the figure loader
+    assert page.count("<script") == 2
+    assert "<script" not in html and "<img" not in html and "<b>yours" not in html and "<i>mine" not in html
     assert "&lt;script&gt;" in html and "&lt;img src=x" in html and "theirs &amp; co" in html
+    # the accuracy figure, as gradtrace serve draws it; the model's name escaped for plotly's label markup
+    (fig,) = h.page_figures(page)
+    (bars,) = fig["data"]
+    assert bars["x"] == ["self_concept"] and bars["y"] == [1.0] and bars["name"] == "&lt;model&gt;"
 
 
 def test_cli_run_compare_and_a_malformed_suite(tmp_path):
@@ -102,10 +109,21 @@ def test_cli_run_compare_and_a_malformed_suite(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert set(data["summary"]) == set(SUBTASKS) and len(data["items"]) == 2 * len(SUBTASKS)
-    res = runner.invoke(app, ["probes", "compare", str(out), str(out), "--json"])
+    # each item's result carries its texts (what gradtrace serve shows)
+    from gradtrace.probes import first_per_subtask
+
+    suite = {it.id: it for it in first_per_subtask(seed_items(), 2)}
+    assert [(r["scenario"], r["question"], r["options"]) for r in data["items"]] == [
+        (suite[r["id"]].scenario, suite[r["id"]].question, list(suite[r["id"]].options)) for r in data["items"]]
+    res = runner.invoke(app, ["probes", "compare", str(out), str(out), "--json", "--out", str(tmp_path / "cmp.json")])
     assert res.exit_code == 0, res.output
-    cmp = json.loads(res.output)["subtasks"]
+    printed = json.loads(res.output)
+    cmp = printed["subtasks"]
     assert all(v["difference"] == 0 and v["p_corrected"] == 1.0 for v in cmp.values())
+    written = json.loads((tmp_path / "cmp.json").read_text())
+    assert written == {k: v for k, v in printed.items() if k != "out"} and written["a"] == str(out)
+    res = runner.invoke(app, ["probes", "compare", str(out), str(out), "--out", str(tmp_path / "cmp.txt")])
+    assert res.exit_code == 2 and "--out" in res.output
     bad = tmp_path / "bad.jsonl"
     good = seed_items()[0].to_dict()
     bad.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, id="z", key=7)) + "\n")

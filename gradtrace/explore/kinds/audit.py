@@ -28,6 +28,7 @@ from .diff import DIFF_FILE, DiffArtefact
 
 AUDIT_FILE = "audit.json"
 MAX_TEXTS = 100
+PANEL_PROPONENTS = 5
 SHARE_KEYS = ("count", "n", "share", "ci95")
 
 
@@ -124,11 +125,36 @@ class AuditArtefact(Artefact):
                              "n_proponents": len(b.get("proponents") or []),
                              "topk_after": (v.get("topk") or {}).get("share_b_after", {}).get("share") if v else None,
                              "random_after": (v.get("random") or {}).get("share_b_after", {}).get("share") if v else None})
-            return "audit.html", {"d": self.d, "rows": rows, "map": self.diff.map_markup() if self.diff is not None else None,
+            return "audit.html", {"d": self.d, "rows": rows,
+                                  "map": self.diff.map_markup(f"/a/{self.id}/data/textcluster/") if self.diff is not None else None,
                                   "diff": self.diff.id if self.diff is not None else None}
         if name == "behaviour" and len(path_args) == 1:
             return "audit_behaviour.html", self.behaviour(path_args[0])
         raise NotFound(f"audit has no page {name!r}")
+
+    def data(self, name: str, args: dict[str, str], path_args: Sequence[int]) -> Any:
+        """``textcluster/<n>``: the diff's text-level cluster ``n`` (what a click on the map loads), with the behaviours
+        it belongs to: each one's first proponents and its verification, and its page."""
+        if name == "textcluster" and len(path_args) == 1 and self.diff is not None:
+            c = self.diff.cluster(self.diff.text_cluster_index(path_args[0]))
+            c["behaviours"] = [self.panel_behaviour(i) for i, b in enumerate(self.behaviours)
+                               if any(isinstance(m, dict) and m.get("level") == "text" and m.get("cluster") == path_args[0]
+                                      for m in b["members"])]
+            return c
+        raise NotFound(f"audit has no data {name!r}")
+
+    def panel_behaviour(self, i: int) -> dict[str, Any]:
+        """Behaviour ``i`` as the map's panel shows it: label, its first proponents (rank, id, score) and B's share
+        before and after the verification's removals."""
+        b = self.behaviours[i]
+        v = b.get("verification")
+        return {"audit": self.id, "index": i, "label": str(b["label"]), "skew": b["skew"], "q_value": b["q_value"],
+                "share_a": _share(b["share_a"]), "share_b": _share(b["share_b"]),
+                "proponents": [{"rank": p["rank"], "id": str(p["id"]), "score": p["score"]} for p in (b.get("proponents") or [])[:PANEL_PROPONENTS]],
+                "verification": None if not v else {
+                    "k": v["k"], "before": _share(v["share_b_before"])["share"],
+                    "topk": _share(v["topk"]["share_b_after"])["share"], "random": _share(v["random"]["share_b_after"])["share"],
+                    "topk_better": v.get("topk_reduces_more_than_random")}}
 
     def behaviour(self, i: int) -> dict[str, Any]:
         """One behaviour as its page shows it."""

@@ -44,7 +44,7 @@ class DiffArtefact(Artefact):
     def page(self, name: str, args: dict[str, str], path_args: Sequence[int]) -> tuple[str, dict[str, Any]]:
         if name == "" and not path_args:
             return "diff.html", {
-                "d": self.d, "alpha": self.alpha, "rows": [self._row(i) for i in range(len(self.clusters))],
+                "d": self.d, "alpha": self.alpha, "rows": [self.row(i) for i in range(len(self.clusters))],
                 "map": self.map_markup(),
                 "intended": self.d.get("intended"), "sources": self._sources(),
             }
@@ -52,13 +52,21 @@ class DiffArtefact(Artefact):
             return "diff_cluster.html", {"c": self.cluster(path_args[0])}
         raise NotFound(f"diff has no page {name!r}")
 
-    def map_markup(self) -> str:
-        """The map of the texts, placed on a page (a click loads the point's cluster into the page's panel);
-        the audit's page shows its diff with this too."""
+    def map_markup(self, data_base: str | None = None) -> str:
+        """The map of the texts, placed on a page (a click loads the point's cluster into the page's panel,
+        from ``data_base`` + the cluster number: by default this diff's ``data/textcluster/``);
+        the audit's page and a loop round's show their diff with this too."""
         names = {int(c["cluster"]): str(c.get("llm_label") or c.get("label") or "")
                  for c in self.clusters if c.get("level") == "text" and isinstance(c.get("cluster"), int)}
         fig = figures.diff_map(self.d.get("points") or [], names)
-        return figures.embed(fig, click="panel", base=f"/a/{self.id}/data/textcluster/")
+        return figures.embed(fig, click="panel", base=data_base or f"/a/{self.id}/data/textcluster/")
+
+    def text_cluster_index(self, cluster: int) -> int:
+        """The position of the tested text-level cluster number ``cluster`` (NotFound if none)."""
+        i = self.cluster_index("text", cluster)
+        if i is None:
+            raise NotFound(f"no tested text-level cluster {cluster}")
+        return i
 
     def cluster_index(self, level: Any, cluster: Any) -> int | None:
         """The position of the cluster ``(level, cluster)`` (its page is ``p/cluster/<position>``), or None."""
@@ -68,10 +76,7 @@ class DiffArtefact(Artefact):
         if name == "cluster" and len(path_args) == 1:
             return self.cluster(path_args[0])
         if name == "textcluster" and len(path_args) == 1:
-            for i, c in enumerate(self.clusters):
-                if c.get("level") == "text" and c.get("cluster") == path_args[0]:
-                    return self.cluster(i)
-            raise NotFound(f"no tested text-level cluster {path_args[0]}")
+            return self.cluster(self.text_cluster_index(path_args[0]))
         raise NotFound(f"diff has no data {name!r}")
 
     def _sources(self) -> list[str]:
@@ -82,7 +87,8 @@ class DiffArtefact(Artefact):
                 out.append(f"{side.upper()}: " + ", ".join(f"{k}={v}" for k, v in src.items()))
         return out
 
-    def _row(self, i: int) -> dict[str, Any]:
+    def row(self, i: int) -> dict[str, Any]:
+        """Cluster ``i``'s line in a table of clusters (the diff's page, a loop round's page)."""
         c = self.clusters[i]
         return {"index": i, "rank": c.get("rank"), "level": c.get("level"), "label": c.get("llm_label") or c.get("label"),
                 "share_b": _num(c.get("share_b")), "valid_a": c.get("valid_a"), "valid_b": c.get("valid_b"),
@@ -99,7 +105,7 @@ class DiffArtefact(Artefact):
             return [str(t) for t in (c.get(key) or []) if t is not None]
 
         return {
-            "index": i, "rank": c.get("rank"), "level": c.get("level"), "cluster": c.get("cluster"),
+            "diff": self.id, "index": i, "rank": c.get("rank"), "level": c.get("level"), "cluster": c.get("cluster"),
             "label": str(c.get("llm_label") or c.get("label") or ""), "keywords": [str(k) for k in c.get("keywords") or []],
             "share_b": _num(c.get("share_b")), "overall_share_b": _num(c.get("overall_share_b")),
             "valid_a": c.get("valid_a"), "valid_b": c.get("valid_b"), "p_value": _num(c.get("p_value")),

@@ -1,7 +1,11 @@
 """A self-training loop run folder in the explorer: the monitors' curves per
 round with the stop rules' thresholds and the stop round; clicking a round
 opens its page (its metrics, its diff against round 0 when the round has a
-``diff.json``, and its data: what it trained on, generated and kept).
+``diff.json``: the map and the most skewed clusters, each a click away from
+its texts; and its data: what it trained on, generated and kept). A loop
+that ran the ``probes`` monitor also yields a probes artefact
+(``<loop id>.probes``, :mod:`.probes`): per-subtask accuracy per round, the
+shifts against round 0 and the items with each round's choice.
 
 Reads the folder as :mod:`gradtrace.loop.runner` writes it: ``loop.json``
 (the config; its ``stop`` rules), ``round_NNN/`` with ``metrics.json``
@@ -19,10 +23,12 @@ from ...data import read_jsonl_objects
 from ...errors import GradtraceError, InputError
 from ...report import figures
 from ..artefacts import Artefact, NotFound, ServeOptions
+from . import probes as probes_kind
 from .diff import DIFF_FILE, DiffArtefact
 
 DATA_FILES = ("train.jsonl", "generations.jsonl", "curated.jsonl")
 MAX_ROWS = 200
+MAX_CLUSTERS = 20
 
 
 class LoopArtefact(Artefact):
@@ -52,6 +58,9 @@ class LoopArtefact(Artefact):
         for t in self.rounds:
             if (self.round_dir(t) / DIFF_FILE).is_file():
                 self.diffs[t] = DiffArtefact(f"{id}.round-{t}", self.round_dir(t) / DIFF_FILE, f"{path.name}, round {t} against round 0")
+        monitors = config.get("monitors") if isinstance(config, dict) else None
+        settings = monitors.get("probes") if isinstance(monitors, dict) else None
+        self.probes = probes_kind.loop_artefact(f"{id}.probes", self, settings) if isinstance(settings, dict) and self.rounds else None
 
     def summary(self) -> str:
         stop = f"; {self.stop.message()}" if self.stop is not None else "; no stop rule fired"
@@ -82,7 +91,7 @@ class LoopArtefact(Artefact):
         table = [{"round": t, "cells": [r.get(m) for m in metrics], "diff": self.diffs[t].id if t in self.diffs else None}
                  for t, r in zip(self.rounds, self.rows)]
         return {"panels": panels, "metrics": metrics, "table": table, "stop": self.stop.message() if self.stop else None,
-                "rules": [r.describe() for r in self.rules]}
+                "rules": [r.describe() for r in self.rules], "probes": self.probes.id if self.probes is not None else None}
 
     def _round(self, t: int) -> dict[str, Any]:
         if t not in self.rounds:
@@ -102,8 +111,13 @@ class LoopArtefact(Artefact):
                      "text": r["text"] if isinstance(r.get("text"), str) else json.dumps(r, ensure_ascii=False)}
                     for r in records[:MAX_ROWS]]
             data.append({"name": name, "rows": rows, "total": len(records), "error": None})
+        diff = self.diffs.get(t)
         return {"round": t, "metrics": sorted((k, v) for k, v in row.items() if k != "round"), "data": data,
-                "diff": self.diffs[t].id if t in self.diffs else None, "rounds": self.rounds,
+                "diff": diff.id if diff is not None else None, "rounds": self.rounds,
+                "map": diff.map_markup() if diff is not None else None,
+                "clusters": [diff.row(i) for i in range(min(len(diff.clusters), MAX_CLUSTERS))] if diff is not None else [],
+                "n_clusters": len(diff.clusters) if diff is not None else 0,
+                "probes": self.probes.id if self.probes is not None else None,
                 "stopped_here": self.stop is not None and self.stop.round == t}
 
 
@@ -115,4 +129,4 @@ class LoopLoader:
 
     def load(self, path: Path, options: ServeOptions, new_id: Callable[[str], str]) -> list[Artefact]:
         loop = LoopArtefact(new_id(self.kind), path)
-        return [loop, *loop.diffs.values()]
+        return [loop, *loop.diffs.values(), *([loop.probes] if loop.probes is not None else [])]

@@ -258,19 +258,31 @@ class StoreArtefact(Artefact):
     def summary(self) -> str:
         s = self.store
         task = {"task": "with its task (--task)", "hf": "a Hugging Face run", "none": "without its task"}[self.task.kind]
-        return f"gradient store: {s.n_examples} examples, {len(s.checkpoints)} checkpoints, {task}"
+        norms = "" if s.has_exact_norms else "; self-influence from projected gradients (featurized without exact norms)"
+        return f"gradient store: {s.n_examples} examples, {len(s.checkpoints)} checkpoints, {task}{norms}"
 
     def self_influence(self) -> tuple[np.ndarray, np.ndarray]:
         from ...scoring import self_influence_by_checkpoint
 
         with self._lock:
             if self._si is None:
-                by = self_influence_by_checkpoint(self.store)
+                by = self_influence_by_checkpoint(self.store) if self.store.has_exact_norms else self._projected_self_influence()
                 total = np.zeros(by.shape[1])
                 for row in by:
                     total += row
                 self._si_by_ckpt, self._si = by, total
             return self._si, self._si_by_ckpt  # type: ignore[return-value]
+
+    def _projected_self_influence(self) -> np.ndarray:
+        """``lr_c * |P g_c(z)|^2`` per checkpoint: the ranking of a store
+        featurized without exact norms (its projected gradient norms)."""
+        s = self.store
+        out = np.zeros((len(s.learning_rates), s.n_examples), dtype=np.float64)
+        for a, b in s.shard_ranges():
+            for c, lr in enumerate(s.learning_rates):
+                out[c, a:b] = lr * s.norms(c, a, b)[:, 0] ** 2
+        out[:, s.skipped_indices] = 0.0
+        return out
 
     def texts(self) -> list[str]:
         """Searchable text of every example: caption and text of its view."""
