@@ -28,6 +28,10 @@ class StageCache:
     def path(self, name: str, key: str) -> Path:
         return self.dir / f"{name}-{key}.json"
 
+    def done(self, name: str, parts: Any) -> bool:
+        """Whether the stage ``name`` for ``parts`` is on disk (a :meth:`run` would read it back)."""
+        return self.path(name, fingerprint(name, parts)).is_file()
+
     def run(self, name: str, parts: Any, compute: Callable[[], Any]) -> Any:
         """The stage ``name`` for ``parts`` (settings and input fingerprints):
         read back when done before, else ``compute()``d and written."""

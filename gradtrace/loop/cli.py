@@ -46,15 +46,37 @@ def loop(
         stop = None if result.stop is None else result.stop.message()
         dashboard = result.out / "dashboard.html"
         if as_json:
-            print_json({"out": result.out, "rounds": result.rows, "stop": stop, "dashboard": dashboard})
+            print_json({"out": result.out, "rounds": result.rows, "stop": stop, "attribution": result.attribution, "dashboard": dashboard})
             return
         console.print(table(f"loop {result.out}", ["round", *metrics], (
             (int(row["round"]), *(f"{row[m]:.4g}" for m in metrics)) for row in result.rows
         )))
         if stop is not None:
             console.print(stop, style="bold red")
+            if result.attribution is not None:
+                print_attribution(result.attribution)
         else:
             console.print(f"finished {len(result.rows) - 1} round(s) without a stop")
         console.print(f"dashboard: {dashboard}")
 
     run_or_exit(go)
+
+
+TEXT_CHARS = 160  # a top example's text in the terminal summary (the whole text is in stop.json)
+
+
+def print_attribution(a: dict) -> None:
+    """The stop trace in the terminal: per round its influence and share, then the top examples (text escaped)."""
+    from .dashboard import percent
+
+    if not a.get("traced"):
+        console.print(f"stop trace: not traced ({a.get('reason')})")
+        return
+    console.print(f"what drove it: {a['target']['description']}")
+    console.print(table(f"influence on {a['metric']} by round (largest share: round {a['largest_share_round']})",
+                        ["round", "examples", "influence", "share", "positive share"],
+                        ((r["round"], r["n_examples"], f"{r['influence']:.4g}", percent(r["share"]), percent(r["positive_share"]))
+                         for r in a["rounds"])))
+    console.print(table("top training examples", ["rank", "id", "round", "score", "text"], (
+        (e["rank"], e["id"], e["round"], f"{e['score']:.4g}", e["text"] if len(e["text"]) <= TEXT_CHARS else e["text"][:TEXT_CHARS] + "...")
+        for e in a["top_examples"])))

@@ -140,6 +140,43 @@ class LoopTrainConfig(ConfigBase):
 
 TrainConfig = LoopTrainConfig  # the name it had (docs and old scripts); gradtrace.unlearn has its own TrainConfig
 
+STOP_TRACE_PROJECTIONS = ("auto", "dense", "kronecker", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class StopTraceConfig(ConfigBase):
+    """What the loop does when a stop rule fires: trace the fired monitor's
+    quantity back to the training data of the rounds (the ``[stop_trace]``
+    table; :mod:`gradtrace.loop.trace`, docs/loop.md).
+
+    ``enabled``: on by default. ``include_base``: also score round 0's
+    training data (off: the monitors measure change since round 0, which
+    rounds 1..t made). ``attribute_target``: how an ``attribute`` metric
+    becomes a target (``contrast`` or ``rate_gradient``; docs/loop.md). ``max_queries``: texts per side of the target (the
+    first ones). ``top_k``: examples listed in the stop report.
+    ``max_per_round``: score only the first training texts of each round
+    (None: all). ``projection`` (``auto``: dense for the tiny GPT-2,
+    Kronecker for LoRA adapters), ``dim``, ``seed``, ``batch_size`` and
+    ``dtype``: how each round's gradient store is made.
+    """
+
+    enabled: bool = True
+    include_base: bool = False
+    attribute_target: str = "contrast"
+    max_queries: int = 32
+    top_k: int = 10
+    max_per_round: int | None = None
+    projection: str = "auto"
+    dim: int = 256
+    seed: int = 0
+    batch_size: int = 16
+    dtype: str = "float32"
+
+    _prefix = "stop_trace."
+    _checks = {"enabled": boolean, "include_base": boolean, "attribute_target": one_of(("contrast", "rate_gradient")), "max_queries": positive_int, "top_k": positive_int,
+               "max_per_round": optional(positive_int), "projection": one_of(STOP_TRACE_PROJECTIONS), "dim": positive_int,
+               "seed": non_negative_int, "batch_size": positive_int, "dtype": one_of(("float16", "float32", "float64"))}
+
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig(ConfigBase):
@@ -161,8 +198,12 @@ class LoopConfig(ConfigBase):
     stop: tuple[StopRule, ...] = ()
     embedder: str = "minilm"
     stop_on_breach: bool = True
+    stop_trace: StopTraceConfig = dataclasses.field(default_factory=StopTraceConfig)
 
     _checks = {"rounds": positive_int, "seed": integer, "embedder": one_of(sorted(EMBEDDER_NAMES)), "stop_on_breach": boolean}
+    # The stop trace changes no round, so it is not part of what a resumed run must match: the run folder keeps it
+    # beside the config in loop.json (key STOP_TRACE_KEY), and a resumed run may change it (its results are cached by it).
+    _not_saved = ("stop_trace",)
 
     def _check(self) -> None:
         if not isinstance(self.monitors, Mapping):
@@ -187,12 +228,14 @@ class LoopConfig(ConfigBase):
             raise InputError(f"config must be a table of settings; got {type(d).__name__}")
         d = dict(d)
         d.pop(_OUT, None)
+        trace = d.pop(STOP_TRACE_KEY, None)
+        kw: dict[str, Any] = {} if trace is None else {STOP_TRACE_KEY: StopTraceConfig.from_dict(trace, where="stop_trace")}
         check_unknown_keys(d, cls.saved_fields(), "config")
         if "data" not in d:
             raise InputError("data: the [data] table is missing (train, heldout, prompts, probes)")
         data = DataConfig.from_dict(d.pop("data"), where="data").resolved(Path(base) if base is not None else Path.cwd())
         sections = {"model": ModelConfig, "generation": LoopGenerationConfig, "train": LoopTrainConfig}
-        kw: dict[str, Any] = {k: sections[k].from_dict(d.pop(k), where=k) for k in list(sections) if k in d}
+        kw.update({k: sections[k].from_dict(d.pop(k), where=k) for k in list(sections) if k in d})
         stop = d.pop("stop", [])
         if not isinstance(stop, list):
             raise InputError(f"stop must be a list of tables ([[stop]]); got {type(stop).__name__}")
@@ -203,6 +246,13 @@ class LoopConfig(ConfigBase):
         kw["curation"] = tuple(curation)
         return cls(data=data, **kw, **d)
 
+    def to_file_dict(self) -> dict[str, Any]:
+        """What a run folder's ``loop.json`` holds: :meth:`to_dict` and the ``stop_trace`` table."""
+        return {**self.to_dict(), STOP_TRACE_KEY: self.stop_trace.to_dict()}
+
+
+# The key of the stop-trace settings in a config file and in loop.json.
+STOP_TRACE_KEY = "stop_trace"
 
 # LoopConfig accepts an 'out' key in TOML files (where the run goes); it is not a setting of the loop itself.
 _OUT = "out"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from ..fileio import atomic_write_bytes
 from ..report import figures
 from ..report.html import esc, page, table
 from .stop import StopEvent, StopRule
@@ -40,9 +41,11 @@ def write_diff_report(diff_json: Path, out: Path) -> Path:
 
 
 def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], stop: StopEvent | None, title: str = "self-training loop",
-                    rules: Sequence[StopRule] = ()) -> Path:
+                    rules: Sequence[StopRule] = (), attribution: Mapping[str, Any] | None = None) -> Path:
     """Write ``<out_dir>/dashboard.html`` from the results table; returns its
-    path. Threshold ``rules`` are drawn in their metric's panel."""
+    path. Threshold ``rules`` are drawn in their metric's panel; the stop
+    trace (``attribution``, :func:`gradtrace.loop.trace.trace_stop`) gets its
+    own section after the stop event."""
     out_dir = Path(out_dir)
     rounds = [int(r["round"]) for r in rows]
     metrics = [k for k in (rows[0] if rows else {}) if k != "round"]
@@ -53,6 +56,8 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
     parts = []
     if stop is not None:
         parts.append(f'<p style="background:#fff0f0;border:1px solid #c33;padding:.5rem"><b>Stopped.</b> {esc(stop.message())}</p>')
+        if attribution is not None:
+            parts.append(attribution_html(attribution))
     else:
         parts.append(f'<p class="note">No stop rule fired over rounds {esc(min(rounds) if rounds else "-")} to {esc(max(rounds) if rounds else "-")}.</p>')
     last_diff = _last_diff(out_dir, rounds)
@@ -73,8 +78,41 @@ def write_dashboard(out_dir: str | Path, rows: Sequence[Mapping[str, float]], st
     header = ["round"] + metrics
     parts.append("<h2>results table</h2><div style=\"overflow-x:auto\">" + table(header, [[int(r["round"])] + [r.get(m, float("nan")) for m in metrics] for r in rows], numeric=tuple(range(len(header)))) + "</div>")
     path = out_dir / DASHBOARD
-    path.write_text(page(title, "\n".join(parts), figures=bool(groups) or bool(probe_acc)), encoding="utf-8")
+    traced = attribution is not None and bool(attribution.get("traced"))
+    atomic_write_bytes(path, page(title, "\n".join(parts), figures=bool(groups) or bool(probe_acc) or traced).encode("utf-8"))
     return path
+
+
+def attribution_html(a: Mapping[str, Any]) -> str:
+    """The stop trace's section: per round its signed influence and share (a
+    bar chart and a table), then the top training examples (text escaped)."""
+    head = "<h2>What drove the stop</h2>"
+    if not a.get("traced"):
+        return head + f'<p class="note">Not traced: {esc(a.get("reason"))}</p>'
+    target = a["target"]
+    rounds = a["rounds"]
+    fig = figures.per_checkpoint([r["influence"] for r in rounds], [f"round {r['round']}" for r in rounds],
+                                 f"influence on {a['metric']} by round's training data")
+    table_rounds = table(["round", "examples", "scored", "influence", "share", "sum of the listed scores", "positive share"],
+                         [[r["round"], r["n_examples"], r["n_scored"], r["influence"], percent(r["share"]), r["influence_from_scores"],
+                           percent(r["positive_share"])] for r in rounds], numeric=(0, 1, 2, 3, 4, 5, 6))
+    top = table(["rank", "id", "round", "source", "score", "text"],
+                [[e["rank"], e["id"], e["round"], e.get("source"), e["score"], e["text"]] for e in a["top_examples"]], numeric=(0, 2, 4))
+    return (
+        head + f'<p>Target: {esc(target["description"])}. Method: {esc(a["method"])}. '
+        f'Round whose data carried the largest share: <b>{esc(a["largest_share_round"])}</b>. '
+        f'Every example\'s score: <code>{esc(a["scores_file"])}</code>.</p>'
+        '<p class="note">A score is TracIn\'s first-order estimate of how much training on the example in its round moved '
+        'the target toward the breach; a round\'s influence is the sum over its examples and its share that sum over the '
+        'total (negative: the round pushed the other way). It ranks data by gradient alignment; it does not prove that '
+        'removing the data would have prevented the stop (docs/loop.md).</p>'
+        + figures.embed(fig) + table_rounds + "<h3>Top training examples</h3>" + top
+    )
+
+
+def percent(x: Any) -> str:
+    """A share as a percentage (``-`` for None: no total to share)."""
+    return "-" if x is None else f"{100 * float(x):.1f}%"
 
 
 def rule_bounds(rules: Sequence[StopRule], metric: str) -> list[float]:

@@ -32,10 +32,10 @@ import torch
 from ..config import dict_differences
 from ..data import read_jsonl_objects
 from ..errors import ConfigMismatchError, InputError
-from ..fileio import write_jsonl
+from ..fileio import atomic_write_bytes, write_jsonl
 from ..lm.embed import Embedder, make_embedder
 from ..progress import progress_bar
-from .config import HASHING_ANALYZER, LoopConfig
+from .config import HASHING_ANALYZER, STOP_TRACE_KEY, LoopConfig
 from .curation import Compose, Policy, policy_from_dict
 from .lm import LanguageModel, checkpoint_state, diagonal_fisher, ewc_penalty, load_state
 from .monitors import Monitor, Observation, Row, build_monitors, measure_all
@@ -68,11 +68,15 @@ def read_texts(path: str | Path) -> list[str]:
 @dataclasses.dataclass
 class LoopResult:
     """The results table (one row per finished round: ``round`` and every
-    ``<monitor>.<metric>``), the stop event if a rule fired, and where the run is."""
+    ``<monitor>.<metric>``), the stop event if a rule fired, where the run is,
+    and the stop trace (``stop.json``'s ``attribution``: which rounds' data and
+    which examples drove the fired monitor; None when no rule fired or the
+    trace is off)."""
 
     out: Path
     rows: list[Row]
     stop: StopEvent | None
+    attribution: dict[str, Any] | None = None
 
     def series(self, metric: str) -> list[float]:
         if not self.rows or metric not in self.rows[0]:
@@ -119,13 +123,17 @@ class SelfTrainingLoop:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / CONFIG_FILE
         mine = self.config.to_dict()
+        file_dict = self.config.to_file_dict()
         if path.is_file():
             old = json.loads(path.read_text(encoding="utf-8"))
+            trace = old.pop(STOP_TRACE_KEY, None)
             diffs = dict_differences(old, mine)
             if diffs:
                 raise ConfigMismatchError(f"the loop run in {str(self.out)!r}", diffs)
+            if trace != file_dict[STOP_TRACE_KEY]:  # the stop trace's settings may change: it changes no round
+                atomic_write_bytes(path, (json.dumps(file_dict, indent=1) + "\n").encode("utf-8"))
         else:
-            path.write_text(json.dumps(mine, indent=1) + "\n", encoding="utf-8")  # key order kept: it fixes the monitor order
+            atomic_write_bytes(path, (json.dumps(file_dict, indent=1) + "\n").encode("utf-8"))  # key order kept: it fixes the monitor order
 
     def _monitors(self, embedder: Embedder) -> list[Monitor]:
         return build_monitors(self.config.monitors, embedder, self.extra_classifiers)
@@ -150,9 +158,9 @@ class SelfTrainingLoop:
         # Recomputed from the finished rounds, so a kill between a round's end and stop.json changes nothing.
         stop = first_stop(cfg.stop, rows) if rows else None
         if stop is not None and not (self.out / STOP_FILE).is_file():
-            (self.out / STOP_FILE).write_text(json.dumps(stop.to_dict(), indent=1) + "\n", encoding="utf-8")
+            self._write_stop(stop, None)
         if stop is not None and cfg.stop_on_breach:
-            return LoopResult(self.out, rows, stop)
+            return self._finish(rows, stop)
 
         real, heldout = read_texts(cfg.data.train), read_texts(cfg.data.heldout)
         prompts, probes = read_texts(cfg.data.prompts), read_texts(cfg.data.probes)
@@ -186,7 +194,7 @@ class SelfTrainingLoop:
                 regulariser = self._ewc(lm, base_state) if cfg.train.ewc > 0 else None
             write_jsonl(tmp / "train.jsonl", train_records)
             ckpts: list[dict[str, Any]] = []
-            first_step = self._global_step(t)
+            first_step = self.global_step(t)
 
             def save(step: int, rate: float, t: int = t, tmp: Path = tmp, ckpts: list = ckpts, steps: int = steps) -> None:
                 if step % cfg.train.checkpoint_every == 0 or step == steps:
@@ -229,12 +237,34 @@ class SelfTrainingLoop:
             event = first_stop(cfg.stop, rows)
             if event is not None and stop is None:
                 stop = event
-                (self.out / STOP_FILE).write_text(json.dumps(event.to_dict(), indent=1) + "\n", encoding="utf-8")
+                self._write_stop(event, None)
             self._dashboard(rows, stop)
             if stop is not None and cfg.stop_on_breach:
                 break
-        self._dashboard(rows, stop)
-        return LoopResult(self.out, rows, stop)
+        return self._finish(rows, stop)
+
+    def _finish(self, rows: list[Row], stop: StopEvent | None) -> LoopResult:
+        """The stop trace (when a rule fired and it is enabled), ``stop.json`` and the dashboard with it, the result."""
+        attribution = None
+        if stop is not None and self.config.stop_trace.enabled:
+            from .trace import trace_stop
+
+            attribution = trace_stop(self.config, self.out, stop, self.extra_classifiers, progress=self.progress)
+            if not attribution["traced"]:
+                # a trace made earlier (with a classifier passed from Python, say) is kept when this call cannot rebuild it
+                old = json.loads((self.out / STOP_FILE).read_text(encoding="utf-8")).get("attribution") if (self.out / STOP_FILE).is_file() else None
+                if old and old.get("traced") and old.get("metric") == stop.metric and old.get("stop_round") == stop.round:
+                    attribution = old
+        if stop is not None:
+            self._write_stop(stop, attribution)
+        self._dashboard(rows, stop, attribution)
+        return LoopResult(self.out, rows, stop, attribution)
+
+    def _write_stop(self, stop: StopEvent, attribution: dict[str, Any] | None) -> None:
+        d = stop.to_dict()
+        if attribution is not None:
+            d["attribution"] = attribution
+        atomic_write_bytes(self.out / STOP_FILE, (json.dumps(d, indent=1, allow_nan=False) + "\n").encode("utf-8"))
 
     def finished_rounds(self) -> list[int]:
         """Rounds 0..k-1 whose folders carry a DONE marker (a contiguous prefix)."""
@@ -243,7 +273,8 @@ class SelfTrainingLoop:
             out.append(len(out))
         return out
 
-    def _global_step(self, t: int) -> int:
+    def global_step(self, t: int) -> int:
+        """The global step before round ``t``'s first step (checkpoint steps count from it)."""
         return 0 if t == 0 else self.config.train.base_steps + (t - 1) * self.config.train.steps
 
     def _judge(self, base_state: Any) -> LanguageModel | None:
@@ -296,7 +327,7 @@ class SelfTrainingLoop:
             obs.extras.update(m.observe(lm))
         return obs, records
 
-    def _dashboard(self, rows: list[Row], stop: StopEvent | None) -> None:
+    def _dashboard(self, rows: list[Row], stop: StopEvent | None, attribution: dict[str, Any] | None = None) -> None:
         from .dashboard import write_dashboard
 
-        write_dashboard(self.out, rows, stop, title=f"self-training loop: {self.out.name}", rules=self.config.stop)
+        write_dashboard(self.out, rows, stop, title=f"self-training loop: {self.out.name}", rules=self.config.stop, attribution=attribution)
