@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--speed-repeats", type=int, default=2)
     ap.add_argument("--eval", type=int, default=50, help="test items scored per subtask")
     ap.add_argument("--dev-eval", type=int, default=30, help="dev items scored per subtask (after the test items)")
-    ap.add_argument("--dev-strengths", default="48,96", help="planted examples P tried on the dev seed")
+    ap.add_argument("--dev-strengths", default="48,96,192", help="planted examples P tried on the dev seed")
     ap.add_argument("--dev-min-drop", type=float, default=0.25)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--note", default="", help="a reading of the numbers, added to the BENCHMARKS.md section and the JSON")
@@ -478,7 +478,12 @@ scoring base / planted / A / B {runs['base']['seconds']:.0f} / {runs['planted'][
     if args.note:
         results["reading"] = args.note
         md += f"\n**Reading.** {args.note}\n"
-    record("reflect_probes", "see the commands below", md, results)
+    opts = (f"--templates {args.templates} --lm-attempts {args.lm_attempts} --speed-items {args.speed_items} --eval {args.eval} "
+            f"--dev-eval {args.dev_eval} --dev-strengths {args.dev_strengths} --lr {args.lr}")
+    command = (f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts stats {opts}; "
+               f"OMP_NUM_THREADS=1 flock /tmp/gt-timing.lock nice -n 10 python benchmarks/reflect_probes.py --parts speed {opts}; "
+               f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts sensitivity {opts}")
+    record("reflect_probes", command, md, results)
 
 
 if __name__ == "__main__":
