@@ -20,8 +20,9 @@ items batched) on the first ``--speed-items`` validated items per subtask,
 SmolLM2, alternating, ``--speed-repeats`` times each: seconds and the
 largest score difference. A speed ratio: run it under the timing lock.
 
-``--parts sensitivity``: LoRA fine-tunes of SmolLM2 (rank 8 on q/v, plain
-AdamW, loss on the answer tokens only) on prompts in the scoring format:
+``--parts sensitivity``: LoRA fine-tunes of SmolLM2 (rank 8 on q/v of the
+last ``--lora-layers`` layers, so the backward pass stops below them; plain
+AdamW, one epoch, loss on the answer tokens only) on prompts in the scoring format:
 
 * planted: ``P`` change_desirability template items (fresh draws whose
   scenarios are not in the suite) answered with the *wrong* option
@@ -211,10 +212,11 @@ def main() -> None:
     ap.add_argument("--speed-items", type=int, default=6, help="items per subtask timed in the speed part")
     ap.add_argument("--speed-repeats", type=int, default=2)
     ap.add_argument("--eval", type=int, default=50, help="test items scored per subtask")
-    ap.add_argument("--dev-eval", type=int, default=30, help="dev items scored per subtask (after the test items)")
-    ap.add_argument("--dev-strengths", default="48,96,192", help="planted examples P tried on the dev seed")
+    ap.add_argument("--dev-eval", type=int, default=20, help="dev items scored per subtask (after the test items)")
+    ap.add_argument("--dev-strengths", default="48,96", help="planted examples P tried on the dev seed")
     ap.add_argument("--dev-min-drop", type=float, default=0.25)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lora-layers", type=int, default=8, help="LoRA on q/v of the last N layers (backward stops below them)")
     ap.add_argument("--note", default="", help="a reading of the numbers, added to the BENCHMARKS.md section and the JSON")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -307,8 +309,10 @@ def main() -> None:
             m, t = load_model("smollm2")
             exclude = {it.scenario for it in load_suite(work / "suite_valid.jsonl")}
             examples = training_examples(kind, planted, seed, exclude)
+            n_layers = int(m.config.num_hidden_layers)
             config = LoraTrainConfig(epochs=1, lr=args.lr, batch_size=LORA["batch_size"], rank=LORA["rank"], alpha=LORA["alpha"],
-                                     target_modules=tuple(LORA["target_modules"]), seed=seed)
+                                     target_modules=tuple(LORA["target_modules"]), seed=seed,
+                                     layers=tuple(range(n_layers - args.lora_layers, n_layers)))
             task = CausalLMTask(t, max_length=256)
             model = add_lora(m, config)
             with Clock() as c:
@@ -444,7 +448,7 @@ planted fine-tune minus base SmolLM2, Holm-corrected p in brackets; rule: the sm
         results.update(subtask_shift=shift, subtask_shift_vs_neutral_b=shift_b, subtask_shift_vs_base=shift_base, null_subtask_shift=null,
                        accuracy={n: {s: v["accuracy"] for s, v in r["summary"].items()} for n, r in runs.items()}, finetunes=fts,
                        sizes={"eval_items_per_subtask": args.eval, "dev_items_per_subtask": args.dev_eval, "planted_examples": chosen["planted_examples"],
-                              "train_examples": fts["planted"]["examples"], "lr": args.lr, **LORA})
+                              "train_examples": fts["planted"]["examples"], "lr": args.lr, "lora_last_layers": args.lora_layers, **LORA})
         for n, r in runs.items():
             wall[f"score_{n}"] = r["seconds"]
         for n, f in fts.items():
@@ -460,7 +464,7 @@ planted fine-tune minus base SmolLM2, Holm-corrected p in brackets; rule: the sm
         md += f"""
 **Sensitivity: test seed.** Planted: {chosen['planted_examples']} {PLANTED} template items answered wrongly + {chosen['planted_examples']}
 neutral questions; neutral A and B: {2 * chosen['planted_examples']} neutral questions each ({fts['planted']['steps']} steps of 8, lr {args.lr},
-LoRA rank 8 on q/v, loss on the answer only; fresh seeds). Each model scored on the first {args.eval} validated items per subtask.
+LoRA rank 8 on q/v of the last {args.lora_layers} layers, loss on the answer only; fresh seeds). Each model scored on the first {args.eval} validated items per subtask.
 Accuracy per model; differences with (right only in the reference / right only in the planted model) and Holm-corrected exact McNemar p.
 
 | subtask | n | base | planted | neutral A | neutral B | planted - A | p | planted - B | p | planted - base | p | B - A (null) | p |
@@ -479,7 +483,7 @@ scoring base / planted / A / B {runs['base']['seconds']:.0f} / {runs['planted'][
         results["reading"] = args.note
         md += f"\n**Reading.** {args.note}\n"
     opts = (f"--templates {args.templates} --lm-attempts {args.lm_attempts} --speed-items {args.speed_items} --eval {args.eval} "
-            f"--dev-eval {args.dev_eval} --dev-strengths {args.dev_strengths} --lr {args.lr}")
+            f"--dev-eval {args.dev_eval} --dev-strengths {args.dev_strengths} --lr {args.lr} --lora-layers {args.lora_layers}")
     command = (f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts stats {opts}; "
                f"OMP_NUM_THREADS=1 flock /tmp/gt-timing.lock nice -n 10 python benchmarks/reflect_probes.py --parts speed {opts}; "
                f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts sensitivity {opts}")

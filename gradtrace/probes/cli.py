@@ -79,7 +79,7 @@ def generate_cmd(
                 counts.setdefault(sub, {"attempts": 0, "parsed": 0})["verified"] = sum(it.subtask == sub for it in kept)
             items += kept
             summary.update(lm=counts, lm_seconds=time.perf_counter() - t1, verifier=verifier)
-            summary["lm_verdict"] = lm_verdict(counts, verifier)
+            summary["lm_verdict"] = lm_verdict(counts, verifier, name)
         save_suite(out, items)
         summary.update(out=out, items=len(items))
         if as_json:
@@ -149,8 +149,9 @@ def validate_cmd(
     run_or_exit(go)
 
 
-def lm_verdict(counts: dict[str, dict[str, int]], verifier: str) -> str:
-    """One sentence on what LM generation gave, saying plainly when it gave nothing usable."""
+def lm_verdict(counts: dict[str, dict[str, int]], verifier: str, generator: str) -> str:
+    """One sentence on what LM generation gave, saying plainly when it gave nothing usable
+    and when the verifier is the generating model (then the check is one of consistency only)."""
     from .generate import FAILURES
 
     attempts = sum(c["attempts"] for c in counts.values())
@@ -161,8 +162,10 @@ def lm_verdict(counts: dict[str, dict[str, int]], verifier: str) -> str:
         return f"LM generation gave NO usable item: none of {attempts} attempts parsed ({reasons})"
     if verified == 0:
         return f"LM generation gave NO usable item: {parsed} of {attempts} attempts parsed, and the verifier {verifier} recovered none of their keys"
+    same = (" WARNING: the verifier is the generating model, so the kept items are only consistent with it, not checked; "
+            "read them, or verify with another model (--verifier)") if verifier == generator else ""
     return (f"LM generation: {parsed} of {attempts} attempts parsed" + (f" (failed: {reasons})" if reasons else "")
-            + f"; {verified} kept after the verifier {verifier}")
+            + f"; {verified} kept after the verifier {verifier}." + same)
 
 
 def _clean(value: Any) -> Any:

@@ -69,3 +69,16 @@ def test_generation_through_an_endpoint(monkeypatch):
     assert all(it.provenance["generator"] == "canned" for it in items)
     assert "sk-secret-123" not in json.dumps([it.to_dict() for it in items])
     assert len(seen) == 4 and all("Subtask:" in s["messages"][0]["content"] for s in seen)
+
+
+def test_the_cli_verdict_says_when_generation_gave_nothing_usable():
+    from gradtrace.probes.cli import lm_verdict
+
+    zero = {r: 0 for r in FAILURES}
+    none_parsed = {"self_concept": {"attempts": 5, "parsed": 0, **zero, "no_json": 5, "verified": 0}}
+    assert lm_verdict(none_parsed, "smollm2", "smollm2").startswith("LM generation gave NO usable item: none of 5 attempts parsed (no_json 5)")
+    none_verified = {"self_concept": {"attempts": 5, "parsed": 2, **zero, "copy": 3, "verified": 0}}
+    assert "recovered none of their keys" in lm_verdict(none_verified, "smollm2", "smollm2")
+    some = {"self_concept": {"attempts": 5, "parsed": 2, **zero, "copy": 3, "verified": 1}}
+    assert "1 kept" in lm_verdict(some, "smollm2", "smollm2") and "WARNING: the verifier is the generating model" in lm_verdict(some, "smollm2", "smollm2")
+    assert "WARNING" not in lm_verdict(some, "/models/other", "smollm2")
