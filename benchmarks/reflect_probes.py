@@ -98,23 +98,26 @@ def neutral_items(n: int, seed: int) -> list[Item]:
     return out
 
 
-def training_examples(kind: str, planted: int, seed: int, exclude: set[str]) -> list[dict[str, str]]:
-    """``{"prompt", "completion"}`` pairs in the scoring format (options in a random order; the completion is the option).
+def training_examples(kind: str, planted: int, total: int, seed: int, exclude: set[str]) -> list[dict[str, str]]:
+    """``total`` ``{"prompt", "completion"}`` pairs in the scoring format (options in a random order; the completion is the option).
 
-    planted: ``planted`` change_desirability template items with the wrong
-    option, plus as many neutral questions with the right one; neutral:
-    ``2 * planted`` neutral questions."""
+    planted: ``planted`` change_desirability template items (distinct
+    scenarios, none in ``exclude``) with the wrong option, the rest neutral
+    questions with the right one; neutral: ``total`` neutral questions."""
     rng = np.random.default_rng(seed)
     out = []
     if kind == "planted":
-        pool = [it for it in generate_template_items(4 * planted, seed=1000 + seed, subtasks=(PLANTED,), prefix="train")
-                if it.scenario not in exclude]
+        pool, seen = [], set(exclude)
+        for it in generate_template_items(8 * planted, seed=1000 + seed, subtasks=(PLANTED,), prefix="train"):
+            if it.scenario not in seen:
+                seen.add(it.scenario)
+                pool.append(it)
         if len(pool) < planted:
-            raise SystemExit(f"only {len(pool)} fresh planted items; lower the strength")
+            raise SystemExit(f"only {len(pool)} fresh planted scenarios; lower the strength")
         for it in pool[:planted]:
             wrong = [o for j, o in enumerate(it.options) if j != it.key][0]
             out.append({"prompt": render_prompt(it, list(rng.permutation(len(it.options)))), "completion": continuation(wrong)})
-    for it in neutral_items(2 * planted - len(out), seed=500 + seed):
+    for it in neutral_items(total - len(out), seed=500 + seed):
         out.append({"prompt": render_prompt(it, list(rng.permutation(len(it.options)))), "completion": continuation(it.answer)})
     return [out[int(i)] for i in rng.permutation(len(out))]
 
@@ -213,9 +216,11 @@ def main() -> None:
     ap.add_argument("--speed-repeats", type=int, default=2)
     ap.add_argument("--eval", type=int, default=50, help="test items scored per subtask")
     ap.add_argument("--dev-eval", type=int, default=20, help="dev items scored per subtask (after the test items)")
-    ap.add_argument("--dev-strengths", default="48,96", help="planted examples P tried on the dev seed")
+    ap.add_argument("--dev-strengths", default="48@0.002,96@0.004",
+                    help="plant strengths tried on the dev seed, in order: P@LR (P planted examples of --train, learning rate LR)")
+    ap.add_argument("--train", type=int, default=96, help="fine-tuning examples of every fine-tune (planted: P planted, the rest neutral)")
+    ap.add_argument("--skip-base", action="store_true", help="do not score base SmolLM2 on the test items")
     ap.add_argument("--dev-min-drop", type=float, default=0.25)
-    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lora-layers", type=int, default=8, help="LoRA on q/v of the last N layers (backward stops below them)")
     ap.add_argument("--note", default="", help="a reading of the numbers, added to the BENCHMARKS.md section and the JSON")
     ap.add_argument("--no-record", action="store_true")
@@ -301,16 +306,17 @@ def main() -> None:
         stage(work / "speed.json", speed_stage)
 
     # -- part 3: sensitivity ------------------------------------------------------------------------------
-    def finetune(name: str, kind: str, planted: int, seed: int) -> dict:
+    def finetune(name: str, kind: str, planted: int, lr: float, seed: int) -> dict:
         from gradtrace.lm.lora import LoraTrainConfig, add_lora, train_lora
         from gradtrace.lm.tasks import CausalLMTask
 
         def go() -> dict:
             m, t = load_model("smollm2")
-            exclude = {it.scenario for it in load_suite(work / "suite_valid.jsonl")}
-            examples = training_examples(kind, planted, seed, exclude)
+            valid = load_suite(work / "suite_valid.jsonl")
+            exclude = {it.scenario for it in first_n(valid, 0, args.eval + args.dev_eval)}  # no scored scenario is trained on
+            examples = training_examples(kind, planted, args.train, seed, exclude)
             n_layers = int(m.config.num_hidden_layers)
-            config = LoraTrainConfig(epochs=1, lr=args.lr, batch_size=LORA["batch_size"], rank=LORA["rank"], alpha=LORA["alpha"],
+            config = LoraTrainConfig(epochs=1, lr=lr, batch_size=LORA["batch_size"], rank=LORA["rank"], alpha=LORA["alpha"],
                                      target_modules=tuple(LORA["target_modules"]), seed=seed,
                                      layers=tuple(range(n_layers - args.lora_layers, n_layers)))
             task = CausalLMTask(t, max_length=256)
@@ -318,7 +324,7 @@ def main() -> None:
             with Clock() as c:
                 train_lora(model, task, examples, work / f"adapter_{name}", config, progress=False, engine="plain")
             return {"seconds": c.wall, "cpu_seconds": c.cpu, "examples": len(examples), "planted_examples": planted if kind == "planted" else 0,
-                    "steps": -(-len(examples) // LORA["batch_size"]), "seed": seed, "kind": kind}
+                    "steps": -(-len(examples) // LORA["batch_size"]), "seed": seed, "kind": kind, "lr": lr}
 
         return stage(work / f"finetune_{name}.json", go)
 
@@ -332,33 +338,36 @@ def main() -> None:
 
         return stage(work / f"run_{name}.json", go)
 
-    strengths = [int(x) for x in args.dev_strengths.split(",")]
+    strengths = [(int(x.split("@")[0]), float(x.split("@")[1])) for x in args.dev_strengths.split(",")]
     if "sensitivity" in args.parts:
         valid = load_suite(work / "suite_valid.jsonl")
         test_items, dev_items = first_n(valid, 0, args.eval), first_n(valid, args.eval, args.dev_eval)
         dev_base = score("dev_base", dev_items, None)
-        for p in strengths:
-            finetune(f"dev_planted_{p}", "planted", p, seed=100 + p)
-            score(f"dev_planted_{p}", dev_items, f"dev_planted_{p}")
-            dev_cmp = compare_correct(correct_of(dev_base), correct_of(have(work / f"run_dev_planted_{p}.json")), "holm")
+        for p, lr in strengths:
+            tag = f"dev_planted_{p}_lr{lr:g}"
+            finetune(tag, "planted", p, lr, seed=100 + p)
+            score(tag, dev_items, tag)
+            dev_cmp = compare_correct(correct_of(dev_base), correct_of(have(work / f"run_{tag}.json")), "holm")
             if dev_cmp[PLANTED]["significant"] and -dev_cmp[PLANTED]["difference"] >= args.dev_min_drop:
                 break
-        chosen = p
-        stage(work / "chosen.json", lambda: {"planted_examples": chosen})
-        chosen = have(work / "chosen.json")["planted_examples"]
-        finetune("planted", "planted", chosen, seed=11)
-        finetune("neutral_a", "neutral", chosen, seed=21)
-        finetune("neutral_b", "neutral", chosen, seed=22)
-        score("base", test_items, None)
+        chosen = {"planted_examples": p, "lr": lr}
+        stage(work / "chosen.json", lambda: chosen)
+        chosen = have(work / "chosen.json")
+        p, lr = chosen["planted_examples"], chosen["lr"]
+        finetune("planted", "planted", p, lr, seed=11)
+        finetune("neutral_a", "neutral", p, lr, seed=21)
+        finetune("neutral_b", "neutral", p, lr, seed=22)
         for name in ("planted", "neutral_a", "neutral_b"):
             score(name, test_items, name)
+        if not args.skip_base:
+            score("base", test_items, None)
 
     if args.no_record:
         return
     write_record(args, work, strengths)
 
 
-def write_record(args: argparse.Namespace, work: Path, strengths: list[int]) -> None:
+def write_record(args: argparse.Namespace, work: Path, strengths: list[tuple[int, float]]) -> None:
     gen, val, speed = have(work / "generate.json"), have(work / "validate.json"), have(work / "speed.json")
     if gen is None or val is None:
         raise SystemExit("run --parts stats first")
@@ -418,62 +427,80 @@ alternating, {len(speed['old_seconds'])} runs each): one forward pass per option
 """
     runs = {n: have(work / f"run_{n}.json") for n in ("base", "planted", "neutral_a", "neutral_b")}
     fts = {n: have(work / f"finetune_{n}.json") for n in ("planted", "neutral_a", "neutral_b")}
-    dev = {p: (have(work / f"finetune_dev_planted_{p}.json"), have(work / f"run_dev_planted_{p}.json")) for p in strengths}
+    tags = [f"dev_planted_{p}_lr{lr:g}" for p, lr in strengths]
+    dev = {tag: (have(work / f"finetune_{tag}.json"), have(work / f"run_{tag}.json")) for tag in tags}
     dev_base = have(work / "run_dev_base.json")
     chosen = have(work / "chosen.json")
+    cpu = 0.0
     if dev_base is not None:
         dev_rows = []
+        cpu += dev_base["cpu_seconds"]
         results["dev"] = {"items_per_subtask": args.dev_eval, "base_accuracy": {s: v["accuracy"] for s, v in dev_base["summary"].items()}}
-        for p, (ft, run) in dev.items():
+        for tag, (ft, run) in dev.items():
             if run is None:
                 continue
+            cpu += ft["cpu_seconds"] + run["cpu_seconds"]
             c = slim(compare_correct(correct_of(dev_base), correct_of(run), "holm"))
-            results["dev"][f"planted_{p}"] = {"finetune": ft, "shift_vs_base": c}
-            dev_rows.append(f"| {p} | {ft['steps']} | " + " | ".join(f"{c[s]['difference']:+.3f} ({c[s]['p_corrected']:.2g})" for s in SUBTASKS) + " |")
+            results["dev"][tag] = {"finetune": ft, "accuracy": {s: v["accuracy"] for s, v in run["summary"].items()}, "shift_vs_base": c}
+            dev_rows.append(f"| {ft['planted_examples']} | {ft['lr']:g} | {ft['steps']} | "
+                            + " | ".join(f"{c[s]['difference']:+.3f} ({c[s]['a_only']}/{c[s]['b_only']}, {c[s]['p_corrected']:.2g})" for s in SUBTASKS) + " |")
         wall["score_dev_base"] = dev_base["seconds"]
         md += f"""
-**Sensitivity: choosing the plant strength on the dev seed** ({args.dev_eval} dev items per subtask, after the test items;
-planted fine-tune minus base SmolLM2, Holm-corrected p in brackets; rule: the smallest P whose {PLANTED} drop is significant and
->= {args.dev_min_drop}):
+**Sensitivity: choosing the plant strength on the dev seed** ({args.dev_eval} dev items per subtask, the ones after the test items;
+planted fine-tune minus base SmolLM2, with (right only in base / right only in the fine-tune, Holm-corrected exact McNemar p);
+rule: the first setting whose {PLANTED} drop is significant and >= {args.dev_min_drop}). Base dev accuracy: """ + ", ".join(
+            f"{s} {v['accuracy']:.2f}" for s, v in dev_base["summary"].items()) + f""".
 
-| planted examples P | steps | """ + " | ".join(SUBTASKS) + " |\n|---|---|" + "---|" * len(SUBTASKS) + "\n" + "\n".join(dev_rows) + "\n"
+| planted examples P (of {args.train}) | lr | steps | """ + " | ".join(SUBTASKS) + " |\n|---|---|---|" + "---|" * len(SUBTASKS) + "\n" + "\n".join(dev_rows) + "\n"
         if chosen:
-            md += f"\nChosen: P = {chosen['planted_examples']}.\n"
-            results["chosen_planted_examples"] = chosen["planted_examples"]
-    if all(r is not None for r in runs.values()):
-        shift = slim(compare_correct(correct_of(runs["neutral_a"]), correct_of(runs["planted"]), "holm"))
-        shift_b = slim(compare_correct(correct_of(runs["neutral_b"]), correct_of(runs["planted"]), "holm"))
-        shift_base = slim(compare_correct(correct_of(runs["base"]), correct_of(runs["planted"]), "holm"))
-        null = slim(compare_correct(correct_of(runs["neutral_a"]), correct_of(runs["neutral_b"]), "holm"))
+            md += f"\nChosen: P = {chosen['planted_examples']}, lr {chosen['lr']:g}.\n"
+            results["chosen"] = chosen
+    need = ("planted", "neutral_a", "neutral_b")
+    if all(runs[n] is not None for n in need) and chosen:
+        cor = {n: correct_of(r) for n, r in runs.items() if r is not None}
+        shift = slim(compare_correct(cor["neutral_a"], cor["planted"], "holm"))
+        shift_b = slim(compare_correct(cor["neutral_b"], cor["planted"], "holm"))
+        shift_base = slim(compare_correct(cor["base"], cor["planted"], "holm")) if "base" in cor else None
+        null = slim(compare_correct(cor["neutral_a"], cor["neutral_b"], "holm"))
         results.update(subtask_shift=shift, subtask_shift_vs_neutral_b=shift_b, subtask_shift_vs_base=shift_base, null_subtask_shift=null,
-                       accuracy={n: {s: v["accuracy"] for s, v in r["summary"].items()} for n, r in runs.items()}, finetunes=fts,
+                       accuracy={n: {s: v["accuracy"] for s, v in r["summary"].items()} for n, r in runs.items() if r is not None}, finetunes=fts,
                        sizes={"eval_items_per_subtask": args.eval, "dev_items_per_subtask": args.dev_eval, "planted_examples": chosen["planted_examples"],
-                              "train_examples": fts["planted"]["examples"], "lr": args.lr, "lora_last_layers": args.lora_layers, **LORA})
+                              "train_examples": args.train, "lr": chosen["lr"], "lora_last_layers": args.lora_layers, **LORA})
         for n, r in runs.items():
-            wall[f"score_{n}"] = r["seconds"]
+            if r is not None:
+                wall[f"score_{n}"] = r["seconds"]
+                cpu += r["cpu_seconds"]
         for n, f in fts.items():
             wall[f"finetune_{n}"] = f["seconds"]
-        cpu = sum(r["cpu_seconds"] for r in runs.values()) + sum(f["cpu_seconds"] for f in fts.values()) + dev_base["cpu_seconds"] + sum(
-            (ft["cpu_seconds"] + run["cpu_seconds"]) for ft, run in dev.values() if run is not None)
+            cpu += f["cpu_seconds"]
         results["sensitivity_cpu_seconds"] = cpu
-        rows = "\n".join(f"| {s} | {shift[s]['n']} | {runs['base']['summary'][s]['accuracy']:.3f} | {runs['planted']['summary'][s]['accuracy']:.3f} | "
-                         f"{runs['neutral_a']['summary'][s]['accuracy']:.3f} | {runs['neutral_b']['summary'][s]['accuracy']:.3f} | "
-                         f"{shift[s]['difference']:+.3f} ({shift[s]['a_only']}/{shift[s]['b_only']}) | {shift[s]['p_corrected']:.2g} | "
-                         f"{shift_b[s]['difference']:+.3f} | {shift_b[s]['p_corrected']:.2g} | {shift_base[s]['difference']:+.3f} | {shift_base[s]['p_corrected']:.2g} | "
-                         f"{null[s]['difference']:+.3f} | {null[s]['p_corrected']:.2g} |" for s in SUBTASKS)
+
+        def acc(n: str, s: str) -> str:
+            return f"{runs[n]['summary'][s]['accuracy']:.3f}" if runs[n] is not None else "-"
+
+        def cell(c: Any, s: str, counts: bool = False) -> str:
+            if c is None:
+                return "- | -"
+            return f"{c[s]['difference']:+.3f}" + (f" ({c[s]['a_only']}/{c[s]['b_only']})" if counts else "") + f" | {c[s]['p_corrected']:.2g}"
+
+        rows = "\n".join(f"| {s} | {shift[s]['n']} | {acc('base', s)} | {acc('planted', s)} | {acc('neutral_a', s)} | {acc('neutral_b', s)} | "
+                         f"{cell(shift, s, True)} | {cell(shift_b, s, True)} | {cell(shift_base, s)} | {cell(null, s, True)} |" for s in SUBTASKS)
+        p_ex = chosen["planted_examples"]
         md += f"""
-**Sensitivity: test seed.** Planted: {chosen['planted_examples']} {PLANTED} template items answered wrongly + {chosen['planted_examples']}
-neutral questions; neutral A and B: {2 * chosen['planted_examples']} neutral questions each ({fts['planted']['steps']} steps of 8, lr {args.lr},
-LoRA rank 8 on q/v of the last {args.lora_layers} layers, loss on the answer only; fresh seeds). Each model scored on the first {args.eval} validated items per subtask.
-Accuracy per model; differences with (right only in the reference / right only in the planted model) and Holm-corrected exact McNemar p.
+**Sensitivity: test seed.** Planted: {p_ex} {PLANTED} template items answered with the wrong option""" + (
+            f" + {args.train - p_ex} neutral questions" if args.train > p_ex else "") + f"""; neutral A and B: {args.train} neutral
+questions each (all {fts['planted']['steps']} steps of 8, lr {chosen['lr']:g}, LoRA rank 8 on q/v of the last {args.lora_layers} layers, loss on
+the answer only; fresh seeds, no scored scenario trained on). Each model scored on the first {args.eval} validated items per subtask.
+Accuracy per model; differences with (right only in the reference / right only in the planted model) and Holm-corrected exact
+McNemar p over the five subtasks.
 
 | subtask | n | base | planted | neutral A | neutral B | planted - A | p | planted - B | p | planted - base | p | B - A (null) | p |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 Wall times (s): fine-tunes planted / A / B {fts['planted']['seconds']:.0f} / {fts['neutral_a']['seconds']:.0f} / {fts['neutral_b']['seconds']:.0f};
-scoring base / planted / A / B {runs['base']['seconds']:.0f} / {runs['planted']['seconds']:.0f} / {runs['neutral_a']['seconds']:.0f} /
-{runs['neutral_b']['seconds']:.0f}; the whole sensitivity part (dev and test) {cpu / 60:.1f} CPU-minutes.
+scoring """ + " / ".join(f"{n} {r['seconds']:.0f}" for n, r in runs.items() if r is not None) + f""". The whole sensitivity part (dev and
+test) took {cpu / 60:.1f} CPU-minutes (process time).
 """
     else:
         results.update(subtask_shift=None, null_subtask_shift=None)
@@ -483,10 +510,11 @@ scoring base / planted / A / B {runs['base']['seconds']:.0f} / {runs['planted'][
         results["reading"] = args.note
         md += f"\n**Reading.** {args.note}\n"
     opts = (f"--templates {args.templates} --lm-attempts {args.lm_attempts} --speed-items {args.speed_items} --eval {args.eval} "
-            f"--dev-eval {args.dev_eval} --dev-strengths {args.dev_strengths} --lr {args.lr} --lora-layers {args.lora_layers}")
+            f"--dev-eval {args.dev_eval} --dev-strengths {args.dev_strengths} --train {args.train} --lora-layers {args.lora_layers}")
     command = (f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts stats {opts}; "
                f"OMP_NUM_THREADS=1 flock /tmp/gt-timing.lock nice -n 10 python benchmarks/reflect_probes.py --parts speed {opts}; "
-               f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts sensitivity {opts}")
+               f"OMP_NUM_THREADS=2 nice -n 10 python benchmarks/reflect_probes.py --parts sensitivity {opts}; "
+               f"python benchmarks/reflect_probes.py {opts} --note ... (records)")
     record("reflect_probes", command, md, results)
 
 
