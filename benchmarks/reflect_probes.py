@@ -453,7 +453,7 @@ rule: the first setting whose {PLANTED} drop is significant and >= {args.dev_min
 
 | planted examples P (of {args.train}) | lr | steps | """ + " | ".join(SUBTASKS) + " |\n|---|---|---|" + "---|" * len(SUBTASKS) + "\n" + "\n".join(dev_rows) + "\n"
         if chosen:
-            md += f"\nChosen: P = {chosen['planted_examples']}, lr {chosen['lr']:g}.\n"
+            md += f"\nChosen: P = {chosen['planted_examples']}, lr {chosen['lr']:g}" + (f" ({chosen['note']})" if chosen.get("note") else "") + ".\n"
             results["chosen"] = chosen
     need = ("planted", "neutral_a", "neutral_b")
     if all(runs[n] is not None for n in need) and chosen:
