@@ -510,10 +510,11 @@ test) took {cpu / 60:.1f} CPU-minutes (process time).
         results["reading"] = args.note
         md += f"\n**Reading.** {args.note}\n"
     opts = (f"--templates {args.templates} --lm-attempts {args.lm_attempts} --speed-items {args.speed_items} --eval {args.eval} "
-            f"--dev-eval {args.dev_eval} --dev-strengths {args.dev_strengths} --train {args.train} --lora-layers {args.lora_layers}")
+            f"--dev-eval {args.dev_eval} --dev-strengths {args.dev_strengths} --train {args.train} --lora-layers {args.lora_layers}"
+            + (" --skip-base" if args.skip_base else ""))
     command = (f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts stats {opts}; "
                f"OMP_NUM_THREADS=1 flock /tmp/gt-timing.lock nice -n 10 python benchmarks/reflect_probes.py --parts speed {opts}; "
-               f"OMP_NUM_THREADS=2 nice -n 10 python benchmarks/reflect_probes.py --parts sensitivity {opts}; "
+               f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts sensitivity {opts}; "
                f"python benchmarks/reflect_probes.py {opts} --note ... (records)")
     record("reflect_probes", command, md, results)
 
