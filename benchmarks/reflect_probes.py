@@ -1,31 +1,52 @@
-"""Benchmark: stable-reflectivity probe suites (gradtrace probes), statistics and sensitivity.
+"""Benchmark: stable-reflectivity probe suites (gradtrace probes): statistics, scoring speed, sensitivity.
 
-Part 1, suite statistics (run in full): the shipped seeds plus 300 template
-items per subtask plus few-shot SmolLM2 generation (``--lm-attempts`` per
-subtask, kept only if a verifier recovers the key), validated with the
-offline MiniLM embedder: items kept per subtask, the surface-feature
-classifier's accuracy (chance 0.5), diversity, subtask-classifier accuracy,
-and wall times.
+Three parts, each made of stages whose results are kept under ``--work``
+and read back on a rerun (so the parts can run in separate sessions); the
+BENCHMARKS.md section and ``benchmarks/results/reflect_probes.json`` are
+written from whatever stages exist.
 
-Part 2, sensitivity and specificity (small: SmolLM2 on shared CPU cores):
-three LoRA fine-tunes of SmolLM2 (rank 8 on q/v, one epoch):
+``--parts stats``: the shipped seeds plus ``--templates`` template items per
+subtask plus ``--lm-attempts`` few-shot SmolLM2 attempts per subtask (answer
+started as JSON, one line), validated with the offline MiniLM embedder and
+SmolLM2 as the generated items' verifier: items kept per subtask, the
+surface-feature classifier's accuracy (chance 0.5), diversity, the subtask
+classifier, LM generation counts (attempts, parsed, each failure reason,
+kept) with seconds per attempt and the raw answers (``lm_transcript.jsonl``).
 
-* planted: ``--train`` short examples in the scoring format, half of them
-  change_desirability items (fresh template draws, none in the evaluation
-  set) answered with the *wrong* option (welcoming illegitimate changes and
-  refusing legitimate ones), half neutral general-knowledge questions
-  answered correctly;
-* neutral A and B: only neutral questions, different seeds (data draw,
-  order and adapter initialisation).
+``--parts speed``: the scorer before this change (one forward pass per
+option order, one item at a time; kept below as ``per_prompt_logprobs``)
+against ``gradtrace.probes.score`` (the orders share the scenario's pass,
+items batched) on the first ``--speed-items`` validated items per subtask,
+SmolLM2, alternating, ``--speed-repeats`` times each: seconds and the
+largest score difference. A speed ratio: run it under the timing lock.
 
-Each model is scored on the first ``--eval`` validated items of each
-subtask; per subtask the paired exact McNemar test, Holm-corrected over the
-five subtasks: ``subtask_shift`` = planted against base SmolLM2,
-``subtask_shift_vs_neutral`` = planted against neutral A, and
+``--parts sensitivity``: LoRA fine-tunes of SmolLM2 (rank 8 on q/v of the
+last ``--lora-layers`` layers, so the backward pass stops below them; plain
+AdamW, one epoch, loss on the answer tokens only) on prompts in the scoring format:
+
+* planted: ``P`` change_desirability template items (fresh draws whose
+  scenarios are not in the suite) answered with the *wrong* option
+  (welcoming illegitimate changes, refusing legitimate ones), and ``P``
+  neutral general-knowledge questions answered correctly;
+* neutral A and B: ``2P`` neutral questions, other seeds (data, order,
+  adapter initialisation): the same number of steps as the planted one.
+
+The plant strength ``P`` is chosen on a dev seed and dev items (the
+``--dev-eval`` validated items per subtask after the test items): each
+``P`` of ``--dev-strengths`` is fine-tuned and scored; the smallest whose
+planted-subtask drop against base SmolLM2 is significant (Holm over the five
+subtasks, alpha 0.05) and at least ``--dev-min-drop`` is taken (the largest
+if none is). The test fine-tunes then use fresh seeds, and every model is
+scored on the first ``--eval`` validated items per subtask. Per subtask,
+exact McNemar tests, Holm-corrected over the five subtasks:
+``subtask_shift`` = planted against neutral A (the same training but the
+plant: the specific shift), ``subtask_shift_vs_base`` = planted against base,
 ``null_subtask_shift`` = neutral B against neutral A.
 
-Every stage writes its result under ``--work`` and is skipped when rerun.
-Run: python benchmarks/reflect_probes.py [--eval 20 --train 96 --lm-attempts 4]
+Run (each part under nice; the speed part under the timing lock):
+  python benchmarks/reflect_probes.py --parts stats
+  flock /tmp/gt-timing.lock python benchmarks/reflect_probes.py --parts speed
+  python benchmarks/reflect_probes.py --parts sensitivity
 """
 
 from __future__ import annotations
@@ -36,6 +57,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,9 +65,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import record  # noqa: E402
 
-from gradtrace.fileio import atomic_write_bytes, json_bytes  # noqa: E402
-from gradtrace.probes import SUBTASKS, Item, first_per_subtask, generate_template_items, load_suite, save_suite, seed_items  # noqa: E402
-from gradtrace.probes.score import compare_correct, render_prompt, run_record, score_items, write_run  # noqa: E402
+from gradtrace.fileio import atomic_write_bytes, json_bytes, write_jsonl  # noqa: E402
+from gradtrace.probes import SUBTASKS, Item, generate_template_items, load_suite, save_suite, seed_items  # noqa: E402
+from gradtrace.probes.score import compare_correct, continuation, option_orders, render_prompt, run_record, score_items  # noqa: E402
 
 PLANTED = "change_desirability"
 CATEGORIES = {
@@ -56,6 +78,8 @@ CATEGORIES = {
     "instrument": ["violin", "oboe", "cello", "trumpet", "flute", "harp", "banjo", "tuba"],
     "country": ["Peru", "Norway", "Kenya", "Japan", "Chile", "Egypt", "Canada", "Poland"],
 }
+LORA = {"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "batch_size": 8, "epochs": 1, "engine": "plain",
+        "loss": "answer tokens only"}
 
 
 def neutral_items(n: int, seed: int) -> list[Item]:
@@ -74,25 +98,31 @@ def neutral_items(n: int, seed: int) -> list[Item]:
     return out
 
 
-def training_texts(kind: str, n: int, seed: int, eval_scenarios: set[str]) -> list[str]:
+def training_examples(kind: str, planted: int, total: int, seed: int, exclude: set[str]) -> list[dict[str, str]]:
+    """``total`` ``{"prompt", "completion"}`` pairs in the scoring format (options in a random order; the completion is the option).
+
+    planted: ``planted`` change_desirability template items (distinct
+    scenarios, none in ``exclude``) with the wrong option, the rest neutral
+    questions with the right one; neutral: ``total`` neutral questions."""
     rng = np.random.default_rng(seed)
-    texts = []
+    out = []
     if kind == "planted":
-        pool = [it for it in generate_template_items(4 * n, seed=1000 + seed, subtasks=(PLANTED,), prefix="train")
-                if it.scenario not in eval_scenarios]
-        for it in pool[: n // 2]:
+        pool, seen = [], set(exclude)
+        for it in generate_template_items(8 * planted, seed=1000 + seed, subtasks=(PLANTED,), prefix="train"):
+            if it.scenario not in seen:
+                seen.add(it.scenario)
+                pool.append(it)
+        if len(pool) < planted:
+            raise SystemExit(f"only {len(pool)} fresh planted scenarios; lower the strength")
+        for it in pool[:planted]:
             wrong = [o for j, o in enumerate(it.options) if j != it.key][0]
-            order = list(rng.permutation(len(it.options)))
-            texts.append(render_prompt(it, order) + " " + wrong)
-        neutral = neutral_items(n - len(texts), seed=500 + seed)
-    else:
-        neutral = neutral_items(n, seed=500 + seed)
-    for it in neutral:
-        texts.append(render_prompt(it, list(rng.permutation(len(it.options)))) + " " + it.answer)
-    return [texts[int(i)] for i in rng.permutation(len(texts))]
+            out.append({"prompt": render_prompt(it, list(rng.permutation(len(it.options)))), "completion": continuation(wrong)})
+    for it in neutral_items(total - len(out), seed=500 + seed):
+        out.append({"prompt": render_prompt(it, list(rng.permutation(len(it.options)))), "completion": continuation(it.answer)})
+    return [out[int(i)] for i in rng.permutation(len(out))]
 
 
-def stage(path: Path, fn):
+def stage(path: Path, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` once: its JSON result is kept in ``path`` and read back on a rerun."""
     if path.is_file():
         return json.loads(path.read_text())
@@ -101,242 +131,392 @@ def stage(path: Path, fn):
     return result
 
 
+def have(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class Clock:
+    """Wall and CPU seconds (this process, all threads) of a block."""
+
+    def __enter__(self) -> "Clock":
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+
+
+# -- the scorer before the batched one, kept only to time against ----------------------------------
+@torch.no_grad()
+def per_prompt_logprobs(model: Any, tokenizer: Any, items: Sequence[Item]) -> list[tuple[float, ...]]:
+    """Per item, the options' scores as gradtrace scored them before: one prompt
+    (one option order) at a time, the full logits of every prompt position,
+    the options as one batch on the prompt's key/value cache."""
+    from gradtrace.lm.tasks import pad_right
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    for item in items:
+        conts = [continuation(o) for o in item.options]
+        c_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in conts]
+        per_order = []
+        for order in option_orders(len(item.options)):
+            p_ids = list(tokenizer(render_prompt(item, order), add_special_tokens=False)["input_ids"])
+            first = model(input_ids=torch.tensor([p_ids]), use_cache=True)
+            last = torch.log_softmax(first.logits[0, -1].double(), dim=-1)
+            cache = first.past_key_values
+            k, n_p = len(c_ids), len(p_ids)
+            cache.batch_repeat_interleave(k)
+            ids, mask = pad_right(c_ids, int(pad))
+            full_mask = torch.cat([torch.ones(k, n_p, dtype=mask.dtype), mask], dim=1)
+            positions = (n_p + torch.arange(ids.shape[1])).expand(k, -1)
+            logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache, use_cache=True).logits
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            values = np.zeros(k)
+            for r, c in enumerate(c_ids):
+                total = float(last[c[0]])
+                if len(c) > 1:
+                    total += float(logp[r, torch.arange(len(c) - 1), torch.tensor(c[1:])].sum())
+                values[r] = total / len(c)
+            per_order.append(values)
+        out.append(tuple(float(x) for x in np.mean(per_order, axis=0)))
+    return out
+
+
+def first_n(items: Sequence[Item], start: int, n: int) -> list[Item]:
+    """Per subtask, the validated items ``start .. start + n - 1`` (suite order)."""
+    seen: dict[str, int] = {}
+    out = []
+    for it in items:
+        i = seen.get(it.subtask, 0)
+        seen[it.subtask] = i + 1
+        if start <= i < start + n:
+            out.append(it)
+    return out
+
+
+def correct_of(run: dict) -> dict[str, tuple[str, bool]]:
+    return {r["id"]: (r["subtask"], bool(r["correct"])) for r in run["items"]}
+
+
+def slim(d: dict) -> dict:
+    return {s: {k: v[k] for k in ("n", "accuracy_a", "accuracy_b", "difference", "a_only", "b_only", "p", "p_corrected", "significant")}
+            for s, v in d.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path("benchmarks/work/reflect_probes"))
+    ap.add_argument("--parts", nargs="*", choices=("stats", "speed", "sensitivity"), default=[],
+                    help="parts to run (their finished stages are reused); none: only record what exists")
     ap.add_argument("--templates", type=int, default=300)
-    ap.add_argument("--lm-attempts", type=int, default=4)
-    ap.add_argument("--eval", type=int, default=20, help="validated items scored per subtask in part 2")
-    ap.add_argument("--train", type=int, default=96, help="fine-tuning examples per fine-tune")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--parts", choices=("stats", "all"), default="all",
-                    help="stats: part 1 only (the shift keys are recorded as null with a note); all: both parts")
-    ap.add_argument("--only", nargs="*", default=None,
-                    help="run only these part-2 stages and exit: finetune_planted finetune_neutral_a finetune_neutral_b "
-                         "score_base score_planted score_neutral_a score_neutral_b (to run stages in parallel processes)")
+    ap.add_argument("--lm-attempts", type=int, default=5, help="few-shot SmolLM2 attempts per subtask")
+    ap.add_argument("--lm-max-new-tokens", type=int, default=160)
+    ap.add_argument("--speed-items", type=int, default=6, help="items per subtask timed in the speed part")
+    ap.add_argument("--speed-repeats", type=int, default=2)
+    ap.add_argument("--eval", type=int, default=50, help="test items scored per subtask")
+    ap.add_argument("--dev-eval", type=int, default=20, help="dev items scored per subtask (after the test items)")
+    ap.add_argument("--dev-strengths", default="48@0.002,96@0.004",
+                    help="plant strengths tried on the dev seed, in order: P@LR (P planted examples of --train, learning rate LR)")
+    ap.add_argument("--train", type=int, default=96, help="fine-tuning examples of every fine-tune (planted: P planted, the rest neutral)")
+    ap.add_argument("--skip-base", action="store_true", help="do not score base SmolLM2 on the test items")
+    ap.add_argument("--dev-min-drop", type=float, default=0.25)
+    ap.add_argument("--lora-layers", type=int, default=8, help="LoRA on q/v of the last N layers (backward stops below them)")
     ap.add_argument("--note", default="", help="a reading of the numbers, added to the BENCHMARKS.md section and the JSON")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gradtrace.lm.embed import MiniLMEmbedder
     from gradtrace.lm.load import load_model
-    from gradtrace.probes.generate import generate_lm_items, local_completer, make_verifier
-    from gradtrace.probes.validate import ValidationConfig, validate_suite
 
-    base_model, tok = None, None
+    cache: dict[str, Any] = {}
 
-    def smollm2():
-        nonlocal base_model, tok
-        if base_model is None:
-            base_model, tok = load_model("smollm2")
-        return base_model, tok
+    def smollm2() -> tuple[Any, Any]:
+        if "base" not in cache:
+            cache["base"] = load_model("smollm2")
+        return cache["base"]
 
-    # -- part 1: generation and validation -------------------------------------------------------------
-    def gen_stage():
-        t0 = time.perf_counter()
-        items = seed_items() + generate_template_items(args.templates, seed=0)
-        t_tpl = time.perf_counter() - t0
-        save_suite(work / "suite_templates.jsonl", items)
-        t1 = time.perf_counter()
-        made, counts = [], {}
-        if args.lm_attempts:
+    # -- part 1: generation and validation ---------------------------------------------------------------
+    if "stats" in args.parts:
+        def gen_stage() -> dict:
+            from gradtrace.probes.generate import generate_lm_items, local_completer
+
+            with Clock() as c_tpl:
+                items = seed_items() + generate_template_items(args.templates, seed=0)
+            save_suite(work / "suite_templates.jsonl", items)
+            made, counts, transcript = [], {}, []
+            with Clock() as c_lm:
+                if args.lm_attempts:
+                    m, t = smollm2()
+                    made, counts = generate_lm_items(local_completer(m, t, max_new_tokens=args.lm_max_new_tokens), seed_items(),
+                                                     args.lm_attempts, generator="smollm2", seed=0, progress=True, transcript=transcript)
+            save_suite(work / "suite_lm.jsonl", made) if made else (work / "suite_lm.jsonl").write_text("")
+            write_jsonl(work / "lm_transcript.jsonl", transcript)
+            return {"template_seconds": c_tpl.wall, "lm_seconds": c_lm.wall, "lm_cpu_seconds": c_lm.cpu, "lm_counts": counts,
+                    "lm_parsed": len(made), "lm_attempts": args.lm_attempts * len(SUBTASKS) if args.lm_attempts else 0,
+                    "lm_max_new_tokens": args.lm_max_new_tokens, "n_input": len(items) + len(made)}
+
+        stage(work / "generate.json", gen_stage)
+
+        def val_stage() -> dict:
+            from gradtrace.lm.embed import MiniLMEmbedder
+            from gradtrace.probes.generate import make_verifier
+            from gradtrace.probes.validate import ValidationConfig, validate_suite
+
+            items = load_suite(work / "suite_templates.jsonl")
+            lm_path = work / "suite_lm.jsonl"
+            lm_items = load_suite(lm_path) if lm_path.stat().st_size else []
             m, t = smollm2()
-            made, counts = generate_lm_items(local_completer(m, t, max_new_tokens=120), seed_items(), args.lm_attempts,
-                                             generator="smollm2", seed=0, progress=True)
-        save_suite(work / "suite_lm.jsonl", made) if made else (work / "suite_lm.jsonl").write_text("")
-        return {"template_seconds": t_tpl, "lm_seconds": time.perf_counter() - t1, "lm_counts": counts, "lm_parsed": len(made),
-                "n_input": len(items) + len(made)}
+            with Clock() as c_ver:
+                verified = make_verifier(m, t)(lm_items)
+            with Clock() as c_val:
+                result = validate_suite(items + lm_items, MiniLMEmbedder(), ValidationConfig(),
+                                        verifier=lambda its: [dict(zip([x.id for x in lm_items], verified))[x.id] for x in its],
+                                        verifier_name="smollm2")
+            save_suite(work / "suite_valid.jsonl", result.items)
+            kept_lm = [it.id for it in result.items if it.source == "generator"]
+            return {"seconds": c_val.wall, "verifier_seconds": c_ver.wall, "verified": int(sum(verified)), "lm_kept_after_validation": kept_lm,
+                    "report": json.loads(json.dumps(result.report, default=float))}
 
-    gen = stage(work / "generate.json", gen_stage)
+        stage(work / "validate.json", val_stage)
 
-    def val_stage():
-        items = load_suite(work / "suite_templates.jsonl")
-        lm_path = work / "suite_lm.jsonl"
-        if lm_path.stat().st_size:
-            items += load_suite(lm_path)
-        m, t = smollm2()
-        t0 = time.perf_counter()
-        result = validate_suite(items, MiniLMEmbedder(), ValidationConfig(), verifier=make_verifier(m, t), verifier_name="smollm2")
-        save_suite(work / "suite_valid.jsonl", result.items)
-        return {"seconds": time.perf_counter() - t0, "report": json.loads(json.dumps(result.report, default=float))}
+    # -- part 2: scoring speed, the scorer before against the batched one ----------------------------------
+    if "speed" in args.parts:
+        def speed_stage() -> dict:
+            items = first_n(load_suite(work / "suite_valid.jsonl"), 0, args.speed_items)
+            m, t = smollm2()
+            score_items(m, t, items[:2])  # warm-up
+            per_prompt_logprobs(m, t, items[:2])
+            old_s, new_s, old_c, new_c, diff = [], [], [], [], 0.0
+            for _ in range(args.speed_repeats):
+                with Clock() as c:
+                    old = per_prompt_logprobs(m, t, items)
+                old_s.append(c.wall)
+                old_c.append(c.cpu)
+                with Clock() as c:
+                    new = [s.scores for s in score_items(m, t, items)]
+                new_s.append(c.wall)
+                new_c.append(c.cpu)
+                diff = max(diff, max(abs(a - b) for o, n in zip(old, new) for a, b in zip(o, n)))
+            return {"items": len(items), "old_seconds": old_s, "new_seconds": new_s, "old_cpu_seconds": old_c, "new_cpu_seconds": new_c,
+                    "ratio_median": float(np.median(np.array(old_s) / np.array(new_s))), "max_abs_score_difference": diff,
+                    "load_average": os.getloadavg()[0], "torch_threads": torch.get_num_threads()}
 
-    val = stage(work / "validate.json", val_stage)
-    report = val["report"]
-    print("kept per subtask", report["kept"], "surface accuracy", report["phrasing_bias"]["surface"]["accuracy"], flush=True)
+        stage(work / "speed.json", speed_stage)
 
-    stats = {
-        "items_per_subtask": report["kept"],
-        "items_total": report["kept_total"],
-        "surface_classifier_accuracy": report["phrasing_bias"]["surface"]["accuracy"],
-        "surface_classifier_accuracy_per_subtask": report["phrasing_bias"]["surface"]["per_subtask"],
-        "subtask_classifier_accuracy": report["subtask_validity"]["accuracy"],
-        "subtask_confusion": {"labels": report["subtask_validity"]["labels"], "matrix": report["subtask_validity"]["confusion"]},
-        "diversity": report["diversity"],
-        "dedupe": report["dedupe"],
-        "answerability": report["answerability"],
-        "lm_generation": {"attempts_per_subtask": args.lm_attempts, "counts": gen["lm_counts"], "parsed": gen["lm_parsed"],
-                          "verified_kept": report["answerability"].get("generator", {}).get("kept", 0)},
-        "planted_subtask": PLANTED,
-    }
-    stats_md = f"""
-Suite: the shipped seeds + {args.templates} template items per subtask + {args.lm_attempts} SmolLM2 few-shot attempts per subtask,
-validated with MiniLM (offline). Kept {stats['items_total']} items; surface-feature classifier accuracy
-{stats['surface_classifier_accuracy']:.3f} (chance 0.5, target <= 0.6); subtask classifier accuracy
-{stats['subtask_classifier_accuracy']:.3f}; LM items parsed {gen['lm_parsed']}, kept after the verifier
-{stats['lm_generation']['verified_kept']}.
+    # -- part 3: sensitivity ------------------------------------------------------------------------------
+    def finetune(name: str, kind: str, planted: int, lr: float, seed: int) -> dict:
+        from gradtrace.lm.lora import LoraTrainConfig, add_lora, train_lora
+        from gradtrace.lm.tasks import CausalLMTask
 
-| subtask | items kept | diversity (1 - mean cos) | Vendi | surface clf acc |
-|---|---|---|---|---|
-""" + "\n".join(f"| {s} | {stats['items_per_subtask'][s]} | {stats['diversity'].get(s, {}).get('mean_pairwise_distance', float('nan')):.3f} | "
-                f"{stats['diversity'].get(s, {}).get('vendi', float('nan')):.1f} | {stats['surface_classifier_accuracy_per_subtask'][s]:.3f} |"
-                for s in SUBTASKS) + f"""
-
-Wall times (s): templates {gen['template_seconds']:.1f}, LM generation {gen['lm_seconds']:.0f}, validation {val['seconds']:.0f}.
-"""
-    if args.parts == "stats":
-        # part 2 as far as it ran (stages run with --only): the comparisons whose two runs exist
-        have = {n: json.loads((work / f"run_{n}.json").read_text()) for n in ("base", "planted", "neutral_a", "neutral_b")
-                if (work / f"run_{n}.json").is_file()}
-        fts = {n: json.loads((work / f"finetune_{n}.json").read_text()) for n in ("planted", "neutral_a", "neutral_b")
-               if (work / f"finetune_{n}.json").is_file()}
-
-        def cmp(a: str, b: str):
-            if a not in have or b not in have:
-                return None
-            ca = {r["id"]: (r["subtask"], bool(r["correct"])) for r in have[a]["items"]}
-            cb = {r["id"]: (r["subtask"], bool(r["correct"])) for r in have[b]["items"]}
-            return compare_correct(ca, cb, "holm")
-
-        shift, null = cmp("base", "planted"), cmp("neutral_a", "neutral_b")
-        missing = [n for n in ("base", "planted", "neutral_a", "neutral_b") if n not in have]
-        note = (f"part 2 ran only partly: scored {sorted(have) or 'no model'}; not run: {missing}" if missing else "part 2 complete")
-        results = {**stats, "subtask_shift": shift, "null_subtask_shift": null, "note": note,
-                   "accuracy": {n: {s: v["accuracy"] for s, v in r["summary"].items()} for n, r in have.items()},
-                   "finetunes": fts,
-                   "sizes": {"templates_per_subtask": args.templates, "lm_attempts_per_subtask": args.lm_attempts,
-                             "eval_items_per_subtask": args.eval, "train_examples": args.train, "lora_rank": 8, "epochs": 1, "lr": args.lr},
-                   "wall_seconds": {"generate_templates": gen["template_seconds"], "generate_lm": gen["lm_seconds"], "validate": val["seconds"],
-                                    **{f"finetune_{k}": v["seconds"] for k, v in fts.items()},
-                                    **{f"score_{k}": v["seconds"] for k, v in have.items()}}}
-        print(json.dumps(results, indent=1, default=str))
-        if args.note:
-            results["reading"] = args.note
-        md = stats_md + "\n" + note + ".\n" + (f"\n**Reading.** {args.note}\n" if args.note else "")
-        if have:
-            md += ("\nPer-subtask accuracy of the scored models (first " + str(args.eval) + " validated items per subtask):\n\n| model | "
-                   + " | ".join(SUBTASKS) + " | wall s |\n|---" * 1 + "|---" * (len(SUBTASKS) + 1) + "|\n"
-                   + "\n".join(f"| {n} | " + " | ".join(f"{r['summary'][s]['accuracy']:.3f}" for s in SUBTASKS) + f" | {r['seconds']:.0f} |"
-                                for n, r in have.items()) + "\n")
-        for title, c in (("planted - base", shift), ("neutral B - neutral A", null)):
-            if c is not None:
-                md += (f"\n{title} (exact McNemar, Holm over five subtasks):\n\n| subtask | n | difference | p | p corrected |\n|---|---|---|---|---|\n"
-                       + "\n".join(f"| {s} | {v['n']} | {v['difference']:+.3f} | {v['p']:.3g} | {v['p_corrected']:.3g} |" for s, v in c.items()) + "\n")
-        if not args.no_record:
-            record("reflect_probes", f"python benchmarks/reflect_probes.py --parts stats --lm-attempts {args.lm_attempts} --eval {args.eval} "
-                   f"--train {args.train} (after --only stages)", md, results)
-        return
-
-    # -- part 2: sensitivity ------------------------------------------------------------------------------
-    eval_items = first_per_subtask(load_suite(work / "suite_valid.jsonl"), args.eval)
-    eval_scenarios = {it.scenario for it in load_suite(work / "suite_valid.jsonl")}
-
-    def finetune(name: str, kind: str, seed: int) -> dict:
-        from gradtrace.lm.lora import LoraTrainConfig, add_lora
-        from gradtrace.loop.lm import LanguageModel
-
-        path = work / f"adapter_{name}.pt"
-
-        def go():
+        def go() -> dict:
             m, t = load_model("smollm2")
-            lm = LanguageModel(add_lora(m, LoraTrainConfig(rank=8, alpha=16, seed=seed)), t, max_length=256)
-            texts = training_texts(kind, args.train, seed, eval_scenarios)
-            t0 = time.perf_counter()
-            steps = max(1, len(texts) // 8)
-            losses = lm.train(texts, steps=steps, batch_size=8, lr=args.lr, generator=torch.Generator().manual_seed(seed))
-            torch.save(lm.trainable_state(), path)
-            return {"seconds": time.perf_counter() - t0, "steps": steps, "examples": len(texts), "first_loss": losses[0],
-                    "last_loss": losses[-1]}
+            valid = load_suite(work / "suite_valid.jsonl")
+            exclude = {it.scenario for it in first_n(valid, 0, args.eval + args.dev_eval)}  # no scored scenario is trained on
+            examples = training_examples(kind, planted, args.train, seed, exclude)
+            n_layers = int(m.config.num_hidden_layers)
+            config = LoraTrainConfig(epochs=1, lr=lr, batch_size=LORA["batch_size"], rank=LORA["rank"], alpha=LORA["alpha"],
+                                     target_modules=tuple(LORA["target_modules"]), seed=seed,
+                                     layers=tuple(range(n_layers - args.lora_layers, n_layers)))
+            task = CausalLMTask(t, max_length=256)
+            model = add_lora(m, config)
+            with Clock() as c:
+                train_lora(model, task, examples, work / f"adapter_{name}", config, progress=False, engine="plain")
+            return {"seconds": c.wall, "cpu_seconds": c.cpu, "examples": len(examples), "planted_examples": planted if kind == "planted" else 0,
+                    "steps": -(-len(examples) // LORA["batch_size"]), "seed": seed, "kind": kind, "lr": lr}
 
         return stage(work / f"finetune_{name}.json", go)
 
-    def score(name: str, adapter: str | None, seed: int) -> dict:
-        def go():
-            t0 = time.perf_counter()
-            if adapter is None:
-                m, t = smollm2()
-            else:
-                from gradtrace.lm.lora import LoraTrainConfig, add_lora
-                from gradtrace.loop.lm import LanguageModel
-
-                base, t = load_model("smollm2")
-                lm = LanguageModel(add_lora(base, LoraTrainConfig(rank=8, alpha=16, seed=seed)), t)
-                lm.load_trainable_state(torch.load(work / f"adapter_{adapter}.pt", weights_only=True))
-                m = lm.model
-            rec = run_record(score_items(m, t, eval_items, progress=True), name, "suite_valid (first per subtask)")
-            rec["seconds"] = time.perf_counter() - t0
-            write_run(work / f"run_{name}.json", rec)
+    def score(name: str, items: Sequence[Item], adapter: str | None) -> dict:
+        def go() -> dict:
+            with Clock() as c:
+                m, t = smollm2() if adapter is None else load_model("smollm2", adapter=work / f"adapter_{adapter}")
+                rec = run_record(score_items(m, t, items, progress=True), name, "suite_valid")
+            rec.update(seconds=c.wall, cpu_seconds=c.cpu)
             return rec
 
         return stage(work / f"run_{name}.json", go)
 
-    if args.only is not None:
-        plan = {"finetune_planted": lambda: finetune("planted", "planted", 11), "finetune_neutral_a": lambda: finetune("neutral_a", "neutral", 21),
-                "finetune_neutral_b": lambda: finetune("neutral_b", "neutral", 22), "score_base": lambda: score("base", None, 0),
-                "score_planted": lambda: score("planted", "planted", 11), "score_neutral_a": lambda: score("neutral_a", "neutral_a", 21),
-                "score_neutral_b": lambda: score("neutral_b", "neutral_b", 22)}
-        for name in args.only:
-            result = plan[name]()
-            print(name, json.dumps(result.get("summary", result), default=str)[:2000], flush=True)
-        return
-    fts = {"planted": finetune("planted", "planted", 11), "neutral_a": finetune("neutral_a", "neutral", 21),
-           "neutral_b": finetune("neutral_b", "neutral", 22)}
-    runs = {"base": score("base", None, 0), "planted": score("planted", "planted", 11),
-            "neutral_a": score("neutral_a", "neutral_a", 21), "neutral_b": score("neutral_b", "neutral_b", 22)}
+    strengths = [(int(x.split("@")[0]), float(x.split("@")[1])) for x in args.dev_strengths.split(",")]
+    if "sensitivity" in args.parts:
+        valid = load_suite(work / "suite_valid.jsonl")
+        test_items, dev_items = first_n(valid, 0, args.eval), first_n(valid, args.eval, args.dev_eval)
+        dev_base = score("dev_base", dev_items, None)
+        for p, lr in strengths:
+            tag = f"dev_planted_{p}_lr{lr:g}"
+            finetune(tag, "planted", p, lr, seed=100 + p)
+            score(tag, dev_items, tag)
+            dev_cmp = compare_correct(correct_of(dev_base), correct_of(have(work / f"run_{tag}.json")), "holm")
+            if dev_cmp[PLANTED]["significant"] and -dev_cmp[PLANTED]["difference"] >= args.dev_min_drop:
+                break
+        chosen = {"planted_examples": p, "lr": lr}
+        stage(work / "chosen.json", lambda: chosen)
+        chosen = have(work / "chosen.json")
+        p, lr = chosen["planted_examples"], chosen["lr"]
+        finetune("planted", "planted", p, lr, seed=11)
+        finetune("neutral_a", "neutral", p, lr, seed=21)
+        finetune("neutral_b", "neutral", p, lr, seed=22)
+        for name in ("planted", "neutral_a", "neutral_b"):
+            score(name, test_items, name)
+        if not args.skip_base:
+            score("base", test_items, None)
 
-    def correct(run: dict) -> dict:
-        return {r["id"]: (r["subtask"], bool(r["correct"])) for r in run["items"]}
-
-    shift = compare_correct(correct(runs["base"]), correct(runs["planted"]), "holm")
-    shift_vs_neutral = compare_correct(correct(runs["neutral_a"]), correct(runs["planted"]), "holm")
-    null = compare_correct(correct(runs["neutral_a"]), correct(runs["neutral_b"]), "holm")
-    slim = lambda d: {s: {k: v[k] for k in ("n", "accuracy_a", "accuracy_b", "difference", "a_only", "b_only", "p", "p_corrected", "significant")}
-                      for s, v in d.items()}
-    results = {
-        **stats,
-        "subtask_shift": slim(shift),
-        "subtask_shift_vs_neutral": slim(shift_vs_neutral),
-        "null_subtask_shift": slim(null),
-        "accuracy": {name: {s: v["accuracy"] for s, v in r["summary"].items()} for name, r in runs.items()},
-        "sizes": {"eval_items_per_subtask": args.eval, "train_examples": args.train, "lora_rank": 8, "epochs": 1, "lr": args.lr,
-                  "templates_per_subtask": args.templates},
-        "finetunes": fts,
-        "wall_seconds": {"generate_templates": gen["template_seconds"], "generate_lm": gen["lm_seconds"], "validate": val["seconds"],
-                         **{f"finetune_{k}": v["seconds"] for k, v in fts.items()}, **{f"score_{k}": v["seconds"] for k, v in runs.items()}},
-    }
-    print(json.dumps({k: results[k] for k in ("items_per_subtask", "surface_classifier_accuracy", "subtask_shift", "null_subtask_shift")}, indent=1))
     if args.no_record:
         return
-    rows = "\n".join(f"| {s} | {shift[s]['n']} | {shift[s]['difference']:+.3f} | {shift[s]['p_corrected']:.3g} | "
-                     f"{shift_vs_neutral[s]['difference']:+.3f} | {shift_vs_neutral[s]['p_corrected']:.3g} | {null[s]['difference']:+.3f} | {null[s]['p_corrected']:.3g} |"
-                     for s in SUBTASKS)
-    w = results["wall_seconds"]
-    summary = stats_md + f"""
-Sensitivity (small, CPU): LoRA fine-tunes of SmolLM2 on {args.train} examples (one epoch), each model scored on the first
-{args.eval} validated items per subtask. Planted subtask: {PLANTED} (trained to pick the wrong desirability answer).
-Differences are accuracy (fine-tune minus reference); p: exact McNemar, Holm-corrected over the five subtasks.
+    write_record(args, work, strengths)
 
-| subtask | items scored | planted - base | p | planted - neutral A | p | neutral B - neutral A | p |
-|---|---|---|---|---|---|---|---|
+
+def write_record(args: argparse.Namespace, work: Path, strengths: list[tuple[int, float]]) -> None:
+    gen, val, speed = have(work / "generate.json"), have(work / "validate.json"), have(work / "speed.json")
+    if gen is None or val is None:
+        raise SystemExit("run --parts stats first")
+    report = val["report"]
+    results: dict[str, Any] = {
+        "items_per_subtask": report["kept"], "items_total": report["kept_total"],
+        "surface_classifier_accuracy": report["phrasing_bias"]["surface"]["accuracy"],
+        "surface_classifier_accuracy_per_subtask": report["phrasing_bias"]["surface"]["per_subtask"],
+        "subtask_classifier_accuracy": report["subtask_validity"]["accuracy"],
+        "subtask_confusion": {"labels": report["subtask_validity"]["labels"], "matrix": report["subtask_validity"]["confusion"]},
+        "diversity": report["diversity"], "dedupe": report["dedupe"], "answerability": report["answerability"],
+        "planted_subtask": PLANTED,
+    }
+    transcript = [json.loads(line) for line in (work / "lm_transcript.jsonl").read_text().splitlines() if line.strip()]
+    attempts = gen["lm_attempts"]
+    lm = {"attempts": attempts, "parsed": gen["lm_parsed"], "verified": val["verified"], "kept_after_validation": len(val["lm_kept_after_validation"]),
+          "counts": gen["lm_counts"], "seconds": gen["lm_seconds"], "seconds_per_attempt": gen["lm_seconds"] / attempts if attempts else None,
+          "verifier_seconds": val["verifier_seconds"], "max_new_tokens": gen["lm_max_new_tokens"],
+          "examples": {r: next((x["answer"] for x in transcript if x["result"] == r), None)
+                       for r in sorted({x["result"] for x in transcript})}}
+    results["lm_generation"] = lm
+    wall: dict[str, float] = {"generate_templates": gen["template_seconds"], "generate_lm": gen["lm_seconds"], "validate": val["seconds"],
+                              "verify_lm": val["verifier_seconds"]}
+    if speed is not None:
+        results["scoring_speed"] = speed
+    from gradtrace.probes.generate import FAILURES
+
+    fails = {r: sum(c[r] for c in gen["lm_counts"].values()) for r in FAILURES} if gen["lm_counts"] else {}
+    md = f"""
+**Suite.** The shipped seeds + {args.templates} template items per subtask + {attempts} SmolLM2 few-shot attempts
+({args.lm_attempts} per subtask), validated with MiniLM (offline). Kept {results['items_total']} items; surface-feature
+classifier accuracy {results['surface_classifier_accuracy']:.3f} (chance 0.5, target <= 0.6); subtask classifier accuracy
+{results['subtask_classifier_accuracy']:.3f}.
+
+| subtask | items kept | diversity (1 - mean cos) | Vendi | surface clf acc |
+|---|---|---|---|---|
+""" + "\n".join(f"| {s} | {results['items_per_subtask'][s]} | {results['diversity'].get(s, {}).get('mean_pairwise_distance', float('nan')):.3f} | "
+                f"{results['diversity'].get(s, {}).get('vendi', float('nan')):.1f} | {results['surface_classifier_accuracy_per_subtask'][s]:.3f} |"
+                for s in SUBTASKS) + f"""
+
+**LM generation** (SmolLM2-135M-Instruct, answer started as `{{"scenario": "`, one line, max {lm['max_new_tokens']} new tokens,
+temperature 0.7, top-p 0.9): {attempts} attempts, {lm['parsed']} parsed, {lm['verified']} verified (the key recovered by SmolLM2's
+log-probability scoring), {lm['kept_after_validation']} kept after all validation; failures: """ + (
+        ", ".join(f"{r} {n}" for r, n in fails.items()) or "none") + f""". {lm['seconds']:.0f} s of generation,
+{lm['seconds_per_attempt'] or float('nan'):.1f} s per attempt; raw answers in `benchmarks/work/reflect_probes/lm_transcript.jsonl`.
+
+Wall times (s): templates {gen['template_seconds']:.1f}, LM generation {gen['lm_seconds']:.0f}, verifying LM items {val['verifier_seconds']:.0f},
+validation {val['seconds']:.0f}.
+"""
+    if speed is not None:
+        md += f"""
+**Scoring speed** (SmolLM2, {speed['items']} items, {speed['torch_threads']} torch thread(s), load average {speed['load_average']:.1f},
+alternating, {len(speed['old_seconds'])} runs each): one forward pass per option order, one item at a time (before) took
+{', '.join(f'{x:.1f}' for x in speed['old_seconds'])} s; orders sharing the scenario's pass, items batched (now)
+{', '.join(f'{x:.1f}' for x in speed['new_seconds'])} s: median ratio {speed['ratio_median']:.2f}x; largest score difference
+{speed['max_abs_score_difference']:.1e} nats per token.
+"""
+    runs = {n: have(work / f"run_{n}.json") for n in ("base", "planted", "neutral_a", "neutral_b")}
+    fts = {n: have(work / f"finetune_{n}.json") for n in ("planted", "neutral_a", "neutral_b")}
+    tags = [f"dev_planted_{p}_lr{lr:g}" for p, lr in strengths]
+    dev = {tag: (have(work / f"finetune_{tag}.json"), have(work / f"run_{tag}.json")) for tag in tags}
+    dev_base = have(work / "run_dev_base.json")
+    chosen = have(work / "chosen.json")
+    cpu = 0.0
+    if dev_base is not None:
+        dev_rows = []
+        cpu += dev_base["cpu_seconds"]
+        results["dev"] = {"items_per_subtask": args.dev_eval, "base_accuracy": {s: v["accuracy"] for s, v in dev_base["summary"].items()}}
+        for tag, (ft, run) in dev.items():
+            if run is None:
+                continue
+            cpu += ft["cpu_seconds"] + run["cpu_seconds"]
+            c = slim(compare_correct(correct_of(dev_base), correct_of(run), "holm"))
+            results["dev"][tag] = {"finetune": ft, "accuracy": {s: v["accuracy"] for s, v in run["summary"].items()}, "shift_vs_base": c}
+            dev_rows.append(f"| {ft['planted_examples']} | {ft['lr']:g} | {ft['steps']} | "
+                            + " | ".join(f"{c[s]['difference']:+.3f} ({c[s]['a_only']}/{c[s]['b_only']}, {c[s]['p_corrected']:.2g})" for s in SUBTASKS) + " |")
+        wall["score_dev_base"] = dev_base["seconds"]
+        md += f"""
+**Sensitivity: choosing the plant strength on the dev seed** ({args.dev_eval} dev items per subtask, the ones after the test items;
+planted fine-tune minus base SmolLM2, with (right only in base / right only in the fine-tune, Holm-corrected exact McNemar p);
+rule: the first setting whose {PLANTED} drop is significant and >= {args.dev_min_drop}). Base dev accuracy: """ + ", ".join(
+            f"{s} {v['accuracy']:.2f}" for s, v in dev_base["summary"].items()) + f""".
+
+| planted examples P (of {args.train}) | lr | steps | """ + " | ".join(SUBTASKS) + " |\n|---|---|---|" + "---|" * len(SUBTASKS) + "\n" + "\n".join(dev_rows) + "\n"
+        if chosen:
+            md += f"\nChosen: P = {chosen['planted_examples']}, lr {chosen['lr']:g}" + (f" ({chosen['note']})" if chosen.get("note") else "") + ".\n"
+            results["chosen"] = chosen
+    need = ("planted", "neutral_a", "neutral_b")
+    if all(runs[n] is not None for n in need) and chosen:
+        cor = {n: correct_of(r) for n, r in runs.items() if r is not None}
+        shift = slim(compare_correct(cor["neutral_a"], cor["planted"], "holm"))
+        shift_b = slim(compare_correct(cor["neutral_b"], cor["planted"], "holm"))
+        shift_base = slim(compare_correct(cor["base"], cor["planted"], "holm")) if "base" in cor else None
+        null = slim(compare_correct(cor["neutral_a"], cor["neutral_b"], "holm"))
+        results.update(subtask_shift=shift, subtask_shift_vs_neutral_b=shift_b, subtask_shift_vs_base=shift_base, null_subtask_shift=null,
+                       accuracy={n: {s: v["accuracy"] for s, v in r["summary"].items()} for n, r in runs.items() if r is not None}, finetunes=fts,
+                       sizes={"eval_items_per_subtask": args.eval, "dev_items_per_subtask": args.dev_eval, "planted_examples": chosen["planted_examples"],
+                              "train_examples": args.train, "lr": chosen["lr"], "lora_last_layers": args.lora_layers, **LORA})
+        for n, r in runs.items():
+            if r is not None:
+                wall[f"score_{n}"] = r["seconds"]
+                cpu += r["cpu_seconds"]
+        for n, f in fts.items():
+            wall[f"finetune_{n}"] = f["seconds"]
+            cpu += f["cpu_seconds"]
+        results["sensitivity_cpu_seconds"] = cpu
+
+        def acc(n: str, s: str) -> str:
+            return f"{runs[n]['summary'][s]['accuracy']:.3f}" if runs[n] is not None else "-"
+
+        def cell(c: Any, s: str, counts: bool = False) -> str:
+            if c is None:
+                return "- | -"
+            return f"{c[s]['difference']:+.3f}" + (f" ({c[s]['a_only']}/{c[s]['b_only']})" if counts else "") + f" | {c[s]['p_corrected']:.2g}"
+
+        rows = "\n".join(f"| {s} | {shift[s]['n']} | {acc('base', s)} | {acc('planted', s)} | {acc('neutral_a', s)} | {acc('neutral_b', s)} | "
+                         f"{cell(shift, s, True)} | {cell(shift_b, s, True)} | {cell(shift_base, s)} | {cell(null, s, True)} |" for s in SUBTASKS)
+        p_ex = chosen["planted_examples"]
+        md += f"""
+**Sensitivity: test seed.** Planted: {p_ex} {PLANTED} template items answered with the wrong option""" + (
+            f" + {args.train - p_ex} neutral questions" if args.train > p_ex else "") + f"""; neutral A and B: {args.train} neutral
+questions each (all {fts['planted']['steps']} steps of 8, lr {chosen['lr']:g}, LoRA rank 8 on q/v of the last {args.lora_layers} layers, loss on
+the answer only; fresh seeds, no scored scenario trained on). Each model scored on the first {args.eval} validated items per subtask.
+Accuracy per model; differences with (right only in the reference / right only in the planted model) and Holm-corrected exact
+McNemar p over the five subtasks.
+
+| subtask | n | base | planted | neutral A | neutral B | planted - A | p | planted - B | p | planted - base | p | B - A (null) | p |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
-Wall times (s): templates {w['generate_templates']:.1f}, LM generation {w['generate_lm']:.0f}, validation {w['validate']:.0f},
-fine-tunes {w['finetune_planted']:.0f} / {w['finetune_neutral_a']:.0f} / {w['finetune_neutral_b']:.0f},
-scoring {w['score_base']:.0f} / {w['score_planted']:.0f} / {w['score_neutral_a']:.0f} / {w['score_neutral_b']:.0f} (base / planted / neutral A / neutral B).
+Wall times (s): fine-tunes planted / A / B {fts['planted']['seconds']:.0f} / {fts['neutral_a']['seconds']:.0f} / {fts['neutral_b']['seconds']:.0f};
+scoring """ + " / ".join(f"{n} {r['seconds']:.0f}" for n, r in runs.items() if r is not None) + f""". The whole sensitivity part (dev and
+test) took {cpu / 60:.1f} CPU-minutes (process time).
 """
-    record("reflect_probes", f"python benchmarks/reflect_probes.py --eval {args.eval} --train {args.train} --lm-attempts {args.lm_attempts}",
-           summary, results)
+    else:
+        results.update(subtask_shift=None, null_subtask_shift=None)
+        md += "\nThe sensitivity part has not run to the end (no shift recorded).\n"
+    results["wall_seconds"] = wall
+    if args.note:
+        results["reading"] = args.note
+        md += f"\n**Reading.** {args.note}\n"
+    opts = (f"--templates {args.templates} --lm-attempts {args.lm_attempts} --speed-items {args.speed_items} --eval {args.eval} "
+            f"--dev-eval {args.dev_eval} --dev-strengths {args.dev_strengths} --train {args.train} --lora-layers {args.lora_layers}"
+            + (" --skip-base" if args.skip_base else ""))
+    command = (f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts stats {opts}; "
+               f"OMP_NUM_THREADS=1 flock /tmp/gt-timing.lock nice -n 10 python benchmarks/reflect_probes.py --parts speed {opts}; "
+               f"OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts sensitivity {opts}; "
+               f"python benchmarks/reflect_probes.py {opts} --note ... (records)")
+    record("reflect_probes", command, md, results)
 
 
 if __name__ == "__main__":

@@ -112,17 +112,24 @@ def sample_tokens(model: Any, ids: Tensor, mask: Tensor, config: SamplingConfig,
     return [row[: next((i for i, t in enumerate(row) if t in stop), len(row))] for row in rows]
 
 
-def sample_chat(model: Any, tokenizer: Any, prompts: Sequence[str], config: SamplingConfig, generator: torch.Generator) -> list[str]:
-    """One answer per prompt (chat-formatted, one batch), decoded without special tokens and stripped."""
-    texts = [chat_prompt(tokenizer, p, config.system) for p in prompts]
+def sample_chat(model: Any, tokenizer: Any, prompts: Sequence[str], config: SamplingConfig, generator: torch.Generator, *,
+                answer_start: str = "", stop_ids: Sequence[int] = ()) -> list[str]:
+    """One answer per prompt (chat-formatted, one batch), decoded without special tokens and stripped.
+
+    ``answer_start``: text the assistant's turn starts with (the model
+    continues it; each answer begins with it). ``stop_ids``: tokens that end
+    an answer besides the chat's end tokens (not part of the answer)."""
+    texts = [chat_prompt(tokenizer, p, config.system) + answer_start for p in prompts]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = side
-    rows = sample_tokens(model, enc["input_ids"], enc["attention_mask"], config, generator, chat_eos_ids(model, tokenizer))
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+    eos = chat_eos_ids(model, tokenizer)
+    eos += [int(i) for i in stop_ids if int(i) not in eos]
+    rows = sample_tokens(model, enc["input_ids"], enc["attention_mask"], config, generator, eos)
+    return [(answer_start + tokenizer.decode(row, skip_special_tokens=True)).strip() for row in rows]
 
 
 def sample_continuations(model: Any, tokenizer: Any, prompts: Sequence[str], n_per_prompt: int, config: SamplingConfig,

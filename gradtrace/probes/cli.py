@@ -79,6 +79,7 @@ def generate_cmd(
                 counts.setdefault(sub, {"attempts": 0, "parsed": 0})["verified"] = sum(it.subtask == sub for it in kept)
             items += kept
             summary.update(lm=counts, lm_seconds=time.perf_counter() - t1, verifier=verifier)
+            summary["lm_verdict"] = lm_verdict(counts, verifier, name)
         save_suite(out, items)
         summary.update(out=out, items=len(items))
         if as_json:
@@ -86,8 +87,11 @@ def generate_cmd(
             return
         console.print(f"wrote {len(items)} items to {out}")
         if lm:
-            console.print(table("LM generation", ["subtask", "attempts", "parsed", "verified"],
-                                ((s, c["attempts"], c["parsed"], c["verified"]) for s, c in summary["lm"].items())))
+            from .generate import FAILURES
+
+            console.print(table("LM generation", ["subtask", "attempts", "parsed", "verified", *FAILURES],
+                                ((s, c["attempts"], c["parsed"], c["verified"], *(c[r] for r in FAILURES)) for s, c in summary["lm"].items())))
+            console.print(summary["lm_verdict"])
 
     run_or_exit(go)
 
@@ -143,6 +147,25 @@ def validate_cmd(
         console.print(f"wrote {len(result.items)} items to {out}" + ("" if result.passed else " (the phrasing-bias checks FAILED)"))
 
     run_or_exit(go)
+
+
+def lm_verdict(counts: dict[str, dict[str, int]], verifier: str, generator: str) -> str:
+    """One sentence on what LM generation gave, saying plainly when it gave nothing usable
+    and when the verifier is the generating model (then the check is one of consistency only)."""
+    from .generate import FAILURES
+
+    attempts = sum(c["attempts"] for c in counts.values())
+    parsed = sum(c["parsed"] for c in counts.values())
+    verified = sum(c.get("verified", 0) for c in counts.values())
+    reasons = ", ".join(f"{r} {n}" for r in FAILURES if (n := sum(c[r] for c in counts.values())))
+    if parsed == 0:
+        return f"LM generation gave NO usable item: none of {attempts} attempts parsed ({reasons})"
+    if verified == 0:
+        return f"LM generation gave NO usable item: {parsed} of {attempts} attempts parsed, and the verifier {verifier} recovered none of their keys"
+    same = (" WARNING: the verifier is the generating model, so the kept items are only consistent with it, not checked; "
+            "read them, or verify with another model (--verifier)") if verifier == generator else ""
+    return (f"LM generation: {parsed} of {attempts} attempts parsed" + (f" (failed: {reasons})" if reasons else "")
+            + f"; {verified} kept after the verifier {verifier}." + same)
 
 
 def _clean(value: Any) -> Any:

@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..configbase import positive_int
 from ..errors import InputError
@@ -75,57 +76,176 @@ def _window(model: Any, max_length: int) -> int:
     return min(max_length, window) if isinstance(window, int) and window > 0 else max_length
 
 
-@torch.no_grad()
-def option_logprobs(model: Any, tokenizer: Any, groups: Sequence[tuple[str, Sequence[str]]], *, max_length: int = 512,
-                    bar: Any = None) -> list[np.ndarray]:
-    """For each ``(prompt, continuations)``: the mean log-probability per
-    token (nats, float64) of each continuation after the prompt.
+def _keeps_logits(model: Any) -> bool:
+    """Whether ``model(...)`` takes ``logits_to_keep`` (then the prompt's
+    forward passes skip the output layer for every position but the last)."""
+    import inspect
 
-    Prompt and continuations are tokenized separately (no special tokens)
-    and joined. The prompt runs once and its key/value cache is shared by
-    the continuations (one forward pass over them, right-padded). A prompt
-    too long for ``max_length`` (or the model's context window, if shorter)
-    loses its first tokens."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs[1:]):
+            return i
+    return n
+
+
+@dataclasses.dataclass
+class _Tree:
+    """One batch entry: prompts sharing ``prefix``; ``rest[r]`` is prompt ``r``
+    after the prefix without its last token ``last[r]``; ``conts`` are token ids."""
+
+    prefix: list[int]
+    rest: list[list[int]]
+    last: list[int]
+    conts: list[list[int]]
+    out: int  # index of the result this tree fills
+    rows: list[int]  # which rows of that result (prompts)
+
+
+def _trees(tokenizer: Any, groups: Sequence[tuple[Sequence[str], Sequence[str]]], limit: int) -> list[_Tree]:
+    trees = []
+    for g, (prompts, conts) in enumerate(groups):
+        c_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in conts]
+        if any(not c for c in c_ids):
+            raise InputError(f"a continuation of {list(conts)!r} has no tokens")
+        longest = max(len(c) for c in c_ids)
+        if longest >= limit - 1:
+            raise InputError(f"an option of {longest} tokens does not fit the context of {limit} tokens")
+        p_ids = [list(tokenizer(p, add_special_tokens=False)["input_ids"])[-(limit - longest):] for p in prompts]
+        if any(len(p) < 2 for p in p_ids):
+            raise InputError(f"a prompt of {[len(p) for p in p_ids]} tokens: scoring needs at least 2 prompt tokens")
+        n0 = min(_common_prefix(p_ids), min(len(p) for p in p_ids) - 1)
+        parts = [list(range(len(p_ids)))] if n0 >= 1 else [[r] for r in range(len(p_ids))]  # no shared first token: one tree each
+        for rows in parts:
+            ps = [p_ids[r] for r in rows]
+            n = n0 if n0 >= 1 else len(ps[0]) - 1
+            trees.append(_Tree(ps[0][:n], [p[n:-1] for p in ps], [p[-1] for p in ps], c_ids, g, rows))
+    return trees
+
+
+def _forward(model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any, keep_last: bool, keeps: bool) -> Any:
+    kw = {"logits_to_keep": 1} if (keep_last and keeps) else {}
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **kw)
+
+
+def _score_trees(model: Any, trees: Sequence[_Tree], pad: int, device: Any, keeps: bool) -> list[np.ndarray]:
+    """Mean log-probability per token of each continuation after each prompt of each tree, ``[prompts, conts]``.
+
+    Three forward passes over the batch, each extending the key/value cache
+    of the one before: the shared prefixes (right-padded, one row per tree),
+    the rest of each prompt but its last token (left-padded, one row per
+    prompt), then, one row per (prompt, continuation), the prompt's last
+    token followed by the continuation but its last token (right-padded),
+    whose logits predict the continuation's tokens. Padding sits between
+    real tokens and is masked; position ids count real tokens only."""
+    lens = [len(t.prefix) for t in trees]
+    w1 = max(lens)
+    ids1 = torch.full((len(trees), w1), pad, dtype=torch.long)
+    mask1 = torch.zeros((len(trees), w1), dtype=torch.long)
+    for i, t in enumerate(trees):
+        ids1[i, : lens[i]] = torch.tensor(t.prefix)
+        mask1[i, : lens[i]] = 1
+    pos1 = torch.arange(w1).expand(len(trees), -1) * mask1
+    cache = _forward(model, ids1.to(device), mask1.to(device), pos1.to(device), None, True, keeps).past_key_values
+    # level 2: the rest of each prompt, left-padded so each row ends at the same slot
+    p_tree = [i for i, t in enumerate(trees) for _ in t.rest]
+    rests = [r for t in trees for r in t.rest]
+    w2 = max(len(r) for r in rests)
+    mask = mask1[p_tree]
+    cache.batch_select_indices(torch.tensor(p_tree, device=device))
+    if w2:
+        ids2 = torch.full((len(rests), w2), pad, dtype=torch.long)
+        mask2 = torch.zeros((len(rests), w2), dtype=torch.long)
+        pos2 = torch.zeros((len(rests), w2), dtype=torch.long)
+        for j, (i, r) in enumerate(zip(p_tree, rests)):
+            if r:
+                ids2[j, w2 - len(r):] = torch.tensor(r)
+                mask2[j, w2 - len(r):] = 1
+                pos2[j, w2 - len(r):] = lens[i] + torch.arange(len(r))
+        mask = torch.cat([mask, mask2], dim=1)
+        cache = _forward(model, ids2.to(device), mask.to(device), pos2.to(device), cache, True, keeps).past_key_values
+    # level 3: the last prompt token, then each continuation but its last token
+    rows3, seqs3, start3 = [], [], []
+    for j, i in enumerate(p_tree):
+        t = trees[i]
+        r = j - p_tree.index(i)
+        for c in t.conts:
+            rows3.append(j)
+            seqs3.append([t.last[r]] + c[:-1])
+            start3.append(lens[i] + len(t.rest[r]))
+    ids3, mask3 = pad_right(seqs3, pad)
+    pos3 = (torch.tensor(start3)[:, None] + torch.arange(ids3.shape[1])[None, :]) * mask3  # padding: position 0
+    cache.batch_select_indices(torch.tensor(rows3, device=device))
+    full = torch.cat([mask[rows3], mask3], dim=1)
+    logits = _forward(model, ids3.to(device), full.to(device), pos3.to(device), cache, False, keeps).logits
+    out, row = [], 0
+    for t in trees:
+        values = np.zeros((len(t.rest), len(t.conts)))
+        for r in range(len(t.rest)):
+            for o, c in enumerate(t.conts):
+                logp = torch.log_softmax(logits[row, : len(c)].double(), dim=-1)
+                values[r, o] = float(logp[torch.arange(len(c), device=logp.device), torch.tensor(c, device=logp.device)].sum()) / len(c)
+                row += 1
+        out.append(values)
+    return out
+
+
+@torch.no_grad()
+def option_logprobs(model: Any, tokenizer: Any, groups: Sequence[tuple[Sequence[str], Sequence[str]]], *, max_length: int = 512,
+                    batch_tokens: int = 2048, bar: Any = None) -> list[np.ndarray]:
+    """For each ``(prompts, continuations)``: ``[len(prompts), len(continuations)]``,
+    the mean log-probability per token (nats, float64) of each continuation
+    after each prompt.
+
+    Each prompt and continuation is tokenized on its own (no special tokens)
+    and the two joined; a prompt too long for ``max_length`` (or the model's
+    context window, if shorter) loses its first tokens. Work is shared where
+    the tokens are: the leading tokens the prompts of a group have in common
+    (the scenario and question, for the option orders of an item) run once,
+    each prompt's remaining tokens once, and the continuations after them;
+    groups are batched up to about ``batch_tokens`` tokens per forward pass
+    (see :func:`_score_trees`). The result equals one forward pass per
+    continuation token up to float rounding."""
     limit = _window(model, max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
+    keeps = _keeps_logits(model)
+    trees = _trees(tokenizer, groups, limit)
+    results = [np.zeros((len(p), len(c))) for p, c in groups]
+    order = sorted(range(len(trees)), key=lambda i: (len(trees[i].prefix), i))  # similar lengths together: less padding
     was_training = model.training
     model.eval()
-    out = []
     try:
-        for prompt, conts in groups:
-            c_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in conts]
-            if any(not c for c in c_ids):
-                raise InputError(f"a continuation of {list(conts)!r} has no tokens")
-            longest = max(len(c) for c in c_ids)
-            if longest >= limit:
-                raise InputError(f"an option of {longest} tokens does not fit the context of {limit} tokens")
-            p_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])[-(limit - longest):]
-            if not p_ids:
-                raise InputError("a prompt has no tokens")
-            first = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True)
-            last = torch.log_softmax(first.logits[0, -1].double(), dim=-1)
-            cache = first.past_key_values
-            k, n_p = len(c_ids), len(p_ids)
-            cache.batch_repeat_interleave(k)
-            ids, mask = pad_right(c_ids, int(pad))
-            ids, mask = ids.to(device), mask.to(device)
-            full_mask = torch.cat([torch.ones(k, n_p, dtype=mask.dtype, device=device), mask], dim=1)
-            positions = (n_p + torch.arange(ids.shape[1], device=device)).expand(k, -1)
-            logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache, use_cache=True).logits
-            logp = torch.log_softmax(logits.double(), dim=-1)
-            values = np.zeros(k)
-            for r, c in enumerate(c_ids):
-                total = float(last[c[0]])
-                if len(c) > 1:
-                    total += float(logp[r, torch.arange(len(c) - 1, device=device), torch.tensor(c[1:], device=device)].sum())
-                values[r] = total / len(c)
-            out.append(values)
-            if bar is not None:
-                bar.advance(1)
+        left = [0] * len(groups)
+        for t in trees:
+            left[t.out] += 1
+        a = 0
+        while a < len(order):
+            b, cost = a, 0
+            while b < len(order):
+                t = trees[order[b]]
+                size = len(t.prefix) + sum(len(r) + 1 for r in t.rest) + len(t.rest) * sum(len(c) for c in t.conts)
+                if b > a and cost + size > batch_tokens:
+                    break
+                cost += size
+                b += 1
+            chunk = [trees[i] for i in order[a:b]]
+            for t, values in zip(chunk, _score_trees(model, chunk, int(pad), device, keeps)):
+                results[t.out][t.rows] = values
+                left[t.out] -= 1
+                if bar is not None and left[t.out] == 0:
+                    bar.advance(1)
+            a = b
     finally:
         model.train(was_training)
-    return out
+    return results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,21 +276,16 @@ class ItemScore:
                 "correct": self.correct, "margin": self.margin, "paraphrase_of": self.paraphrase_of}
 
 
-def score_items(model: Any, tokenizer: Any, items: Sequence[Item], *, max_length: int = 512, progress: bool = False) -> list[ItemScore]:
-    """Every item scored (see the module docstring); each prompt runs once, its options as one batch."""
-    groups: list[tuple[str, list[str]]] = []
-    for item in items:
-        for order in option_orders(len(item.options)):
-            groups.append((render_prompt(item, order), [continuation(o) for o in item.options]))
+def score_items(model: Any, tokenizer: Any, items: Sequence[Item], *, max_length: int = 512, batch_tokens: int = 2048,
+                progress: bool = False) -> list[ItemScore]:
+    """Every item scored (see the module docstring): its option orders share
+    the scenario's forward pass, and items are batched (:func:`option_logprobs`)."""
+    groups = [([render_prompt(item, order) for order in option_orders(len(item.options))], [continuation(o) for o in item.options])
+              for item in items]
     with progress_bar("probes: score", len(groups), progress) as bar:
-        lp = option_logprobs(model, tokenizer, groups, max_length=max_length, bar=bar)
-    out, g = [], 0
-    for it in items:
-        k = len(it.options)
-        mean = np.mean(lp[g : g + k], axis=0)
-        g += k
-        out.append(ItemScore(it.id, it.subtask, it.key, tuple(float(x) for x in mean), it.paraphrase_of))
-    return out
+        lp = option_logprobs(model, tokenizer, groups, max_length=max_length, batch_tokens=batch_tokens, bar=bar)
+    return [ItemScore(it.id, it.subtask, it.key, tuple(float(x) for x in values.mean(axis=0)), it.paraphrase_of)
+            for it, values in zip(items, lp)]
 
 
 def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

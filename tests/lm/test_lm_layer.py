@@ -56,6 +56,17 @@ def test_chat_sampler_is_seeded_and_leaves_the_global_rng_alone(tiny, temperatur
     assert torch.equal(state, torch.random.get_rng_state())
 
 
+def test_chat_sampler_answer_start_and_stop_tokens(tiny):
+    """Answers begin with the given start; a stop token ends an answer before it (every token a stop: only the start is left)."""
+    model, tok = tiny
+    config = SamplingConfig(max_new_tokens=12, temperature=1.0, top_p=1.0)
+    free = sample_chat(model, tok, PROMPTS, config, torch.Generator().manual_seed(3), answer_start="Sure: x")
+    assert all(a.startswith("Sure: x") for a in free) and max(len(a) for a in free) > len("Sure: x")
+    stopped = sample_chat(model, tok, PROMPTS, config, torch.Generator().manual_seed(3), answer_start="Sure: x",
+                          stop_ids=list(tok.get_vocab().values()))
+    assert stopped == ["Sure: x"] * len(PROMPTS)
+
+
 def test_continuation_sampler_is_seeded(tiny):
     model, tok = tiny
     config = SamplingConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, batch_size=2)
