@@ -222,7 +222,9 @@ def record_c(results: dict) -> None:
     if "largest_share_round" in p:
         rows = "\n".join(f"| {t} | {p['n_examples_by_round'][t]} | {p['influence_by_round'][t]:.4g} | {p['share_by_round'][t]:.3f} |"
                          for t in sorted(p["share_by_round"], key=int))
-        trace = f"""The stop report names round **{p['largest_share_round']}** as carrying the largest share (planted: round {results['planted_round']}).
+        named = (f"names round **{p['largest_share_round']}** as carrying the largest share" if p["largest_share_round"] is not None
+                 else "names **no round**: every round's influence is 0 or negative")
+        trace = f"""The stop report {named} (planted: round {results['planted_round']}).
 
 | round | training texts | influence | share |
 |---|---|---|---|

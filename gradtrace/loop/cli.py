@@ -73,7 +73,9 @@ def print_attribution(a: dict) -> None:
         console.print(f"stop trace: not traced ({a.get('reason')})")
         return
     console.print(f"what drove it: {a['target']['description']}")
-    console.print(table(f"influence on {a['metric']} by round (largest share: round {a['largest_share_round']})",
+    lead = a["largest_share_round"]
+    lead_text = f"largest share: round {lead}" if lead is not None else "no round's data pushed it toward the breach"
+    console.print(table(f"influence on {a['metric']} by round ({lead_text})",
                         ["round", "examples", "influence", "share", "positive share"],
                         ((r["round"], r["n_examples"], f"{r['influence']:.4g}", percent(r["share"]), percent(r["positive_share"]))
                          for r in a["rounds"])))

@@ -100,8 +100,10 @@ def attribution_html(a: Mapping[str, Any]) -> str:
                 [[e["rank"], e["id"], e["round"], e.get("source"), e["score"], e["text"]] for e in a["top_examples"]], numeric=(0, 2, 4))
     return (
         head + f'<p>Target: {esc(target["description"])}. Method: {esc(a["method"])}. '
-        f'Round whose data carried the largest share: <b>{esc(a["largest_share_round"])}</b>. '
-        f'Every example\'s score: <code>{esc(a["scores_file"])}</code>.</p>'
+        + (f'Round whose data carried the largest share: <b>{esc(a["largest_share_round"])}</b>. '
+           if a["largest_share_round"] is not None else
+           '<b>No round\'s data pushed the metric toward the breach</b> (every round\'s influence is 0 or negative). ')
+        + f'Every example\'s score: <code>{esc(a["scores_file"])}</code>.</p>'
         '<p class="note">A score is TracIn\'s first-order estimate of how much training on the example in its round moved '
         'the target toward the breach; a round\'s influence is the sum over its examples and its share that sum over the '
         'total (negative: the round pushed the other way). It ranks data by gradient alignment; it does not prove that '

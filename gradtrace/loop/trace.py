@@ -424,6 +424,14 @@ def _seconds_per_text(lm: Any, texts: list[str]) -> float:
     return (time.perf_counter() - t0) / len(texts)
 
 
+def toward_breach_round(rows: Sequence[Mapping[str, Any]]) -> int | None:
+    """The round whose data carried the largest influence toward the breach
+    (ties: the earliest); None when no round's influence is positive (to
+    first order, no round's data pushed the metric the way the rule watches)."""
+    best = max(rows, key=lambda r: r["influence"], default=None)
+    return None if best is None or not best["influence"] > 0 else int(best["round"])
+
+
 def _attribution(config: LoopConfig, event: Any, target: dict[str, Any], per_round: list[tuple[int, list[dict[str, Any]], np.ndarray, float]],
                  out: Path, fc: Any) -> dict[str, Any]:
     st = config.stop_trace
@@ -441,7 +449,7 @@ def _attribution(config: LoopConfig, event: Any, target: dict[str, Any], per_rou
     write_jsonl(out / STOP_TRACE_DIR / SCORES_FILE, [{k: e[k] for k in ("id", "round", "source", "score")} for e in every])
     order = sorted(range(len(every)), key=lambda i: (-every[i]["score"], i))[: st.top_k]
     top = [{"rank": r + 1, **every[i]} for r, i in enumerate(order)]
-    largest = max(rows, key=lambda r: r["influence"])["round"]  # ties: the earliest round
+    largest = toward_breach_round(rows)
     sides: dict[str, int] = {}
     for q in target["queries"]:
         sides[q["side"]] = sides.get(q["side"], 0) + 1

@@ -320,3 +320,13 @@ def test_rate_gradient_target(planted):
     expected = [(g, (h - rate) / len(gens)) for g, h in zip(gens, hits) if h != rate]
     assert [(q["text"], q["weight"]) for q in target["queries"]] == [(g, pytest.approx(w)) for g, w in expected]
     assert sum(q["weight"] for q in target["queries"]) == pytest.approx(0.0, abs=1e-12) and all(q["sum_tokens"] for q in target["queries"])
+
+
+def test_the_round_toward_the_breach_is_none_when_no_round_pushed_that_way() -> None:
+    from gradtrace.loop.trace import toward_breach_round
+
+    assert toward_breach_round([{"round": 1, "influence": -0.3}, {"round": 2, "influence": -0.6}]) is None
+    assert toward_breach_round([{"round": 1, "influence": 0.0}]) is None
+    assert toward_breach_round([{"round": 1, "influence": 0.2}, {"round": 2, "influence": 0.2}, {"round": 3, "influence": -1.0}]) == 1
+    assert toward_breach_round([{"round": 1, "influence": -0.2}, {"round": 2, "influence": 0.1}]) == 2
+    assert toward_breach_round([]) is None
