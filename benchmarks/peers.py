@@ -686,7 +686,8 @@ def _planted_section(md: list[str], planted: dict[str, Any], results: dict[str, 
               "LoRA `lora_A`/`lora_B` layers only (the parameters gradtrace attributes). Seconds: from loading the model to "
               "the scores (featurize or fit, and score), one thread; peak MiB: the subprocess's peak resident memory.\n\n"
               f"Command: `{PLANTED_COMMAND}`. "
-              + "".join(f"Machine ({k}): {v}. " for k, v in results.get("machine", {}).items() if "lm_planted" in k) + "\n")
+              + (f"Machine when this command summarised the jobs (each job is kept in its case folder and reused): "
+                 f"{planted['machine']}." if planted.get("machine") else "") + "\n")
     md.append("| tool/method | variant | recall@k | planted ranks | seconds | CPU s | CPU x gradtrace best | peak MiB |")
     md.append("|---|---|---|---|---|---|---|---|")
     for k, v in sorted(planted["entries"].items(), key=lambda kv: -(kv[1].get("score") if kv[1].get("score") is not None else -9)):
@@ -844,6 +845,7 @@ def main() -> None:
     if "lm_planted" in args.parts:
         kron = tool_pythons(["kronfluence"]).get("kronfluence") if "kronfluence" in args.peers else None
         results["lm_planted"] = lm_planted(kron, args.fresh, args.progress, args.planted_model)
+        results["lm_planted"]["machine"] = machine()
     done = {k: results[k] for k in ("digits_lds", "digits_mislabel", "lm_lds", "lm_planted", "install") if k in results}
     current = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # another part may have finished meanwhile
     install = {**current.get("install", {}), **done.pop("install", {})}  # the digits cases' tools are kept
