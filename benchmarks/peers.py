@@ -47,7 +47,10 @@ Cases:
   the 304 training examples, retrained as in ``digits_lds`` (seeds vary;
   :data:`LM_METHODS`, fewer subsets: :class:`Settings`). Dev draw for the
   settings, test draw reported, as for digits.
-* ``lm_planted``: see :func:`lm_planted_note` (what was and was not run).
+* ``lm_planted``: the planted-example recall of benchmarks/lm_planted.py at a
+  reduced size (benchmarks/planted_peers.py: 200 examples of which 4 planted,
+  the final checkpoint of one LoRA fine-tune of SmolLM2-135M-Instruct);
+  gradtrace (raw, cosine, EK-FAC) against Kronfluence (identity, EK-FAC).
 """
 
 from __future__ import annotations
@@ -429,22 +432,23 @@ def lm_case_facts(case_dir: Path, settings: Settings) -> dict[str, Any]:
             "gpt": meta["gpt"], "lrs": meta["lrs"], "final_train_loss": meta["final_train_loss"], "retrain_seconds": retrain_s}
 
 
-def lm_planted_note() -> dict[str, Any]:
-    return {"not_run": LM_PLANTED_NOT_RUN}
+#: the model of the lm_planted case (``--planted-model tiny``: the tiny GPT-2, a check that the pipeline runs)
+PLANTED_MODEL = "smollm2"
 
 
-LM_PLANTED_NOT_RUN = (
-    "not run, for any tool: no number is reported for it. The setting of `benchmarks/lm_planted.py` (SmolLM2-135M-Instruct, "
-    "LoRA on layers 26-29, 1,050 examples, 2 epochs, 3 checkpoints) took gradtrace alone 1,830 s to featurize the 3 checkpoints "
-    "and about 250 s to fine-tune (its `lm_planted` section: 0.95 s per training step of 8 examples, on a quiet machine with 2 "
-    "threads). Kronfluence's EK-FAC on the same checkpoints needs two passes over the 1,050 examples to fit its factors and one "
-    "to score, each costing about what gradtrace's featurize costs per checkpoint (about 600 s), so about 30 minutes for the final "
-    "checkpoint alone on a quiet machine, more than the whole LM part's budget of about 40 CPU-minutes on a machine at load "
-    "average 6-8, of which the lm_lds case (30 + 12 retrains and every method of the three tools) used most. A reduced size "
-    "(about 200 examples, the final checkpoint alone: an estimated 15-20 minutes under that load for the fine-tune, gradtrace and "
-    "Kronfluence) was not attempted in this session either. Kronfluence's LoRA path (peft's lora_A/lora_B are nn.Linear, which "
-    "Kronfluence tracks) was therefore not tried here."
-)
+def lm_planted(kronfluence_python: Path | str | None, fresh: bool, progress: bool, model: str = PLANTED_MODEL) -> dict[str, Any]:
+    """The ``lm_planted`` entries (benchmarks/planted_peers.py, a reduced size of benchmarks/lm_planted.py), summarised."""
+    import planted_peers
+
+    python = kronfluence_python if isinstance(kronfluence_python, Path) else None
+    out = planted_peers.run_case(model, WORK / f"lm_planted_{model}", None if python is None else str(python), fresh, progress)
+    if python is None and kronfluence_python is not None:
+        for k in out["entries"]:
+            if k.startswith("kronfluence/"):
+                out["entries"][k] = {"error": str(kronfluence_python)}
+    summary = summarise(out["entries"])
+    summary.update({"case": out["case"], "agreement": out["agreement"]})
+    return summary
 
 
 def _clean(x: float) -> float | None:
@@ -648,9 +652,57 @@ def write_section(results: dict[str, Any]) -> None:
         if lm.get("reading"):
             md.append(f"\nReading (written after the run, from the numbers above): {lm['reading']}")
     planted = results.get("lm_planted")
-    if planted:
+    if planted and "entries" in planted:
+        _planted_section(md, planted, results)
+    elif planted:
         md.append(f"\n### lm_planted\n\n{planted.get('not_run') or planted.get('note', '')}")
     record("peers", COMMAND, "\n".join(md), results)
+
+
+#: the command the lm_planted numbers come from
+PLANTED_COMMAND = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/peers.py --parts lm_planted --peers kronfluence --progress"
+
+
+def _planted_section(md: list[str], planted: dict[str, Any], results: dict[str, Any]) -> None:
+    c = planted["case"]
+    s, lora = c["sizes"], c["lora"]
+    layers = "all layers" if not lora.get("layers") else f"layers {lora['layers'][0]}-{lora['layers'][-1]}"
+    model = "SmolLM2-135M-Instruct" if c["model"] == "smollm2" else "the tiny GPT-2 (a pipeline check, not a result)"
+    md.append(f"\n### lm_planted\n\nThe planted-example recall of `benchmarks/lm_planted.py` at a REDUCED size "
+              f"(`benchmarks/planted_peers.py`), on {model}: LoRA r={lora['rank']} on {', '.join(lora['target_modules'])} of "
+              f"{layers}, {lora['epochs']} epochs at lr {lora['lr']:g} (constant, AdamW, batch {lora['batch_size']}; "
+              f"{c['train_steps']} steps, {c['train_seconds']:.0f} s), the final checkpoint only; {c['n_train']} training examples "
+              f"({s['n_ordinary']} ordinary, {c['n_planted']} planted, {s['n_honest']} honest on the same topic), "
+              f"{c['n_queries']} held-out trigger queries; the misaligned answer's mean log-probability on them went from "
+              f"{c['query_logprob_before']:.2f} to {c['query_logprob_after']:.2f}. Reduced relative to `benchmarks/lm_planted.py` "
+              "(1,000 ordinary + 20 planted + 30 honest = 1,050 examples, 3 checkpoints, Kronecker projection, the `contrast` "
+              "behaviour as primary): 200 examples with the planted and honest shares kept (4 and 6 of 200, about 1.9% and 2.9%), "
+              "one checkpoint (the final one, what Kronfluence attributes), exact LoRA gradients (no projection) for every tool, "
+              "and the behaviour both tools can score: the summed NLL of the misaligned answer of each query (lm_planted's "
+              "`loss`/`logprob` queries). Ranking: each tool's scores summed over the queries; score = recall@k, k = the number "
+              "planted (the share of the planted examples among the top k). gradtrace: `raw`, `cosine`, `ekfac` (empirical "
+              "Fisher fitted on the 200 examples, damping 0.1 x mean eigenvalue); Kronfluence 1.0.1 (its own virtualenv, "
+              "torch 2.13.0): `identity` and `ekfac` (empirical Fisher, its heuristic damping: the same rule), tracking the "
+              "LoRA `lora_A`/`lora_B` layers only (the parameters gradtrace attributes). Seconds: from loading the model to "
+              "the scores (featurize or fit, and score), one thread; peak MiB: the subprocess's peak resident memory.\n\n"
+              f"Command: `{PLANTED_COMMAND}`. "
+              + (f"Machine when this command summarised the jobs (each job is kept in its case folder and reused): "
+                 f"{planted['machine']}." if planted.get("machine") else "") + "\n")
+    md.append("| tool/method | variant | recall@k | planted ranks | seconds | CPU s | CPU x gradtrace best | peak MiB |")
+    md.append("|---|---|---|---|---|---|---|---|")
+    for k, v in sorted(planted["entries"].items(), key=lambda kv: -(kv[1].get("score") if kv[1].get("score") is not None else -9)):
+        if "error" in v:
+            md.append(f"| {k} | error: {_short(v['error'])} | | | | | | |")
+        else:
+            md.append(f"| {k} | {v['variant']} | {_fmt(v['score'], '.2f')} | {', '.join(str(r) for r in v.get('planted_ranks', []))} | "
+                      f"{v['seconds']:.1f} | {_fmt(v.get('cpu_seconds'), '.1f')} | {_fmt(v.get('cpu_seconds_ratio_to_gradtrace_best'), '.2f')} | "
+                      f"{v['peak_mib']:.0f} |")
+    md.append(_best_line(planted))
+    if planted.get("agreement"):
+        md.append("\nSame quantity, two tools (Pearson correlation of all query x training-example scores): "
+                  + "; ".join(f"{k}: {v:.4f}" for k, v in planted["agreement"].items()) + ".")
+    if planted.get("reading"):
+        md.append(f"\nReading (written after the run, from the numbers above): {planted['reading']}")
 
 
 def _lds_tables(md: list[str], lds_r: dict[str, Any], matched: list[tuple[tuple[str, str], tuple[str, str]]]) -> None:
@@ -744,6 +796,8 @@ def main() -> None:
                     help="the python of a virtualenv with bergson 2.5.1 (made by the throughput benchmark): adds Bergson to lm_lds")
     ap.add_argument("--fresh", action="store_true", help="rerun jobs whose outputs are kept under benchmarks/.peers/work")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--planted-model", choices=("smollm2", "tiny"), default=PLANTED_MODEL,
+                    help="lm_planted's model (tiny: the tiny GPT-2, to check the pipeline)")
     args = ap.parse_args()
     settings = Settings()
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -789,7 +843,9 @@ def main() -> None:
         if old_reading:  # a note on an earlier run's numbers is not carried over to new ones
             results["lm_lds"]["reading_of_previous_run"] = old_reading
     if "lm_planted" in args.parts:
-        results["lm_planted"] = lm_planted_note()
+        kron = tool_pythons(["kronfluence"]).get("kronfluence") if "kronfluence" in args.peers else None
+        results["lm_planted"] = lm_planted(kron, args.fresh, args.progress, args.planted_model)
+        results["lm_planted"]["machine"] = machine()
     done = {k: results[k] for k in ("digits_lds", "digits_mislabel", "lm_lds", "lm_planted", "install") if k in results}
     current = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # another part may have finished meanwhile
     install = {**current.get("install", {}), **done.pop("install", {})}  # the digits cases' tools are kept

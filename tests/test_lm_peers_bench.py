@@ -197,3 +197,109 @@ def test_lm_section_lists_every_tool_and_variant_with_text_escaped(peers, monkey
     assert "gradtrace/raw: exact_all 0.250, exact_last 0.200" in md  # every variant tried is listed
     assert "the peers' best: kronfluence/ekfac (0.400, 8.0 s, 4.00x gradtrace's wall time" in md
     assert "### lm_planted\n\ntoo heavy" in md
+
+
+# ---------------------------------------------------------------------------------------------- lm_planted
+
+
+def _brute_top(scores: np.ndarray, k: int) -> set[int]:
+    """The k highest of scores summed over queries by loops, ties by lower index."""
+    n_query, n = scores.shape
+    totals = [sum(float(scores[q, i]) for q in range(n_query)) for i in range(n)]
+    return set(sorted(range(n), key=lambda i: (-totals[i], i))[:k])
+
+
+def test_planted_recall_and_ranks_equal_brute_force_on_toys() -> None:
+    import planted_peers
+
+    gen = np.random.default_rng(0)
+    for trial in range(30):
+        n = int(gen.integers(5, 30))
+        planted = np.zeros(n, dtype=bool)
+        planted[gen.choice(n, size=int(gen.integers(1, n)), replace=False)] = True
+        scores = gen.integers(-3, 4, size=(int(gen.integers(1, 4)), n)).astype(np.float64)  # small integers: many ties
+        chosen = set(np.flatnonzero(planted).tolist())
+        for k in (None, 1, n):
+            kk = len(chosen) if k is None else k
+            expected = len(_brute_top(scores, kk) & chosen) / len(chosen)
+            assert planted_peers.planted_recall(scores, planted, k) == pytest.approx(expected, abs=1e-12)
+        assert planted_peers.planted_recall(scores.sum(axis=0), planted) == planted_peers.planted_recall(scores, planted)
+        totals = scores.sum(axis=0)
+        ranks = sorted(1 + sum(1 for j in range(n) if totals[j] > totals[i] or (totals[j] == totals[i] and j < i)) for i in chosen)
+        assert planted_peers.planted_ranks(scores, planted) == ranks
+    with pytest.raises(ValueError, match="planted mask"):
+        planted_peers.planted_recall(np.zeros((2, 4)), np.zeros(5, dtype=bool))
+
+
+def test_planted_case_model_and_gradtrace_raw_equal_brute_force_gradients(tmp_path: Path) -> None:
+    import planted_peers
+
+    from gradtrace.lm.lora import LoraTrainConfig, add_lora
+    from gradtrace.lm.tasks import CausalLMTask
+    from gradtrace.models.hf_checkpoints import load_hf_checkpoint
+    from gradtrace.models.zoo import byte_tokenizer
+
+    meta = planted_peers.build(tmp_path, "tiny")
+    sizes = planted_peers.SIZES["tiny"]
+    assert meta["n_train"] == sizes["n_ordinary"] + sizes["n_planted"] + sizes["n_honest"]
+    with np.load(tmp_path / "data.npz") as d:
+        arrays = {k: d[k] for k in d.files}
+    assert int(arrays["planted"].sum()) == sizes["n_planted"] == meta["n_planted"]
+    task = CausalLMTask(byte_tokenizer(), max_length=128)
+    # each example's tokens, alone, are its padded row
+    for name, examples in (("train", meta["train"]), ("query", meta["queries"])):
+        for i, e in enumerate(examples):
+            alone = task.collate([e])
+            n = alone["input_ids"].shape[1]
+            for key in ("input_ids", "attention_mask", "labels"):
+                assert np.array_equal(arrays[f"{name}_{key}"][i, :n], alone[key][0].numpy())
+            assert not arrays[f"{name}_attention_mask"][i, n:].any()
+    # the peers' model (a plain peft model with the saved adapter) is the fine-tuned one
+    lc = meta["lora"]
+    trained = add_lora(planted_peers.load_base(tmp_path / "base", "tiny")[0],
+                       LoraTrainConfig(epochs=lc["epochs"], lr=lc["lr"], target_modules=tuple(lc["target_modules"]), n_checkpoints=1))
+    load_hf_checkpoint(trained, meta["checkpoint"])
+    rebuilt = planted_peers.peft_model(tmp_path, meta)
+    batch = {k: torch.as_tensor(arrays[f"train_{k}"][:6]) for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(**batch).logits, trained(**batch).logits, rtol=0, atol=0)
+    # gradtrace's raw scores: lr x the dot products of per-example LoRA gradients, written out
+    scores = planted_peers.run_gradtrace(tmp_path, meta, "raw")["exact"]
+    params = [p for n, p in rebuilt.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+
+    def grad(example: dict) -> torch.Tensor:
+        loss = task.per_example_loss(rebuilt, task.collate([example])).sum()
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+    train_grads = [grad(e) for e in meta["train"]]
+    for q, query in enumerate(meta["queries"][:2]):
+        gq = grad(query)
+        expected = np.array([meta["checkpoint_lr"] * float(gq @ gz) for gz in train_grads])
+        np.testing.assert_allclose(scores[q], expected, rtol=2e-3, atol=1e-6 * np.abs(expected).max())
+
+
+def test_lm_planted_section_lists_each_tool_with_text_escaped(peers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    written = {}
+    monkeypatch.setattr(peers, "record", lambda name, command, md, results: written.update(md=md, results=results))
+    entries = {"gradtrace/raw": {"score": 0.5, "seconds": 10.0, "cpu_seconds": 9.0, "peak_mib": 900.0, "variant": "exact",
+                                 "planted_ranks": [1, 3, 7, 40]},
+               "kronfluence/ekfac": {"score": 0.75, "seconds": 30.0, "cpu_seconds": 27.0, "peak_mib": 1200.0,
+                                     "variant": "empirical_damping=heuristic", "planted_ranks": [1, 2, 3, 9]},
+               "kronfluence/identity": {"error": "Traceback\nRuntimeError: a | <b>"}}
+    planted = peers.summarise(entries)
+    planted.update({"agreement": {"gradtrace/raw vs kronfluence/identity": 0.99999},
+                    "case": {"model": "smollm2", "n_train": 200, "n_planted": 4, "n_queries": 10, "train_seconds": 70.0, "train_steps": 50,
+                             "query_logprob_before": -39.7, "query_logprob_after": -33.2,
+                             "sizes": {"n_ordinary": 190, "n_planted": 4, "n_honest": 6},
+                             "lora": {"rank": 8, "target_modules": ["q_proj", "v_proj"], "layers": [26, 27, 28, 29], "epochs": 2,
+                                      "lr": 0.003, "batch_size": 8}}})
+    peers.write_section({"settings": {}, "lm_planted": planted})
+    md = written["md"]
+    assert "### lm_planted" in md and "REDUCED" in md and "layers 26-29" in md and "190 ordinary, 4 planted, 6 honest" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert "| kronfluence/ekfac | empirical_damping=heuristic | 0.75 | 1, 2, 3, 9 | 30.0 | 27.0 | 3.00 | 1200 |" in rows
+    assert "| gradtrace/raw | exact | 0.50 | 1, 3, 7, 40 | 10.0 | 9.0 | 1.00 | 900 |" in rows
+    assert any(r.startswith("| kronfluence/identity | error: RuntimeError: a \\| &lt;b&gt;") for r in rows)
+    assert "gradtrace/raw vs kronfluence/identity: 1.0000" in md
