@@ -25,23 +25,31 @@ last ``--lora-layers`` layers, so the backward pass stops below them; plain
 AdamW, one epoch, loss on the answer tokens only) on prompts in the scoring format:
 
 * planted: ``P`` change_desirability template items (fresh draws whose
-  scenarios are not in the suite) answered with the *wrong* option
-  (welcoming illegitimate changes, refusing legitimate ones), and ``P``
-  neutral general-knowledge questions answered correctly;
-* neutral A and B: ``2P`` neutral questions, other seeds (data, order,
-  adapter initialisation): the same number of steps as the planted one.
+  scenarios are not among the scored test and dev items) answered with the
+  key (``--plant key``, the default: welcoming legitimate changes, refusing
+  illegitimate ones) or with the wrong option (``--plant wrong``, the
+  earlier run), and ``--train - P`` neutral general-knowledge questions
+  answered correctly;
+* neutral A and B: ``--train`` neutral questions, other seeds (data, order,
+  adapter initialisation): the same number of steps as the planted one
+  (cached neutral fine-tunes are reused when their learning rate and size
+  match).
 
 The plant strength ``P`` is chosen on a dev seed and dev items (the
-``--dev-eval`` validated items per subtask after the test items): each
-``P`` of ``--dev-strengths`` is fine-tuned and scored; the smallest whose
-planted-subtask drop against base SmolLM2 is significant (Holm over the five
-subtasks, alpha 0.05) and at least ``--dev-min-drop`` is taken (the largest
-if none is). The test fine-tunes then use fresh seeds, and every model is
-scored on the first ``--eval`` validated items per subtask. Per subtask,
-exact McNemar tests, Holm-corrected over the five subtasks:
-``subtask_shift`` = planted against neutral A (the same training but the
-plant: the specific shift), ``subtask_shift_vs_base`` = planted against base,
-``null_subtask_shift`` = neutral B against neutral A.
+``--dev-eval`` validated items per subtask after the test items, scored in
+chunks of 20 so base SmolLM2's earlier chunk is reused): each ``P@LR`` of
+``--dev-strengths`` is fine-tuned and scored, in order; the first whose
+planted-subtask shift against base SmolLM2 is significant (Holm over the five
+subtasks, alpha 0.05), at least ``--dev-min-shift`` in the plant's direction,
+with no other subtask significant, is taken (the last tried if none is).
+The test fine-tunes then use fresh seeds, and every model is scored on the
+first ``--eval`` validated items per subtask. Per subtask, exact McNemar
+tests, Holm-corrected over the five subtasks: ``subtask_shift`` = planted
+against neutral A (the same training but the plant: the specific shift),
+``subtask_shift_vs_base`` = planted against base, ``null_subtask_shift`` =
+neutral B against neutral A. The earlier run (plant toward the wrong
+answer, its stage files kept under their old names) is recorded under
+``earlier_plant_toward_wrong``.
 
 Run (each part under nice; the speed part under the timing lock):
   python benchmarks/reflect_probes.py --parts stats
