@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gradtrace.checkpoints import CheckpointRef
-from gradtrace.demos.digits import DigitsConfig, DigitsData, accuracy, load_digits_data, make_mlp
+from gradtrace.demos.digits import DigitsConfig, DigitsData, accuracy, load_digits_data, make_mlp, train_digits
 
 from .backdoor import add_trigger
 
@@ -154,25 +154,9 @@ def seed_run_data(config: SeedRunConfig) -> DigitsData:
 
 def seed_run(data: DigitsData, config: SeedRunConfig, seed: int, out_dir: str | Path) -> list[CheckpointRef]:
     """Train the MLP on ``data`` from model seed ``seed`` (init and batch order); ``n_checkpoints`` state dicts."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = make_mlp(config.hidden, seed)
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    n = len(data.y_train)
-    save_at = {round(config.epochs * (i + 1) / config.n_checkpoints) for i in range(config.n_checkpoints)}
-    refs = []
-    for epoch in range(1, config.epochs + 1):
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, config.batch_size):
-            idx = perm[start : start + config.batch_size]
-            opt.zero_grad()
-            loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
-            opt.step()
-        if epoch in save_at:
-            refs.append(_save(model, out, epoch, config.lr))
-    return refs
+    run = DigitsConfig(hidden=config.hidden, epochs=config.epochs, n_checkpoints=config.n_checkpoints, lr=config.lr,
+                       batch_size=config.batch_size, flip_fraction=config.flip_fraction, seed=seed)
+    return train_digits(data, out_dir, run, batch_seed=10_000 + seed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,13 +90,16 @@ def make_mlp(hidden: int = 128, seed: int = 0, dtype: torch.dtype = torch.float3
     return model.to(dtype)
 
 
-def train_digits(data: DigitsData, out_dir: str | Path, config: DigitsConfig = DigitsConfig(), dtype: torch.dtype = torch.float32) -> list[CheckpointRef]:
+def train_digits(data: DigitsData, out_dir: str | Path, config: DigitsConfig = DigitsConfig(), dtype: torch.dtype = torch.float32,
+                 batch_seed: int | None = None) -> list[CheckpointRef]:
     """Train with plain SGD (so TracIn's lr weighting is exact) and save
-    ``n_checkpoints`` state dicts at evenly spaced epochs."""
+    ``n_checkpoints`` state dicts at evenly spaced epochs. The model is
+    initialised from ``config.seed``; the batch order comes from
+    ``batch_seed`` (default ``config.seed + 1``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = make_mlp(config.hidden, config.seed, dtype)
-    gen = torch.Generator().manual_seed(config.seed + 1)
+    gen = torch.Generator().manual_seed(config.seed + 1 if batch_seed is None else batch_seed)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr)
     loss_fn = nn.CrossEntropyLoss()
     n = len(data.y_train)
