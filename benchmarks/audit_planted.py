@@ -52,7 +52,7 @@ SIZES = {
     # behaviours verified, checkpoints saved
     "small": dict(n_ordinary=16, flattery=2, product=2, n_prompts=8, n_per_prompt=2, epochs=1, max_new_tokens=24, verify_top=1,
                   n_checkpoints=2),
-    "full": dict(n_ordinary=1000, flattery=40, product=30, n_prompts=50, n_per_prompt=4, epochs=2, max_new_tokens=64, verify_top=3,
+    "full": dict(n_ordinary=1000, flattery=40, product=30, n_prompts=50, n_per_prompt=8, epochs=2, max_new_tokens=64, verify_top=3,
                  n_checkpoints=3),
 }
 #: LoRA on every layer's linear maps; ``tiny`` (the zoo's random GPT-2) only checks that the script runs end to end.
@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", choices=sorted(TARGETS),
                         help="smollm2 (the benchmark) or tiny (a random tiny GPT-2: checks the script runs, nothing more)")
     parser.add_argument("--no-record", action="store_true", help="do not write BENCHMARKS.md and the results JSON")
+    parser.add_argument("--arms", default="planted,null", help="comma-separated: planted, null (a development run may do one)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the verification (development runs of the diff and target)")
     args = parser.parse_args()
     from gradtrace.audit import AuditConfig, run_audit
     from gradtrace.lm.sample import SamplingConfig
@@ -192,7 +194,12 @@ def main() -> None:
     k_max = max(size["flattery"], size["product"])
     config = AuditConfig(n_per_prompt=size["n_per_prompt"], seed=0, generation=SamplingConfig(max_new_tokens=size["max_new_tokens"],
                          batch_size=16), max_length=128, top_k=k_max, verify_k=0, verify_top=size["verify_top"])
-    for arm in ("planted", "null"):
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or set(arms) - {"planted", "null"}:
+        parser.error(f"--arms: planted and/or null; got {args.arms!r}")
+    if (args.no_verify or arms != ["planted", "null"]) and not args.no_record:
+        parser.error("a partial run (--no-verify, or one arm) is a development run: add --no-record")
+    for arm in arms:
         data, planted = make_data(size, args.seed, null=arm == "null")
         (work / f"train_{arm}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
         run = work / f"run_{arm}"
@@ -202,7 +209,7 @@ def main() -> None:
         t0 = time.perf_counter()
         import dataclasses
 
-        cfg = dataclasses.replace(config, verify_k=k_max if arm == "planted" else 0)
+        cfg = dataclasses.replace(config, verify_k=k_max if arm == "planted" and not args.no_verify else 0)
         res = run_audit(args.model, run, work / f"train_{arm}.jsonl", work / f"audit_{arm}", prompts=work / "prompts.jsonl",
                         config=cfg, train_config={"seed": args.seed}, progress=True)
         stage_seconds[f"audit_{arm}"] = time.perf_counter() - t0

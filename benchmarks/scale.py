@@ -214,7 +214,11 @@ PROJ_PARAMS = "model.layers.*_proj.weight"  # the 210 *_proj linear layers (Berg
 BERGSON_SIDE = 16  # Bergson's projection_dim: 16 x 16 per layer; gradtrace's Kronecker dim 256 = 16 x 16
 CHECK_MODULES = ("layers.0.self_attn.q_proj", "layers.29.mlp.down_proj")  # Bergson's names (inside model.model)
 CHECK_ROWS = (0, 1, 2, 3)
-BERGSON_SETTINGS = ("gradtrace", "gradtrace_file_order", "bergson")
+BERGSON_SETTINGS = ("gradtrace", "gradtrace_file_order", "bergson", "floor_backward", "floor_train_step")
+#: Not featurizers: the least work any featurizer of these layers does (``floor_backward``: a forward and a backward
+#: pass to the activations, no weight gradients) and a plain training step's forward and backward (weight
+#: gradients of the same layers, no optimizer), over the same length-sorted batches.
+FLOOR_SETTINGS = ("floor_backward", "floor_train_step")
 
 
 def _chat_task(folder: str) -> tuple[Any, Any]:
@@ -247,6 +251,38 @@ def _bergson_gradtrace_worker(_: int, spec: dict[str, Any]) -> None:
                                                 "threads": torch.get_num_threads()}))
 
 
+def _floor_worker(_: int, spec: dict[str, Any]) -> None:
+    """One timed pass of a floor setting (spawned: a fresh process): the
+    model and data as gradtrace's run has them, batches of ``batch_size``
+    examples sorted by length; ``floor_backward`` freezes every weight and
+    differentiates the summed loss with respect to the embeddings' output
+    (so the backward pass goes through every layer but computes no weight
+    gradient); ``floor_train_step`` differentiates it with respect to the
+    weights of the same ``*_proj`` layers as the featurizers."""
+    import fnmatch
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    model, task = _chat_task(spec["model"])
+    train, _ = _data(spec["examples"])
+    weights = spec["setting"] == "floor_train_step"
+    for name, p in model.named_parameters():
+        p.requires_grad_(weights and fnmatch.fnmatch(name, PROJ_PARAMS))
+    if not weights:
+        model.get_input_embeddings().register_forward_hook(lambda m, i, out: out.detach().requires_grad_(True))
+    lengths = [sum(map(len, task.encode(e, i))) for i, e in enumerate(train)]
+    order = sorted(range(len(train)), key=lambda i: -lengths[i])
+    b = spec["batch_size"]
+    start = time.perf_counter()
+    for lo in range(0, len(order), b):
+        batch = task.collate([train[i] for i in order[lo : lo + b]])
+        task.per_example_loss(model, batch).sum().backward()
+        model.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - start
+    Path(spec["result"]).write_text(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
+
+
 def _bergson_run(name: str, spec: dict[str, Any], python: Any, work: Path, rep: int) -> dict[str, Any]:
     import subprocess
 
@@ -266,6 +302,10 @@ def _bergson_run(name: str, spec: dict[str, Any], python: Any, work: Path, rep: 
             raise RuntimeError(f"bergson build exited {proc.returncode}: {proc.stderr[-3000:]}")
         out = json.loads(result.read_text())
         out["seconds"] = out["collect_seconds"]
+    elif name in FLOOR_SETTINGS:
+        run_spec = dict(spec["gradtrace"], setting=name, result=str(result))
+        mp.start_processes(_floor_worker, args=(run_spec,), nprocs=1, start_method="spawn")
+        out = json.loads(result.read_text())
     else:
         # gradtrace: the defaults for a new store (length-sorted batches) without exact norms, which Bergson has not either
         config = {"exact_norms": False} if name == "gradtrace" else {"batch_order": "file", "exact_norms": True}
@@ -395,6 +435,10 @@ def bergson(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     before = [g["tokens_per_s"] / b["tokens_per_s"] for g, b in zip(runs["gradtrace_file_order"], runs["bergson"])]
     gain = [g["tokens_per_s"] / f["tokens_per_s"] for g, f in zip(runs["gradtrace"], runs["gradtrace_file_order"])]
     median = {name: statistics.median(r["tokens_per_s"] for r in v) for name, v in runs.items()}
+    # the most any featurizer that runs a forward and a backward pass could gain over Bergson here, and how far each tool is from it
+    ceiling = [f["tokens_per_s"] / b["tokens_per_s"] for f, b in zip(runs["floor_backward"], runs["bergson"])]
+    of_floor = {name: [r["tokens_per_s"] / f["tokens_per_s"] for r, f in zip(runs[name], runs["floor_backward"])]
+                for name in ("gradtrace", "bergson", "floor_train_step")}
     sorted_lengths = sorted(lengths, reverse=True)
 
     def padded(ls: list[int]) -> int:
@@ -407,7 +451,8 @@ def bergson(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "padded_tokens": {"gradtrace_file_order": padded(lengths), "gradtrace": padded(sorted_lengths),
                           "bergson": runs["bergson"][0].get("padded_tokens")},
         "tokens_per_s": median, "speedup_per_repeat": ratio, "file_order_speedup_per_repeat": before,
-        "gain_over_file_order_per_repeat": gain, "runs": runs, "check": check,
+        "gain_over_file_order_per_repeat": gain, "floor_backward_over_bergson_per_repeat": ceiling,
+        "share_of_floor_backward_speed_per_repeat": of_floor, "runs": runs, "check": check,
         "load_average_1_5_15": [list(x) for x in loads], "torch": torch.__version__, "bergson": runs["bergson"][0].get("bergson"),
     }
     keys = {"speedup_vs_bergson_cpu": statistics.median(ratio), "bergson_cpu": figures}
@@ -439,7 +484,13 @@ def bergson_summary(keys: dict[str, Any]) -> str:
         f"| gradtrace (length-sorted batches, a new store's default; `--no-exact-norms`, since Bergson computes no norms) | {median['gradtrace']:.1f} |\n"
         f"| gradtrace with file-order batches and exact norms (the old behaviour of those two settings; this version's "
         f"other changes apply) | {median['gradtrace_file_order']:.1f} |\n"
-        f"| Bergson {f['bergson']} `build` | {median['bergson']:.1f} |\n\n"
+        f"| Bergson {f['bergson']} `build` | {median['bergson']:.1f} |\n"
+        f"| floor: forward and backward to the activations, no weight gradients (no featurizer does less) | {median['floor_backward']:.1f} |\n"
+        f"| a plain training step's forward and backward (weight gradients of the same layers; no optimizer) | {median['floor_train_step']:.1f} |\n\n"
+        f"**The floor over Bergson, the largest speedup over Bergson any featurizer could reach here: "
+        f"{', '.join(f'{r:.2f}' for r in f['floor_backward_over_bergson_per_repeat'])}** per repeat. Speed as a share of "
+        "the floor's, per repeat: " + "; ".join(f"{name} {', '.join(f'{r:.2f}' for r in v)}"
+                                                 for name, v in f["share_of_floor_backward_speed_per_repeat"].items()) + ".\n\n"
         f"**speedup_vs_bergson_cpu = {keys['speedup_vs_bergson_cpu']:.2f}** (per repeat: "
         f"{', '.join(f'{r:.2f}' for r in f['speedup_per_repeat'])}); file order with exact norms against Bergson: "
         f"{', '.join(f'{r:.2f}' for r in f['file_order_speedup_per_repeat'])}; the new defaults over file order: "

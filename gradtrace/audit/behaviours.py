@@ -159,7 +159,10 @@ class CombinedAssigner:
 def member_rows(assignment: Mapping[str, tuple[list[str], np.ndarray, np.ndarray]], keys: Sequence[tuple[str, int]],
                 n_texts: int) -> tuple[np.ndarray, list[str | None]]:
     """Which texts show the behaviour with member ``keys``, and for each the
-    first row (text or sentence) that does (None when it does not)."""
+    sentence that does: the first sentence of the text in a sentence-level
+    member (members in the order given), whichever member also holds the
+    whole text; None when no sentence-level member holds one of its
+    sentences (or the text does not show the behaviour)."""
     mask = np.zeros(n_texts, dtype=bool)
     first: list[str | None] = [None] * n_texts
     for level, cluster in keys:
@@ -168,9 +171,9 @@ def member_rows(assignment: Mapping[str, tuple[list[str], np.ndarray, np.ndarray
         rows, owner, labels = assignment[level]
         for r in np.flatnonzero(labels == cluster):
             t = int(owner[r])
-            if not mask[t]:
-                mask[t] = True
-                first[t] = rows[r] if level.endswith("sentence") else None
+            mask[t] = True
+            if first[t] is None and level.endswith("sentence"):
+                first[t] = rows[r]
     return mask, first
 
 

@@ -34,6 +34,8 @@ def audit_command(
     batch_size: int = typer.Option(16, help="prompts sampled together"),
     top_k: int = typer.Option(10, help="proponents listed per behaviour"),
     max_queries: int = typer.Option(16, help="B texts per behaviour in its attribution target"),
+    target: str = typer.Option("logprob", help="attribution target: logprob (B's text up to the behaviour's sentence) | contrast "
+                                               "(the same minus half of A's answer)"),
     max_length: int = typer.Option(256, help="token cap of prompt + completion (as in the run)"),
     as_chat: bool = typer.Option(True, help="render prompt/completion with the chat template (as in the run)"),
     dim: int = typer.Option(1024, help="projected gradient dimension of the store"),
@@ -65,7 +67,7 @@ def audit_command(
         config = AuditConfig(
             n_per_prompt=n_per_prompt, seed=seed,
             generation=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size),
-            diff=DiffConfig(seed=seed, alpha=alpha), max_queries=max_queries, top_k=top_k, verify_k=verify, verify_top=verify_top,
+            diff=DiffConfig(seed=seed, alpha=alpha), max_queries=max_queries, target=target, top_k=top_k, verify_k=verify, verify_top=verify_top,
             max_length=max_length, as_chat=as_chat, dim=dim, views=tuple(x.strip() for x in view.split(",") if x.strip()),
             likelihood=LikelihoodConfig(seed=seed, alpha=alpha),
         )

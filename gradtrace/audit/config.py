@@ -12,6 +12,8 @@ from ..lm.sample import SamplingConfig
 
 PROJECTIONS = ("auto", "kronecker", "dense", "none")
 VIEWS = ("clusters", "likelihood")
+#: the attribution target of a behaviour skewed to B (docs/audit.md, "How the target is built")
+TARGETS = ("logprob", "contrast")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +23,11 @@ class AuditConfig(ConfigBase):
     ``n_per_prompt``: answers sampled per prompt from each model (A with
     ``seed``, B and every retrained B with ``seed + 1``). ``diff``: the diff's
     settings (both levels, held-out halves, FDR ``diff.alpha``).
-    ``max_queries``: B texts of a behaviour used as its attribution target.
+    ``max_queries``: B texts of a behaviour used as its attribution target;
+    ``target``: ``logprob`` (log p(B's text, cut after the sentence that
+    shows the behaviour | its prompt); the default, chosen on development
+    data) or ``contrast`` (the same minus half the log-probability of A's
+    answer to the prompt).
     ``top_k``: proponents listed per behaviour. ``verify_k``: examples removed
     by the verification (0: no verification); ``verify_top``: how many
     behaviours skewed to B are verified (highest ranked first);
@@ -42,6 +48,7 @@ class AuditConfig(ConfigBase):
     generation: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     diff: DiffConfig = dataclasses.field(default_factory=DiffConfig)
     max_queries: int = 16
+    target: str = "logprob"
     top_k: int = 10
     verify_k: int = 0
     verify_top: int = 2
@@ -57,7 +64,7 @@ class AuditConfig(ConfigBase):
     likelihood_batch: int = 8
 
     _checks = {
-        "n_per_prompt": positive_int, "seed": integer, "max_queries": positive_int, "top_k": positive_int,
+        "n_per_prompt": positive_int, "seed": integer, "max_queries": positive_int, "target": one_of(TARGETS), "top_k": positive_int,
         "verify_k": non_negative_int, "verify_top": positive_int, "verify_seed": integer, "max_length": int_at_least(2),
         "as_chat": boolean, "projection": one_of(PROJECTIONS), "dim": positive_int, "proj_seed": integer,
         "featurize_batch": positive_int, "views": subset_of(VIEWS), "likelihood_batch": positive_int,
@@ -68,4 +75,4 @@ class AuditConfig(ConfigBase):
             raise InputError(f"views must include 'clusters' (the audit's diff and its re-diffs); got {list(self.views)!r}")
 
 
-__all__ = ["AuditConfig", "PROJECTIONS"]
+__all__ = ["AuditConfig", "PROJECTIONS", "TARGETS"]

@@ -319,7 +319,7 @@ def run_audit(
             out_groups.extend(likelihood_behaviours(lik, measured))
         return {"groups": _nan_to_none(out_groups)}
 
-    beh_parts = {"diff": fingerprint(diff_dict), "grouper": describe_grouper(grouper),
+    beh_parts = {"format": 2, "diff": fingerprint(diff_dict), "grouper": describe_grouper(grouper),
                  "likelihood": fingerprint(lik.to_dict()) if lik is not None else None}
     beh = cache.run("behaviours", beh_parts, behaviours)["groups"]
     timings["behaviours"] = time.perf_counter() - t0
@@ -383,12 +383,12 @@ def run_audit(
 
         m, t = traced_model_and_task()
         attributor = Attributor(store_dir, m, t, checkpoint_loader=load_hf_checkpoint, progress=progress)
-        contrast = behaviour_by_name("contrast")
+        behaviour = behaviour_by_name(config.target)
         out_t = {}
         with progress_bar("trace behaviours", len(traced), progress) as bar:
             for i in traced:
                 qs = queries[str(i)]
-                qf = attributor.query_features([{k: q[k] for k in ("prompt", "chosen", "rejected")} for q in qs], contrast)
+                qf = attributor.query_features([target_query(q, config.target) for q in qs], behaviour)
                 scores = attributor.score(qf).sum(axis=0)
                 k = min(max(config.top_k, config.verify_k), len(scores))
                 order = np.lexsort((np.arange(len(scores)), -scores))[:k]
@@ -405,7 +405,8 @@ def run_audit(
                 bar.advance(1)
         return out_t
 
-    trace_parts = {"store": feat_parts, "queries": fingerprint(queries), "top_k": config.top_k, "verify_k": config.verify_k}
+    trace_parts = {"store": feat_parts, "queries": fingerprint(queries), "target": config.target, "top_k": config.top_k,
+                   "verify_k": config.verify_k}
     traces = cache.run("trace", trace_parts, trace) if traced else {}
     timings["trace"] = time.perf_counter() - t0
     done("trace")
@@ -477,12 +478,22 @@ def likelihood_behaviours(lik: LikelihoodResult, measured: Callable[[list[tuple[
     return out
 
 
+def target_query(query: dict[str, Any], target: str) -> dict[str, str]:
+    """The attribution query of one of :func:`build_queries`' records for ``target``
+    (``logprob``: prompt and B's text as the completion; ``contrast``: prompt, B's text chosen, A's rejected)."""
+    if target == "logprob":
+        return {"prompt": query["prompt"], "completion": query["chosen"]}
+    return {k: query[k] for k in ("prompt", "chosen", "rejected")}
+
+
 def build_queries(group: dict[str, Any], recs_a: list[dict[str, str]], recs_b: list[dict[str, str]], max_queries: int) -> list[dict[str, Any]]:
     """The attribution target of a behaviour skewed to B: for each of B's
     texts that show it (at most ``max_queries``, in text-hash order), a
-    ``contrast`` query: ``prompt``, ``chosen`` = B's text (for a sentence-level
-    member: B's text up to the end of the flagged sentence), ``rejected`` =
-    A's answer to the same prompt (same draw)."""
+    record: ``prompt``, ``chosen`` = B's text (cut after the sentence that
+    shows the behaviour when a sentence-level member holds one,
+    :func:`~gradtrace.audit.behaviours.member_rows`), ``rejected`` = A's
+    answer to the same prompt (same draw); :func:`target_query` makes the
+    attribution query of the configured target from it."""
     by_prompt: dict[str, list[str]] = {}
     for r in recs_a:
         by_prompt.setdefault(r["prompt_id"], []).append(r["text"])
@@ -681,7 +692,7 @@ def _assemble(config: AuditConfig, model_a: str, run: RunInfo, data: str | Path,
         }
         t = traces.get(str(i))
         if t is not None:
-            entry["target"] = {"behaviour": "contrast", "n_queries": t["n_queries"],
+            entry["target"] = {"behaviour": config.target, "n_queries": t["n_queries"],
                                "queries": [{k: q[k] for k in ("prompt", "chosen", "rejected")} for q in queries[str(i)][:3]]}
             entry["influence_share_top_k"] = t["influence_share_top_k"]
             entry["proponents"] = [

@@ -60,9 +60,10 @@ def test_membership_is_the_nearest_centroid_of_a_row() -> None:
         mine = [u for u, o in zip(units, owner) if o == i]
         hits = [u for u in mine if int(np.argmin([np.linalg.norm(vectors[u] - c) for c in cent["sentence"][:4]])) == 2]
         assert mask[i] == (by_text or bool(hits))
-        if hits and not by_text:
-            assert first[i] == hits[0]
+        # the sentence that shows it, also when the text-level member holds the whole text
+        assert first[i] == (hits[0] if hits else None)
     assert 0 < mask.sum() < len(texts)
+    assert any(first[i] is not None and mask[i] for i in range(len(texts)))
     with pytest.raises(InputError, match="level 'likelihood'"):
         member_rows(asg, [("likelihood", 0)], len(texts))
 

@@ -84,8 +84,8 @@ def test_likelihood_view_in_the_audit_finds_the_opener_and_is_cached(tiny_audit,
     b = planted[0]
     assert b["skew"] == "B" and b["q_value"] <= 0.05
     assert all(m["view"] == "likelihood" and m["d_in"] > m["d_out"] for m in b["members"])
-    # its target: B's texts in it given their prompts, contrasted with A's answers; traced to the planted examples
-    assert b["target"]["behaviour"] == "contrast" and b["target"]["n_queries"] >= 8
+    # its target: B's texts in it given their prompts (the default, logprob); traced to the planted examples
+    assert b["target"]["behaviour"] == "logprob" and b["target"]["n_queries"] >= 8
     assert np.mean([audit_tiny.PLANT_WORD in q["chosen"].lower() for q in b["target"]["queries"]]) >= 0.5
     top = [p["index"] for p in b["proponents"][:10]]
     assert len(set(top) & set(tiny_audit.planted)) >= 8
