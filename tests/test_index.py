@@ -111,19 +111,32 @@ def test_a_flat_index_gives_the_exact_top_k_with_exact_scores(tmp_path: Path, va
 
 
 @pytest.mark.parametrize("variant", ["raw", "cosine"])
-def test_the_two_ways_of_re_ranking_give_the_same_exact_top_k(tmp_path: Path, variant: str, monkeypatch) -> None:
-    import gradtrace.scoring.attributor as attributor_module
-
-    store = make_store(tmp_path / "s")
-    qf = queries(8)
-    build_index(store, variant, IndexParams(kind="flat"))
-    shared = Attributor(store, None, None, index=True, candidates=30).top_k(qf, k=10, variant=variant)
-    monkeypatch.setattr(attributor_module, "RERANK_SHARED_WORK", 0)  # every shard: one scorer call per query
-    alone = Attributor(store, None, None, index=True, candidates=30).top_k(qf, k=10, variant=variant)
-    np.testing.assert_array_equal(shared.indices, alone.indices)
-    np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-13, atol=1e-15)
-    want = oracle_top_k(oracle(store, qf, variant), 10, True)
-    np.testing.assert_array_equal(alone.indices, want)
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_the_re_rank_scores_each_querys_own_candidates_exactly(tmp_path: Path, variant: str, largest: bool, dtype: str) -> None:
+    """Candidates shared by some queries, own to others, spread over shards and
+    padded with -1: each query gets the exact top k of its own candidates
+    (ties to the lower index), scores equal to breakdown's."""
+    store = make_store(tmp_path / "s", dtype=dtype)
+    qf = queries(8, nq=5)
+    gen = np.random.default_rng(3)
+    shared = gen.choice(300, size=12, replace=False)
+    cand = np.full((5, 50), -1, dtype=np.int64)
+    for q in range(5):
+        own = gen.choice(np.setdiff1d(np.arange(300), shared), size=20 + 4 * q, replace=False)
+        row = np.concatenate([shared[: 6 + q], own])
+        cand[q, : row.size] = gen.permutation(row)
+    attributor = Attributor(store, None, None)
+    method = attributor._method(variant)
+    best_s, best_i = attributor._rerank(qf, method, cand, 7, largest)
+    full = attributor.breakdown(qf, list(range(300)), variant=variant).sum(axis=0)
+    np.testing.assert_allclose(full, oracle(store, qf, variant), rtol=1e-12, atol=1e-12)
+    sign = 1.0 if largest else -1.0
+    for q in range(5):
+        mine = np.unique(cand[q][cand[q] >= 0])
+        want = mine[np.lexsort((mine, -sign * full[q, mine]))[:7]]
+        np.testing.assert_array_equal(best_i[q], want)
+        np.testing.assert_allclose(best_s[q], full[q, want], rtol=1e-13, atol=1e-15)
 
 
 def planted_store(root: Path, n: int = 3000, dim: int = 32, nq: int = 5, planted: int = 10, seed: int = 0):
