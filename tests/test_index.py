@@ -465,3 +465,25 @@ def test_index_and_query_index_on_the_command_line(tmp_path: Path) -> None:
     write_rows(st, 150, *random_rows(np.random.default_rng(3), 10, 16))
     exit_2("query", store, "--task", task, "--index", expected="changed since its raw index was built")
     assert invoke("index", store, "--kind", "flat", "--no-progress").exit_code == 0
+
+
+@pytest.mark.parametrize("blocks", [(8192, 65536), (7, 16), (1, 1)])
+def test_the_exact_share_search_is_the_brute_force_top_want(monkeypatch, blocks) -> None:
+    """The flat (exact) bucket search, whatever its row blocks: each query's
+    ``want`` largest float32 inner products, best first, ties to the lower row,
+    the bucket's ids returned."""
+    from gradtrace.index import store_index
+
+    monkeypatch.setattr(store_index, "FLAT_FIRST_ROWS", blocks[0])
+    monkeypatch.setattr(store_index, "FLAT_BLOCK_ROWS", blocks[1])
+    gen = np.random.default_rng(4)
+    xb = gen.standard_normal((203, 6)).astype(np.float32)
+    xb[50] = xb[10]  # a tie: the lower row first
+    ids = gen.permutation(10_000)[:203].astype(np.int64)
+    q = gen.standard_normal((5, 6)).astype(np.float32)
+    q[2] = 0.0  # every score ties
+    scores, found = store_index._flat_search(xb, ids, q, 12)
+    full = (q @ xb.T).astype(np.float64)
+    want = oracle_top_k(full, 12, True)
+    np.testing.assert_array_equal(found, ids[want])
+    np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), rtol=1e-6)  # float32 products: blocks round alike only nearly
