@@ -113,10 +113,19 @@ def test_a_flat_index_gives_the_exact_top_k_with_exact_scores(tmp_path: Path, va
 @pytest.mark.parametrize("variant", ["raw", "cosine"])
 @pytest.mark.parametrize("largest", [True, False])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_the_re_rank_scores_each_querys_own_candidates_exactly(tmp_path: Path, variant: str, largest: bool, dtype: str) -> None:
+@pytest.mark.parametrize("budget", [None, 1, 70 * 2 * (8 * 4 + 8)])
+def test_the_re_rank_scores_each_querys_own_candidates_exactly(
+    tmp_path: Path, variant: str, largest: bool, dtype: str, budget, monkeypatch,
+) -> None:
     """Candidates shared by some queries, own to others, spread over shards and
     padded with -1: each query gets the exact top k of its own candidates
-    (ties to the lower index), scores equal to breakdown's."""
+    (ties to the lower index), scores equal to breakdown's; the same whether
+    the queries are re-ranked together, one by one (a budget of one byte) or
+    in batches (a budget of 70 float32 rows of both checkpoints)."""
+    import gradtrace.scoring.attributor as attributor_module
+
+    if budget is not None:
+        monkeypatch.setattr(attributor_module, "RERANK_BYTES", budget)
     store = make_store(tmp_path / "s", dtype=dtype)
     qf = queries(8, nq=5)
     gen = np.random.default_rng(3)
@@ -128,7 +137,14 @@ def test_the_re_rank_scores_each_querys_own_candidates_exactly(tmp_path: Path, v
         cand[q, : row.size] = gen.permutation(row)
     attributor = Attributor(store, None, None)
     method = attributor._method(variant)
+    batches = []
+    real = attributor._rerank_batch
+    monkeypatch.setattr(attributor, "_rerank_batch", lambda qf, m, mine, lo, hi, *rest: (batches.append((lo, hi)), real(qf, m, mine, lo, hi, *rest)))
     best_s, best_i = attributor._rerank(qf, method, cand, 7, largest)
+    assert batches[0][0] == 0 and batches[-1][1] == 5 and all(a[1] == b[0] for a, b in zip(batches, batches[1:]))
+    assert len(batches) == {None: 1, 1: 5}.get(budget, len(batches))
+    if budget not in (None, 1):
+        assert 1 < len(batches) < 5  # some queries together, some alone
     full = attributor.breakdown(qf, list(range(300)), variant=variant).sum(axis=0)
     np.testing.assert_allclose(full, oracle(store, qf, variant), rtol=1e-12, atol=1e-12)
     sign = 1.0 if largest else -1.0
