@@ -35,10 +35,10 @@ from .results import TopK
 
 SCAN_ROWS = 16384
 SELF_ROWS = 512  # training rows scored against themselves at once (a SELF_ROWS^2 block)
-#: With an index: candidates a query gets by default from each approximate norm bucket (at least k).
 #: Exact re-rank of index candidates: at most about this many bytes of candidate rows gathered at once (queries are
 #: re-ranked in batches; a query with more candidates than this still goes alone, in one batch).
 RERANK_BYTES = 256 << 20
+#: With an index: candidates a query gets by default from each approximate norm bucket (at least k).
 DEFAULT_CANDIDATES = 1000
 
 
