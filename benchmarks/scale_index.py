@@ -281,7 +281,7 @@ Tuning run (seed {args.seed}; the reported run uses another seed): {n:,} x {dim}
             name = f"scale_index_{args.size}{label}"
             shares = ", ".join(f"{b['kind']} {b['rows']:,}: {s:.0%}" for b, s in zip(buckets, searched))
             summary = f"""
-Synthetic float16 store of {n:,} x {dim} rows ({store_bytes / 2**30:.2f} GiB; seed {args.seed}; 100 planted near neighbours per query, which make up {planted_share:.0%} of the exact top-{args.k}), {args.queries} queries, k={args.k}, variant {args.variant}. Index {settings["kind"]} ({", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("kind", "seed", "augmented"))}); search settings nprobe={args.nprobe}, candidates={args.candidates}, prune {not args.no_prune}, chosen on seed 0 (`--tune`). Load average {load_start:.1f} at the start, {load_end:.1f} at the end (2 cores, shared).
+Synthetic float16 store of {n:,} x {dim} rows ({store_bytes / 2**30:.2f} GiB; seed {args.seed}; 100 planted near neighbours per query, which make up {planted_share:.0%} of the exact top-{args.k}), {args.queries} queries, k={args.k}, variant {args.variant}. Index {settings["kind"]} ({", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("kind", "seed", "augmented", "nprobe"))}); search settings nprobe={args.nprobe}, candidates={args.candidates}, prune {not args.no_prune}, {"chosen on seed 0 (`--tune`)" if args.seed != 0 else "on seed 0, the tuning seed itself (a dev check of settings, not a reported result)"}. Load average {load_start:.1f} at the start, {load_end:.1f} at the end (2 cores, shared).
 
 | | value |
 |---|---|

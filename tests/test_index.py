@@ -111,19 +111,48 @@ def test_a_flat_index_gives_the_exact_top_k_with_exact_scores(tmp_path: Path, va
 
 
 @pytest.mark.parametrize("variant", ["raw", "cosine"])
-def test_the_two_ways_of_re_ranking_give_the_same_exact_top_k(tmp_path: Path, variant: str, monkeypatch) -> None:
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("budget", [None, 1, 70 * 2 * (8 * 4 + 8)])
+def test_the_re_rank_scores_each_querys_own_candidates_exactly(
+    tmp_path: Path, variant: str, largest: bool, dtype: str, budget, monkeypatch,
+) -> None:
+    """Candidates shared by some queries, own to others, spread over shards and
+    padded with -1: each query gets the exact top k of its own candidates
+    (ties to the lower index), scores equal to breakdown's; the same whether
+    the queries are re-ranked together, one by one (a budget of one byte) or
+    in batches (a budget of 70 float32 rows of both checkpoints)."""
     import gradtrace.scoring.attributor as attributor_module
 
-    store = make_store(tmp_path / "s")
-    qf = queries(8)
-    build_index(store, variant, IndexParams(kind="flat"))
-    shared = Attributor(store, None, None, index=True, candidates=30).top_k(qf, k=10, variant=variant)
-    monkeypatch.setattr(attributor_module, "RERANK_SHARED_WORK", 0)  # every shard: one scorer call per query
-    alone = Attributor(store, None, None, index=True, candidates=30).top_k(qf, k=10, variant=variant)
-    np.testing.assert_array_equal(shared.indices, alone.indices)
-    np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-13, atol=1e-15)
-    want = oracle_top_k(oracle(store, qf, variant), 10, True)
-    np.testing.assert_array_equal(alone.indices, want)
+    if budget is not None:
+        monkeypatch.setattr(attributor_module, "RERANK_BYTES", budget)
+    store = make_store(tmp_path / "s", dtype=dtype)
+    qf = queries(8, nq=5)
+    gen = np.random.default_rng(3)
+    shared = gen.choice(300, size=12, replace=False)
+    cand = np.full((5, 50), -1, dtype=np.int64)
+    for q in range(5):
+        own = gen.choice(np.setdiff1d(np.arange(300), shared), size=20 + 4 * q, replace=False)
+        row = np.concatenate([shared[: 6 + q], own])
+        cand[q, : row.size] = gen.permutation(row)
+    attributor = Attributor(store, None, None)
+    method = attributor._method(variant)
+    batches = []
+    real = attributor._rerank_batch
+    monkeypatch.setattr(attributor, "_rerank_batch", lambda qf, m, mine, lo, hi, *rest: (batches.append((lo, hi)), real(qf, m, mine, lo, hi, *rest)))
+    best_s, best_i = attributor._rerank(qf, method, cand, 7, largest)
+    assert batches[0][0] == 0 and batches[-1][1] == 5 and all(a[1] == b[0] for a, b in zip(batches, batches[1:]))
+    assert len(batches) == {None: 1, 1: 5}.get(budget, len(batches))
+    if budget not in (None, 1):
+        assert 1 < len(batches) < 5  # some queries together, some alone
+    full = attributor.breakdown(qf, list(range(300)), variant=variant).sum(axis=0)
+    np.testing.assert_allclose(full, oracle(store, qf, variant), rtol=1e-12, atol=1e-12)
+    sign = 1.0 if largest else -1.0
+    for q in range(5):
+        mine = np.unique(cand[q][cand[q] >= 0])
+        want = mine[np.lexsort((mine, -sign * full[q, mine]))[:7]]
+        np.testing.assert_array_equal(best_i[q], want)
+        np.testing.assert_allclose(best_s[q], full[q, want], rtol=1e-13, atol=1e-15)
 
 
 def planted_store(root: Path, n: int = 3000, dim: int = 32, nq: int = 5, planted: int = 10, seed: int = 0):
@@ -452,3 +481,25 @@ def test_index_and_query_index_on_the_command_line(tmp_path: Path) -> None:
     write_rows(st, 150, *random_rows(np.random.default_rng(3), 10, 16))
     exit_2("query", store, "--task", task, "--index", expected="changed since its raw index was built")
     assert invoke("index", store, "--kind", "flat", "--no-progress").exit_code == 0
+
+
+@pytest.mark.parametrize("blocks", [(8192, 65536), (7, 16), (1, 1)])
+def test_the_exact_share_search_is_the_brute_force_top_want(monkeypatch, blocks) -> None:
+    """The flat (exact) bucket search, whatever its row blocks: each query's
+    ``want`` largest float32 inner products, best first, ties to the lower row,
+    the bucket's ids returned."""
+    from gradtrace.index import store_index
+
+    monkeypatch.setattr(store_index, "FLAT_FIRST_ROWS", blocks[0])
+    monkeypatch.setattr(store_index, "FLAT_BLOCK_ROWS", blocks[1])
+    gen = np.random.default_rng(4)
+    xb = gen.standard_normal((203, 6)).astype(np.float32)
+    xb[50] = xb[10]  # a tie: the lower row first
+    ids = gen.permutation(10_000)[:203].astype(np.int64)
+    q = gen.standard_normal((5, 6)).astype(np.float32)
+    q[2] = 0.0  # every score ties
+    scores, found = store_index._flat_search(xb, ids, q, 12)
+    full = (q @ xb.T).astype(np.float64)
+    want = oracle_top_k(full, 12, True)
+    np.testing.assert_array_equal(found, ids[want])
+    np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), rtol=1e-6)  # float32 products: blocks round alike only nearly

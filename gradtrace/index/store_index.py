@@ -456,22 +456,31 @@ def flat_rows(index: Any) -> tuple[np.ndarray, np.ndarray]:
     return xb, faiss.vector_to_array(index.id_map).astype(np.int64)
 
 
+#: Exact (flat) bucket search: rows scored at a time; the first block is smaller, so that the running top-k that
+#: filters every later block (one comparison pass each) is cheap to start.
+FLAT_FIRST_ROWS = 8192
+FLAT_BLOCK_ROWS = 65536
+
+
 def _flat_search(xb: np.ndarray, ids: np.ndarray, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``want`` inner products of ``queries`` with ``xb``, in row
-    blocks (a running top-``want`` per query): FAISS's flat search keeps a
-    heap per query, which is slow for the ~1000 candidates asked here."""
+    """Exact top-``want`` inner products of ``queries`` with ``xb`` (float64
+    copies of the float32 scores, best first, ties to the lower row), in row
+    blocks merged into a running top-``want`` per query as the exact scan
+    merges its blocks (:func:`~gradtrace.scoring.attributor._merge_top_k`:
+    after the first block, only the entries that beat a query's current
+    ``want``-th score are touched). FAISS's flat search keeps a heap per
+    query, which is slower for this many candidates."""
+    from ..scoring.attributor import _merge_top_k
+
     nq = queries.shape[0]
-    best_s = np.empty((nq, 0), dtype=np.float32)
+    best_s = np.empty((nq, 0), dtype=np.float64)
     best_i = np.empty((nq, 0), dtype=np.int64)
-    for lo in range(0, xb.shape[0], CHUNK_ROWS * 4):
-        block = queries @ xb[lo : lo + CHUNK_ROWS * 4].T
-        vals = np.concatenate([best_s, block], axis=1) if best_s.size else block
-        idx = np.concatenate([best_i, np.broadcast_to(ids[lo : lo + block.shape[1]], block.shape)], axis=1)
-        if vals.shape[1] > want:
-            part = np.argpartition(-vals, want - 1, axis=1)[:, :want]
-            vals, idx = np.take_along_axis(vals, part, 1), np.take_along_axis(idx, part, 1)
-        best_s, best_i = vals, idx
-    return best_s.astype(np.float64), best_i
+    lo = 0
+    while lo < xb.shape[0]:
+        hi = min(xb.shape[0], lo + (FLAT_FIRST_ROWS if lo == 0 else FLAT_BLOCK_ROWS))
+        best_s, best_i = _merge_top_k(best_s, best_i, queries @ xb[lo:hi].T, lo, want, True)
+        lo = hi
+    return best_s, ids[best_i]
 
 
 def faiss_hnsw(index: Any) -> Any:

@@ -35,9 +35,9 @@ from .results import TopK
 
 SCAN_ROWS = 16384
 SELF_ROWS = 512  # training rows scored against themselves at once (a SELF_ROWS^2 block)
-#: Exact re-rank of index candidates: a shard's candidate rows are scored for all queries at once when that costs at
-#: most this many multiply-adds per query (else each query scores its own rows).
-RERANK_SHARED_WORK = 4_000_000
+#: Exact re-rank of index candidates: at most about this many bytes of candidate rows gathered at once (queries are
+#: re-ranked in batches; a query with more candidates than this still goes alone, in one batch).
+RERANK_BYTES = 256 << 20
 #: With an index: candidates a query gets by default from each approximate norm bucket (at least k).
 DEFAULT_CANDIDATES = 1000
 
@@ -324,55 +324,61 @@ class Attributor:
     def _rerank(self, qf: QueryFeatures, method: ScoreMethod, cand: np.ndarray, k: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
         """Each query's ``k`` best among its own candidates (-1: none), scored
         exactly (the stored rows in float64, as :meth:`breakdown` does); ties
-        go to the lower index. One pass over the shards that hold candidates,
-        each shard's norms read once; only the candidate rows are read."""
-        sign = 1.0 if largest else -1.0
+        go to the lower index. Each candidate row is read from the store once
+        however many queries of a batch proposed it: the sorted union of their
+        candidates, gathered in one read per shard and checkpoint (each
+        shard's norms read once). Then each query scores its own rows only,
+        one call per checkpoint: work in proportion to its candidates, not to
+        the union (queries share few approximate candidates). Queries go in
+        batches whose gathered rows fit in :data:`RERANK_BYTES`."""
         mine = [np.unique(row[row >= 0]) for row in cand]
-        scores = [np.zeros(m.size, dtype=np.float64) for m in mine]
-        scorers = [
-            self._prepare(dataclasses.replace(qf, unit=[u[q : q + 1] for u in qf.unit], norms=[n[q : q + 1] for n in qf.norms], n=1),
-                          method, torch.float64, torch.float64)
-            for q in range(qf.n)
-        ]
-        union = np.unique(np.concatenate(mine)) if mine else np.empty(0, dtype=np.int64)
-        score_all = None
+        dtype = np.dtype(self.store.settings.dtype)
+        per_row = len(qf.unit) * (self.store.feature_dim * dtype.itemsize + 8)
+        budget = max(1, RERANK_BYTES // per_row)
+        best_s = np.empty((qf.n, k), dtype=np.float64)
+        best_i = np.empty((qf.n, k), dtype=np.int64)
+        lo = 0
+        while lo < qf.n:
+            hi, rows = lo + 1, mine[lo].size
+            while hi < qf.n and rows + mine[hi].size <= budget:
+                rows += mine[hi].size
+                hi += 1
+            self._rerank_batch(qf, method, mine, lo, hi, best_s, best_i, largest)
+            lo = hi
+        return best_s, best_i
+
+    def _rerank_batch(
+        self, qf: QueryFeatures, method: ScoreMethod, mine: list[np.ndarray], lo: int, hi: int,
+        best_s: np.ndarray, best_i: np.ndarray, largest: bool,
+    ) -> None:
+        """:meth:`_rerank` of queries ``lo..hi-1`` (their sorted candidates in
+        ``mine``), written into rows ``lo..hi-1`` of ``best_s`` and ``best_i``."""
+        sign, k = 1.0 if largest else -1.0, best_s.shape[1]
+        union = np.unique(np.concatenate(mine[lo:hi]))
+        n_ckpt, dtype = len(qf.unit), np.dtype(self.store.settings.dtype)
+        rows = [np.empty((union.size, self.store.feature_dim), dtype=dtype) for _ in range(n_ckpt)]  # stored dtype: widened per query
+        norms = [np.empty(union.size, dtype=np.float64) for _ in range(n_ckpt)]
         for a, b in self.store.shard_ranges():
             ua, ub = np.searchsorted(union, a), np.searchsorted(union, b)
             if ua == ub:
                 continue
-            feats = [self.store.features(c, a, b) for c in range(len(qf.unit))]
-            norms = [self.store.norms(c, a, b)[:, 0] for c in range(len(qf.unit))]
-            if qf.n * (ub - ua) * self.store.feature_dim <= RERANK_SHARED_WORK * qf.n:
-                # few rows here: score the shard's candidate rows for all queries at once (as breakdown does), then
-                # each query takes its own; cheaper than one call per query when calls, not arithmetic, dominate
-                if score_all is None:
-                    score_all = self._prepare(qf, method, torch.float64, torch.float64)
-                rows_u = union[ua:ub]
-                block = np.zeros((qf.n, rows_u.size), dtype=np.float64)
-                for c in range(len(qf.unit)):
-                    rows = torch.from_numpy(np.asarray(feats[c][rows_u - a], dtype=np.float64))
-                    block += score_all(c, rows, torch.from_numpy(norms[c][rows_u - a])).numpy()
-                for q, rows_q in enumerate(mine):
-                    lo, hi = np.searchsorted(rows_q, a), np.searchsorted(rows_q, b)
-                    if lo < hi:
-                        scores[q][lo:hi] += block[q, np.searchsorted(rows_u, rows_q[lo:hi])]
-                continue
-            for q, rows_q in enumerate(mine):
-                lo, hi = np.searchsorted(rows_q, a), np.searchsorted(rows_q, b)
-                if lo == hi:
-                    continue
-                local = rows_q[lo:hi] - a
-                for c in range(len(qf.unit)):
-                    rows = torch.from_numpy(np.asarray(feats[c][local], dtype=np.float64))
-                    scores[q][lo:hi] += scorers[q](c, rows, torch.from_numpy(norms[c][local]))[0].numpy()
+            local = union[ua:ub] - a
+            for c in range(n_ckpt):
+                rows[c][ua:ub] = self.store.features(c, a, b)[local]
+                norms[c][ua:ub] = self.store.norms(c, a, b)[local, 0]
         skipped = self.store.skipped_indices
-        best_s = np.empty((qf.n, k), dtype=np.float64)
-        best_i = np.empty((qf.n, k), dtype=np.int64)
-        for q, (rows_q, vals) in enumerate(zip(mine, scores)):
+        for q in range(lo, hi):
+            rows_q = mine[q]
+            where = np.searchsorted(union, rows_q)
+            one = dataclasses.replace(qf, unit=[u[q : q + 1] for u in qf.unit], norms=[n[q : q + 1] for n in qf.norms], n=1)
+            score = self._prepare(one, method, torch.float64, torch.float64)
+            vals = np.zeros(rows_q.size, dtype=np.float64)
+            for c in range(n_ckpt):
+                part = torch.from_numpy(rows[c][where].astype(np.float64))
+                vals += score(c, part, torch.from_numpy(norms[c][where]))[0].numpy()
             vals[np.isin(rows_q, skipped)] = 0.0  # examples left out score 0
             order = np.lexsort((rows_q, -sign * vals))[:k]
             best_s[q], best_i[q] = vals[order], rows_q[order]
-        return best_s, best_i
 
     def breakdown(
         self, queries: Any, train_indices: Sequence[int], behaviour: Any = None, variant: str | ScoreMethod = "raw",
