@@ -29,10 +29,15 @@ process; the settings alternate within each repeat. Throughput is
 non-padding tokens per second of gradtrace's ``featurize`` call (reading the
 checkpoint, computing, writing the store) and of Bergson's
 ``collect_gradients`` (computing and writing its index; its model and data
-loading excluded). Three settings: ``gradtrace`` (length-sorted batches,
+loading excluded). Settings: ``gradtrace`` (length-sorted batches,
 this version's default for a new store, and ``exact_norms=False``, not the
 default, since Bergson keeps no exact norms either), ``gradtrace_file_order`` (batches in file
-order with exact norms: what gradtrace did before), ``bergson``. Keys:
+order with exact norms: what gradtrace did before), ``bergson``; and two
+floors that are not featurizers, over the same length-sorted batches:
+``floor_backward`` (a forward pass and a backward pass to every layer's
+activations, no weight gradients: no featurizer of these layers does less)
+and ``floor_train_step`` (a plain training step's forward and backward,
+weight gradients of the same layers, no optimizer). Keys:
 ``speedup_vs_bergson_cpu`` (median over repeats of gradtrace over Bergson
 within the repeat) and ``bergson_cpu`` (every figure, and the checks:
 Bergson's and gradtrace's rows of two layers against the exact per-example
