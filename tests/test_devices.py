@@ -25,7 +25,7 @@ from gradtrace.grads.per_example import GradientFeaturizer
 from gradtrace.models import zoo
 from gradtrace.models.hf import CausalLMTask
 from gradtrace.scoring import attributor as attributor_module
-from gradtrace.scoring.attributor import _merge_top_k, block_candidates, merge_candidates
+from gradtrace.scoring.attributor import merge_top_k, block_candidates, merge_candidates
 
 META = torch.device("meta")  # a device other than the host that every machine has: moving to it is visible
 Pair = collections.namedtuple("Pair", "x y")
@@ -227,7 +227,7 @@ def test_device_candidates_merge_to_the_exact_top_k_with_ties(largest: bool, k: 
     starts = np.cumsum([0] + widths[:-1])
     host_s, host_i = np.empty((5, 0)), np.empty((5, 0), dtype=np.int64)
     for at, w in zip(starts, widths):
-        host_s, host_i = _merge_top_k(host_s, host_i, scores[:, at : at + w], int(at), k, largest)
+        host_s, host_i = merge_top_k(host_s, host_i, scores[:, at : at + w], int(at), k, largest)
     want_s, want_i = brute_top_k(scores.astype(np.float64), k, largest)
     np.testing.assert_array_equal(host_i, want_i)
     for order in (list(range(len(widths))), [3, 0, 4, 2, 1]):  # blocks in order, and in any order

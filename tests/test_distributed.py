@@ -21,7 +21,7 @@ from gradtrace.cli import app
 from gradtrace.demos.digits import DigitsConfig, make_task as digits_task
 from gradtrace.errors import InputError
 from gradtrace.execution_dist import launch_environment
-from gradtrace.scoring.attributor import _combine_top_k, _merge_top_k
+from gradtrace.scoring.attributor import _combine_top_k, merge_top_k
 from gradtrace.store import GradientStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def test_merging_the_ranks_top_k_equals_the_top_k_of_everything(largest: bool) -
         for rank in range(world):
             best_s, best_i = np.empty((6, 0)), np.empty((6, 0), dtype=np.int64)
             for a, b in ranges[rank::world]:
-                best_s, best_i = _merge_top_k(best_s, best_i, scores[:, a:b], a, k, largest)
+                best_s, best_i = merge_top_k(best_s, best_i, scores[:, a:b], a, k, largest)
             parts.append((best_s, best_i))
         for order in (parts, parts[::-1]):  # each rank puts its own part first
             got_s, got_i = _combine_top_k(list(order), k, largest)

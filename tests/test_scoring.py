@@ -236,13 +236,13 @@ def test_incomplete_store_is_an_error_naming_the_shard(setup, tmp_path):
 def test_streamed_merge_equals_stable_sort_with_many_ties(largest, k, block):
     """Blocks of small integers (ties everywhere) merged block by block give
     exactly a stable sort of the whole row: ties go to the lower index."""
-    from gradtrace.scoring.attributor import _merge_top_k
+    from gradtrace.scoring.attributor import merge_top_k
 
     gen = np.random.default_rng(k * 1000 + block)
     full = gen.integers(-5, 6, size=(4, 1003)).astype(np.float32)
     best_s, best_i = np.zeros((4, 0)), np.zeros((4, 0), dtype=np.int64)
     for lo in range(0, full.shape[1], block):
-        best_s, best_i = _merge_top_k(best_s, best_i, full[:, lo : lo + block], lo, k, largest)
+        best_s, best_i = merge_top_k(best_s, best_i, full[:, lo : lo + block], lo, k, largest)
     order = np.argsort(-full if largest else full, axis=1, kind="stable")[:, :k]
     np.testing.assert_array_equal(best_i, order)
     np.testing.assert_array_equal(best_s, np.take_along_axis(full, order, axis=1))

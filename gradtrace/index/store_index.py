@@ -466,11 +466,11 @@ def _flat_search(xb: np.ndarray, ids: np.ndarray, queries: np.ndarray, want: int
     """Exact top-``want`` inner products of ``queries`` with ``xb`` (float64
     copies of the float32 scores, best first, ties to the lower row), in row
     blocks merged into a running top-``want`` per query as the exact scan
-    merges its blocks (:func:`~gradtrace.scoring.attributor._merge_top_k`:
+    merges its blocks (:func:`~gradtrace.scoring.attributor.merge_top_k`:
     after the first block, only the entries that beat a query's current
     ``want``-th score are touched). FAISS's flat search keeps a heap per
     query, which is slower for this many candidates."""
-    from ..scoring.attributor import _merge_top_k
+    from ..scoring.attributor import merge_top_k
 
     nq = queries.shape[0]
     best_s = np.empty((nq, 0), dtype=np.float64)
@@ -478,7 +478,7 @@ def _flat_search(xb: np.ndarray, ids: np.ndarray, queries: np.ndarray, want: int
     lo = 0
     while lo < xb.shape[0]:
         hi = min(xb.shape[0], lo + (FLAT_FIRST_ROWS if lo == 0 else FLAT_BLOCK_ROWS))
-        best_s, best_i = _merge_top_k(best_s, best_i, queries @ xb[lo:hi].T, lo, want, True)
+        best_s, best_i = merge_top_k(best_s, best_i, queries @ xb[lo:hi].T, lo, want, True)
         lo = hi
     return best_s, ids[best_i]
 

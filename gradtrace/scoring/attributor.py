@@ -267,7 +267,7 @@ class Attributor:
         on_host = not self._on_device
         for a, b, block in self._scan(qf, method):
             if on_host:
-                best_s, best_i = _merge_top_k(best_s, best_i, block.numpy(), a, k, largest)
+                best_s, best_i = merge_top_k(best_s, best_i, block.numpy(), a, k, largest)
             else:  # cut to candidates on the device; only they travel to the host
                 rows, cols, vals = block_candidates(block, best_s, k, largest)
                 best_s, best_i = merge_candidates(best_s, best_i, rows, cols, vals, a, b - a, k, largest)
@@ -544,7 +544,7 @@ def merge_candidates(
     """Merge the candidates of a block of ``width`` columns (column ``c`` is
     training index ``offset + c``; from :func:`block_candidates`) into each
     row's running top ``k``, best first, ties to the lower index: the same
-    result as merging the whole block (:func:`_merge_top_k`)."""
+    result as merging the whole block (:func:`merge_top_k`)."""
     nq, have = best_s.shape
     keep_n = min(k, have + width)
     sign = 1.0 if largest else -1.0
@@ -557,7 +557,7 @@ def merge_candidates(
     return v[keep].reshape(nq, keep_n), i[keep].reshape(nq, keep_n)
 
 
-def _merge_top_k(
+def merge_top_k(
     best_s: np.ndarray, best_i: np.ndarray, block: np.ndarray, offset: int, k: int, largest: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge a block of scores (columns ``offset...``) into each row's running
