@@ -52,9 +52,12 @@ def _behaviour(b: dict[str, Any]) -> str:
           (m.get("judgement") or "") + (f": {m['judgement_reason']}" if m.get("judgement_reason") else "")) for m in b["members"]],
     ) + "</details>")
     if "target" in b:
-        parts.append("<details><summary>attribution target (first queries)</summary>" + table(
-            ["prompt", "chosen (B)", "rejected (A)"], [(q["prompt"], q["chosen"], q["rejected"]) for q in b["target"]["queries"]],
-        ) + "</details>")
+        if b["target"]["behaviour"] == "contrast":
+            head, cells = ["prompt", "chosen (B)", "rejected (A)"], [(q["prompt"], q["chosen"], q["rejected"]) for q in b["target"]["queries"]]
+        else:  # logprob: only B's text (cut after the behaviour's sentence) is traced
+            head, cells = ["prompt", "B's text (its log-probability is traced)"], [(q["prompt"], q["chosen"]) for q in b["target"]["queries"]]
+        parts.append(f"<details><summary>attribution target: {esc(b['target']['behaviour'])} (first queries)</summary>"
+                     + table(head, cells) + "</details>")
     if "proponents" in b:
         rows = []
         for p in b["proponents"]:

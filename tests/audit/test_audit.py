@@ -118,6 +118,30 @@ def test_script_in_training_data_and_generated_text_renders_as_text(audited, tmp
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4
 
 
+def test_report_shows_what_the_target_traces(audited, tmp_path) -> None:
+    from gradtrace.audit.report import write_report
+
+    audit = json.loads(audited.first.json_path.read_text())
+    b = planted_behaviour(audit)
+    assert b["target"]["behaviour"] == "logprob"  # the default: only B's text is traced, so A's answer is not shown
+    html = write_report(audit, tmp_path / "l.html").read_text()
+    assert "attribution target: logprob" in html and "rejected (A)" not in html
+    assert b["target"]["queries"][0]["chosen"].split()[0] in html
+    b["target"]["behaviour"] = "contrast"
+    b["target"]["queries"][0]["rejected"] = "A-ANSWER-SHOWN"
+    html = write_report(audit, tmp_path / "c.html").read_text()
+    assert "attribution target: contrast" in html and "rejected (A)" in html and "A-ANSWER-SHOWN" in html
+
+
+def test_target_setting_is_checked() -> None:
+    from gradtrace.audit import AuditConfig
+    from gradtrace.errors import InputError
+
+    with pytest.raises(InputError, match="target"):
+        AuditConfig(target="margin")
+    assert AuditConfig(target="contrast").target == "contrast"
+
+
 def _cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["audit", *args, "--no-progress", "--embedder", "hashing"])
     return result.exit_code, result.output

@@ -192,6 +192,7 @@ class AuditArtefact(Artefact):
         return {"i": i, "b": b, "label": str(b["label"]), "share_a": _share(b["share_a"]), "share_b": _share(b["share_b"]),
                 "members": members, "diff": self.diff.id if self.diff is not None else None, "texts": texts,
                 "n_texts": len(positions), "samples_error": self.samples_error, "queries": (b.get("target") or {}).get("queries") or [],
+                "target": (b.get("target") or {}).get("behaviour"),
                 "influence_share": b.get("influence_share_top_k"), "proponents": proponents, "verification": verification,
                 "n_behaviours": len(self.behaviours)}
 
