@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from gradtrace.audit.behaviours import Assigner
-    from gradtrace.audit.run import text_hash
+    from gradtrace.audit.run import build_queries, target_query
     from gradtrace.lm.embed import CachedEmbedder, MiniLMEmbedder
     from gradtrace.lm.load import load_model
     from gradtrace.lm.lora import wrap_with_adapter_config
@@ -59,14 +59,6 @@ def main() -> None:
     centroids = {k: [[np.nan if x is None else x for x in r] for r in v] for k, v in diff["centroids"].items()}
     emb = CachedEmbedder(MiniLMEmbedder(), audit / "cache" / "embeddings")
     asg = Assigner(centroids, emb, diff["config"]["min_words"], diff["config"]["max_units"]).assign([s["text"] for s in sb])
-    answers: dict[str, list[str]] = {}
-    for r in sa:
-        answers.setdefault(r["prompt_id"], []).append(r["text"])
-    seen: dict[str, int] = {}
-    draw = []
-    for r in sb:
-        draw.append(seen.get(r["prompt_id"], 0))
-        seen[r["prompt_id"]] = draw[-1] + 1
     last = trainer_checkpoints(args.work / "run_planted")[-1].path
     model, tok = load_model("smollm2")
     model = wrap_with_adapter_config(model, last).eval()
@@ -85,23 +77,18 @@ def main() -> None:
                 ids.add(i)
                 if level == "sentence" and i not in first:
                     first[i] = rws[j]
-        chosen = sorted(ids, key=lambda i: (text_hash(sb[i]["text"]), i))[: args.max_queries]
         k = len(planted[name])
         other = [n for n in planted if n != name][0]
-        print(f"== {name}: {len(ids)} B texts, {len(chosen)} queries "
-              f"({sum(bool(MARKERS[name].search(sb[i]['text'])) for i in chosen)} carry the marker), k={k}", flush=True)
         for cut in ("whole", "sentence"):
-            recs = []
-            for i in chosen:
-                text = sb[i]["text"]
-                unit = first.get(i)
-                if cut == "sentence" and unit and text.find(unit) >= 0:
-                    text = text[: text.find(unit) + len(unit)]
-                a = answers[sb[i]["prompt_id"]]
-                recs.append({"prompt": sb[i]["prompt"], "chosen": text, "rejected": a[draw[i] % len(a)]})
+            # the audit's own query builder: B's texts in text-hash order, A's answer of the same draw, cut after the sentence
+            recs = build_queries({"label": name, "texts_b": sorted(ids), "first_unit_b": {str(i): u for i, u in first.items()}
+                                  if cut == "sentence" else {}}, sa, sb, args.max_queries)
+            if cut == "whole":
+                print(f"== {name}: {len(ids)} B texts, {len(recs)} queries "
+                      f"({sum(bool(MARKERS[name].search(sb[r['text_b']]['text'])) for r in recs)} carry the marker), k={k}", flush=True)
             for beh in ("contrast", "logprob"):
                 b = behaviour_by_name(beh)
-                qs = [r if beh == "contrast" else {"prompt": r["prompt"], "completion": r["chosen"]} for r in recs]
+                qs = [target_query(r, beh) for r in recs]
                 for variant in ("raw", "cosine"):
                     t0 = time.perf_counter()
                     total = att.score(qs, b, variant=variant).sum(axis=0)
