@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from gradtrace.audit.behaviours import Assigner
+    from gradtrace.audit.behaviours import Assigner, member_rows
     from gradtrace.audit.run import build_queries, target_query
     from gradtrace.lm.embed import CachedEmbedder, MiniLMEmbedder
     from gradtrace.lm.load import load_model
@@ -68,21 +68,14 @@ def main() -> None:
     for spec in args.behaviour:
         name, keys_text = spec.split("=", 1)
         keys = [(k.split(":")[0], int(k.split(":")[1])) for k in keys_text.split(",")]
-        ids: set[int] = set()
-        first: dict[int, str] = {}
-        for level, cluster in keys:
-            rws, own, lab = asg[level]
-            for j in np.flatnonzero(lab == cluster):
-                i = int(own[j])
-                ids.add(i)
-                if level == "sentence" and i not in first:
-                    first[i] = rws[j]
+        mask, first = member_rows(asg, keys, len(sb))  # the audit's own membership: texts, and the sentence that shows it
+        ids = [int(i) for i in np.flatnonzero(mask)]
         k = len(planted[name])
         other = [n for n in planted if n != name][0]
         for cut in ("whole", "sentence"):
             # the audit's own query builder: B's texts in text-hash order, A's answer of the same draw, cut after the sentence
-            recs = build_queries({"label": name, "texts_b": sorted(ids), "first_unit_b": {str(i): u for i, u in first.items()}
-                                  if cut == "sentence" else {}}, sa, sb, args.max_queries)
+            units = {str(i): first[i] for i in ids} if cut == "sentence" else {}
+            recs = build_queries({"label": name, "texts_b": ids, "first_unit_b": units}, sa, sb, args.max_queries)
             if cut == "whole":
                 print(f"== {name}: {len(ids)} B texts, {len(recs)} queries "
                       f"({sum(bool(MARKERS[name].search(sb[r['text_b']]['text'])) for r in recs)} carry the marker), k={k}", flush=True)

@@ -276,12 +276,13 @@ def _floor_worker(_: int, spec: dict[str, Any]) -> None:
         p.requires_grad_(weights and fnmatch.fnmatch(name, PROJ_PARAMS))
     if not weights:
         model.get_input_embeddings().register_forward_hook(lambda m, i, out: out.detach().requires_grad_(True))
-    lengths = [sum(map(len, task.encode(e, i))) for i, e in enumerate(train)]
-    order = sorted(range(len(train)), key=lambda i: -lengths[i])
-    b = spec["batch_size"]
+    from gradtrace.grads.compute import batch_plan
+
+    # the batches featurize makes with batch_order="length" (longest first, ties in data order)
+    plan = batch_plan(0, len(train), spec["batch_size"], [task.example_length(e) for e in train])
     start = time.perf_counter()
-    for lo in range(0, len(order), b):
-        batch = task.collate([train[i] for i in order[lo : lo + b]])
+    for positions in plan:
+        batch = task.collate([train[i] for i in positions])
         task.per_example_loss(model, batch).sum().backward()
         model.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
