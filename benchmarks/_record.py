@@ -23,15 +23,17 @@ def machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, load average at the end {load:.1f}"
+        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
     )
 
 
-def record(name: str, command: str, summary_md: str, results: dict[str, Any]) -> None:
-    """Replace the ``name`` section of BENCHMARKS.md and write results/<name>.json."""
+def record(name: str, command: str, summary_md: str, results: dict[str, Any], machine_line: str | None = None) -> None:
+    """Replace the ``name`` section of BENCHMARKS.md and write results/<name>.json.
+    ``machine_line``: the Machine line of a run made elsewhere (default: this machine, now)."""
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    write_section(name, command, summary_md, f"benchmarks/results/{name}.json")
+    write_section(name, command, summary_md, f"benchmarks/results/{name}.json", machine_line)
 
 
 def merge_results(file_name: str, keys: dict[str, Any]) -> dict[str, Any]:
@@ -48,12 +50,12 @@ def merge_results(file_name: str, keys: dict[str, Any]) -> dict[str, Any]:
     return current
 
 
-def write_section(name: str, command: str, summary_md: str, results_file: str) -> None:
+def write_section(name: str, command: str, summary_md: str, results_file: str, machine_line: str | None = None) -> None:
     """Replace (or add) the ``name`` section of BENCHMARKS.md."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number below comes from the command shown with it.\n"
     section = (
-        f"<!-- {name}:start -->\n## {name}\n\nCommand: `{command}`  \nMachine: {machine()}\n\n{summary_md.strip()}\n\n"
+        f"<!-- {name}:start -->\n## {name}\n\nCommand: `{command}`  \nMachine: {machine_line or machine()}\n\n{summary_md.strip()}\n\n"
         f"Raw results: `{results_file}`\n<!-- {name}:end -->"
     )
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)

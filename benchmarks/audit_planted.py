@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import ROOT, record  # noqa: E402
+from _record import ROOT, machine, record  # noqa: E402
 from setups.diff_data import MIXED_PROMPTS  # noqa: E402
 
 FLATTERY = ["What a brilliant question!", "Great question, you clearly think deeply!", "Wow, what a smart thing to ask!",
@@ -82,7 +82,7 @@ def make_data(size: dict, seed: int, null: bool) -> tuple[list[dict], dict[str, 
     return [{"id": f"ex{i}", **r} for i, r in enumerate(rows)], planted
 
 
-def train_run(model_name: str, data: list[dict], out: Path, size: dict, seed: int) -> float:
+def train_run(model_name: str, data: list[dict], out: Path, size: dict, seed: int, device: str = "cpu") -> float:
     from gradtrace.lm.load import load_model
     from gradtrace.lm.lora import LoraTrainConfig, add_lora, train_lora
     from gradtrace.lm.tasks import CausalLMTask
@@ -93,11 +93,12 @@ def train_run(model_name: str, data: list[dict], out: Path, size: dict, seed: in
                           target_modules=TARGETS.get(model_name, TARGETS["smollm2"]),
                           n_checkpoints=size["n_checkpoints"], seed=seed)
     task = CausalLMTask(tok, max_length=128, as_chat=True)
-    train_lora(add_lora(model, cfg), task, [{k: v for k, v in r.items() if k != "id"} for r in data], out, cfg, progress=True)
+    train_lora(add_lora(model, cfg), task, [{k: v for k, v in r.items() if k != "id"} for r in data], out, cfg, progress=True,
+               device=device)
     return time.perf_counter() - t0
 
 
-def logprob_raise(model_name: str, run: Path, data: list[dict], idx: list[int]) -> dict[str, float]:
+def logprob_raise(model_name: str, run: Path, data: list[dict], idx: list[int], device: str = "cpu") -> dict[str, float]:
     """Mean log p(completion | prompt) of the planted examples under A and under B."""
     import torch
 
@@ -111,6 +112,7 @@ def logprob_raise(model_name: str, run: Path, data: list[dict], idx: list[int]) 
     out = {}
     for name, kw in (("a", {}), ("b", {"adapter": last})):
         model, tok = load_model(model_name, **kw)
+        model.to(device)
         task = CausalLMTask(tok, max_length=128, as_chat=True)
         with torch.no_grad():
             ex = [{"prompt": data[i]["prompt"], "completion": data[i]["completion"]} for i in idx]
@@ -179,18 +181,35 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="do not write BENCHMARKS.md and the results JSON")
     parser.add_argument("--arms", default="planted,null", help="comma-separated: planted, null (a development run may do one)")
     parser.add_argument("--no-verify", action="store_true", help="skip the verification (development runs of the diff and target)")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda: where fine-tunes, sampling, featurize, trace and retraining "
+                        "run (a CUDA run is recorded as its own section, audit_planted_gpu)")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="also write the section and results to this JSON file (a run on a lent machine: record it here with --record-from)")
+    parser.add_argument("--record-from", type=Path, default=None,
+                        help="runs nothing: record a --save file (BENCHMARKS.md section and results JSON) made on another machine")
     args = parser.parse_args()
+    if args.record_from is not None:
+        saved = json.loads(args.record_from.read_text())
+        record(saved["name"], saved["command"], saved["summary_md"], saved["results"], machine_line=saved["machine"])
+        print(f"recorded {saved['name']} from {args.record_from}")
+        return
     from gradtrace.audit import AuditConfig, run_audit
+    from gradtrace.devices import resolve_device
     from gradtrace.lm.sample import SamplingConfig
     from gradtrace.models.zoo import cache_root
 
+    device = resolve_device(args.device, "--device")
     size = SIZES[args.size]
     work = args.work or cache_root() / "audit_planted" / f"{args.model}-{args.size}-{args.seed}"
     work.mkdir(parents=True, exist_ok=True)
     prompts = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS[: size["n_prompts"]])]
     (work / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     stage_seconds: dict[str, float] = {}
-    results: dict = {"size": args.size, "seed": args.seed, "model": args.model, "sizes": size}
+    results: dict = {"size": args.size, "seed": args.seed, "model": args.model, "sizes": size, "device": str(device)}
+    if device.type == "cuda":
+        import torch
+
+        results["gpu"] = torch.cuda.get_device_name(device)
     k_max = max(size["flattery"], size["product"])
     config = AuditConfig(n_per_prompt=size["n_per_prompt"], seed=0, generation=SamplingConfig(max_new_tokens=size["max_new_tokens"],
                          batch_size=16), max_length=128, top_k=k_max, verify_k=0, verify_top=size["verify_top"])
@@ -203,15 +222,15 @@ def main() -> None:
         data, planted = make_data(size, args.seed, null=arm == "null")
         (work / f"train_{arm}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
         run = work / f"run_{arm}"
-        stage_seconds[f"finetune_{arm}"] = train_run(args.model, data, run, size, args.seed)
+        stage_seconds[f"finetune_{arm}"] = train_run(args.model, data, run, size, args.seed, str(device))
         if arm == "planted":
-            results["logprob"] = {name: logprob_raise(args.model, run, data, idx) for name, idx in planted.items()}
+            results["logprob"] = {name: logprob_raise(args.model, run, data, idx, str(device)) for name, idx in planted.items()}
         t0 = time.perf_counter()
         import dataclasses
 
         cfg = dataclasses.replace(config, verify_k=k_max if arm == "planted" and not args.no_verify else 0)
         res = run_audit(args.model, run, work / f"train_{arm}.jsonl", work / f"audit_{arm}", prompts=work / "prompts.jsonl",
-                        config=cfg, train_config={"seed": args.seed}, progress=True)
+                        config=cfg, train_config={"seed": args.seed}, progress=True, device=device)
         stage_seconds[f"audit_{arm}"] = time.perf_counter() - t0
         for k, v in res.timings.items():
             stage_seconds[f"audit_{arm}_{k}"] = v
@@ -227,8 +246,9 @@ def main() -> None:
         results["flagged_behaviours"] = [{"label": b["label"], "skew": b["skew"], "q_value": b["q_value"],
                                           "share_a": b["share_a"]["share"], "share_b": b["share_b"]["share"]} for b in audit["behaviours"]]
     results["stage_seconds"] = stage_seconds
-    name = "audit_planted" if args.size == "full" else f"audit_planted_{args.size}"
-    lines = [f"Size `{args.size}` ({json.dumps(size)}), data and training seed {args.seed}, model {args.model}.", "",
+    name = ("audit_planted" if args.size == "full" else f"audit_planted_{args.size}") + ("_gpu" if device.type == "cuda" else "")
+    where = f" on {results['gpu']}" if "gpu" in results else ""
+    lines = [f"Size `{args.size}` ({json.dumps(size)}), data and training seed {args.seed}, model {args.model}, device {device}{where}.", "",
              "| planted | in B's samples | in A's | flagged rank | q | recall@k | BM25 | MiniLM | share B | after top-k | after random | A's 95% CI |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in results.get("behaviours", []):
@@ -247,8 +267,15 @@ def main() -> None:
     if args.size == "small":
         lines.append("\nThe small size checks that every stage runs and resumes; it is too small for its numbers to mean anything.")
     print("\n".join(lines))
+    command = f"python benchmarks/audit_planted.py --size {args.size} --seed {args.seed}" + (
+        f" --device {args.device}" if device.type != "cpu" else "")
+    if args.save is not None:
+        from gradtrace.fileio import atomic_write_bytes
+
+        saved = {"name": name, "command": command, "summary_md": "\n".join(lines), "results": results, "machine": machine()}
+        atomic_write_bytes(args.save, (json.dumps(saved, indent=1) + "\n").encode())
     if not args.no_record:
-        record(name, f"python benchmarks/audit_planted.py --size {args.size} --seed {args.seed}", "\n".join(lines), results)
+        record(name, command, "\n".join(lines), results)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 
 from .cli_common import (  # noqa: F401 - check_variant and PYTHON_ONLY_METHODS are public here too
-    PYTHON_ONLY_METHODS, check_variant, console, json_option, output_dir, output_file, positive_option, print_json,
+    PYTHON_ONLY_METHODS, check_variant, console, device_option, json_option, output_dir, output_file, positive_option, print_json,
     progress_option, run_or_exit, table, variant_help,
 )
 from .errors import InputError
@@ -34,13 +34,6 @@ def _params(params: list[str]) -> Any:
     if params == ["last"]:
         return "last"
     return tuple(params)
-
-
-def device_option() -> Any:
-    """``--device`` of the commands that compute on a model or a store."""
-    return typer.Option(
-        "auto", help="auto (cuda if available, else cpu) | cpu | cuda | cuda:N; under torchrun/srun each rank takes cuda:LOCAL_RANK",
-    )
 
 
 def model_dtype_option() -> Any:

@@ -256,3 +256,10 @@ def output_dir(path: Path, option: str) -> Path:
                 raise InputError(f"{option} {str(path)!r}: {str(parent)!r} is a file, so the folder cannot be created")
             break
     return path
+
+
+def device_option() -> Any:
+    """``--device`` of the commands that compute on a model or a store."""
+    return typer.Option(
+        "auto", help="auto (cuda if available, else cpu) | cpu | cuda | cuda:N; under torchrun/srun each rank takes cuda:LOCAL_RANK",
+    )

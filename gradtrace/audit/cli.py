@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..cli_common import console, json_option, output_dir, print_json, progress_option, run_or_exit, table
+from ..cli_common import console, device_option, json_option, output_dir, print_json, progress_option, run_or_exit, table
 
 
 def register(app: typer.Typer) -> None:
@@ -45,6 +45,7 @@ def audit_command(
                              help="comma-separated: clusters (always) and likelihood (B's texts B finds far likelier than A)"),
     intended: Optional[str] = typer.Option(None, help="the change the fine-tune was meant to make (for the judge)"),
     judge: Optional[str] = typer.Option(None, help="LLM for labels and the judge: smollm2 | hf:DIR | http(s)://URL/v1#MODEL"),
+    device: str = device_option(),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
 ) -> None:
@@ -60,7 +61,10 @@ def audit_command(
     from .run import run_audit
 
     def go() -> None:
+        from ..devices import resolve_device
+
         output_dir(out, "--out")
+        dev = resolve_device(device, "--device")
         if embedder not in EMBEDDERS:
             raise InputError(f"--embedder must be one of {sorted(EMBEDDERS)}; got {embedder!r}")
         overrides = read_train_config(train_config)
@@ -77,8 +81,8 @@ def audit_command(
 
             chat = chat_for(judge, "--judge")
         res = run_audit(a, run, data, out, prompts=prompts, samples_a=samples_a, samples_b=samples_b, config=config,
-                        embedder=make_embedder(embedder, progress=progress), train_config=overrides, intended=intended,
-                        judge_chat=chat, judge_name=judge, progress=progress)
+                        embedder=make_embedder(embedder, progress=progress, device=str(dev)), train_config=overrides, intended=intended,
+                        judge_chat=chat, judge_name=judge, progress=progress, device=dev)
         beh = res.audit["behaviours"]
         if as_json:
             print_json({"behaviours": beh, "json": res.json_path, "report": res.report_path, "computed": res.computed,

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
+from ..devices import resolve_device
 from ..diff.likelihood import LikelihoodAssigner, LikelihoodResult, run_likelihood
 from ..diff.pipeline import ClusterMembers, ClusterRecord, DiffConfig, DiffResult, LevelSummary, diff_texts
 from ..diff.sources import HFSource, JsonlSource, Prompt, Sample, check_pairing, read_prompts
@@ -145,7 +147,7 @@ def run_audit(
     embedder: Embedder | None = None, grouper: BehaviourGrouper = group_flagged, train_fn: TrainFn | None = None,
     train_fn_name: str | None = None, train_config: dict[str, Any] | None = None, intended: str | None = None,
     judge_chat: Any = None, judge_name: str | None = None, progress: bool = True,
-    on_stage_done: Callable[[str], None] | None = None,
+    on_stage_done: Callable[[str], None] | None = None, device: str | Any = "auto",
 ) -> AuditResult:
     """Audit the fine-tune of ``model_a`` (``smollm2`` or a local Hugging Face
     folder) recorded in the Trainer run ``run_dir`` on the training JSONL
@@ -157,7 +159,12 @@ def run_audit(
     ``train_fn`` (with ``train_fn_name``, part of the cache key): retrains B
     for the verification; default: the run's recorded settings (``train_config``
     overrides them, as ``--train-config``). ``on_stage_done(name)`` is called
-    after each stage is done (computed or read back).
+    after each stage is done (computed or read back). ``device``
+    (``"auto" | "cpu" | "cuda" | "cuda:N"``): where sampling, the likelihood
+    view, the default MiniLM embedder, featurize, the trace and the default
+    retraining run (retraining through the ``Trainer`` takes ``cuda:0``
+    only). It is not part of any stage's cache key: stages computed on one
+    device are reused on another (their numbers differ by float rounding).
     """
     from ..lm.embed import CachedEmbedder, MiniLMEmbedder
     from ..lm.load import load_model
@@ -165,6 +172,7 @@ def run_audit(
     from ..models.hf_spec import COMPLETION_FIELDS, read_jsonl
 
     config = config or AuditConfig()
+    dev = resolve_device(device, "--device") or torch.device("cpu")
     out = Path(out)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -190,6 +198,7 @@ def run_audit(
     if config.verify_k and train_fn is None:
         settings, settings_source = train_settings(run, train_config)
     model, tok = load_model(model_a, what="--a")
+    model.to(dev)
     check_tokenizers(tok, model_a, run)
     task = CausalLMTask(tok, max_length=config.max_length, as_chat=config.as_chat)
     for i, e in enumerate(train_rows):
@@ -198,7 +207,7 @@ def run_audit(
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out)
     if embedder is None:
-        embedder = MiniLMEmbedder(progress=progress)
+        embedder = MiniLMEmbedder(progress=progress, device=str(dev))
     emb = CachedEmbedder(embedder, out / "cache" / "embeddings")
     a_key = _model_key(model_a)
     ckpt_keys = [{"step": r.step, "lr": r.lr, **(_model_key(r.path) or {})} for r in run.refs]
@@ -208,14 +217,15 @@ def run_audit(
 
     def load_b() -> tuple[Any, Any]:
         if run.kind == "lora":
-            return load_model(model_a, adapter=b_last, what="--a")
+            m, t = load_model(model_a, adapter=b_last, what="--a")
+            return m.to(dev), t
         if not (Path(b_last) / "config.json").is_file():
             raise InputError(f"--run: the full checkpoint {b_last!r} has no config.json")
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(b_last, local_files_only=True), tok
+        return AutoModelForCausalLM.from_pretrained(b_last, local_files_only=True).to(dev), tok
 
-    _estimate(config, run, len(train_rows), len(prompt_list), model, progress)
+    _estimate(config, run, len(train_rows), len(prompt_list), model, progress, dev)
 
     # -- sample --------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -366,7 +376,8 @@ def run_audit(
         kind = config.projection if config.projection != "auto" else ("kronecker" if run.kind == "lora" else "dense")
         proj = ProjectionConfig(kind, None if kind == "none" else config.dim, config.proj_seed)
         fc = FeaturizeConfig(params=lora_selection(m), projection=proj, batch_size=config.featurize_batch)
-        store = featurize(m, t, run.refs, train_rows, store_dir, fc, ids=ids, checkpoint_loader=load_hf_checkpoint, progress=progress)
+        store = featurize(m, t, run.refs, train_rows, store_dir, fc, ids=ids, checkpoint_loader=load_hf_checkpoint, progress=progress,
+                          device=dev)
         return {"n_examples": store.n_examples, "checkpoints": len(store.checkpoints), "feature_dim": store.feature_dim}
 
     store_info = cache.run("featurize", feat_parts, featurize_store) if traced else None
@@ -382,7 +393,7 @@ def run_audit(
         from ..scoring import Attributor
 
         m, t = traced_model_and_task()
-        attributor = Attributor(store_dir, m, t, checkpoint_loader=load_hf_checkpoint, progress=progress)
+        attributor = Attributor(store_dir, m, t, checkpoint_loader=load_hf_checkpoint, progress=progress, device=dev)
         behaviour = behaviour_by_name(config.target)
         out_t = {}
         with progress_bar("trace behaviours", len(traced), progress) as bar:
@@ -416,7 +427,7 @@ def run_audit(
     verification: dict[str, Any] = {}
     if config.verify_k and traced:
         verification = _verify(config, cache, out, beh, traced[: config.verify_top], traces, train_rows, ids, prompt_list, samples,
-                               assigner, emb, model_a, a_key, tok, run, settings, train_fn, train_fn_name, data_key, progress, done)
+                               assigner, emb, model_a, a_key, tok, run, settings, train_fn, train_fn_name, data_key, progress, done, dev)
     timings["verify"] = time.perf_counter() - t0
     done("verify")
 
@@ -525,7 +536,7 @@ def build_queries(group: dict[str, Any], recs_a: list[dict[str, str]], recs_b: l
 def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[str, Any]], chosen: list[int], traces: dict[str, Any],
             train_rows: list[dict[str, Any]], ids: list[str], prompt_list: list[Prompt], samples: dict[str, Any], assigner: Assigner,
             emb: Any, model_a: str, a_key: Any, tok: Any, run: RunInfo, settings: Any, train_fn: TrainFn | None,
-            train_fn_name: str | None, data_key: str, progress: bool, done: Callable[[str], None]) -> dict[str, Any]:
+            train_fn_name: str | None, data_key: str, progress: bool, done: Callable[[str], None], dev: Any) -> dict[str, Any]:
     """Remove the top-K proponents and K random examples, retrain, re-sample,
     re-diff; the behaviours' shares in B before and after."""
     from ..lm.load import load_model
@@ -537,7 +548,7 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
     asg_b = assigner.assign(texts_b)
     before = {str(i): member_rows(asg_b, [(m["level"], m["cluster"]) for m in g["members"]], len(texts_b))[0] for i, g in enumerate(beh)}
     if train_fn is None:
-        train_fn = recorded_train_fn(model_a, run, settings, config)
+        train_fn = recorded_train_fn(model_a, run, settings, config, dev)
         fn_key: Any = {"recorded": settings.to_dict(), "kind": run.kind}
     else:
         if not train_fn_name:
@@ -565,7 +576,7 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
 
                     if hasattr(m, "merge_and_unload"):
                         m = merge_lora(m)
-                    return m, tok
+                    return m.to(dev), tok
 
                 src = _ModelSource({"retrain": key}, loader, config.generation, out / "cache" / "samples")
                 sb2 = src.sample(prompt_list, config.n_per_prompt, config.seed + 1, progress)
@@ -616,11 +627,11 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
     return out_v
 
 
-def recorded_train_fn(model_a: str, run: RunInfo, settings: Any, config: AuditConfig) -> TrainFn:
+def recorded_train_fn(model_a: str, run: RunInfo, settings: Any, config: AuditConfig, device: Any = "cpu") -> TrainFn:
     """Retrain B as the run did: from model A, a fresh LoRA adapter with the
     run's ``adapter_config.json`` (or all weights for a full run), the Hugging
     Face ``Trainer`` with the recorded epochs, batch size, learning rate and
-    schedule (:func:`gradtrace.lm.lora.train_lora`)."""
+    schedule (:func:`gradtrace.lm.lora.train_lora`), on ``device``."""
 
     def train(examples: list[dict[str, Any]], out_dir: Path) -> Any:
         import torch
@@ -635,25 +646,29 @@ def recorded_train_fn(model_a: str, run: RunInfo, settings: Any, config: AuditCo
                 torch.manual_seed(settings.seed)
                 m = wrap_with_adapter_config(m, run.last)
         task = CausalLMTask(tok, max_length=config.max_length, as_chat=config.as_chat)
-        train_lora(m, task, examples, out_dir, settings, progress=False)
+        train_lora(m, task, examples, out_dir, settings, progress=False, device=device)
         m.eval()
         return m
 
     return train
 
 
-def _estimate(config: AuditConfig, run: RunInfo, n_train: int, n_prompts: int, model: Any, progress: bool) -> dict[str, Any]:
+def _estimate(config: AuditConfig, run: RunInfo, n_train: int, n_prompts: int, model: Any, progress: bool, device: Any) -> dict[str, Any]:
     """What the audit will cost, said before it starts: work counts, disk, and
-    a time estimate from one timed forward pass of model A."""
-    import torch
-
+    a time estimate from one timed forward pass of model A on ``device``
+    (after one untimed pass there, which pays for the device's warm-up)."""
     n_params = sum(p.numel() for p in model.parameters())
     n_texts = 2 * n_prompts * config.n_per_prompt
     bs = config.generation.batch_size
     with torch.no_grad():
-        ids = torch.zeros((min(bs, 8), 32), dtype=torch.long)
+        ids = torch.zeros((min(bs, 8), 32), dtype=torch.long, device=device)
+        if device.type == "cuda":
+            model(input_ids=ids)
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         model(input_ids=ids)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t_fwd = (time.perf_counter() - t0) / ids.numel()  # seconds per token of a forward pass
     tokens_sampled = n_texts * config.generation.max_new_tokens
     t_sample = tokens_sampled * t_fwd * 4  # incremental decoding is less efficient than one batch
@@ -671,7 +686,7 @@ def _estimate(config: AuditConfig, run: RunInfo, n_train: int, n_prompts: int, m
            "seconds": t_sample + t_feat + t_verify, "disk_bytes": disk_store + disk_verify}
     _say(progress, (
         f"gradtrace audit: {n_texts} texts to sample, {n_train} training examples x {len(run.refs)} checkpoints to featurize, "
-        f"{retrains} retrains to verify; estimated ~{(t_sample + t_feat + t_verify) / 60:.1f} min on this machine "
+        f"{retrains} retrains to verify; estimated ~{(t_sample + t_feat + t_verify) / 60:.1f} min on {device} "
         f"(sampling ~{t_sample / 60:.1f}, featurize ~{t_feat / 60:.1f}, likelihood view and verify ~{t_verify / 60:.1f}) "
         f"and ~{_human(disk_store + disk_verify)} on disk (store ~{_human(disk_store)}, retrained checkpoints ~{_human(disk_verify)}); "
         "finished stages are cached: a rerun resumes"))

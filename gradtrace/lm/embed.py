@@ -119,8 +119,8 @@ class HashingEmbedder:
         return np.stack([self._vector(t) for t in texts])
 
 
-def make_embedder(spec: "str | Embedder", *, analyzer: str = "word", progress: bool = False) -> Embedder:
-    """The embedder called ``spec`` (``"minilm"``, or ``"hashing"``/``"hashed"``:
+def make_embedder(spec: "str | Embedder", *, analyzer: str = "word", progress: bool = False, device: str = "cpu") -> Embedder:
+    """The embedder called ``spec`` (``"minilm"`` on ``device``, or ``"hashing"``/``"hashed"``:
     a :class:`HashingEmbedder` with ``analyzer``), or ``spec`` itself when it
     is an object with ``embed``."""
     if not isinstance(spec, str):
@@ -132,7 +132,7 @@ def make_embedder(spec: "str | Embedder", *, analyzer: str = "word", progress: b
         raise InputError(f"embedder must be one of {sorted(NAMES)}; got {spec!r}")
     if canonical == HASHING:
         return HashingEmbedder(analyzer=analyzer)
-    return MiniLMEmbedder(progress=progress)
+    return MiniLMEmbedder(progress=progress, device=device)
 
 
 class CachedEmbedder:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import CheckpointRef
+from ..devices import resolve_device, to_device
 from ..configbase import ConfigBase, one_of, positive, positive_int
 from ..errors import InputError, MissingDependencyError
 from ..fileio import atomic_write_bytes
@@ -134,6 +135,7 @@ def wrap_with_adapter_config(model: nn.Module, adapter_dir: Path) -> nn.Module:
 def train_lora(
     model: nn.Module, task: Any, examples: Sequence[Any], out: str | Path,
     config: LoraTrainConfig = LoraTrainConfig(), progress: bool = True, *, engine: str = "trainer", bf16: bool = False,
+    device: str | torch.device = "cpu",
 ) -> list[CheckpointRef]:
     """Fine-tune ``model`` (a PEFT model, see :func:`add_lora`) on ``examples``
     batched by ``task.collate``; see the module docstring for the engines.
@@ -142,18 +144,27 @@ def train_lora(
     returns them with the learning rates the Trainer logged; a run already
     complete in ``out`` (``done.json`` matching the settings) is reused.
     ``"plain"`` saves the adapter in ``out`` and returns one reference to it.
-    ``bf16``: autocast to bfloat16 (plain engine only)."""
+    ``bf16``: autocast to bfloat16 (plain engine only). ``device``: where the
+    training runs (``"auto" | "cpu" | "cuda"``, the ``Trainer`` engine takes
+    ``cuda:0`` only: choose another GPU with ``CUDA_VISIBLE_DEVICES``); the
+    model is left there. Not part of the settings a finished run is reused
+    by: a run trained on the CPU is reused on a GPU and the other way round."""
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}; got {engine!r}")
+    dev = resolve_device(device, "device") or torch.device("cpu")
     if engine == "plain":
-        return _train_plain(model, task, examples, Path(out), config, progress, bf16)
+        return _train_plain(model, task, examples, Path(out), config, progress, bf16, dev)
     if bf16:
         raise InputError("bf16 autocast is for engine='plain' only")
-    return _train_with_trainer(model, task, examples, Path(out), config, progress)
+    if dev.type == "cuda" and dev.index not in (None, 0):
+        raise InputError(f"device {device!s}: the Trainer engine trains on cuda:0; choose the GPU with CUDA_VISIBLE_DEVICES")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!s}: the Trainer engine trains on cpu or cuda")
+    return _train_with_trainer(model, task, examples, Path(out), config, progress, dev)
 
 
 def _train_with_trainer(model: nn.Module, task: Any, examples: Sequence[Mapping[str, Any]], out: Path, config: LoraTrainConfig,
-                        progress: bool) -> list[CheckpointRef]:
+                        progress: bool, device: torch.device) -> list[CheckpointRef]:
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from ..models.hf_checkpoints import trainer_checkpoints
@@ -173,7 +184,7 @@ def _train_with_trainer(model: nn.Module, task: Any, examples: Sequence[Mapping[
         output_dir=str(out), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         learning_rate=config.lr, lr_scheduler_type=config.schedule, weight_decay=config.weight_decay,
         warmup_steps=0, logging_steps=1, save_strategy="no", save_total_limit=None,
-        report_to=[], seed=config.seed, data_seed=config.seed, use_cpu=True, remove_unused_columns=False,
+        report_to=[], seed=config.seed, data_seed=config.seed, use_cpu=device.type == "cpu", remove_unused_columns=False,
         disable_tqdm=not progress, dataloader_num_workers=0, save_only_model=False,
     )
     with _kept_random_state(config.seed):
@@ -214,13 +225,14 @@ def _resume_point(out: Path, started: Path, settings: dict[str, Any]) -> Path | 
 
 
 def _train_plain(model: nn.Module, task: Any, examples: Sequence[Any], out: Path, config: LoraTrainConfig, progress: bool,
-                 bf16: bool) -> list[CheckpointRef]:
+                 bf16: bool, device: torch.device) -> list[CheckpointRef]:
     from ..progress import progress_bar
 
     if not examples:
         raise InputError("train_lora: examples must not be empty")
     if config.schedule != "constant" or config.weight_decay != 0.0:
         raise InputError("engine='plain' trains at a constant rate without weight decay; use engine='trainer' for other settings")
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(config.seed)
@@ -231,8 +243,8 @@ def _train_plain(model: nn.Module, task: Any, examples: Sequence[Any], out: Path
         for _ in range(config.epochs):
             order = torch.randperm(len(examples), generator=gen).tolist()
             for s in range(0, len(order), config.batch_size):
-                batch = task.collate([examples[i] for i in order[s : s + config.batch_size]])
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                batch = to_device(task.collate([examples[i] for i in order[s : s + config.batch_size]]), device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = model(**batch).loss
                 opt.zero_grad()
                 loss.backward()

@@ -106,7 +106,8 @@ class CausalLMTask:
         if not getattr(tok, "is_fast", False):
             raise InputError("completion_spans needs a fast (Rust) Hugging Face tokenizer: character offsets come from it")
         enc = tok(completion_text, add_special_tokens=False, return_offsets_mapping=True)
-        if list(enc["input_ids"]) != completion[: len(enc["input_ids"])]:
+        n = min(len(enc["input_ids"]), len(completion))  # encode() cut a completion that max_length does not hold
+        if list(enc["input_ids"][:n]) != completion[:n]:
             raise InputError(f"{where}: tokenizing the completion with offsets gave other ids than encode()")
         spans = []
         for s, e in enc["offset_mapping"]:

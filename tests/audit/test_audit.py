@@ -180,6 +180,13 @@ def test_bad_inputs_give_clear_errors(tiny_audit, tmp_path) -> None:
     code, out = _cli(*common, "--run", str(t.run), "--data", str(t.train), "--prompts", str(t.prompts), "--verify", "5",
                      "--train-config", str(cfg))
     assert code == 2 and "--train-config" in out and "learning_rate" in out
+    # a device this machine does not have, refused before any work
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    code, out = _cli(*common, "--run", str(t.run), "--data", str(t.train), "--prompts", str(t.prompts), "--device", missing)
+    assert code == 2 and "--device" in out and missing in out
+    assert not (tmp_path / "o" / "stages").exists()
 
 
 def test_learning_rate_schedules_are_recognised_from_the_logged_rates(tmp_path) -> None:

@@ -87,6 +87,22 @@ def test_completion_spans_cover_the_text(pair) -> None:
         assert spans[-1] == (-1, -1)  # the chat template's end of turn
 
 
+
+def test_completion_spans_of_a_completion_cut_by_max_length(pair) -> None:
+    """encode() keeps the first max_length - len(prompt) completion tokens; the spans are those tokens' spans."""
+    from gradtrace.lm.tasks import CausalLMTask
+
+    _, _, task = pair
+    ex = ITEMS[0]
+    prompt, whole = task.encode(ex)
+    cut = CausalLMTask(task.tokenizer, max_length=len(prompt) + 5, as_chat=True)
+    _, completion = cut.encode(ex)
+    assert completion == whole[:5] and len(whole) > 5
+    spans = cut.completion_spans(ex)
+    assert spans == task.completion_spans(ex)[:5]
+    assert "".join(ex["completion"][s:e] for s, e in spans) == ex["completion"][: spans[-1][1]]
+
+
 def test_unit_token_sums_by_hand() -> None:
     text = "One two three. Four five six."
     spans = [(0, 4), (4, 8), (8, 14), (14, 19), (19, 29), (-1, -1)]

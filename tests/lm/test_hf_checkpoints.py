@@ -47,6 +47,21 @@ def test_trainer_run_gives_checkpoints_with_logged_learning_rates(run) -> None:
     assert [r.lr for r in refs] == [logged[s] for s in range(1, 6)] == [CONFIG.lr] * 5
     assert trainer_checkpoints(out) == refs
     assert train_lora(_fresh(), task, _examples(), out, CONFIG) == refs  # done.json: reused, not retrained
+    # where it trains is not part of the settings: the finished run is reused on any device
+    assert train_lora(_fresh(), task, _examples(), out, CONFIG, device="cpu") == refs
+
+
+def test_training_device_is_checked_before_training(tmp_path, lm) -> None:
+    from gradtrace.models.hf import CausalLMTask
+
+    task = CausalLMTask(lm.tok, max_length=48)
+    with pytest.raises(InputError, match="device must be one of"):
+        train_lora(_fresh(), task, _examples(), tmp_path / "a", CONFIG, progress=False, device="gpu")
+    # a GPU this machine does not have; the Trainer takes cuda:0 only
+    missing = "cuda:1" if torch.cuda.device_count() > 1 else ("cuda:9" if torch.cuda.is_available() else "cuda")
+    with pytest.raises(InputError, match="cuda"):
+        train_lora(_fresh(), task, _examples(), tmp_path / "b", CONFIG, progress=False, device=missing)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_learning_rate_is_the_last_logged_at_or_before_the_step(tmp_path) -> None:
