@@ -446,9 +446,38 @@ def sensitivity_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings of the sensitivity part, ``--tiny`` defaults filled in (they key its stage files)."""
     k = 1 if args.tiny else 0
     s = {name: (getattr(args, name) if getattr(args, name) is not None else pair[k]) for name, pair in SENS_DEFAULTS.items()}
-    s.update(model="tiny" if args.tiny else "smollm2", dev_min_shift=args.dev_min_shift, lora_rank=LORA_RANK, lora_alpha=LORA_ALPHA,
-             batch_size=BATCH, modules=list(TINY_MODULES if args.tiny else SMOLLM2_MODULES), split_seed=0)
+    model = args.model or ("tiny" if args.tiny else "smollm2")
+    s.update(model=model, dev_min_shift=args.dev_min_shift, lora_rank=LORA_RANK, lora_alpha=LORA_ALPHA,
+             batch_size=BATCH, modules=list(TINY_MODULES if model == "tiny" else SMOLLM2_MODULES), split_seed=0)
     return s
+
+
+def sensitivity_suite(s: dict[str, Any], suite_dir: Path, device: torch.device) -> tuple[list[Item], dict]:
+    """The suite the sensitivity part scores: the shipped seeds + ``s["templates"]`` template items per subtask,
+    validated with ``s["embedder"]`` (no LM items: SmolLM2 wrote no valid one, see the stats part). Kept in
+    ``suite_dir`` (``suite_valid.jsonl``, ``validate.json``) and read from there when it is already built
+    (``--parts suite`` builds it alone, e.g. on a machine that has the MiniLM embedder)."""
+    want = {"templates": s["templates"], "embedder": s["embedder"], "template_seed": 0}
+
+    def build() -> dict:
+        from gradtrace.lm.embed import HashingEmbedder, MiniLMEmbedder
+        from gradtrace.probes.validate import ValidationConfig, validate_suite
+
+        with Clock() as c:
+            items = seed_items() + generate_template_items(s["templates"], seed=0)
+            emb = MiniLMEmbedder(device=str(device)) if s["embedder"] == "minilm" else HashingEmbedder()
+            result = validate_suite(items, emb, ValidationConfig())
+        save_suite(suite_dir / "suite_valid.jsonl", result.items)
+        return {**want, "seconds": c.wall, "cpu_seconds": c.cpu, "report": json.loads(json.dumps(result.report, default=float))}
+
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    if (suite_dir / "validate.json").is_file() and not (suite_dir / "suite_valid.jsonl").is_file():
+        raise SystemExit(f"{str(suite_dir)!r} has validate.json but no suite_valid.jsonl")
+    suite = stage(suite_dir / "validate.json", build)
+    got = {k: suite.get(k) for k in want}
+    if got != want:
+        raise SystemExit(f"the suite in {str(suite_dir)!r} was built with {got}, this run asks for {want}")
+    return load_suite(suite_dir / "suite_valid.jsonl"), suite
 
 
 def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
@@ -486,25 +515,9 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         pass
     log(t0, f"sensitivity: model {s['model']} on {device} ({env['device_name']}); stage files in {sdir}")
 
-    # the suite: the shipped seeds + template items, validated (no LM items: SmolLM2 wrote no valid one, see the stats part)
-    suite_dir = work / f"suite-{s['templates']}-{s['embedder']}"
-
-    def suite_stage() -> dict:
-        from gradtrace.lm.embed import HashingEmbedder, MiniLMEmbedder
-        from gradtrace.probes.validate import ValidationConfig, validate_suite
-
-        with Clock() as c:
-            items = seed_items() + generate_template_items(s["templates"], seed=0)
-            emb = MiniLMEmbedder(device=str(device)) if s["embedder"] == "minilm" else HashingEmbedder()
-            result = validate_suite(items, emb, ValidationConfig())
-        save_suite(suite_dir / "suite_valid.jsonl", result.items)
-        return {"seconds": c.wall, "report": json.loads(json.dumps(result.report, default=float))}
-
-    log(t0, "suite: seeds + templates, validating")
-    suite_dir.mkdir(parents=True, exist_ok=True)
-    suite = stage(suite_dir / "validate.json", suite_stage)
+    log(t0, "suite: seeds + templates, validated")
+    valid, suite = sensitivity_suite(s, args.suite_dir or (work / f"suite-{s['templates']}-{s['embedder']}"), device)
     wall["suite"] = suite["seconds"]
-    valid = load_suite(suite_dir / "suite_valid.jsonl")
     report = suite["report"]
     log(t0, f"suite: {report['kept_total']} items kept ({', '.join(f'{k} {v}' for k, v in report['kept'].items())}); "
             f"surface classifier {report['phrasing_bias']['surface']['accuracy']:.3f}")
@@ -843,7 +856,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("benchmarks/work/reflect_probes"),
                     help="stage files, adapters and caches (reused on a rerun); point it at /tmp on a lent machine")
-    ap.add_argument("--parts", nargs="*", choices=("stats", "speed", "sensitivity"), default=[],
+    ap.add_argument("--parts", nargs="*", choices=("stats", "speed", "suite", "sensitivity"), default=[],
                     help="parts to run (their finished stages are reused); stats/speed then record; sensitivity writes --out-json")
     ap.add_argument("--templates", type=int, default=None, help="template items per subtask (default 300; --tiny 24 in the sensitivity part)")
     ap.add_argument("--lm-attempts", type=int, default=5, help="few-shot SmolLM2 attempts per subtask")
@@ -854,6 +867,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     sens.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N: where the fine-tunes and the scoring run")
     sens.add_argument("--tiny", action="store_true", help="the zoo's tiny GPT-2 and a small suite: the whole pipeline on a CPU in seconds")
     sens.add_argument("--out-json", type=Path, default=None, help="the results JSON (default WORK/sensitivity.json)")
+    sens.add_argument("--model", default=None,
+                      help="smollm2 (default), tiny (with --tiny), or a local Hugging Face folder of a Llama-architecture model")
+    sens.add_argument("--suite-dir", type=Path, default=None,
+                      help="the validated suite (suite_valid.jsonl, validate.json), read if there, else built there "
+                           "(default WORK/suite-TEMPLATES-EMBEDDER); --parts suite builds only that")
     sens.add_argument("--record-from", type=Path, default=None,
                       help="record a results JSON written by --parts sensitivity (here or elsewhere) into BENCHMARKS.md and "
                            "benchmarks/results/reflect_probes.json, without running anything")
@@ -880,9 +898,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         return None
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    if "sensitivity" in args.parts:
+    if "sensitivity" in args.parts or "suite" in args.parts:
         if len(args.parts) > 1:
-            raise SystemExit("--parts sensitivity runs on its own (its results go to --out-json; record them with --record-from)")
+            raise SystemExit("--parts sensitivity (or suite) runs on its own (its results go to --out-json; record them with --record-from)")
+        if args.parts == ["suite"]:
+            from gradtrace.devices import resolve_device
+
+            s = sensitivity_settings(args)
+            suite_dir = args.suite_dir or (work / f"suite-{s['templates']}-{s['embedder']}")
+            items, suite = sensitivity_suite(s, suite_dir, resolve_device(args.device, "--device"))
+            print(f"suite in {suite_dir}: {len(items)} items kept, {suite['report']['kept']}, {suite['seconds']:.0f} s", flush=True)
+            return None
         return run_sensitivity(args)
     from gradtrace.lm.load import load_model
 
