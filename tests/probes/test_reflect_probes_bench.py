@@ -223,3 +223,18 @@ def test_record_from_keeps_the_suite_statistics_and_the_earlier_runs(tiny_run, t
     bench.main(["--record-from", str(out), "--note", "a reading"])  # again: the same section and file
     assert (root / "BENCHMARKS.md").read_text() == text
     assert json.loads((root / "benchmarks" / "results" / "reflect_probes.json").read_text()) == after
+
+
+def test_suite_part_is_built_once_and_checked_against_the_settings(tmp_path, capsys):
+    args = ["--tiny", "--device", "cpu", "--work", str(tmp_path), "--templates", "8"]
+    bench.main(["--parts", "suite", *args])
+    built = tmp_path / "suite-8-hashing"
+    items = load_suite(built / "suite_valid.jsonl")
+    record = json.loads((built / "validate.json").read_text())
+    assert record["report"]["kept_total"] == len(items) and record["templates"] == 8
+    assert {it.id for it in items} <= {it.id for it in seed_items() + generate_template_items(8, seed=0)}
+    stamp = (built / "validate.json").stat().st_mtime_ns
+    bench.main(["--parts", "suite", *args])  # read back, not rebuilt
+    assert (built / "validate.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="was built with"):
+        bench.main(["--parts", "suite", "--tiny", "--device", "cpu", "--work", str(tmp_path), "--templates", "9", "--suite-dir", str(built)])
