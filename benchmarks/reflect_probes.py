@@ -610,15 +610,16 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         log(t0, f"fine-tune {name}: {c.wall:.1f} s")
         return info, model
 
-    def release(model: Any) -> None:
-        del model
+    def release() -> None:
+        """Give the device memory of the models deleted by the caller back (one model on the device at a time)."""
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
     # base: dev and test
     base = copy.deepcopy(base_cpu).to(device).eval()
     runs = {"base_dev": score("base_dev", base, dev), "base": score("base", base, test)}
-    release(base)
+    del base
+    release()
     dev_base = correct_of(runs["base_dev"]["items"])
 
     # dev: the first strength (in the order tried) that meets the rule
@@ -628,7 +629,8 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     for name, kind, p, lr, seed in train_runs:
         info, model = finetune(name, kind, p, lr, seed)
         run = score(name, model, dev)
-        release(model)
+        del model
+        release()
         cmp = slim(compare_correct(dev_base, correct_of(run["items"]), "holm"))
         met = dev_rule(cmp, "key", s["dev_min_shift"])
         tried.append({"name": name, "planted_examples": p, "lr": lr, "finetune": info, "shift_vs_base": cmp, "meets_rule": met,
@@ -652,7 +654,8 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         fts[name], model = finetune(f"test_{name}_{chosen['planted_examples']}_lr{chosen['lr']:g}", kind, chosen["planted_examples"],
                                     chosen["lr"], seed)
         runs[name] = score(f"test_{name}_{chosen['planted_examples']}_lr{chosen['lr']:g}", model, test)
-        release(model)
+        del model
+        release()
     cor = {n: correct_of(r["items"]) for n, r in runs.items() if n != "base_dev"}
     results: dict[str, Any] = {
         "items_per_subtask": report["kept"], "items_total": report["kept_total"],
