@@ -216,6 +216,9 @@ def test_record_from_keeps_the_suite_statistics_and_the_earlier_runs(tiny_run, t
         assert after["earlier_cpu_sensitivity"]["subtask_shift"] == before["subtask_shift"]
     assert after["subtask_shift"] == new["subtask_shift"] and after["null_subtask_shift"] == new["null_subtask_shift"]
     assert after["sensitivity"]["items_per_subtask"] == new["items_per_subtask"]
+    # what a later stats record rebuilds the sensitivity text from: the same text
+    merged = {**after["sensitivity"], **{k: after[k] for k in bench.SENS_KEYS if k in after}}
+    assert bench.sensitivity_md(merged) == bench.sensitivity_md(new)
     text = (root / "BENCHMARKS.md").read_text()
     section = text.split("<!-- reflect_probes:start -->")[1].split("<!-- reflect_probes:end -->")[0]
     assert section.count("\n### Sensitivity\n") == 1 and section.count("### Earlier CPU sensitivity runs") == 1
