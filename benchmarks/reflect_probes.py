@@ -535,8 +535,9 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     scored_scen = {it.scenario for it in dev + test}
     train_runs = [(f"dev_{p}_lr{lr:g}", "planted", p, lr, 100 + i) for i, (p, lr) in enumerate(strengths)]
     train_scen = {it.scenario for _, kind, p, _, seed in train_runs for it in finetune_items(kind, p, s["train"], seed)}
-    for seed in (11, 21, 22):
-        train_scen |= {it.scenario for it in finetune_items("planted" if seed == 11 else "neutral", s["train"], s["train"], seed)}
+    for p in {p for p, _ in strengths}:  # the test fine-tunes, whichever strength is chosen
+        train_scen |= {it.scenario for it in finetune_items("planted", p, s["train"], 11) + finetune_items("neutral", p, s["train"], 21)
+                       + finetune_items("neutral", p, s["train"], 22)}
     split = {"dev_per_subtask": per(dev), "test_per_subtask": per(test), "unused_per_subtask": per(unused),
              "dev_test_shared_scenarios": len({it.scenario for it in dev} & {it.scenario for it in test}),
              "train_scored_shared_scenarios": len(train_scen & scored_scen),
