@@ -402,35 +402,12 @@ def split_dev_test(items: Sequence[Item], dev_n: int, seed: int = 0) -> tuple[li
     return sorted(dev, key=lambda it: order[it.id]), test, unused
 
 
-class OnDevice:
-    """A task whose batches come out on ``device`` (the plain LoRA loop collates on the CPU)."""
-
-    def __init__(self, task: Any, device: torch.device):
-        self.task, self.device = task, device
-
-    def collate(self, examples: Sequence[Any]) -> Any:
-        from gradtrace.devices import to_device
-
-        return to_device(self.task.collate(examples), self.device)
-
-    def encode(self, example: Any, index: int | None = None) -> Any:
-        return self.task.encode(example, index)
-
-    def __repr__(self) -> str:
-        return repr(self.task)
-
-
-def lora_config(lr: float, seed: int, epochs: int, modules: Sequence[str], device: torch.device) -> Any:
-    """LoRA on ``modules`` of every layer; the device goes in when LoraTrainConfig has that field (main adds it)."""
-    import dataclasses
-
+def lora_config(lr: float, seed: int, epochs: int, modules: Sequence[str]) -> Any:
+    """LoRA rank 8 on ``modules`` of every layer, batch 8, AdamW at a constant rate ``lr``."""
     from gradtrace.lm.lora import LoraTrainConfig
 
-    kw: dict[str, Any] = dict(epochs=epochs, lr=lr, batch_size=BATCH, rank=LORA_RANK, alpha=LORA_ALPHA, target_modules=tuple(modules),
-                              seed=seed, layers=None)
-    if "device" in {f.name for f in dataclasses.fields(LoraTrainConfig)}:
-        kw["device"] = device.type
-    return LoraTrainConfig(**kw)
+    return LoraTrainConfig(epochs=epochs, lr=lr, batch_size=BATCH, rank=LORA_RANK, alpha=LORA_ALPHA, target_modules=tuple(modules),
+                           seed=seed, layers=None)
 
 
 def lean(items: Sequence[Item], run: dict) -> dict[str, Any]:
@@ -594,13 +571,13 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
             wall[f"finetune_{name}"] = info["seconds"]
             return info, model
         examples = as_examples(finetune_items(kind, planted, s["train"], seed), seed)
-        config = lora_config(lr, seed, s["epochs"], s["modules"], device)
+        config = lora_config(lr, seed, s["epochs"], s["modules"])
         log(t0, f"fine-tune {name}: {kind}, {planted if kind == 'planted' else 0} planted of {len(examples)}, lr {lr:g}, "
                 f"{s['epochs']} epochs ({steps} steps of {BATCH}), seed {seed}")
-        model = add_lora(copy.deepcopy(base_cpu), config).to(device)
-        task = OnDevice(CausalLMTask(tok, max_length=s["max_length"]), device)
+        model = add_lora(copy.deepcopy(base_cpu), config)  # adapters initialised on the CPU from the seed, then moved
         with Clock() as c:
-            train_lora(model, task, examples, adapter, config, progress=False, engine="plain")
+            train_lora(model, CausalLMTask(tok, max_length=s["max_length"]), examples, adapter, config, progress=False, engine="plain",
+                       device=device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         model.eval()
