@@ -444,13 +444,12 @@ def sensitivity_suite(s: dict[str, Any], suite_dir: Path, device: torch.device) 
     want = {"templates": s["templates"], "embedder": s["embedder"], "template_seed": 0}
 
     def build() -> dict:
-        from gradtrace.lm.embed import HashingEmbedder, MiniLMEmbedder
+        from gradtrace.lm.embed import make_embedder
         from gradtrace.probes.validate import ValidationConfig, validate_suite
 
         with Clock() as c:
             items = seed_items() + generate_template_items(s["templates"], seed=0)
-            emb = MiniLMEmbedder(device=str(device)) if s["embedder"] == "minilm" else HashingEmbedder()
-            result = validate_suite(items, emb, ValidationConfig())
+            result = validate_suite(items, make_embedder(s["embedder"], device=str(device)), ValidationConfig())
         save_suite(suite_dir / "suite_valid.jsonl", result.items)
         return {**want, "seconds": c.wall, "cpu_seconds": c.cpu, "report": json.loads(json.dumps(result.report, default=float))}
 
