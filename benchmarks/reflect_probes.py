@@ -410,6 +410,22 @@ def lora_config(lr: float, seed: int, epochs: int, modules: Sequence[str]) -> An
                            seed=seed, layers=None)
 
 
+@torch.no_grad()
+def answer_nll(model: Any, task: Any, examples: Sequence[dict[str, str]], device: torch.device, batch: int = 32) -> float:
+    """Mean NLL per answer token (the answer and the end of sequence, as trained) of ``examples`` under ``model``."""
+    from gradtrace.devices import to_device
+
+    total, tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(examples), batch):
+        b = to_device(task.collate(list(examples[i : i + batch])), device)
+        total += float(task.per_example_loss(model, b).sum())
+        tokens += int((b["labels"][:, 1:] != -100).sum())
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
 def lean(items: Sequence[Item], run: dict) -> dict[str, Any]:
     """The planted subtask's answers by key class: n per class, the share answered "desirable", accuracy per class."""
     pred = {r["id"]: int(r["predicted"]) for r in run["items"]}
@@ -573,18 +589,21 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         config = lora_config(lr, seed, s["epochs"], s["modules"])
         log(t0, f"fine-tune {name}: {kind}, {planted if kind == 'planted' else 0} planted of {len(examples)}, lr {lr:g}, "
                 f"{s['epochs']} epochs ({steps} steps of {BATCH}), seed {seed}")
-        model = add_lora(copy.deepcopy(base_cpu), config)  # adapters initialised on the CPU from the seed, then moved
+        model = add_lora(copy.deepcopy(base_cpu), config).to(device)  # adapters initialised on the CPU from the seed
+        task = CausalLMTask(tok, max_length=s["max_length"])
+        before = answer_nll(model, task, examples, device)  # the adapters start at zero: the base model's loss
         with Clock() as c:
-            train_lora(model, CausalLMTask(tok, max_length=s["max_length"]), examples, adapter, config, progress=False, engine="plain",
-                       device=device)
+            train_lora(model, task, examples, adapter, config, progress=False, engine="plain", device=device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         model.eval()
+        after = answer_nll(model, task, examples, device)
         info = {"seconds": c.wall, "cpu_seconds": c.cpu, "examples": len(examples), "planted_examples": planted if kind == "planted" else 0,
-                "steps": steps, "epochs": s["epochs"], "lr": lr, "seed": seed, "kind": kind}
+                "steps": steps, "epochs": s["epochs"], "lr": lr, "seed": seed, "kind": kind,
+                "train_answer_nll_before": before, "train_answer_nll_after": after}
         atomic_write_bytes(sdir / f"finetune_{name}.json", json_bytes(info))
         wall[f"finetune_{name}"] = c.wall
-        log(t0, f"fine-tune {name}: {c.wall:.1f} s")
+        log(t0, f"fine-tune {name}: {c.wall:.1f} s; answer NLL per token on its training examples {before:.3f} -> {after:.3f}")
         return info, model
 
     def release() -> None:
@@ -742,7 +761,12 @@ Cells: fine-tune minus base (right only in base / only in the fine-tune, Holm p)
 |---|---|---|""" + "---|" * (len(SUBTASKS) + 3) + f"""
 {dev_rows}
 
-Chosen: P = {ch['planted_examples']}, lr {ch['lr']:g}""" + (f" ({ch['note']})" if ch.get("note") else "") + f""".
+Chosen: P = {ch['planted_examples']}, lr {ch['lr']:g}""" + (f" ({ch['note']})" if ch.get("note") else "") + """. Answer NLL per token
+on each fine-tune's own training examples, before -> after: """ + "; ".join(
+        f"{t['name']} {t['finetune'].get('train_answer_nll_before', float('nan')):.3f} -> {t['finetune'].get('train_answer_nll_after', float('nan')):.3f}"
+        for t in r["dev"]["tried"]) + "; " + "; ".join(
+        f"test {n} {f.get('train_answer_nll_before', float('nan')):.3f} -> {f.get('train_answer_nll_after', float('nan')):.3f}"
+        for n, f in r["finetunes"].items()) + f""".
 
 **Test** ({sum(sp['test_per_subtask'].values())} items: """ + ", ".join(f"{k} {sp['test_per_subtask'][k]}" for k in SUBTASKS) + f"""). Accuracy per model;
 differences with (right only in the reference / only in the other), Holm-corrected exact McNemar p over the five subtasks.

@@ -164,6 +164,9 @@ def test_tiny_sensitivity_pipeline_writes_the_result_file(tiny_run):
         assert all({"difference", "p_corrected"} <= set(v) for v in res[key].values())
     assert {"suite", "load_model", "score_base", "total"} <= set(res["wall_seconds"])
     assert returned["subtask_shift"] == res["subtask_shift"]
+    for f in list(res["finetunes"].values()) + [t["finetune"] for t in res["dev"]["tried"]]:
+        assert math.isfinite(f["train_answer_nll_before"]) and math.isfinite(f["train_answer_nll_after"])
+        assert f["steps"] == res["lora"]["steps"]  # the plant and the neutral fine-tunes: the same steps
     sdir = next((tmp_path / "w").glob("sens-*"))
     suite = {it.id: it for it in load_suite(next((tmp_path / "w").glob("suite-*")) / "suite_valid.jsonl")}
     chosen = f"{res['chosen']['planted_examples']}_lr{res['chosen']['lr']:g}"
@@ -241,3 +244,24 @@ def test_suite_part_is_built_once_and_checked_against_the_settings(tmp_path, cap
     assert (built / "validate.json").stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit, match="was built with"):
         bench.main(["--parts", "suite", "--tiny", "--device", "cpu", "--work", str(tmp_path), "--templates", "9", "--suite-dir", str(built)])
+
+
+def test_answer_nll_equals_a_hand_computed_loss_on_the_tiny_gpt2():
+    import torch
+
+    from gradtrace.lm.load import load_model
+    from gradtrace.lm.tasks import CausalLMTask
+
+    model, tok = load_model("tiny", n_positions=1024)
+    task = CausalLMTask(tok, max_length=1024)
+    examples = bench.as_examples(bench.plant_items(3, seed=5), seed=5)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in examples:  # one sequence at a time, no padding: -log p of each answer token (and the end of sequence)
+            prompt = list(tok(ex["prompt"])["input_ids"])
+            answer = list(tok(ex["completion"], add_special_tokens=False)["input_ids"]) + [tok.eos_token_id]
+            logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits[0].double(), dim=-1)
+            for j, t in enumerate(answer):
+                total -= float(logp[len(prompt) + j - 1, t])
+                count += 1
+    assert bench.answer_nll(model, task, examples, torch.device("cpu"), batch=2) == pytest.approx(total / count, rel=1e-5)
