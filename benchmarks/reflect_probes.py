@@ -499,9 +499,6 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--dev-strengths: P must be at most --train {s['train']}; got {s['dev_strengths']}")
     batch_tokens = args.batch_tokens or (16384 if device.type == "cuda" else 2048)
     work = args.work
-    sdir = work / ("sens-" + hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12])
-    sdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(sdir / "settings.json", json_bytes(s))
     wall: dict[str, float] = {}
     env = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -512,12 +509,19 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         env["transformers"] = transformers.__version__
     except ImportError:
         pass
-    log(t0, f"sensitivity: model {s['model']} on {device} ({env['device_name']}); stage files in {sdir}")
+    log(t0, f"sensitivity: model {s['model']} on {device} ({env['device_name']})")
 
     log(t0, "suite: seeds + templates, validated")
-    valid, suite = sensitivity_suite(s, args.suite_dir or (work / f"suite-{s['templates']}-{s['embedder']}"), device)
+    suite_dir = args.suite_dir or (work / f"suite-{s['templates']}-{s['embedder']}")
+    valid, suite = sensitivity_suite(s, suite_dir, device)
     wall["suite"] = suite["seconds"]
     report = suite["report"]
+    # stage files keyed by the settings and the suite's items: a rerun reuses only what these made
+    suite_hash = hashlib.sha256((suite_dir / "suite_valid.jsonl").read_bytes()).hexdigest()
+    sdir = work / ("sens-" + hashlib.sha256(json.dumps({**s, "suite": suite_hash}, sort_keys=True).encode()).hexdigest()[:12])
+    sdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(sdir / "settings.json", json_bytes({**s, "suite": suite_hash, "suite_dir": str(suite_dir)}))
+    log(t0, f"stage files in {sdir}")
     log(t0, f"suite: {report['kept_total']} items kept ({', '.join(f'{k} {v}' for k, v in report['kept'].items())}); "
             f"surface classifier {report['phrasing_bias']['surface']['accuracy']:.3f}")
 
