@@ -742,8 +742,8 @@ Run on {env['device']} ({env['device_name']}), torch {env['torch']}, transformer
 started {env['started']}: `{r['command']}`; {w['total']:.0f} s in all (estimate printed before the run: {r['estimate']['gpu_seconds_guess']:.0f} s
 from guessed GPU rates; {r['estimate']['cpu_one_thread_seconds'] / 60:.0f} min on one CPU thread at the earlier runs' rates).
 
-**Items.** The suite is rebuilt in the run: the shipped seeds + {s['templates']} template items per subtask, validated
-({s['embedder']} embedder; no LM items): {r['items_total']} kept, surface classifier {r['surface_classifier_accuracy']:.3f}.
+**Items.** The suite, rebuilt for this part (`--parts suite`, or by the run itself): the shipped seeds + {s['templates']} template items per
+subtask, validated ({s['embedder']} embedder; no LM items; {w['suite']:.0f} s where it was built): {r['items_total']} kept, surface classifier {r['surface_classifier_accuracy']:.3f}.
 Dev: {s['dev_eval']} items per subtask (whole scenario and paraphrase groups, the planted subtask half from each key class);
 test: every other validated item, the planted subtask cut to equal key classes ({sp['test_planted_key_classes']['desirable']} legitimate
 / {sp['test_planted_key_classes']['undesirable']} illegitimate changes; unused {sum(sp['unused_per_subtask'].values())}).
