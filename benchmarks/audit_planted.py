@@ -268,7 +268,8 @@ def main() -> None:
         lines.append("\nThe small size checks that every stage runs and resumes; it is too small for its numbers to mean anything.")
     print("\n".join(lines))
     command = f"python benchmarks/audit_planted.py --size {args.size} --seed {args.seed}" + (
-        f" --device {args.device}" if device.type != "cpu" else "")
+        f" --device {args.device}" if device.type != "cpu" else "") + (
+        f" --arms {','.join(arms)}" if arms != ["planted", "null"] else "") + (" --no-verify" if args.no_verify else "")
     if args.save is not None:
         from gradtrace.fileio import atomic_write_bytes
 
