@@ -57,7 +57,7 @@ lines are printed as it goes, with an estimate of the time before it starts.
   embedder, 16-example one-epoch fine-tunes: the whole pipeline on a CPU in
   seconds (its numbers mean nothing; tests/probes/test_reflect_probes_bench.py runs it).
 
-The GPU run (SmolLM2 on one H200, about 1.5-3 minutes; writes the JSON and a log under $OUT). The suite's
+The GPU run (SmolLM2 on one H200, about 3-5 minutes at the rates in GPU_GUESS; writes the JSON and a log under $OUT). The suite's
 MiniLM embedder need not be on the GPU machine: build the suite first where it is (CPU, a minute or two)
   PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 10 python benchmarks/reflect_probes.py --parts suite --device cpu
 and carry benchmarks/work/reflect_probes/suite-300-minilm (about 1 MB) to the GPU machine, then there
@@ -267,10 +267,12 @@ SMOLLM2_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 TINY_MODULES = ("c_attn", "c_proj", "c_fc")  # the same for GPT-2
 LORA_RANK, LORA_ALPHA, BATCH = 8, 16, 8
 #: CPU figures measured in the earlier runs (BENCHMARKS.md, reflect_probes): scoring 0.62 CPU-s per item per model,
-#: 12 LoRA steps (q/v of the last 8 layers, batch 8) ~38 s. GPU_GUESS: assumed H200 figures for the estimate printed
-#: before a run (guesses, not measurements; the run records what it took).
+#: 12 LoRA steps (q/v of the last 8 layers, batch 8) ~38 s. GPU_GUESS: H200 figures for the estimate printed before a
+#: run: a Trainer step of SmolLM2 with LoRA on every layer, batch 8, was measured at 0.22 s (BENCHMARKS.md,
+#: audit_planted_gpu: 250 steps in 56 s); scoring an item is a guess from that run's log-probability scoring (2,768
+#: texts in about 8 s); the run records what it took.
 CPU_SECONDS_PER_ITEM, CPU_SECONDS_PER_STEP_QV8 = 0.62, 38 / 12
-GPU_GUESS = {"seconds_per_item": 0.004, "seconds_per_step": 0.08, "setup_seconds": 40.0}
+GPU_GUESS = {"seconds_per_item": 0.01, "seconds_per_step": 0.22, "setup_seconds": 60.0}
 SENS_DEFAULTS = {  # (full run, --tiny)
     "templates": (300, 24), "embedder": ("minilm", "hashing"), "dev_eval": (30, 6), "train": (96, 16), "epochs": (4, 1),
     "dev_strengths": ("96@0.0003,96@0.001,96@0.003", "8@0.001,16@0.001"), "heldout": (40, 8), "max_length": (512, 1024),
