@@ -538,7 +538,9 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
             emb: Any, model_a: str, a_key: Any, tok: Any, run: RunInfo, settings: Any, train_fn: TrainFn | None,
             train_fn_name: str | None, data_key: str, progress: bool, done: Callable[[str], None], dev: Any) -> dict[str, Any]:
     """Remove the top-K proponents and K random examples, retrain, re-sample,
-    re-diff; the behaviours' shares in B before and after."""
+    re-diff; the behaviours' shares in B before and after. One more retrain on
+    all the data (``retrain_all``, once per audit) measures what retraining
+    alone does to the shares: the baseline the removals are read against."""
     from ..lm.load import load_model
 
     K = config.verify_k
@@ -555,7 +557,7 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
             raise InputError("train_fn needs train_fn_name (a name for the cache key: results of another function are not reused)")
         fn_key = {"user": train_fn_name}
     rng = np.random.default_rng(config.verify_seed)
-    arms: list[tuple[str, int | None, list[int]]] = []
+    arms: list[tuple[str, int | None, list[int]]] = [("retrain_all", None, [])]
     for i in chosen:
         arms.append(("topk", i, sorted(traces[str(i)]["ranking"][:K])))
         arms.append(("random", i, sorted(rng.choice(n, size=K, replace=False).tolist())))
@@ -599,7 +601,7 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
                 return {"shares": shares, "rediff_flagged_b": len(flagged_b), "rediff_still_flagged": {str(j): s for j, s in enumerate(still)},
                         "removed": removed}
 
-            results[f"{arm}:{i}"] = cache.run("verify", parts, compute)
+            results[arm if i is None else f"{arm}:{i}"] = cache.run("verify", parts, compute)
             bar.advance(1)
     out_v: dict[str, Any] = {}
     for i in chosen:
@@ -623,6 +625,11 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
                           "rediff_flagged_b": r["rediff_flagged_b"], "rediff_still_flagged": r["rediff_still_flagged"][str(i)],
                           "other_behaviours": others}
         entry["topk_reduces_more_than_random"] = entry["topk"]["share_b_after"]["share"] < entry["random"]["share_b_after"]["share"]
+        r = results["retrain_all"]
+        s = r["shares"][str(i)]
+        entry["retrain_all"] = {"share_b_after": s, "within_base_ci95": s["share"] <= g["share_a"]["ci95"][1],
+                                "p_value_vs_before": two_proportion_p(g["share_b"]["count"], g["share_b"]["n"], s["count"], s["n"]),
+                                "rediff_flagged_b": r["rediff_flagged_b"], "rediff_still_flagged": r["rediff_still_flagged"][str(i)]}
         out_v[str(i)] = entry
     return out_v
 

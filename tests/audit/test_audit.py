@@ -52,7 +52,11 @@ def test_planted_opener_is_flagged_traced_and_verified(tiny_audit, audited) -> N
     assert v["topk"]["within_base_ci95"]
     assert v["random"]["share_b_after"]["share"] > v["share_a"]["ci95"][1]
     assert len(v["topk"]["removed_ids"]) == k == len(v["random"]["removed_ids"])
-    assert audited.first.computed["verify"] == 2
+    # the recipe's own spread: retrained on all the data, the opener stays (the plant is learnt again)
+    r = v["retrain_all"]
+    assert r["share_b_after"]["share"] > v["share_a"]["ci95"][1] and not r["within_base_ci95"]
+    assert r["share_b_after"]["n"] == b["share_b"]["n"]
+    assert audited.first.computed["verify"] == 3  # all the data, top-K removed, K random removed
 
 
 def test_settings_of_the_run_are_read_from_its_folder(tiny_audit, audited) -> None:

@@ -186,6 +186,10 @@ its ``write_report``. Only the
                           "p_value_vs_before": two_proportion_p(g["share_b"]["count"], g["share_b"]["n"], kept, g["share_b"]["n"]),
                           "rediff_flagged_b": 0, "rediff_still_flagged": arm == "random", "other_behaviours": {}}
         entry["topk_reduces_more_than_random"] = True
+        again = g["share_b"]["count"] - 1  # retrained on all the data: a share of its own, so the page's number is this arm's
+        entry["retrain_all"] = {"share_b_after": {"count": again, "n": g["share_b"]["n"], "share": again / g["share_b"]["n"], "ci95": [0.0, 0.2]},
+                                "within_base_ci95": False, "rediff_flagged_b": 1, "rediff_still_flagged": True,
+                                "p_value_vs_before": two_proportion_p(g["share_b"]["count"], g["share_b"]["n"], again, g["share_b"]["n"])}
         verification[str(i)] = entry
     run = types.SimpleNamespace(run_dir=Path("run<b>"), kind="lora",
                                 refs=[types.SimpleNamespace(step=10, lr=1e-3), types.SimpleNamespace(step=20, lr=1e-3)])

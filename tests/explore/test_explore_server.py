@@ -207,8 +207,9 @@ def test_audit_shows_behaviours_texts_proponents_and_verification(audit_dir, exp
         assert [bar["y"] for bar in bars] == [list(p["per_checkpoint"].values()) for p in b["proponents"]]
         assert bars[0]["x"] == ["step 10", "step 20"]
         v = b["verification"]
-        for arm in ("topk", "random"):
+        for arm in ("retrain_all", "topk", "random"):
             assert f"{v[arm]['share_b_after']['share']:.3f}" in text
+        assert "retrained on all the data" in text
         assert 'id="topk-better">yes<' in text
         # the map's click on the behaviour's cluster: the cluster, with the behaviour's first proponents and verification
         (cluster,) = [m["cluster"] for m in b["members"] if m["level"] == "text"]

@@ -181,8 +181,11 @@ class AuditArtefact(Artefact):
         verification = None
         if v:
             arms = []
-            for arm, what in (("topk", f"top {v['k']} proponents"), ("random", f"{v['k']} random examples")):
-                a = v[arm]
+            for arm, what in (("retrain_all", "nothing (retrained on all the data)"), ("topk", f"top {v['k']} proponents"),
+                              ("random", f"{v['k']} random examples")):
+                a = v.get(arm)
+                if not isinstance(a, dict):  # audits made before the retrain_all arm have none
+                    continue
                 arms.append({"what": what, "share": _share(a["share_b_after"]), "within": a.get("within_base_ci95"),
                              "p_value": a.get("p_value_vs_before"), "still_flagged": a.get("rediff_still_flagged"),
                              "removed": [str(x) for x in a.get("removed_ids") or []],
