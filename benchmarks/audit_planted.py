@@ -163,7 +163,8 @@ def planted_metrics(audit: dict, samples_a: list[dict], samples_b: list[dict], d
         })
         v = b.get("verification")
         if v:
-            entry.update({"share_b_after_topk_removal": v["topk"]["share_b_after"]["share"],
+            entry.update({"share_b_after_retrain_all": (v.get("retrain_all") or {}).get("share_b_after", {}).get("share"),
+                          "share_b_after_topk_removal": v["topk"]["share_b_after"]["share"],
                           "share_b_after_random_removal": v["random"]["share_b_after"]["share"],
                           "topk_within_base_ci95": v["topk"]["within_base_ci95"],
                           "random_within_base_ci95": v["random"]["within_base_ci95"]})
@@ -249,15 +250,15 @@ def main() -> None:
     name = ("audit_planted" if args.size == "full" else f"audit_planted_{args.size}") + ("_gpu" if device.type == "cuda" else "")
     where = f" on {results['gpu']}" if "gpu" in results else ""
     lines = [f"Size `{args.size}` ({json.dumps(size)}), data and training seed {args.seed}, model {args.model}, device {device}{where}.", "",
-             "| planted | in B's samples | in A's | flagged rank | q | recall@k | BM25 | MiniLM | share B | after top-k | after random | A's 95% CI |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| planted | in B's samples | in A's | flagged rank | q | recall@k | BM25 | MiniLM | share B | retrained on all | after top-k | after random | A's 95% CI |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in results.get("behaviours", []):
         def f(key: str) -> str:
             v = e.get(key)
             return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
         ci = e.get("base_share_ci95")
         lines.append(f"| {e['name']} ({e['n_planted']}) | {f('in_b_samples')} | {f('in_a_samples')} | {f('flagged_rank')} | {f('q_value')} | "
-                     f"{f('recall_at_k')} | {f('bm25_recall_at_k')} | {f('minilm_recall_at_k')} | {f('share_b_before')} | "
+                     f"{f('recall_at_k')} | {f('bm25_recall_at_k')} | {f('minilm_recall_at_k')} | {f('share_b_before')} | {f('share_b_after_retrain_all')} | "
                      f"{f('share_b_after_topk_removal')} | {f('share_b_after_random_removal')} | "
                      f"{'-' if ci is None else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} |")
     lines += ["", "Mean log p(planted completion | prompt) of the planted training examples, A -> B: " + ", ".join(
