@@ -71,7 +71,7 @@ def _behaviour(b: dict[str, Any]) -> str:
         rows = [("none (B as trained)", "", _share(v["share_b_before"]), "", "", "")]
         if "retrain_all" in v:
             a = v["retrain_all"]
-            rows.append(("none, retrained (the recipe's own spread)", "", _share(a["share_b_after"]), "yes" if a["within_base_ci95"] else "no",
+            rows.append(("none, retrained on all the data (does the recipe rebuild B?)", "", _share(a["share_b_after"]), "yes" if a["within_base_ci95"] else "no",
                          "yes" if a["rediff_still_flagged"] else "no", ""))
         for arm, name in (("topk", f"top {v['k']} proponents"), ("random", f"{v['k']} random examples")):
             a = v[arm]

@@ -539,8 +539,9 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
             train_fn_name: str | None, data_key: str, progress: bool, done: Callable[[str], None], dev: Any) -> dict[str, Any]:
     """Remove the top-K proponents and K random examples, retrain, re-sample,
     re-diff; the behaviours' shares in B before and after. One more retrain on
-    all the data (``retrain_all``, once per audit) measures what retraining
-    alone does to the shares: the baseline the removals are read against."""
+    all the data (``retrain_all``, once per audit) checks that the recorded
+    recipe rebuilds B, so that the removal arms differ from B only by what
+    they removed."""
     from ..lm.load import load_model
 
     K = config.verify_k
