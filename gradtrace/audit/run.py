@@ -547,9 +547,6 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
     K = config.verify_k
     n = len(train_rows)
     texts_a = [s["text"] for s in samples["a"]]
-    texts_b = [s["text"] for s in samples["b"]]
-    asg_b = assigner.assign(texts_b)
-    before = {str(i): member_rows(asg_b, [(m["level"], m["cluster"]) for m in g["members"]], len(texts_b))[0] for i, g in enumerate(beh)}
     if train_fn is None:
         train_fn = recorded_train_fn(model_a, run, settings, config, dev)
         fn_key: Any = {"recorded": settings.to_dict(), "kind": run.kind}
@@ -607,10 +604,18 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
     out_v: dict[str, Any] = {}
     for i in chosen:
         g = beh[i]
-        entry: dict[str, Any] = {"k": K, "share_a": g["share_a"], "share_b_before": g["share_b"]}
+
+        def measured(r: dict[str, Any], g: dict[str, Any] = g, i: int = i) -> dict[str, Any]:
+            """Behaviour ``i``'s share in one arm's retrained B, against A's interval and B's share before."""
+            s = r["shares"][str(i)]
+            return {"share_b_after": s, "within_base_ci95": s["share"] <= g["share_a"]["ci95"][1],
+                    "p_value_vs_before": two_proportion_p(g["share_b"]["count"], g["share_b"]["n"], s["count"], s["n"]),
+                    "rediff_flagged_b": r["rediff_flagged_b"], "rediff_still_flagged": r["rediff_still_flagged"][str(i)]}
+
+        entry: dict[str, Any] = {"k": K, "share_a": g["share_a"], "share_b_before": g["share_b"],
+                                 "retrain_all": measured(results["retrain_all"])}
         for arm in ("topk", "random"):
             r = results[f"{arm}:{i}"]
-            s = r["shares"][str(i)]
             others = {}
             for j, og in enumerate(beh):
                 if j == i:
@@ -620,17 +625,8 @@ def _verify(config: AuditConfig, cache: StageCache, out: Path, beh: list[dict[st
                 p = two_proportion_p(b0["count"], b0["n"], b1["count"], b1["n"])
                 others[str(j)] = {"label": og["label"], "share_b_before": b0["share"], "share_b_after": b1["share"], "p_value": p,
                                   "moved": p < 0.05}
-            entry[arm] = {"removed_ids": [ids[j] for j in r["removed"]], "share_b_after": s,
-                          "within_base_ci95": s["share"] <= g["share_a"]["ci95"][1],
-                          "p_value_vs_before": two_proportion_p(g["share_b"]["count"], g["share_b"]["n"], s["count"], s["n"]),
-                          "rediff_flagged_b": r["rediff_flagged_b"], "rediff_still_flagged": r["rediff_still_flagged"][str(i)],
-                          "other_behaviours": others}
+            entry[arm] = {"removed_ids": [ids[j] for j in r["removed"]], **measured(r), "other_behaviours": others}
         entry["topk_reduces_more_than_random"] = entry["topk"]["share_b_after"]["share"] < entry["random"]["share_b_after"]["share"]
-        r = results["retrain_all"]
-        s = r["shares"][str(i)]
-        entry["retrain_all"] = {"share_b_after": s, "within_base_ci95": s["share"] <= g["share_a"]["ci95"][1],
-                                "p_value_vs_before": two_proportion_p(g["share_b"]["count"], g["share_b"]["n"], s["count"], s["n"]),
-                                "rediff_flagged_b": r["rediff_flagged_b"], "rediff_still_flagged": r["rediff_still_flagged"][str(i)]}
         out_v[str(i)] = entry
     return out_v
 
@@ -681,7 +677,7 @@ def _estimate(config: AuditConfig, run: RunInfo, n_train: int, n_prompts: int, m
     tokens_sampled = n_texts * config.generation.max_new_tokens
     t_sample = tokens_sampled * t_fwd * 4  # incremental decoding is less efficient than one batch
     t_feat = n_train * len(run.refs) * config.max_length / 2 * t_fwd * 3
-    retrains = 2 * config.verify_top if config.verify_k else 0
+    retrains = 2 * config.verify_top + 1 if config.verify_k else 0  # top-K and random per behaviour, and one on all the data
     epochs = run.state.get("num_train_epochs", 1) or 1
     t_verify = retrains * (n_train * epochs * config.max_length / 2 * t_fwd * 3 + tokens_sampled / 2 * t_fwd * 4)
     feat_dim = config.dim if config.projection != "none" else n_params
