@@ -158,8 +158,6 @@ def train_lora(
         raise InputError("bf16 autocast is for engine='plain' only")
     if dev.type == "cuda" and dev.index not in (None, 0):
         raise InputError(f"device {device!s}: the Trainer engine trains on cuda:0; choose the GPU with CUDA_VISIBLE_DEVICES")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device {device!s}: the Trainer engine trains on cpu or cuda")
     return _train_with_trainer(model, task, examples, Path(out), config, progress, dev)
 
 
