@@ -52,7 +52,12 @@ lines are printed as it goes, with an estimate of the time before it starts.
   is chosen (the last tried if none is). Test: the chosen strength with
   fresh seeds; planted vs neutral A (``subtask_shift``), vs neutral B, vs base,
   and neutral B vs neutral A (``null_subtask_shift``), Holm-corrected exact
-  McNemar per subtask.
+  McNemar per subtask. With ``--neutral-seeds K`` >= 3 (default 5: neutral
+  A, B, C, ... on seeds 21, 22, ...) also the planted model against the
+  neutral seeds' spread (``seed_aware_shift``, ``compare_to_seeds``), each
+  neutral seed against the others (``seed_aware_null``), McNemar between
+  every pair of neutral seeds, and every model's accuracy on the items whose
+  key is the longer option and on the others.
 * ``--tiny``: the zoo's tiny GPT-2, 24 templates per subtask, the hashing
   embedder, 16-example one-epoch fine-tunes: the whole pipeline on a CPU in
   seconds (its numbers mean nothing; tests/probes/test_reflect_probes_bench.py runs it).
@@ -279,7 +284,8 @@ SENS_DEFAULTS = {  # (full run, --tiny)
 }
 #: keys of the results JSON that the sensitivity part owns (replaced on --record-from)
 SENS_KEYS = ("planted_subtask", "subtask_shift", "subtask_shift_vs_neutral_b", "subtask_shift_vs_base", "null_subtask_shift",
-             "neutral_a_vs_base", "planted_lean", "planted_subtask_by_source", "plant_heldout_accuracy", "sensitivity")
+             "neutral_a_vs_base", "planted_lean", "planted_subtask_by_source", "plant_heldout_accuracy", "sensitivity",
+             "seed_aware_shift", "seed_aware_null", "neutral_pairs_with_a_significant_subtask")
 #: keys of the earlier CPU sensitivity runs, moved under ``earlier_cpu_sensitivity`` when a new one is recorded
 OLD_SENS_KEYS = ("accuracy", "chosen", "dev", "finetunes", "neutral_a_vs_base", "null_subtask_shift", "plant_direction",
                  "planted_subtask_by_source", "sensitivity_cpu_seconds", "sizes", "subtask_shift", "subtask_shift_vs_base",
@@ -497,6 +503,8 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device, "--device")
     s = sensitivity_settings(args)
     strengths = parse_strengths(s["dev_strengths"])
+    if not 2 <= args.neutral_seeds <= 26:
+        raise SystemExit(f"--neutral-seeds must be between 2 and 26 (A and B at least); got {args.neutral_seeds}")
     if any(p > s["train"] for p, _ in strengths):
         raise SystemExit(f"--dev-strengths: P must be at most --train {s['train']}; got {s['dev_strengths']}")
     batch_tokens = args.batch_tokens or (16384 if device.type == "cuda" else 2048)
@@ -533,9 +541,10 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     scored_scen = {it.scenario for it in dev + test}
     train_runs = [(f"dev_{p}_lr{lr:g}", "planted", p, lr, 100 + i) for i, (p, lr) in enumerate(strengths)]
     train_scen = {it.scenario for _, kind, p, _, seed in train_runs for it in finetune_items(kind, p, s["train"], seed)}
+    neutral_names = [f"neutral_{chr(ord('a') + j)}" for j in range(args.neutral_seeds)]  # seeds 21, 22, ...
     for p in {p for p, _ in strengths}:  # the test fine-tunes, whichever strength is chosen
-        train_scen |= {it.scenario for it in finetune_items("planted", p, s["train"], 11) + finetune_items("neutral", p, s["train"], 21)
-                       + finetune_items("neutral", p, s["train"], 22)}
+        train_scen |= {it.scenario for it in finetune_items("planted", p, s["train"], 11)
+                       + [x for j in range(args.neutral_seeds) for x in finetune_items("neutral", p, s["train"], 21 + j)]}
     split = {"dev_per_subtask": per(dev), "test_per_subtask": per(test), "unused_per_subtask": per(unused),
              "dev_test_shared_scenarios": len({it.scenario for it in dev} & {it.scenario for it in test}),
              "train_scored_shared_scenarios": len(train_scen & scored_scen),
@@ -550,8 +559,8 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     # the estimate, from the CPU figures of the earlier runs and guessed GPU rates
     steps = s["epochs"] * -(-s["train"] // BATCH)
     n_dev, n_test = len(dev) + len(heldout), len(test) + len(heldout)
-    item_evals = n_dev * (1 + len(strengths)) + n_test * 4
-    n_ft = len(strengths) + 3
+    item_evals = n_dev * (1 + len(strengths)) + n_test * (2 + args.neutral_seeds)
+    n_ft = len(strengths) + 1 + args.neutral_seeds
     cpu_est = item_evals * CPU_SECONDS_PER_ITEM + n_ft * steps * CPU_SECONDS_PER_STEP_QV8 * 30 / 8  # all 30 layers: ~30/8 the backward
     gpu_est = GPU_GUESS["setup_seconds"] + item_evals * GPU_GUESS["seconds_per_item"] + n_ft * steps * GPU_GUESS["seconds_per_step"]
     estimate = {"item_evaluations": item_evals, "finetunes": n_ft, "steps_per_finetune": steps, "cpu_one_thread_seconds": cpu_est,
@@ -650,9 +659,9 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
                   "note": "fallback: no strength tried met the rule on dev; the last one tried is taken"}
     log(t0, f"chosen: P = {chosen['planted_examples']}, lr {chosen['lr']:g}" + ("" if chosen["rule_met"] else " (fallback)"))
 
-    # test: fresh seeds, the same steps and settings for the plant and the two neutral fine-tunes
+    # test: fresh seeds, the same steps and settings for the plant and every neutral fine-tune
     fts = {}
-    for name, kind, seed in (("planted", "planted", 11), ("neutral_a", "neutral", 21), ("neutral_b", "neutral", 22)):
+    for name, kind, seed in [("planted", "planted", 11)] + [(n, "neutral", 21 + j) for j, n in enumerate(neutral_names)]:
         fts[name], model = finetune(f"test_{name}_{chosen['planted_examples']}_lr{chosen['lr']:g}", kind, chosen["planted_examples"],
                                     chosen["lr"], seed)
         runs[name] = score(f"test_{name}_{chosen['planted_examples']}_lr{chosen['lr']:g}", model, test)
@@ -670,7 +679,7 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         "subtask_shift_vs_base": slim(compare_correct(cor["base"], cor["planted"], "holm")),
         "null_subtask_shift": slim(compare_correct(cor["neutral_a"], cor["neutral_b"], "holm")),
         "neutral_a_vs_base": slim(compare_correct(cor["base"], cor["neutral_a"], "holm")),
-        "accuracy": {n: {k: v["accuracy"] for k, v in runs[n]["items"]["summary"].items()} for n in ("base", "planted", "neutral_a", "neutral_b")},
+        "accuracy": {n: {k: v["accuracy"] for k, v in runs[n]["items"]["summary"].items()} for n in ["base", "planted"] + neutral_names},
         "planted_lean": {n: lean(test, runs[n]["items"]) for n in ("base", "planted", "neutral_a", "neutral_b")},
         "plant_heldout_accuracy": {n: runs[n]["heldout"]["summary"][PLANTED]["accuracy"] for n in ("base", "planted", "neutral_a", "neutral_b")},
         "planted_subtask_by_source": {},
@@ -685,8 +694,10 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         "lora": {"rank": LORA_RANK, "alpha": LORA_ALPHA, "target_modules": s["modules"], "layers": "all", "batch_size": BATCH,
                  "epochs": s["epochs"], "steps": steps, "optimizer": "AdamW, constant rate, no weight decay (train_lora engine plain)",
                  "loss": "answer tokens (and end of sequence) only"},
-        "environment": env, "batch_tokens": batch_tokens, "estimate": estimate,
+        "environment": env, "batch_tokens": batch_tokens, "estimate": estimate, "neutral_seeds": args.neutral_seeds,
     }
+    if args.neutral_seeds >= 3:
+        results.update(seed_aware(cor, neutral_names, test))
     for src, prefix in (("seed", "seed-"), ("template", "tpl-")):
         ids = [i for i, (sub, _) in cor["planted"].items() if sub == PLANTED and i.startswith(prefix)]
         if ids:
@@ -705,6 +716,80 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
             + ", ".join(f"{k} {v['difference']:+.3f} (p {v['p_corrected']:.2g})" for k, v in sh.items())
             + f"; null B - A largest |d| {max(abs(v['difference']) for v in results['null_subtask_shift'].values()):.3f}; wrote {out}")
     return results
+
+
+def seed_aware(cor: dict[str, dict[str, tuple[str, bool]]], neutral_names: Sequence[str], test: Sequence[Item]) -> dict[str, Any]:
+    """The comparisons that count the fine-tune's seed: the planted model against the spread of the neutral seeds
+    (``compare_to_seeds``), each neutral seed against the others (leave one out: the null of that test), exact McNemar
+    between every pair of neutral seeds (how often the paired test calls two seeds of one recipe different), and each
+    model's accuracy on the items whose key is the longer option and on the others (a length lean moves both)."""
+    from itertools import combinations
+
+    from gradtrace.probes.score import compare_to_seeds
+
+    ref = [cor[n] for n in neutral_names]
+    loo = {n: compare_to_seeds([cor[m] for m in neutral_names if m != n], cor[n], "holm") for n in neutral_names}
+    pairs = {f"{a}|{b}": slim(compare_correct(cor[a], cor[b], "holm")) for a, b in combinations(neutral_names, 2)}
+    longer = {it.id: max(range(len(it.options)), key=lambda j: len(it.options[j])) == it.key for it in test}
+    def mean_or_none(xs: list[bool]) -> float | None:
+        return float(np.mean(xs)) if xs else None
+
+    by_len = {n: {sub: {f"key_{w}": mean_or_none([c[i][1] for i in c if c[i][0] == sub and i in longer and longer[i] == (w == "longer")])
+                        for w in ("longer", "shorter")} for sub in SUBTASKS}
+              for n, c in cor.items() if n != "base_dev"}
+    for sub in SUBTASKS:
+        n_longer = sum(1 for it in test if it.subtask == sub and longer[it.id])
+        for n in by_len:
+            by_len[n][sub]["n_key_longer"] = n_longer
+    return {"seed_aware_shift": compare_to_seeds(ref, cor["planted"], "holm"),
+            "seed_aware_null": loo,
+            "neutral_pairs_mcnemar": pairs,
+            "neutral_pairs_with_a_significant_subtask": sum(any(v["significant"] for v in c.values()) for c in pairs.values()),
+            "accuracy_by_key_length": by_len}
+
+
+def seed_md(r: dict[str, Any]) -> str:
+    """The BENCHMARKS.md text of :func:`seed_aware`'s keys ("" when the run had fewer than 3 neutral seeds)."""
+    if "seed_aware_shift" not in r:
+        return ""
+    k = r["neutral_seeds"]
+    names = [f"neutral_{chr(ord('a') + j)}" for j in range(k)]
+    sa, loo = r["seed_aware_shift"], r["seed_aware_null"]
+    rows = "\n".join(
+        f"| {sub} | " + " ".join(f"{a:.3f}" for a in sa[sub]["reference_accuracies"]) + f" | {sa[sub]['reference_mean']:.3f} | "
+        f"{sa[sub]['reference_sd']:.3f} | {sa[sub]['accuracy_b']:.3f} | {sa[sub]['difference']:+.3f} | "
+        f"{sa[sub]['t']:.2f}{' (sd floored at 1/n)' if sa[sub]['sd_floored'] else ''} | "
+        f"{sa[sub]['p_corrected']:.2g} | {sum(loo[n][sub]['significant'] for n in names)} of {k} |" for sub in SUBTASKS)
+    by = r["accuracy_by_key_length"]
+    models = ["base", "planted"] + names
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    len_rows = "\n".join(f"| {sub} | {by['base'][sub]['n_key_longer']} of {r['subtask_shift'][sub]['n']} | "
+                         + " | ".join(f"{pct(by[m][sub]['key_longer'])} / {pct(by[m][sub]['key_shorter'])}" for m in models) + " |"
+                         for sub in SUBTASKS)
+    n_pairs = len(r["neutral_pairs_mcnemar"])
+    return f"""**Against the seeds' spread.** {k} neutral fine-tunes (A-{chr(ord('a') + k - 1).upper()}, seeds 21-{20 + k}, the same
+recipe). Exact McNemar between every pair of them: {r['neutral_pairs_with_a_significant_subtask']} of {n_pairs} pairs
+have a Holm-significant subtask (the paired test asks whether two given models differ on these items; two seeds of one
+recipe are two models). `gradtrace.probes.score.compare_to_seeds` asks instead whether the planted model lies
+outside the neutral seeds' spread: t = (planted - mean) / (sd * sqrt(1 + 1/{k})), Student's t with {k - 1} degrees of
+freedom (a prediction interval for one more neutral seed), Holm over the five subtasks. Its null: each neutral seed
+against the other {k - 1} (leave one out; a seed flagged there is a false alarm of this test).
+
+| subtask | neutral seeds' accuracy | mean | sd | planted | planted - mean | t | Holm p | neutral seeds flagged (leave one out) |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Accuracy on the items whose key is the longer option / on the others (a lean toward long or short options moves the
+two in opposite directions):
+
+| subtask | key longer | """ + " | ".join(models) + """ |
+|---|---|""" + "---|" * len(models) + f"""
+{len_rows}
+
+"""
 
 
 def sensitivity_md(r: dict[str, Any]) -> str:
@@ -787,7 +872,7 @@ The lean on {PLANTED} (test items, equal key classes, so a lean alone leaves acc
 |---|---|---|---|---|
 {lean_rows}
 
-{PLANTED} by the items' source (planted against neutral A, uncorrected exact McNemar p):
+{seed_md(r)}{PLANTED} by the items' source (planted against neutral A, uncorrected exact McNemar p):
 
 | source | n | base | planted | neutral A | neutral B | A only / planted only | p |
 |---|---|---|---|---|---|---|---|
@@ -896,6 +981,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     sens.add_argument("--heldout", type=int, default=None, help="held-out plant-format items scored with every model (40 / 8)")
     sens.add_argument("--max-length", type=int, default=None, help="token cap of training and scoring (512 / 1024)")
     sens.add_argument("--batch-tokens", type=int, default=None, help="scoring batch size in tokens (default 16384 on CUDA, 2048 on CPU)")
+    sens.add_argument("--neutral-seeds", type=int, default=5,
+                      help="neutral fine-tunes on the test seed (A, B, C, ...; seeds 21, 22, ...); from 3 on, the planted model is also "
+                           "tested against their spread (compare_to_seeds)")
     sens.add_argument("--dev-min-shift", type=float, default=0.15,
                       help="the dev rule: the planted subtask moves toward the key by at least this much against base")
     ap.add_argument("--note", default="", help="a reading of the numbers, added to the BENCHMARKS.md section and the JSON")

@@ -10,12 +10,12 @@ paired comparison) and ``report`` (HTML). The loop's ``probes`` monitor
 """
 
 from .items import SUBTASK_MEANING, SUBTASKS, Item, first_per_subtask, load_suite, resolve_suite, save_suite, seed_items
-from .score import ItemScore, compare_correct, mcnemar_exact, score_items, summarise, wilson
+from .score import ItemScore, compare_correct, compare_to_seeds, mcnemar_exact, score_items, summarise, wilson
 from .templates import check_template_item, generate_template_items, key_answer
 from .validate import ValidationConfig, ValidationResult, surface_classifier_accuracy, validate_suite
 
 __all__ = [
     "Item", "ItemScore", "SUBTASKS", "SUBTASK_MEANING", "ValidationConfig", "ValidationResult", "check_template_item",
-    "compare_correct", "first_per_subtask", "generate_template_items", "key_answer", "load_suite", "mcnemar_exact",
+    "compare_correct", "compare_to_seeds", "first_per_subtask", "generate_template_items", "key_answer", "load_suite", "mcnemar_exact",
     "resolve_suite", "save_suite", "score_items", "seed_items", "summarise", "surface_classifier_accuracy", "validate_suite", "wilson",
 ]

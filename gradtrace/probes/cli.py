@@ -1,4 +1,4 @@
-"""``gradtrace probes generate | validate | run | compare``: stable-reflectivity probe suites."""
+"""``gradtrace probes generate | validate | run | compare | against-seeds``: stable-reflectivity probe suites."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..cli_common import console, json_option, output_file, positive_option, pri
 from ..errors import InputError
 
 probes_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                         help="Stable-reflectivity probe suites: generate, validate, run on a model, compare two runs.")
+                         help="Stable-reflectivity probe suites: generate, validate, run on a model, compare two runs or a run with its recipe's seeds.")
 
 
 def register(app: typer.Typer) -> None:
@@ -246,5 +246,34 @@ def compare_cmd(
              f"{v['p']:.3g}", f"{v['p_corrected']:.3g}", "yes" if v["significant"] else "no") for s, v in result.items())))
         if out is not None:
             console.print(f"wrote {out}")
+
+    run_or_exit(go)
+
+
+@probes_app.command("against-seeds")
+def against_seeds_cmd(
+    run: Path = typer.Argument(..., help="the run to judge (from 'gradtrace probes run --out'), e.g. a fine-tune on the data in question"),
+    reference: list[Path] = typer.Argument(..., help="3 or more runs of models trained by one recipe with different seeds (e.g. fine-tunes on neutral data)"),
+    correction: str = typer.Option("holm", help="holm (family-wise) | bh (false discovery rate)"),
+    alpha: float = typer.Option(0.05, help="significance level of the corrected p-values"),
+    as_json: bool = json_option(),
+) -> None:
+    """Per subtask: is RUN's accuracy outside the spread of the reference seeds? (Student's t prediction interval, corrected
+    over subtasks.) Two seeds of one recipe can differ significantly under 'compare'; this asks whether RUN differs more."""
+    from .score import compare_to_seeds, read_run
+
+    def go() -> None:
+        if not 0 < alpha < 1:
+            raise InputError(f"--alpha must be in (0, 1); got {alpha!r}")
+        result = compare_to_seeds([read_run(r) for r in reference], read_run(run), correction, alpha)
+        if as_json:
+            print_json({"run": str(run), "reference": [str(r) for r in reference], "correction": correction, "alpha": alpha,
+                        "subtasks": result})
+            return
+        console.print(table(f"probes: {run} against {len(reference)} reference seeds ({correction}-corrected t, {len(reference) - 1} df)",
+                            ["subtask", "n", "seeds' mean", "seeds' sd", "run", "run - mean", "t", "p", "p corrected", "significant"], (
+            (s, v["n"], f"{v['reference_mean']:.3f}", f"{v['reference_sd']:.3f}" + (" (floored at 1/n)" if v["sd_floored"] else ""),
+             f"{v['accuracy_b']:.3f}", f"{v['difference']:+.3f}", f"{v['t']:.2f}", f"{v['p']:.3g}", f"{v['p_corrected']:.3g}",
+             "yes" if v["significant"] else "no") for s, v in result.items())))
 
     run_or_exit(go)

@@ -372,6 +372,59 @@ def compare_correct(a: Mapping[str, tuple[str, bool]], b: Mapping[str, tuple[str
     return out
 
 
+def compare_to_seeds(reference: Sequence[Mapping[str, tuple[str, bool]]], b: Mapping[str, tuple[str, bool]], correction: str = "holm",
+                     alpha: float = 0.05) -> dict[str, dict[str, Any]]:
+    """Is run B outside what its recipe's seeds score? ``reference``: runs of
+    models trained by one recipe with different seeds (``{id: (subtask,
+    correct)}`` each); ``b``: the run to judge. Per subtask, on the item ids
+    that every run has: the reference accuracies, their mean and standard
+    deviation s, B's accuracy, difference (B - mean), t = difference /
+    (s * sqrt(1 + 1/k)) and its two-sided p from Student's t with k - 1
+    degrees of freedom (B against a prediction interval for one more seed of
+    the reference recipe; it assumes accuracies across seeds roughly
+    normal), then p_corrected and significant.
+
+    :func:`compare_correct` (exact McNemar) asks whether two given models
+    differ on these items; two seeds of one recipe can, so a fine-tune's
+    shift there is not yet the data's doing. This test asks whether B lies
+    outside the seeds' own spread. It needs at least 3 reference runs. An
+    accuracy on n items moves in steps of 1/n, so s is taken as at least 1/n
+    (``sd_floored`` says when it was): seeds that happen to agree exactly
+    do not make a one-item difference significant."""
+    from scipy import stats
+
+    if correction not in CORRECTIONS:
+        raise InputError(f"correction must be one of {CORRECTIONS}; got {correction!r}")
+    k = len(reference)
+    if k < 3:
+        raise InputError(f"compare_to_seeds needs at least 3 reference runs (seeds of one recipe); got {k}")
+    common = [i for i in b if all(i in r for r in reference)]
+    if not common:
+        raise InputError("compare_to_seeds: the runs share no item id")
+    clash = [i for i in common if any(r[i][0] != b[i][0] for r in reference)]
+    if clash:
+        raise InputError(f"compare_to_seeds: items {clash[:5]} have different subtasks in the runs")
+    out: dict[str, dict[str, Any]] = {}
+    for sub in SUBTASKS:
+        ids = [i for i in common if b[i][0] == sub]
+        if not ids:
+            continue
+        ref = np.array([np.mean([r[i][1] for i in ids]) for r in reference])
+        acc_b = float(np.mean([b[i][1] for i in ids]))
+        mean, sd = float(ref.mean()), float(ref.std(ddof=1))
+        used = max(sd, 1 / len(ids))
+        diff = acc_b - mean
+        t = diff / (used * math.sqrt(1 + 1 / k))
+        out[sub] = {"n": len(ids), "reference_accuracies": [float(x) for x in ref], "reference_mean": mean, "reference_sd": sd,
+                    "sd_floored": used > sd, "accuracy_b": acc_b, "difference": diff, "t": float(t), "df": k - 1,
+                    "p": float(2 * stats.t.sf(abs(t), df=k - 1))}
+    adjusted = correct_p([v["p"] for v in out.values()], correction)
+    for v, q in zip(out.values(), adjusted):
+        v["p_corrected"] = float(q)
+        v["significant"] = bool(q <= alpha)
+    return out
+
+
 # -- run files -------------------------------------------------------------------------------------
 RUN_FIELDS = ("model", "suite", "summary", "items")
 RUN_ITEM_FIELDS = ("id", "subtask", "key", "predicted", "correct", "margin")

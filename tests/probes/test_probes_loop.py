@@ -166,3 +166,31 @@ def test_a_loop_run_with_the_probes_monitor_records_and_resumes(tmp_path):
     assert "probes: per-subtask accuracy" in (tmp_path / "run" / "dashboard.html").read_text()
     again = SelfTrainingLoop.resume(tmp_path / "run", progress=False).run()
     assert again.rows == result.rows
+
+
+def _run_file(path, right: int, n: int = 10):
+    """A run file in the format of 'gradtrace probes run --out': self_concept items, the first ``right`` answered right."""
+    items = [{"id": f"i{j}", "subtask": "self_concept", "key": 0, "predicted": 0 if j < right else 1, "correct": j < right, "margin": 0.0}
+             for j in range(n)]
+    path.write_text(json.dumps({"model": "m", "suite": "s", "summary": {}, "items": items}))
+    return str(path)
+
+
+def test_cli_against_seeds(tmp_path):
+    from gradtrace.probes import compare_to_seeds
+    from gradtrace.probes.score import read_run
+
+    runner = CliRunner()
+    refs = [_run_file(tmp_path / f"n{k}.json", r) for k, r in enumerate((4, 5, 6))]
+    run = _run_file(tmp_path / "planted.json", 10)
+    res = runner.invoke(app, ["probes", "against-seeds", run, *refs, "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.output)
+    assert printed["subtasks"] == json.loads(json.dumps(compare_to_seeds([read_run(r) for r in refs], read_run(run))))
+    assert printed["subtasks"]["self_concept"]["significant"] and printed["reference"] == refs
+    res = runner.invoke(app, ["probes", "against-seeds", run, *refs])
+    assert res.exit_code == 0 and "self_concept" in res.output
+    res = runner.invoke(app, ["probes", "against-seeds", run, *refs[:2]])
+    assert res.exit_code == 2 and "at least 3 reference runs" in res.output
+    res = runner.invoke(app, ["probes", "against-seeds", run, *refs[:2], str(tmp_path / "missing.json")])
+    assert res.exit_code == 2 and "missing.json" in res.output

@@ -139,3 +139,46 @@ def test_paired_comparison_counts_discordant_items_per_subtask():
     assert (t["a_only"], t["b_only"], t["difference"]) == (5, 5, 0.0)
     assert s["p"] == pytest.approx(2 / 2**16) and s["p_corrected"] == pytest.approx(2 * 2 / 2**16)
     assert s["significant"] and not t["significant"] and t["p_corrected"] == 1.0
+
+
+def _run(acc: dict[str, int], n: int = 20) -> dict[str, tuple[str, bool]]:
+    """A run with ``acc[subtask]`` of its ``n`` items right (the first ones)."""
+    return {f"{sub}-{i}": (sub, i < k) for sub, k in acc.items() for i in range(n)}
+
+
+def test_compare_to_seeds_is_a_t_prediction_interval_by_hand():
+    from scipy import stats
+
+    from gradtrace.diff.stats import holm
+    from gradtrace.probes import compare_to_seeds
+
+    seeds = [_run({"self_concept": k, "temporal_change": m}) for k, m in ((10, 8), (12, 8), (11, 9), (9, 7))]
+    b = _run({"self_concept": 18, "temporal_change": 8})
+    out = compare_to_seeds(seeds, b, "holm")
+    sc, tc = out["self_concept"], out["temporal_change"]
+    ref = np.array([0.5, 0.6, 0.55, 0.45])
+    t = (0.9 - ref.mean()) / (ref.std(ddof=1) * math.sqrt(1 + 1 / 4))
+    assert sc["reference_accuracies"] == pytest.approx(list(ref)) and sc["accuracy_b"] == pytest.approx(0.9)
+    assert sc["t"] == pytest.approx(t) and sc["df"] == 3 and not sc["sd_floored"]
+    assert sc["p"] == pytest.approx(2 * stats.t.sf(t, 3))
+    ref2 = np.array([0.4, 0.4, 0.45, 0.35])
+    assert tc["difference"] == pytest.approx(0.4 - ref2.mean())
+    assert [sc["p_corrected"], tc["p_corrected"]] == pytest.approx(list(holm([sc["p"], tc["p"]])))
+    assert sc["significant"] and not tc["significant"]
+
+
+def test_compare_to_seeds_floors_the_spread_at_one_item_and_refuses_bad_input():
+    from gradtrace.errors import InputError
+    from gradtrace.probes import compare_to_seeds
+
+    same = [_run({"self_concept": 10}) for _ in range(3)]
+    one_more = compare_to_seeds(same, _run({"self_concept": 11}))["self_concept"]
+    assert one_more["reference_sd"] == 0 and one_more["sd_floored"] and not one_more["significant"]
+    assert one_more["t"] == pytest.approx((1 / 20) / ((1 / 20) * math.sqrt(1 + 1 / 3)))
+    assert compare_to_seeds(same, _run({"self_concept": 20}))["self_concept"]["significant"]
+    with pytest.raises(InputError, match="at least 3 reference runs"):
+        compare_to_seeds(same[:2], same[0])
+    with pytest.raises(InputError, match="share no item"):
+        compare_to_seeds(same, {"x": ("self_concept", True)})
+    with pytest.raises(InputError, match="correction"):
+        compare_to_seeds(same, same[0], "bonferroni")

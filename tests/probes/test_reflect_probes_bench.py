@@ -198,6 +198,22 @@ def test_tiny_sensitivity_pipeline_writes_the_result_file(tiny_run):
     said = [bench.option_class(suite[i], pred[i]) for i in planted]
     assert res["planted_lean"]["planted"]["answered_desirable"] == pytest.approx(said.count("desirable") / len(said))
     assert res["split"]["train_scored_shared_scenarios"] == 0
+    # against the neutral seeds' spread (compare_to_seeds), from the run files: the planted model and each seed left out
+    from gradtrace.probes import compare_to_seeds
+
+    names = [f"neutral_{c}" for c in "abcde"][: res["neutral_seeds"]]
+    assert res["neutral_seeds"] == 5 and set(res["finetunes"]) == {"planted", *names}
+    cor = {n: {r["id"]: (r["subtask"], r["correct"]) for r in
+               json.loads((sdir / f"run_test_{n}_{chosen}.json").read_text())["items"]["items"]} for n in ["planted"] + names}
+    by_hand = json.loads(json.dumps(compare_to_seeds([cor[n] for n in names], cor["planted"])))
+    assert res["seed_aware_shift"] == by_hand
+    assert res["seed_aware_null"]["neutral_c"] == json.loads(json.dumps(compare_to_seeds([cor[n] for n in names if n != "neutral_c"], cor["neutral_c"])))
+    assert len(res["neutral_pairs_mcnemar"]) == 10
+    longer = [i for i in cor["planted"] if suite[i].subtask == bench.PLANTED
+              and max(range(len(suite[i].options)), key=lambda j: len(suite[i].options[j])) == suite[i].key]
+    assert res["accuracy_by_key_length"]["planted"][bench.PLANTED]["n_key_longer"] == len(longer)
+    assert res["accuracy_by_key_length"]["planted"][bench.PLANTED]["key_longer"] == pytest.approx(
+        sum(cor["planted"][i][1] for i in longer) / len(longer))
 
 
 def test_record_from_keeps_the_suite_statistics_and_the_earlier_runs(tiny_run, tmp_path, monkeypatch):
