@@ -349,22 +349,30 @@ def compare_correct(a: Mapping[str, tuple[str, bool]], b: Mapping[str, tuple[str
     p (exact McNemar), p_corrected and significant (p_corrected <= alpha)."""
     if correction not in CORRECTIONS:
         raise InputError(f"correction must be one of {CORRECTIONS}; got {correction!r}")
-    common = [i for i in a if i in b]
-    if not common:
-        raise InputError("compare: the two runs share no item id")
-    clash = [i for i in common if a[i][0] != b[i][0]]
-    if clash:
-        raise InputError(f"compare: items {clash[:5]} have different subtasks in the two runs")
     out: dict[str, dict[str, Any]] = {}
-    for sub in SUBTASKS:
-        ids = [i for i in common if a[i][0] == sub]
-        if not ids:
-            continue
+    for sub, ids in _shared_ids([a, b], "compare").items():
         ca = np.array([a[i][1] for i in ids], dtype=bool)
         cb = np.array([b[i][1] for i in ids], dtype=bool)
         a_only, b_only = int((ca & ~cb).sum()), int((cb & ~ca).sum())
         out[sub] = {"n": len(ids), "accuracy_a": float(ca.mean()), "accuracy_b": float(cb.mean()),
                     "difference": float(cb.mean() - ca.mean()), "a_only": a_only, "b_only": b_only, "p": mcnemar_exact(a_only, b_only)}
+    return _corrected(out, correction, alpha)
+
+
+def _shared_ids(runs: Sequence[Mapping[str, tuple[str, bool]]], who: str) -> dict[str, list[str]]:
+    """``{subtask: item ids}`` of the ids every run has (in the first run's order); errors name ``who``."""
+    common = [i for i in runs[0] if all(i in r for r in runs[1:])]
+    if not common:
+        raise InputError(f"{who}: the runs share no item id")
+    clash = [i for i in common if any(r[i][0] != runs[0][i][0] for r in runs[1:])]
+    if clash:
+        raise InputError(f"{who}: items {clash[:5]} have different subtasks in the runs")
+    by_sub = {sub: [i for i in common if runs[0][i][0] == sub] for sub in SUBTASKS}
+    return {sub: ids for sub, ids in by_sub.items() if ids}
+
+
+def _corrected(out: dict[str, dict[str, Any]], correction: str, alpha: float) -> dict[str, dict[str, Any]]:
+    """``out`` with p_corrected (over its subtasks) and significant (p_corrected <= alpha) added to each entry's p."""
     adjusted = correct_p([v["p"] for v in out.values()], correction)
     for v, q in zip(out.values(), adjusted):
         v["p_corrected"] = float(q)
@@ -398,17 +406,8 @@ def compare_to_seeds(reference: Sequence[Mapping[str, tuple[str, bool]]], b: Map
     k = len(reference)
     if k < 3:
         raise InputError(f"compare_to_seeds needs at least 3 reference runs (seeds of one recipe); got {k}")
-    common = [i for i in b if all(i in r for r in reference)]
-    if not common:
-        raise InputError("compare_to_seeds: the runs share no item id")
-    clash = [i for i in common if any(r[i][0] != b[i][0] for r in reference)]
-    if clash:
-        raise InputError(f"compare_to_seeds: items {clash[:5]} have different subtasks in the runs")
     out: dict[str, dict[str, Any]] = {}
-    for sub in SUBTASKS:
-        ids = [i for i in common if b[i][0] == sub]
-        if not ids:
-            continue
+    for sub, ids in _shared_ids([b, *reference], "compare_to_seeds").items():
         ref = np.array([np.mean([r[i][1] for i in ids]) for r in reference])
         acc_b = float(np.mean([b[i][1] for i in ids]))
         mean, sd = float(ref.mean()), float(ref.std(ddof=1))
@@ -418,11 +417,7 @@ def compare_to_seeds(reference: Sequence[Mapping[str, tuple[str, bool]]], b: Map
         out[sub] = {"n": len(ids), "reference_accuracies": [float(x) for x in ref], "reference_mean": mean, "reference_sd": sd,
                     "sd_floored": used > sd, "accuracy_b": acc_b, "difference": diff, "t": float(t), "df": k - 1,
                     "p": float(2 * stats.t.sf(abs(t), df=k - 1))}
-    adjusted = correct_p([v["p"] for v in out.values()], correction)
-    for v, q in zip(out.values(), adjusted):
-        v["p_corrected"] = float(q)
-        v["significant"] = bool(q <= alpha)
-    return out
+    return _corrected(out, correction, alpha)
 
 
 # -- run files -------------------------------------------------------------------------------------
