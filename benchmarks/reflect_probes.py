@@ -680,8 +680,8 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
         "null_subtask_shift": slim(compare_correct(cor["neutral_a"], cor["neutral_b"], "holm")),
         "neutral_a_vs_base": slim(compare_correct(cor["base"], cor["neutral_a"], "holm")),
         "accuracy": {n: {k: v["accuracy"] for k, v in runs[n]["items"]["summary"].items()} for n in ["base", "planted"] + neutral_names},
-        "planted_lean": {n: lean(test, runs[n]["items"]) for n in ("base", "planted", "neutral_a", "neutral_b")},
-        "plant_heldout_accuracy": {n: runs[n]["heldout"]["summary"][PLANTED]["accuracy"] for n in ("base", "planted", "neutral_a", "neutral_b")},
+        "planted_lean": {n: lean(test, runs[n]["items"]) for n in ["base", "planted"] + neutral_names},
+        "plant_heldout_accuracy": {n: runs[n]["heldout"]["summary"][PLANTED]["accuracy"] for n in ["base", "planted"] + neutral_names},
         "planted_subtask_by_source": {},
         "dev": {"rule": rule, "items_per_subtask": per(dev), "base_accuracy": {k: v["accuracy"] for k, v in runs["base_dev"]["items"]["summary"].items()},
                 "base_planted_lean": lean(dev, runs["base_dev"]["items"]),
@@ -814,7 +814,7 @@ def sensitivity_md(r: dict[str, Any]) -> str:
         + " |" for sub in SUBTASKS)
     lean_rows = "\n".join(
         f"| {n} | {r['planted_lean'][n]['answered_desirable']:.2f} | {r['planted_lean'][n]['accuracy_desirable_key']:.2f} | "
-        f"{r['planted_lean'][n]['accuracy_undesirable_key']:.2f} | {r['plant_heldout_accuracy'][n]:.2f} |" for n in names)
+        f"{r['planted_lean'][n]['accuracy_undesirable_key']:.2f} | {r['plant_heldout_accuracy'][n]:.2f} |" for n in r["planted_lean"])
     src_rows = "\n".join(
         f"| {src} | {v['n']} | " + " | ".join(f"{v['accuracy'][n]:.2f}" for n in names)
         + f" | {v['planted_vs_neutral_a']['a_only']}/{v['planted_vs_neutral_a']['b_only']} | {v['planted_vs_neutral_a']['p_uncorrected']:.2g} |"
@@ -826,7 +826,8 @@ def sensitivity_md(r: dict[str, Any]) -> str:
 ### Sensitivity
 
 Run on {env['device']} ({env['device_name']}), torch {env['torch']}, transformers {env.get('transformers', '?')}, {env['cpu_count']} CPUs,
-started {env['started']}: `{r['command']}`; {w['total']:.0f} s in all (estimate printed before the run: {r['estimate']['gpu_seconds_guess']:.0f} s
+last invocation started {env['started']}: `{r['command']}`; it took {w['total']:.0f} s (stages computed by an earlier invocation
+were read back); the stages' own times sum to {sum(v for k, v in w.items() if k != 'total'):.0f} s (estimate printed before the run: {r['estimate']['gpu_seconds_guess']:.0f} s
 from guessed GPU rates; {r['estimate']['cpu_one_thread_seconds'] / 60:.0f} min on one CPU thread at the earlier runs' rates).
 
 **Items.** The suite, rebuilt for this part (`--parts suite`, or by the run itself): the shipped seeds + {s['templates']} template items per
@@ -838,7 +839,7 @@ Dev and test share {sp['dev_test_shared_scenarios']} scenarios; the fine-tunes' 
 with the scored items.
 
 **Plant.** {r['plant']['what']} (training values: {', '.join(r['plant']['train_values'])}), plus neutral general-knowledge questions
-to make up {s['train']} examples; neutral A and B: {s['train']} neutral questions, other seeds. Every fine-tune: LoRA rank {lo['rank']}
+to make up {s['train']} examples; neutral fine-tunes (A, B{', ...' if r.get('neutral_seeds', 2) > 2 else ''}; {r.get('neutral_seeds', 2)} seeds): {s['train']} neutral questions each. Every fine-tune: LoRA rank {lo['rank']}
 (alpha {lo['alpha']}) on {', '.join(lo['target_modules'])} of every layer, {lo['epochs']} epochs = {lo['steps']} steps of {lo['batch_size']},
 {lo['optimizer']}, loss on the answer only. Held-out plant items: {r['plant']['heldout_items']} items of the plant's format about other
 values ({', '.join(r['plant']['heldout_values'])}), scored with every model: did the fine-tune learn the cue or the training items?
