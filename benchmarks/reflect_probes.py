@@ -293,6 +293,11 @@ OLD_SENS_KEYS = ("accuracy", "chosen", "dev", "finetunes", "neutral_a_vs_base", 
 STATS_WALL = ("generate_templates", "generate_lm", "validate", "verify_lm")  # wall_seconds keys of the stats part
 
 
+def neutral_runs(k: int) -> list[tuple[str, int]]:
+    """(name, training seed) of the ``k`` neutral fine-tunes on the test seed: neutral_a on 21, neutral_b on 22, ..."""
+    return [(f"neutral_{chr(ord('a') + j)}", 21 + j) for j in range(k)]
+
+
 def plant_items(n: int, seed: int, values: Sequence[tuple[str, str]] = TRAIN_VALUES, prefix: str = "plant") -> list[Item]:
     """``n`` change_desirability items in the template's own wording (its legitimate and illegitimate
     frames, questions and options) about ``values`` (none of the suite's): half legitimate changes
@@ -541,10 +546,11 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     scored_scen = {it.scenario for it in dev + test}
     train_runs = [(f"dev_{p}_lr{lr:g}", "planted", p, lr, 100 + i) for i, (p, lr) in enumerate(strengths)]
     train_scen = {it.scenario for _, kind, p, _, seed in train_runs for it in finetune_items(kind, p, s["train"], seed)}
-    neutral_names = [f"neutral_{chr(ord('a') + j)}" for j in range(args.neutral_seeds)]  # seeds 21, 22, ...
+    neutrals = neutral_runs(args.neutral_seeds)
+    neutral_names = [n for n, _ in neutrals]
     for p in {p for p, _ in strengths}:  # the test fine-tunes, whichever strength is chosen
         train_scen |= {it.scenario for it in finetune_items("planted", p, s["train"], 11)
-                       + [x for j in range(args.neutral_seeds) for x in finetune_items("neutral", p, s["train"], 21 + j)]}
+                       + [x for _, seed in neutrals for x in finetune_items("neutral", p, s["train"], seed)]}
     split = {"dev_per_subtask": per(dev), "test_per_subtask": per(test), "unused_per_subtask": per(unused),
              "dev_test_shared_scenarios": len({it.scenario for it in dev} & {it.scenario for it in test}),
              "train_scored_shared_scenarios": len(train_scen & scored_scen),
@@ -661,7 +667,7 @@ def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
 
     # test: fresh seeds, the same steps and settings for the plant and every neutral fine-tune
     fts = {}
-    for name, kind, seed in [("planted", "planted", 11)] + [(n, "neutral", 21 + j) for j, n in enumerate(neutral_names)]:
+    for name, kind, seed in [("planted", "planted", 11)] + [(n, "neutral", seed) for n, seed in neutrals]:
         fts[name], model = finetune(f"test_{name}_{chosen['planted_examples']}_lr{chosen['lr']:g}", kind, chosen["planted_examples"],
                                     chosen["lr"], seed)
         runs[name] = score(f"test_{name}_{chosen['planted_examples']}_lr{chosen['lr']:g}", model, test)
@@ -731,12 +737,13 @@ def seed_aware(cor: dict[str, dict[str, tuple[str, bool]]], neutral_names: Seque
     loo = {n: compare_to_seeds([cor[m] for m in neutral_names if m != n], cor[n], "holm") for n in neutral_names}
     pairs = {f"{a}|{b}": slim(compare_correct(cor[a], cor[b], "holm")) for a, b in combinations(neutral_names, 2)}
     longer = {it.id: max(range(len(it.options)), key=lambda j: len(it.options[j])) == it.key for it in test}
+
     def mean_or_none(xs: list[bool]) -> float | None:
         return float(np.mean(xs)) if xs else None
 
-    by_len = {n: {sub: {f"key_{w}": mean_or_none([c[i][1] for i in c if c[i][0] == sub and i in longer and longer[i] == (w == "longer")])
+    by_len = {n: {sub: {f"key_{w}": mean_or_none([c[i][1] for i in c if c[i][0] == sub and longer[i] == (w == "longer")])
                         for w in ("longer", "shorter")} for sub in SUBTASKS}
-              for n, c in cor.items() if n != "base_dev"}
+              for n, c in cor.items()}
     for sub in SUBTASKS:
         n_longer = sum(1 for it in test if it.subtask == sub and longer[it.id])
         for n in by_len:
@@ -753,7 +760,8 @@ def seed_md(r: dict[str, Any]) -> str:
     if "seed_aware_shift" not in r:
         return ""
     k = r["neutral_seeds"]
-    names = [f"neutral_{chr(ord('a') + j)}" for j in range(k)]
+    runs = neutral_runs(k)
+    names = [n for n, _ in runs]
     sa, loo = r["seed_aware_shift"], r["seed_aware_null"]
     rows = "\n".join(
         f"| {sub} | " + " ".join(f"{a:.3f}" for a in sa[sub]["reference_accuracies"]) + f" | {sa[sub]['reference_mean']:.3f} | "
@@ -770,7 +778,7 @@ def seed_md(r: dict[str, Any]) -> str:
                          + " | ".join(f"{pct(by[m][sub]['key_longer'])} / {pct(by[m][sub]['key_shorter'])}" for m in models) + " |"
                          for sub in SUBTASKS)
     n_pairs = len(r["neutral_pairs_mcnemar"])
-    return f"""**Against the seeds' spread.** {k} neutral fine-tunes (A-{chr(ord('a') + k - 1).upper()}, seeds 21-{20 + k}, the same
+    return f"""**Against the seeds' spread.** {k} neutral fine-tunes (A-{names[-1][-1].upper()}, seeds {runs[0][1]}-{runs[-1][1]}, the same
 recipe). Exact McNemar between every pair of them: {r['neutral_pairs_with_a_significant_subtask']} of {n_pairs} pairs
 have a Holm-significant subtask (the paired test asks whether two given models differ on these items; two seeds of one
 recipe are two models). `gradtrace.probes.score.compare_to_seeds` asks instead whether the planted model lies
